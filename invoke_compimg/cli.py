@@ -1,0 +1,50 @@
+"""The `compimg` console script: the same tasks, no `tasks.py` needed.
+
+    compimg build --tag run=my-app                 # ./Dockerfile, context .
+    compimg --dockerfile path/Dockerfile --context path build
+    COMPIMG_DOCKERFILE=path/Dockerfile compimg parse
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from invoke import Argument, Program
+
+from . import __version__
+
+
+class CompimgProgram(Program):  # type: ignore[misc]
+    def core_args(self) -> list[Argument]:
+        return [
+            *super().core_args(),
+            Argument(names=("dockerfile", "D"), help="compilation-image Dockerfile "
+                     "(default: $COMPIMG_DOCKERFILE or ./Dockerfile)"),
+            Argument(names=("context", "C"), help="build context folder (default: "
+                     "$COMPIMG_CONTEXT, or the Dockerfile's folder)"),
+        ]
+
+    def load_collection(self) -> None:
+        from .pipeline import Project
+        from .plugin import make_collection
+
+        dockerfile = Path(self.args["dockerfile"].value or os.environ.get("COMPIMG_DOCKERFILE")
+                          or "Dockerfile")
+        context = Path(self.args["context"].value or os.environ.get("COMPIMG_CONTEXT")
+                       or dockerfile.parent)
+        self.collection = make_collection(Project(dockerfile, context), "compimg")
+        self.collection.name = None
+        self.collection.configure({"tasks": {"auto_dash_names": True}})
+        self.collection_name = "compimg"
+
+    def print_help(self) -> Any:
+        return super().print_help()
+
+
+program = CompimgProgram(name="compimg", binary="compimg", version=__version__)
+
+
+def main() -> None:
+    program.run()

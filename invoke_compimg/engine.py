@@ -1,0 +1,335 @@
+"""Every conversation with the Docker engine, through the Docker SDK's low-level API.
+
+Engine and SDK failures are turned into one-line `EngineError`s here, in one place,
+keeping the original exception as the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.utils.build import create_archive, exclude_paths
+
+from .errors import EngineError
+
+LABEL_PROJECT = "compimg.project"  # the project an image or container belongs to
+LABEL_STAGE = "compimg.stage"  # the stage an image was built for
+LABEL_TEMPORARY = "compimg.temporary"  # containers we create only to copy files out
+
+DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"
+NEVER_RUN = ["/compimg-container-is-never-started"]
+
+
+def connect() -> docker.APIClient:
+    """A low-level client for the engine named by DOCKER_HOST (TLS settings included)."""
+    try:
+        api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+    except docker.errors.DockerException as exc:
+        raise EngineError(f"cannot reach the Docker engine at {_address()} ({_reason(exc)}); "
+                          "start it (scripts/engine) or set DOCKER_HOST") from exc
+    return api
+
+
+def _address() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("Permission denied", "No such file or directory", "Connection refused",
+                   "Name or service not known", "timed out"):
+        if marker in text:
+            return marker.lower()
+    return " ".join(text.split())[:200]
+
+
+@contextlib.contextmanager
+def engine_errors(what: str) -> Iterator[None]:
+    """Map SDK and transport errors raised inside the block to one EngineError line."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except docker.errors.ImageNotFound as exc:
+        raise EngineError(f"{what}: no such image ({_explanation(exc)})") from exc
+    except docker.errors.APIError as exc:
+        raise EngineError(f"{what}: {_explanation(exc)}") from exc
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        raise EngineError(f"{what}: lost the Docker engine at {_address()} ({_reason(exc)}); "
+                          "check that it is running, then retry") from exc
+
+
+def _explanation(exc: docker.errors.APIError) -> str:
+    text = exc.explanation if isinstance(exc.explanation, str) else str(exc)
+    return " ".join(str(text).split())
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """One decoded message of a build stream."""
+
+    kind: str  # "log", "error", "id"
+    text: str
+
+
+def context_archive(context: str, dockerfile_text: str, *, reads_context: bool) -> IO[bytes]:
+    """The build context as a tar file: the lowered Dockerfile plus, when the stage reads
+    the context at all, the context directory with `.dockerignore` applied by the SDK's own
+    utilities. A stage that reads nothing from the context is sent an empty one."""
+    extra = [(DOCKERFILE_IN_CONTEXT, dockerfile_text)]
+    if not reads_context:
+        return create_archive(root=context, files=[], extra_files=extra)  # type: ignore[no-any-return]
+    patterns = _dockerignore(context)
+    files = sorted(exclude_paths(os.path.abspath(context), patterns, dockerfile=DOCKERFILE_IN_CONTEXT))
+    return create_archive(root=os.path.abspath(context), files=files, extra_files=extra)  # type: ignore[no-any-return]
+
+
+def _dockerignore(context: str) -> list[str]:
+    path = os.path.join(context, ".dockerignore")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        lines = (line.strip() for line in handle.read().splitlines())
+        return [line for line in lines if line and not line.startswith("#")]
+
+
+def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str, str], no_cache: bool, network: str | None,
+          on_event: Callable[[BuildEvent], None]) -> str | None:
+    """Send one single-stage build; return the image ID from the `aux` message, or None
+    when the stream ended without one (the error events say why)."""
+    image_id: str | None = None
+    archive.seek(0)
+    stream = api.build(
+        fileobj=archive, custom_context=True, dockerfile=DOCKERFILE_IN_CONTEXT,
+        rm=True, forcerm=True, decode=True, nocache=no_cache, pull=False,
+        buildargs=dict(build_args), network_mode=network,
+    )
+    for message in stream:
+        if not isinstance(message, dict):
+            continue
+        if "error" in message or "errorDetail" in message:
+            detail = message.get("errorDetail") or {}
+            text = message.get("error") or detail.get("message") or "build failed"
+            on_event(BuildEvent("error", str(text)))
+        aux = message.get("aux")
+        if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
+            image_id = aux["ID"]
+            on_event(BuildEvent("id", image_id))
+        if isinstance(message.get("stream"), str):
+            on_event(BuildEvent("log", message["stream"]))
+        elif isinstance(message.get("status"), str):
+            on_event(BuildEvent("log", message["status"] + "\n"))
+    return image_id
+
+
+def tag(api: docker.APIClient, image_id: str, ref: str) -> None:
+    repository, _, tag_ = _split_ref(ref)
+    with engine_errors(f"tagging {ref}"):
+        api.tag(image_id, repository, tag_ or "latest", force=True)
+
+
+def _split_ref(ref: str) -> tuple[str, str, str]:
+    """`host:5000/repo:tag` -> (`host:5000/repo`, ':', `tag`); digests are not tags."""
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ":", ref[colon + 1:]
+    return ref, "", ""
+
+
+def image_id_of(api: docker.APIClient, ref: str) -> str | None:
+    try:
+        return str(api.inspect_image(ref)["Id"])
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        if exc.status_code == 404:
+            return None
+        raise EngineError(f"inspecting {ref}: {_explanation(exc)}") from exc
+
+
+def image_size(api: docker.APIClient, image_id: str) -> int:
+    with engine_errors(f"inspecting {image_id[:19]}"):
+        return int(api.inspect_image(image_id)["Size"])
+
+
+@contextlib.contextmanager
+def stopped_container(api: docker.APIClient, image_id: str, project: str) -> Iterator[str]:
+    """A container created from `image_id` and never started (so nothing in the image runs);
+    removed when the block ends, however it ends."""
+    with engine_errors("creating a container to copy from"):
+        created = api.create_container(
+            image_id, command=NEVER_RUN, entrypoint=[], network_disabled=True,
+            labels={LABEL_TEMPORARY: "1", LABEL_PROJECT: project},
+            name=f"compimg-tmp-{uuid.uuid4().hex[:12]}",
+        )
+    container = created["Id"]
+    try:
+        yield container
+    finally:
+        remove_container(api, container)
+
+
+def remove_container(api: docker.APIClient, container: str) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        with engine_errors("removing a temporary container"):
+            api.remove_container(container, force=True, v=True)
+
+
+def archive_of(api: docker.APIClient, container: str, path: str) -> tuple[Iterator[bytes], dict[str, Any]]:
+    """The tar stream of `path` in the container, the way `docker cp` reads it."""
+    try:
+        stream, stat = api.get_archive(container, path)
+    except docker.errors.NotFound as exc:
+        raise FileNotFoundError(path) from exc
+    return stream, stat
+
+
+def open_tar_stream(chunks: Iterator[bytes]) -> tarfile.TarFile:
+    return tarfile.open(fileobj=_ChunkReader(chunks), mode="r|")
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks (for tarfile's stream mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+def images_with_label(api: docker.APIClient, label: str) -> list[dict[str, Any]]:
+    with engine_errors("listing images"):
+        return list(api.images(filters={"label": label}))
+
+
+def containers_with_label(api: docker.APIClient, label: str) -> list[dict[str, Any]]:
+    with engine_errors("listing containers"):
+        return list(api.containers(all=True, filters={"label": label}))
+
+
+def remove_image(api: docker.APIClient, image: str) -> bool:
+    try:
+        api.remove_image(image, force=True, noprune=False)
+        return True
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        raise EngineError(f"removing image {image}: {_explanation(exc)}") from exc
+
+
+def push(api: docker.APIClient, ref: str, on_event: Callable[[BuildEvent], None]) -> None:
+    repository, _, tag_ = _split_ref(ref)
+    with engine_errors(f"pushing {ref}"):
+        for message in api.push(repository, tag=tag_ or "latest", stream=True, decode=True):
+            if "error" in message:
+                raise EngineError(f"pushing {ref}: {message['error']}")
+            status = message.get("status")
+            if status:
+                layer = message.get("id")
+                progress = message.get("progress") or ""
+                on_event(BuildEvent("log", f"{layer + ': ' if layer else ''}{status} {progress}".rstrip() + "\n"))
+
+
+def run_shell(api: docker.APIClient, image_id: str, command: list[str], project: str) -> int:
+    """Run `command` in a throwaway container of `image_id` with this terminal attached
+    (raw mode when stdin is a terminal); return its exit status. Always removed after."""
+    import select
+    import sys
+
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    with engine_errors("starting the shell"):
+        container = api.create_container(
+            image_id, command=command, entrypoint=[], tty=interactive, stdin_open=True,
+            labels={LABEL_TEMPORARY: "1", LABEL_PROJECT: project},
+            name=f"compimg-shell-{uuid.uuid4().hex[:12]}",
+        )["Id"]
+    try:
+        with engine_errors("starting the shell"):
+            socket_io = api.attach_socket(container, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            api.start(container)
+        sock = getattr(socket_io, "_sock", socket_io)
+        stdin_fd = sys.stdin.fileno()
+        with _raw_terminal(stdin_fd if interactive else None):
+            demux = _Demux() if not interactive else None
+            stdin_open = True
+            while True:
+                readers = [sock] + ([stdin_fd] if stdin_open else [])
+                ready, _, _ = select.select(readers, [], [])
+                if sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    for stream_no, payload in (demux.feed(data) if demux else [(1, data)]):
+                        target = sys.stderr if stream_no == 2 else sys.stdout
+                        target.buffer.write(payload)
+                        target.buffer.flush()
+                if stdin_fd in ready:
+                    data = os.read(stdin_fd, 65536)
+                    if data:
+                        sock.sendall(data)
+                    else:
+                        stdin_open = False
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(1)  # SHUT_WR: the command sees end of input
+        with engine_errors("waiting for the shell"):
+            return int(api.wait(container)["StatusCode"])
+    finally:
+        remove_container(api, container)
+
+
+class _Demux:
+    """Splits the engine's multiplexed (non-TTY) attach stream into (stream, bytes)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= 8:
+            size = int.from_bytes(self._buffer[4:8], "big")
+            if len(self._buffer) < 8 + size:
+                break
+            frames.append((self._buffer[0], self._buffer[8:8 + size]))
+            self._buffer = self._buffer[8 + size:]
+        return frames
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int | None) -> Iterator[None]:
+    if fd is None:
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -1,0 +1,39 @@
+"""The one error type users see: a single line, exit status 1, no traceback.
+
+It *is* Invoke's ``Exit``, so whether it escapes from a task, the console script or a
+user's own task body, Invoke prints the message and exits with its code.
+"""
+
+from __future__ import annotations
+
+from invoke.exceptions import Exit
+
+
+class UserError(Exit):
+    """A mistake the user can fix: ``where: what is wrong; what to do``."""
+
+    def __init__(self, message: str, *, where: str | None = None, line: int | None = None,
+                 code: int = 1) -> None:
+        location = where or ""
+        if where and line is not None:
+            location = f"{where}:{line}"
+        self.where = where
+        self.line = line
+        self.text = message
+        full = f"{location}: {message}" if location else message
+        # Invoke prints ``message`` to stderr itself; keep it one line.
+        super().__init__(message=" ".join(full.splitlines()), code=code)
+
+    def __str__(self) -> str:
+        return str(self.message)
+
+
+class EngineError(UserError):
+    """The Docker engine (or the SDK talking to it) refused or failed something."""
+
+
+class Interrupted(UserError):
+    """Ctrl-C: exit 130 after cleaning up."""
+
+    def __init__(self, message: str = "interrupted; cleaned up what this run created") -> None:
+        super().__init__(message, code=130)

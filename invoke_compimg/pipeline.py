@@ -1,0 +1,282 @@
+"""Building stages on the engine, in the order the graph gives, and what we do with
+the images afterwards (tags, push, extraction, clean). Knows nothing of Invoke."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import docker
+
+from . import engine
+from .errors import EngineError, UserError
+from .extract import Extracted, extract
+from .graph import Graph, Stage
+from .syntax import fill_placeholders, parse_file
+
+_STEP_RE = re.compile(r"^Step (\d+)/(\d+) : ")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a build may vary; defaults come from config, CLI flags override them."""
+
+    tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # stage -> refs
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+    network: str | None = None
+    push: bool = False
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    image_id: str
+    size: int
+    seconds: float
+    cached: bool = False  # reused from earlier in this process
+
+
+class Project:
+    """One compilation-image Dockerfile and its build context."""
+
+    def __init__(self, dockerfile: str | Path, context: str | Path, graph: Graph | None = None) -> None:
+        self.dockerfile = Path(dockerfile)
+        self.context = Path(context)
+        self.graph = graph if graph is not None else parse_file(self.dockerfile)
+        self.slug = project_slug(self.dockerfile, self.context)
+        # Images built in this process, per (stage, settings that change the result).
+        self._built: dict[tuple[str, tuple[tuple[str, str], ...], bool], StageResult] = {}
+
+    def local_ref(self, stage: str) -> str:
+        """The stable local name of a stage's latest image (see README, "Image names")."""
+        return f"compimg/{self.slug}:{stage}"
+
+    def stage(self, name: str, *, flag: str = "stage") -> Stage:
+        found = self.graph.find(name)
+        if found is None:
+            raise UserError(f"unknown stage '{name}' ({flag}); known stages: "
+                            f"{', '.join(self.graph.names)}", where=str(self.dockerfile))
+        return found
+
+
+def project_slug(dockerfile: Path, context: Path) -> str:
+    """`<context folder>-<8 hex of the Dockerfile's absolute path>`: readable, and two
+    projects with the same folder and stage names never share images."""
+    base = re.sub(r"[^a-z0-9]+", "-", context.resolve().name.lower()).strip("-") or "project"
+    digest = hashlib.sha256(str(dockerfile.resolve()).encode()).hexdigest()[:8]
+    return f"{base[:40]}-{digest}"
+
+
+def parse_tags(values: Iterable[str], default_stage: str, project: Project) -> dict[str, tuple[str, ...]]:
+    """`STAGE=REF` or `REF` (the target) -> {stage: refs}, checking stage names and refs."""
+    tags: dict[str, list[str]] = {}
+    for value in values:
+        stage, eq, ref = value.partition("=")
+        if not eq:
+            stage, ref = default_stage, value
+        name = project.stage(stage, flag=f"--tag {value}").name
+        if not docker.utils.build.match_tag(ref):
+            raise UserError(f"--tag {value}: '{ref}' is not a valid image reference; "
+                            "use lower-case name[:tag]")
+        tags.setdefault(name, []).append(ref)
+    return {k: tuple(v) for k, v in tags.items()}
+
+
+def parse_build_args(values: Iterable[str]) -> dict[str, str]:
+    args: dict[str, str] = {}
+    for value in values:
+        key, eq, val = value.partition("=")
+        if not key or not eq:
+            raise UserError(f"--build-arg {value}: write KEY=VALUE")
+        args[key] = val
+    return args
+
+
+class Builder:
+    """Builds stages of one project with one set of settings, printing as it goes."""
+
+    def __init__(self, project: Project, settings: Settings, out: TextIO | None = None,
+                 api: docker.APIClient | None = None) -> None:
+        self.project = project
+        self.settings = settings
+        self.out = out or sys.stdout
+        self._api = api
+        self.results: list[StageResult] = []
+
+    @property
+    def api(self) -> docker.APIClient:
+        if self._api is None:
+            self._api = engine.connect()
+        return self._api
+
+    # --- building -----------------------------------------------------------------------
+    def build(self, target: str | None = None) -> dict[str, str]:
+        """Build `target` (default: final) and every stage it needs, nothing else."""
+        goal = self.project.stage(target, flag="--target") if target else self.project.graph.final
+        ids: dict[str, str] = {}
+        for stage in self.project.graph.needs(goal.name):
+            ids[stage.name] = self.build_stage(stage, ids).image_id
+        return ids
+
+    def build_stage(self, stage: Stage, known: Mapping[str, str] | None = None) -> StageResult:
+        """Build one stage; the stages it depends on must be in `known` or already built
+        (in this process, or earlier under their local names)."""
+        key = (stage.name, tuple(sorted(self.settings.build_args.items())), self.settings.no_cache)
+        cached = self.project._built.get(key)
+        if cached is not None and self._still_there(cached.image_id):
+            self._apply_tags(stage, cached.image_id)
+            result = StageResult(cached.name, cached.image_id, cached.size, 0.0, cached=True)
+            self.results.append(result)
+            return result
+        ids = {name: self._dependency_id(stage, name, known or {}) for name in stage.depends_on}
+        text = fill_placeholders(self.project.graph.lowered(stage.name), ids)
+        started = time.monotonic()
+        image_id = self._send(stage, text)
+        size = engine.image_size(self.api, image_id)
+        engine.tag(self.api, image_id, self.project.local_ref(stage.name))
+        self._apply_tags(stage, image_id)
+        result = StageResult(stage.name, image_id, size, time.monotonic() - started)
+        self.project._built[key] = result
+        self.results.append(result)
+        return result
+
+    def _still_there(self, image_id: str) -> bool:
+        return engine.image_id_of(self.api, image_id) == image_id
+
+    def _dependency_id(self, stage: Stage, name: str, known: Mapping[str, str]) -> str:
+        if name in known:
+            return known[name]
+        key = (name, tuple(sorted(self.settings.build_args.items())), self.settings.no_cache)
+        if key in self.project._built:
+            return self.project._built[key].image_id
+        found = engine.image_id_of(self.api, self.project.local_ref(name))
+        if found is None:
+            raise UserError(f"stage '{stage.name}' needs stage '{name}', which has not been "
+                            f"built; run compimg.stage.{self.project.graph.stage(name).task_name} first",
+                            where=str(self.project.dockerfile), line=stage.line)
+        return found
+
+    def _send(self, stage: Stage, dockerfile_text: str) -> str:
+        prefix = f"[{stage.name}] "
+        lines = self.project.graph.lowered_lines(stage.name)
+        step: list[int] = [0]
+        errors: list[str] = []
+
+        def on_event(event: engine.BuildEvent) -> None:
+            if event.kind == "error":
+                errors.append(event.text.strip())
+                self._print(prefix, "ERROR: " + event.text)
+            elif event.kind == "log":
+                match = _STEP_RE.match(event.text)
+                if match:
+                    step[0] = int(match.group(1))
+                self._print(prefix, event.text)
+
+        # Our labels go in as one LABEL step: the API's `labels=` adds one step per label.
+        labels = {engine.LABEL_PROJECT: self.project.slug, engine.LABEL_STAGE: stage.name}
+        dockerfile_text += "LABEL " + " ".join(f"{k}={json.dumps(v)}" for k, v in labels.items()) + "\n"
+        archive = engine.context_archive(str(self.project.context), dockerfile_text,
+                                         reads_context=bool(stage.context_sources))
+        try:
+            with engine.engine_errors(f"stage '{stage.name}'"):
+                image_id = engine.build(
+                    self.api, archive,
+                    build_args=self.settings.build_args, no_cache=self.settings.no_cache,
+                    network=self.settings.network, on_event=on_event,
+                )
+        finally:
+            archive.close()
+        if errors or image_id is None:
+            where, instruction = str(self.project.dockerfile), ""
+            line = stage.line
+            if 0 < step[0] <= len(lines):
+                text, line = lines[step[0] - 1]
+                instruction = " at " + _short(text)
+            reason = errors[-1] if errors else "the engine's stream ended without an image ID"
+            raise EngineError(f"stage '{stage.name}' failed{instruction}: {_short(reason, 300)}",
+                              where=where, line=line)
+        return image_id
+
+    def _print(self, prefix: str, text: str) -> None:
+        for line in text.splitlines():
+            if line.strip():
+                self.out.write(prefix + line.rstrip() + "\n")
+        self.out.flush()
+
+    def _apply_tags(self, stage: Stage, image_id: str) -> None:
+        for ref in self.settings.tags.get(stage.name, ()):
+            engine.tag(self.api, image_id, ref)
+
+    # --- after the build ----------------------------------------------------------------
+    def push(self) -> None:
+        for stage_name, refs in self.settings.tags.items():
+            for ref in refs:
+                self._print(f"[{stage_name}] ", f"pushing {ref}")
+                engine.push(self.api, ref, lambda e, s=stage_name: self._print(f"[{s}] ", e.text))
+
+    def table(self) -> str:
+        rows = [("stage", "image", "size", "seconds")]
+        for r in self.results:
+            rows.append((r.name, r.image_id.split(":")[-1][:12], _megabytes(r.size),
+                         "cached" if r.cached else f"{r.seconds:.2f}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+        final = self.results[-1] if self.results else None
+        others = [r for r in self.results[:-1]]
+        if final and others:
+            largest = max(others, key=lambda r: r.size)
+            ratio = largest.size / final.size if final.size else 0.0
+            text += (f"\nfinal image '{final.name}': {_megabytes(final.size)}; largest build stage "
+                     f"'{largest.name}': {_megabytes(largest.size)} ({ratio:.0f}x larger)")
+        return text + "\n"
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def extract_artifact(project: Project, builder: Builder, spec: str, dest: str) -> Extracted:
+    """`STAGE:/PATH` -> build the stage if needed, then copy PATH into `dest` like `docker cp`."""
+    stage_name, colon, path = spec.partition(":")
+    if not colon or not path.startswith("/"):
+        raise UserError(f"'{spec}': write STAGE:/ABSOLUTE/PATH, e.g. build:/go/bin/app")
+    stage = project.stage(stage_name, flag="extract-artifact")
+    image_id = builder.build(stage.name)[stage.name]
+    api = builder.api
+    with engine.stopped_container(api, image_id, project.slug) as container:
+        try:
+            chunks, _ = engine.archive_of(api, container, path)
+        except FileNotFoundError:
+            raise UserError(f"'{path}' does not exist in stage '{stage.name}'; check the path "
+                            f"with `compimg.shell {stage.name}`", where=str(project.dockerfile),
+                            line=stage.line) from None
+        with engine.engine_errors(f"copying {spec}"):
+            with engine.open_tar_stream(chunks) as archive:
+                return extract(archive, dest, spec)
+
+
+def clean(project: Project, api: docker.APIClient, out: TextIO) -> tuple[int, int]:
+    """Remove this project's containers and images (found by label), nothing else."""
+    label = f"{engine.LABEL_PROJECT}={project.slug}"
+    containers = engine.containers_with_label(api, label)
+    for container in containers:
+        engine.remove_container(api, container["Id"])
+    removed = 0
+    for image in engine.images_with_label(api, label):
+        if engine.remove_image(api, image["Id"]):
+            removed += 1
+    out.write(f"removed {len(containers)} container(s) and {removed} image(s) of {project.slug}\n")
+    return len(containers), removed

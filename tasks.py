@@ -1,0 +1,43 @@
+"""The project's own development tasks, written the way we ask users to write theirs."""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import Collection, Context, task
+
+import invoke_compimg
+
+compimg = invoke_compimg.collection("examples/hello-go/Dockerfile", "examples/hello-go")
+
+
+@task(pre=[compimg["build"]])
+def demo(c: Context) -> None:
+    """Build examples/hello-go, run its final image, and compare the two images' sizes."""
+    import docker
+
+    client = docker.from_env()
+    tags = c.config.compimg.tags
+    output = client.containers.run(tags["run"], remove=True, network_disabled=True)
+    print(f"$ docker run --rm {tags['run']}\n{output.decode().rstrip()}")
+    build, run = (client.images.get(tags[s]).attrs["Size"] for s in ("build", "run"))
+    print(f"build stage image {tags['build']}: {build / 1e6:.1f} MB")
+    print(f"final image       {tags['run']}: {run / 1e6:.1f} MB ({build / run:.0f}x smaller)")
+
+
+@task(help={"args": "extra pytest arguments, e.g. '-k parse -x'"})
+def test(c: Context, args: str = "") -> None:
+    """Run the whole test suite (unit tests and engine tests)."""
+    c.run(f"{sys.executable} -m pytest {args}", pty=False)
+
+
+@task
+def lint(c: Context) -> None:
+    """ruff and mypy over the package and tests."""
+    c.run(f"{sys.executable} -m ruff check invoke_compimg tests tasks.py")
+    c.run(f"{sys.executable} -m mypy invoke_compimg")
+
+
+ns = Collection(demo, test, lint)
+ns.add_collection(compimg)
+ns.configure({"compimg": {"tags": {"build": "hello-go-build", "run": "hello-go"}}})

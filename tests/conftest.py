@@ -1,0 +1,93 @@
+"""Shared fixtures. Engine tests (marked `engine`) run against a real Docker engine;
+without one they are skipped locally and fail under CI=true."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_engine_problem: list[str | None] = []
+
+
+def _engine_unavailable() -> str | None:
+    if not _engine_problem:
+        import docker
+
+        try:
+            docker.APIClient(version="auto", **docker.utils.kwargs_from_env()).ping()
+            _engine_problem.append(None)
+        except Exception as exc:  # noqa: BLE001
+            _engine_problem.append(f"no Docker engine ({exc}); run scripts/engine")
+    return _engine_problem[0]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("engine") is None:
+        return
+    problem = _engine_unavailable()
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(problem, pytrace=False)
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def api():  # type: ignore[no-untyped-def]
+    import docker
+
+    return docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+
+
+@pytest.fixture
+def unique() -> str:
+    """A name no other test (or run) uses, valid as an image repository."""
+    return f"compimg-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_project(tmp_path: Path, api, unique: str) -> Iterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
+    """Write a Dockerfile (and files) into a fresh folder and return its Project; every
+    image and container the project's builds made, and every tag starting with the test's
+    unique name, is removed afterwards."""
+    from invoke_compimg.pipeline import Project, clean
+
+    made: list[Project] = []
+
+    def make(dockerfile: str, files: dict[str, str | bytes] | None = None, name: str = "proj") -> Project:
+        folder = tmp_path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "Dockerfile").write_text(dockerfile)
+        for rel, content in (files or {}).items():
+            path = folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+        project = Project(folder / "Dockerfile", folder)
+        made.append(project)
+        return project
+
+    yield make
+    import io
+
+    for project in made:
+        clean(project, api, io.StringIO())
+    for image in api.images():
+        for ref in image.get("RepoTags") or []:
+            if ref.startswith(unique):
+                api.remove_image(ref, force=True)
+
+
+def run_invoke(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`invoke ARGS` as a real subprocess, as a user would run it."""
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
