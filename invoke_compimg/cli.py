@@ -20,9 +20,9 @@ class CompimgProgram(Program):  # type: ignore[misc]
     def core_args(self) -> list[Argument]:
         return [
             *super().core_args(),
-            Argument(names=("dockerfile", "D"), help="compilation-image Dockerfile "
+            Argument(names=("dockerfile",), help="compilation-image Dockerfile "
                      "(default: $COMPIMG_DOCKERFILE or ./Dockerfile)"),
-            Argument(names=("context", "C"), help="build context folder (default: "
+            Argument(names=("context",), help="build context folder (default: "
                      "$COMPIMG_CONTEXT, or the Dockerfile's folder)"),
         ]
 

@@ -91,3 +91,31 @@ def run_invoke(args: list[str], cwd: Path, env: dict[str, str] | None = None,
     """`invoke ARGS` as a real subprocess, as a user would run it."""
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=cwd, text=True,
                           capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+_container_counts: dict[str, int] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _engine_unavailable() is None:
+        import docker
+
+        api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+        _container_counts["before"] = len(api.containers(all=True))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "before" in _container_counts:
+        import docker
+
+        api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+        _container_counts["after"] = len(api.containers(all=True))
+        if _container_counts["after"] != _container_counts["before"] and exitstatus == 0:
+            session.exitstatus = 1  # a leak fails the run
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    if "after" in _container_counts:
+        before, after = _container_counts["before"], _container_counts["after"]
+        verdict = "ok" if before == after else "LEAK"
+        terminalreporter.write_line(f"engine containers before the suite: {before}, after: {after} ({verdict})")

@@ -1,0 +1,203 @@
+"""The build pipeline end to end on a real engine (local stand-in images, no mocks)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from engine_helpers import config_of, count_containers, image_listing, run_image
+from invoke_compimg import render
+from invoke_compimg.errors import EngineError, UserError
+from invoke_compimg.pipeline import Builder, Settings
+
+pytestmark = pytest.mark.engine
+
+HELLO = (ROOT / "examples/hello-go/Dockerfile").read_text()
+HELLO_FILES = {name: (ROOT / "examples/hello-go" / name).read_text() for name in ("main.go", "go.mod")}
+
+
+def build(project, target=None, **settings):  # type: ignore[no-untyped-def]
+    out = io.StringIO()
+    builder = Builder(project, Settings(**settings), out=out)
+    ids = builder.build(target)
+    return ids, out.getvalue(), builder
+
+
+def test_hello_go(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    project = make_project(HELLO, HELLO_FILES)
+    ids, out, builder = build(project, tags={"run": (f"{unique}:run",)})
+    assert set(ids) == {"build", "run"}
+    assert "[build] Step 3/" in out and "[run] Step 3/" in out
+    assert run_image(api, f"{unique}:run") == (0, "Hello, 世界\n")
+    assert api.inspect_image(project.local_ref("build"))["Id"] == ids["build"]
+    table = builder.table()
+    assert "final image 'run'" in table and "largest build stage 'build'" in table
+
+
+def test_unnamed_last_section_with_seed_tags(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    text = HELLO.replace("NAME run\n", "")
+    project = make_project(text, HELLO_FILES)
+    from invoke_compimg.pipeline import parse_tags
+
+    tags = parse_tags([f"build={unique}-build", unique], project.graph.final.name, project)
+    ids, _, _ = build(project, tags=tags)
+    assert project.graph.final.name == "stage-1"
+    assert api.inspect_image(f"{unique}-build")["Id"] == ids["build"]
+    assert api.inspect_image(unique)["Id"] == ids["stage-1"]
+    assert run_image(api, unique)[1] == "Hello, 世界\n"
+
+
+def test_copied_directory_tree(make_project, api) -> None:  # type: ignore[no-untyped-def]
+    project = make_project(
+        "NAME build\nFROM busybox\n"
+        "RUN mkdir -p /out/a/b && echo 1 > /out/top && echo 2 > /out/a/b/deep\n"
+        "NAME run\nFROM busybox\nCOPY build:/out /tree\n"
+    )
+    ids, _, _ = build(project)
+    listing = image_listing(api, ids["run"], "tree")
+    assert {n for n, e in listing.items() if e[1] == "file"} == {"tree/top", "tree/a/b/deep"}
+
+
+FIDELITY = """\
+NAME build
+FROM busybox
+RUN mkdir -p /out/sub/deeper /out/empty \\
+ && echo a > /out/a.txt && echo b > /out/b.txt && echo c > /out/sub/c.bin && echo d > /out/sub/deeper/d \\
+ && chmod 751 /out/sub && chmod 640 /out/a.txt && chmod 4755 /out/b.txt && chmod 700 /out/empty \\
+ && ln -s a.txt /out/link && ln -s /nonexistent /out/abslink && ln /out/sub/c.bin /out/hard \\
+ && chown 1000:1000 /out/a.txt && chown -R 33:44 /out/sub \\
+ && touch /out/x1.log /out/x2.log
+
+NAME run
+FROM busybox
+ENV A=1 B="two words"
+WORKDIR /app
+COPY build:/out/ /app/tree/
+COPY build:/out/*.txt /app/txt/
+COPY --chown=7:8 build:/out/sub /app/owned
+COPY build:/out/link /app/one-link
+COPY build:/out/x*.log ./context.txt /app/mixed/
+COPY --from=build /out/sub/ /app/native/
+EXPOSE 8080/tcp
+USER 1000
+LABEL org.example=yes
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["echo hi"]
+"""
+
+
+def test_fidelity_against_docker_build_of_the_native_file(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    project = make_project(FIDELITY, {"context.txt": "from the context\n"})
+    ids, _, _ = build(project)
+    native = render.as_native(project.graph)
+    (project.context / "Dockerfile.native").write_text(native)
+    # The peer: the engine's own multi-stage build of the native equivalent.
+    for message in api.build(path=str(project.context), dockerfile="Dockerfile.native", tag=unique,
+                             rm=True, forcerm=True, decode=True):
+        assert "error" not in message, message
+    ours = image_listing(api, ids["run"], "app")
+    theirs = image_listing(api, unique, "app")
+    print("\n".join(f"{e[0]:32} {e[1]:5} {e[2]:o} {e[3]}:{e[4]} {e[5]}" for e in sorted(ours.values())))
+    assert ours == theirs
+    assert len(ours) > 20
+    assert ours["app/owned/c.bin"][3:5] == (7, 8)
+    assert ours["app/tree/sub/c.bin"][3:5] == theirs["app/tree/sub/c.bin"][3:5]
+    # Docker follows a link named as the COPY source itself; links inside a tree stay links.
+    assert ours["app/one-link"][1] == "file" and ours["app/tree/link"][1] == "sym"
+    assert config_of(api, ids["run"]) == config_of(api, unique)
+
+
+def test_native_format_builds_the_same_hello(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    project = make_project(HELLO, HELLO_FILES)
+    ids, _, _ = build(project)
+    (project.context / "Dockerfile.native").write_text(render.as_native(project.graph))
+    for message in api.build(path=str(project.context), dockerfile="Dockerfile.native", tag=unique,
+                             rm=True, forcerm=True, decode=True):
+        assert "error" not in message, message
+    assert image_listing(api, ids["run"], "app") == image_listing(api, unique, "app")
+    assert config_of(api, ids["run"]) == config_of(api, unique)
+
+
+def test_from_an_earlier_stage_and_native_syntax(make_project, api) -> None:  # type: ignore[no-untyped-def]
+    project = make_project(
+        "FROM busybox AS base\nRUN echo base > /base\n"
+        "FROM base AS tool\nRUN echo tool > /tool\n"
+        "FROM busybox\nCOPY --from=tool /base /tool /got/\nCOPY --from=0 /base /again\n"
+    )
+    ids, _, _ = build(project)
+    assert project.graph.stage("tool").base_stage
+    listing = image_listing(api, ids["stage-2"])
+    assert {"got/base", "got/tool", "again"} <= set(listing)
+
+
+def test_failing_run_names_stage_and_line_and_leaves_no_container(make_project, api) -> None:  # type: ignore[no-untyped-def]
+    project = make_project("NAME ok\nFROM busybox\nRUN true\nNAME bad\nFROM busybox\n"
+                           "RUN echo about to fail && exit 3\n")
+    before = count_containers(api)
+    out = io.StringIO()
+    with pytest.raises(EngineError) as caught:
+        Builder(project, Settings(), out=out).build()
+    message = str(caught.value)
+    assert message.startswith(f"{project.dockerfile}:6: stage 'bad' failed at RUN echo about to fail")
+    assert "returned a non-zero code: 3" in message and caught.value.code == 1
+    assert "[bad] about to fail" in out.getvalue()
+    assert count_containers(api) == before
+
+
+def test_only_prerequisites_are_built(make_project, api) -> None:  # type: ignore[no-untyped-def]
+    project = make_project(
+        "NAME a\nFROM busybox\nRUN echo a > /a\n"
+        "NAME broken\nFROM busybox\nRUN exit 1\n"
+        "NAME b\nFROM busybox\nCOPY a:/a /a\n"
+        "NAME last\nFROM busybox\nCOPY broken:/x /x\n"
+    )
+    ids, out, _ = build(project, "b")
+    assert set(ids) == {"a", "b"} and "[broken]" not in out
+    with pytest.raises(UserError):
+        build(project)  # the final stage does need the broken one
+
+
+def test_extract_file_and_directory(make_project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from invoke_compimg.pipeline import extract_artifact
+
+    project = make_project("NAME build\nFROM busybox\nRUN mkdir -p /out/d && echo x > /out/d/f "
+                           "&& chmod 750 /out/d/f && ln -s f /out/d/rel && echo y > /out/single\n")
+    builder = Builder(project, Settings(), out=io.StringIO())
+    dest = tmp_path / "dest"
+    assert extract_artifact(project, builder, "build:/out/single", str(dest)).names == ["single"]
+    assert (dest / "single").read_text() == "y\n"
+    extract_artifact(project, builder, "build:/out/d", str(dest))
+    assert (dest / "d/f").read_text() == "x\n" and (dest / "d/f").stat().st_mode & 0o777 == 0o750
+    assert (dest / "d/rel").is_symlink() and (dest / "d/rel").read_text() == "x\n"
+    with pytest.raises(UserError, match="'/nope' does not exist in stage 'build'"):
+        extract_artifact(project, builder, "build:/nope", str(dest))
+    assert sorted(p.name for p in dest.iterdir()) == ["d", "single"]  # no staging left
+
+
+def test_hostile_artifacts(make_project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from invoke_compimg.pipeline import extract_artifact
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    project = make_project(
+        "NAME evil\nFROM busybox\n"
+        f"RUN mkdir -p /one /two/lib /three && ln -s {outside} /one/lib "
+        "&& echo pwned > /two/lib/payload && ln -s ../../../../etc/passwd /three/climb\n"
+    )
+    builder = Builder(project, Settings(), out=io.StringIO())
+    dest = tmp_path / "dest"
+    with pytest.raises(UserError, match="absolute path"):
+        extract_artifact(project, builder, "evil:/one/lib", str(dest))
+    # Plant the link by hand, as an earlier (older, unsafe) tool might have left it.
+    dest.mkdir(exist_ok=True)
+    (dest / "lib").symlink_to(outside)
+    extract_artifact(project, builder, "evil:/two/lib", str(dest))
+    assert list(outside.iterdir()) == []  # nothing written through the planted link
+    assert (dest / "lib").is_dir() and not (dest / "lib").is_symlink()
+    assert (dest / "lib/payload").read_text() == "pwned\n"
+    with pytest.raises(UserError, match="outside the destination"):
+        extract_artifact(project, builder, "evil:/three/climb", str(dest))
+    assert sorted(p.name for p in dest.iterdir()) == ["lib"]
