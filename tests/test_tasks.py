@@ -1,0 +1,159 @@
+"""The Invoke interface as users run it: real `invoke` and `compimg` subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_invoke
+from engine_helpers import count_containers, run_image
+
+HELLO = (ROOT / "examples/hello-go/Dockerfile").read_text()
+HELLO_FILES = {name: (ROOT / "examples/hello-go" / name).read_text() for name in ("main.go", "go.mod")}
+
+BROKEN_SIDE = """\
+NAME a
+FROM busybox
+RUN echo a > /a
+NAME broken
+FROM busybox
+RUN echo BROKEN-WAS-BUILT && exit 1
+NAME b
+FROM busybox
+COPY a:/a /a
+NAME last
+FROM busybox
+COPY broken:/x /x
+"""
+
+TASKS = """\
+from invoke import Collection, task
+import invoke_compimg
+
+compimg = invoke_compimg.collection()
+
+@task(pre=[compimg["build"]])
+def release(c):
+    \"\"\"Our own task, after the image is built.\"\"\"
+    print("RELEASE-RAN")
+
+@task
+def api(c):
+    \"\"\"Use the Python API from a task body.\"\"\"
+    ids = invoke_compimg.build(c, target="b")
+    print("API-IDS", sorted(ids))
+
+ns = Collection(release, api)
+ns.add_collection(compimg)
+"""
+
+
+def _project(make_project, text: str, files: dict[str, str] | None = None, tasks: str = TASKS):  # type: ignore[no-untyped-def]
+    project = make_project(text, {**(files or {}), "tasks.py": tasks})
+    return project, project.context
+
+
+def test_list_parse_and_errors_without_engine_calls(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(HELLO)
+    (tmp_path / "tasks.py").write_text(TASKS)
+    listing = run_invoke(["--list"], tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    for name in ("compimg.build (compimg)", "compimg.stage.build", "compimg.stage.run",
+                 "compimg.extract-artifact", "compimg.shell", "compimg.clean", "release"):
+        assert name in listing.stdout
+    parsed = run_invoke(["compimg.parse", "--format", "json"], tmp_path)
+    assert json.loads(parsed.stdout)["final"] == "run"
+    lowered = run_invoke(["compimg.parse", "--stage", "run", "--lowered"], tmp_path)
+    assert "COPY --from={{stage:build}} /go/bin/app ." in lowered.stdout
+    unknown = run_invoke(["compimg.parse", "--stage", "nope", "--lowered"], tmp_path)
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().endswith("unknown stage 'nope' (--stage); known stages: build, run")
+    (tmp_path / "Dockerfile").write_text(HELLO.replace("COPY build:/go", "COPY build:go"))
+    broken = run_invoke(["--list"], tmp_path)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert broken.stderr.strip().splitlines() == [
+        f"{tmp_path}/Dockerfile:10: 'build:go/bin/app': the path after 'build:' must be absolute; "
+        "write build:/go/bin/app"]
+
+
+def test_stage_tasks_and_build_stage_build_only_prerequisites(make_project) -> None:  # type: ignore[no-untyped-def]
+    _, folder = _project(make_project, BROKEN_SIDE)
+    result = run_invoke(["compimg.stage.b"], folder)
+    assert result.returncode == 0, result.stderr
+    assert "[a] Step" in result.stdout and "[b] Step" in result.stdout
+    assert "BROKEN-WAS-BUILT" not in result.stdout + result.stderr
+    result = run_invoke(["compimg.build-stage", "b"], folder)
+    assert result.returncode == 0 and "BROKEN-WAS-BUILT" not in result.stdout
+    result = run_invoke(["compimg.build"], folder)
+    assert result.returncode == 1
+    assert "stage 'broken' failed at RUN echo BROKEN-WAS-BUILT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_composition_api_config_and_seed_tags(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    project, folder = _project(make_project, BROKEN_SIDE.replace("NAME last\nFROM busybox\nCOPY broken:/x /x\n", ""))
+    (folder / "invoke.yaml").write_text(f"compimg:\n  tags:\n    a: {unique}-from-config\n")
+    result = run_invoke(["release"], folder)
+    assert result.returncode == 0, result.stderr
+    assert "RELEASE-RAN" in result.stdout
+    assert result.stdout.index("[b] Step") < result.stdout.index("RELEASE-RAN")
+    assert api.inspect_image(f"{unique}-from-config")  # config tag applied by the pre-task
+    result = run_invoke(["compimg.build", f"--tag=b={unique}-b", f"--tag={unique}-final"], folder)
+    assert result.returncode == 0, result.stderr
+    assert api.inspect_image(f"{unique}-b")["Id"] == api.inspect_image(f"{unique}-final")["Id"]
+    result = run_invoke(["api"], folder)
+    assert "API-IDS ['a', 'b']" in result.stdout, result.stderr
+    env = run_invoke(["compimg.build"], folder, env={"INVOKE_COMPIMG_TARGET": "a"})
+    assert "[b]" not in env.stdout and "[a]" in env.stdout
+
+
+def test_console_script_hello(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    project = make_project(HELLO, HELLO_FILES)
+    compimg = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+    result = subprocess.run([*compimg, "build", f"--tag=build={unique}-build", f"--tag=run={unique}"],
+                            cwd=project.context, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "final image 'run'" in result.stdout
+    assert run_image(api, unique)[1] == "Hello, 世界\n"
+    other = subprocess.run([*compimg, "--dockerfile", str(project.dockerfile), "parse"],
+                           cwd="/", capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0 and "run  line 7  FROM busybox  (final)" in other.stdout
+    listing = subprocess.run([*compimg, "--list"], cwd=project.context, capture_output=True, text=True)
+    assert "stage.build" in listing.stdout and "extract-artifact" in listing.stdout
+
+
+def test_extract_assemble_shell_and_clean_tasks(make_project, api, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, folder = _project(make_project, HELLO, HELLO_FILES)
+    dest = tmp_path / "out"
+    result = run_invoke(["compimg.extract-artifact", "build:/go/bin/app", "--dest", str(dest)], folder)
+    assert result.returncode == 0, result.stderr
+    assert subprocess.run([str(dest / "app")], capture_output=True, text=True).stdout == "Hello, 世界\n"
+    result = run_invoke(["compimg.assemble"], folder)
+    assert result.returncode == 0 and "[run] Step" in result.stdout and "[build]" not in result.stdout
+    before = count_containers(api)
+    shell = subprocess.run([sys.executable, "-m", "invoke", "compimg.shell", "run", "--cmd", "sh -c 'ls /app; exit 0'"],
+                           cwd=folder, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert shell.returncode == 0 and "app" in shell.stdout, shell.stderr
+    failing = run_invoke(["compimg.shell", "run", "--cmd", "sh -c 'exit 4'"], folder)
+    assert failing.returncode == 4 and "exited with status 4" in failing.stderr
+    assert count_containers(api) == before
+    cleaned = run_invoke(["compimg.clean"], folder)
+    assert cleaned.returncode == 0 and "removed 0 container(s) and 2 image(s)" in cleaned.stdout
+    assert api.images(filters={"label": "compimg.project"}, quiet=True) is not None
+
+
+def test_engine_unreachable_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM busybox\n")
+    (tmp_path / "tasks.py").write_text(TASKS)
+    result = run_invoke(["compimg.build"], tmp_path, env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "cannot reach the Docker engine at unix:///nonexistent.sock (no such file or directory); "
+        "start it (scripts/engine) or set DOCKER_HOST"]
+
+
+pytestmark = pytest.mark.engine
