@@ -15,7 +15,7 @@ From your own task bodies, the same operations are functions taking the context 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _project(dockerfile: Path, context: Path) -> Project:
     return Project(dockerfile, context)
 

@@ -90,8 +90,9 @@ def context_archive(context: str, dockerfile_text: str, *, reads_context: bool) 
     if not reads_context:
         return create_archive(root=context, files=[], extra_files=extra)  # type: ignore[no-any-return]
     patterns = _dockerignore(context)
-    files = sorted(exclude_paths(os.path.abspath(context), patterns, dockerfile=DOCKERFILE_IN_CONTEXT))
-    return create_archive(root=os.path.abspath(context), files=files, extra_files=extra)  # type: ignore[no-any-return]
+    root = os.path.abspath(context)
+    files = sorted(exclude_paths(root, patterns, dockerfile=DOCKERFILE_IN_CONTEXT))
+    return create_archive(root=root, files=files, extra_files=extra)  # type: ignore[no-any-return]
 
 
 def _dockerignore(context: str) -> list[str]:
@@ -103,8 +104,8 @@ def _dockerignore(context: str) -> list[str]:
         return [line for line in lines if line and not line.startswith("#")]
 
 
-def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str, str], no_cache: bool, network: str | None,
-          on_event: Callable[[BuildEvent], None]) -> str | None:
+def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str, str],
+          no_cache: bool, network: str | None, on_event: Callable[[BuildEvent], None]) -> str | None:
     """Send one single-stage build; return the image ID from the `aux` message, or None
     when the stream ended without one (the error events say why)."""
     image_id: str | None = None
@@ -181,9 +182,8 @@ def stopped_container(api: docker.APIClient, image_id: str, project: str) -> Ite
 
 
 def remove_container(api: docker.APIClient, container: str) -> None:
-    with contextlib.suppress(docker.errors.NotFound):
-        with engine_errors("removing a temporary container"):
-            api.remove_container(container, force=True, v=True)
+    with contextlib.suppress(docker.errors.NotFound), engine_errors("removing a temporary container"):
+        api.remove_container(container, force=True, v=True)
 
 
 def archive_of(api: docker.APIClient, container: str, path: str) -> tuple[Iterator[bytes], dict[str, Any]]:

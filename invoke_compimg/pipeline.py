@@ -220,7 +220,8 @@ class Builder:
         for stage_name, refs in self.settings.tags.items():
             for ref in refs:
                 self._print(f"[{stage_name}] ", f"pushing {ref}")
-                engine.push(self.api, ref, lambda e, s=stage_name: self._print(f"[{s}] ", e.text))
+                prefix = f"[{stage_name}] "
+                engine.push(self.api, ref, lambda event, p=prefix: self._print(p, event.text))
 
     def table(self) -> str:
         rows = [("stage", "image", "size", "seconds")]
@@ -228,7 +229,7 @@ class Builder:
             rows.append((r.name, r.image_id.split(":")[-1][:12], _megabytes(r.size),
                          "cached" if r.cached else f"{r.seconds:.2f}"))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+        text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
         final = self.results[-1] if self.results else None
         others = [r for r in self.results[:-1]]
         if final and others:
@@ -263,9 +264,8 @@ def extract_artifact(project: Project, builder: Builder, spec: str, dest: str) -
             raise UserError(f"'{path}' does not exist in stage '{stage.name}'; check the path "
                             f"with `compimg.shell {stage.name}`", where=str(project.dockerfile),
                             line=stage.line) from None
-        with engine.engine_errors(f"copying {spec}"):
-            with engine.open_tar_stream(chunks) as archive:
-                return extract(archive, dest, spec)
+        with engine.engine_errors(f"copying {spec}"), engine.open_tar_stream(chunks) as archive:
+            return extract(archive, dest, spec)
 
 
 def clean(project: Project, api: docker.APIClient, out: TextIO) -> tuple[int, int]:

@@ -47,7 +47,8 @@ def _task(body: Callable[..., Any], name: str, *, help: Mapping[str, str] | None
           iterable: Iterable[str] = (), pre: Iterable[Task] = (), optional: Iterable[str] = (),
           positional: Iterable[str] | None = None) -> CompimgTask:
     return CompimgTask(body, name=name, help=dict(help or {}), iterable=list(iterable),
-                       pre=list(pre), optional=list(optional), positional=positional)
+                       pre=list(pre), optional=list(optional),  # type: ignore[arg-type]
+                       positional=positional)
 
 
 def _config(c: Context, key: str) -> dict[str, Any]:

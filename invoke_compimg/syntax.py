@@ -284,7 +284,7 @@ class _Parser:
         self.global_args.append(Instruction("ARG", value, line, (f"ARG {value}",)))
 
     def _open_stage(self, value: str, line: int, pending_name: tuple[str, int] | None) -> _Draft:
-        words, alias = self._split_from(value, line)
+        words, _ = self._split_from(value, line)
         index = len(self.drafts)
         name = next(n for n, (i, _) in self.declared.items() if i == index)
         draft = _Draft(name=name, index=index, line=pending_name[1] if pending_name else line)

@@ -23,7 +23,7 @@ def _engine_unavailable() -> str | None:
         try:
             docker.APIClient(version="auto", **docker.utils.kwargs_from_env()).ping()
             _engine_problem.append(None)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _engine_problem.append(f"no Docker engine ({exc}); run scripts/engine")
     return _engine_problem[0]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import tarfile
 from typing import Any
 
 from invoke_compimg import engine
@@ -15,19 +14,19 @@ def image_listing(api: Any, image: str, under: str = "") -> dict[str, Entry]:
     """Every entry of the image's filesystem (below `under`): type, mode, owner, link target
     or content hash. The container is created, never started, and removed."""
     listing: dict[str, Entry] = {}
-    with engine.stopped_container(api, image, "tests") as container:
-        with engine.open_tar_stream(api.export(container)) as archive:
-            for member in archive:
-                name = member.name.lstrip("./")
-                if under and not (name == under or name.startswith(under + "/")):
-                    continue
-                kind = ("dir" if member.isdir() else "sym" if member.issym() else
-                        "hard" if member.islnk() else "file" if member.isfile() else "other")
-                extra = member.linkname if member.issym() or member.islnk() else ""
-                if member.isfile():
-                    handle = archive.extractfile(member)
-                    extra = hashlib.sha256(handle.read() if handle else b"").hexdigest()[:16]
-                listing[name] = (name, kind, member.mode, member.uid, member.gid, extra)
+    with engine.stopped_container(api, image, "tests") as container, \
+            engine.open_tar_stream(api.export(container)) as archive:
+        for member in archive:
+            name = member.name.lstrip("./")
+            if under and not (name == under or name.startswith(under + "/")):
+                continue
+            kind = ("dir" if member.isdir() else "sym" if member.issym() else
+                    "hard" if member.islnk() else "file" if member.isfile() else "other")
+            extra = member.linkname if member.issym() or member.islnk() else ""
+            if member.isfile():
+                handle = archive.extractfile(member)
+                extra = hashlib.sha256(handle.read() if handle else b"").hexdigest()[:16]
+            listing[name] = (name, kind, member.mode, member.uid, member.gid, extra)
     return listing
 
 

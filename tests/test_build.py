@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from engine_helpers import config_of, count_containers, image_listing, run_image
+
 from invoke_compimg import render
 from invoke_compimg.errors import EngineError, UserError
 from invoke_compimg.pipeline import Builder, Settings

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_invoke
 from engine_helpers import count_containers, run_image
 
@@ -95,7 +94,7 @@ def test_stage_tasks_and_build_stage_build_only_prerequisites(make_project) -> N
 
 
 def test_composition_api_config_and_seed_tags(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
-    project, folder = _project(make_project, BROKEN_SIDE.replace("NAME last\nFROM busybox\nCOPY broken:/x /x\n", ""))
+    _, folder = _project(make_project, BROKEN_SIDE.replace("NAME last\nFROM busybox\nCOPY broken:/x /x\n", ""))
     (folder / "invoke.yaml").write_text(f"compimg:\n  tags:\n    a: {unique}-from-config\n")
     result = run_invoke(["release"], folder)
     assert result.returncode == 0, result.stderr
