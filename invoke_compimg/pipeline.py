@@ -218,10 +218,14 @@ class Builder:
     # --- after the build ----------------------------------------------------------------
     def push(self) -> None:
         for stage_name, refs in self.settings.tags.items():
+            prefix = f"[{stage_name}] "
+
+            def show(event: engine.BuildEvent, prefix: str = prefix) -> None:
+                self._print(prefix, event.text)
+
             for ref in refs:
-                self._print(f"[{stage_name}] ", f"pushing {ref}")
-                prefix = f"[{stage_name}] "
-                engine.push(self.api, ref, lambda event, p=prefix: self._print(p, event.text))
+                self._print(prefix, f"pushing {ref}")
+                engine.push(self.api, ref, show)
 
     def table(self) -> str:
         rows = [("stage", "image", "size", "seconds")]
