@@ -278,9 +278,21 @@ def clean(project: Project, api: docker.APIClient, out: TextIO) -> tuple[int, in
     containers = engine.containers_with_label(api, label)
     for container in containers:
         engine.remove_container(api, container["Id"])
-    removed = 0
-    for image in engine.images_with_label(api, label):
-        if engine.remove_image(api, image["Id"]):
-            removed += 1
+    # A stage based on another stage is a child image, which the engine will not remove
+    # before its children: go round until nothing more can be removed.
+    pending = [image["Id"] for image in engine.images_with_label(api, label)]
+    removed, failure = 0, None
+    while pending:
+        left = []
+        for image in pending:
+            try:
+                removed += engine.remove_image(api, image)
+            except EngineError as exc:
+                left.append(image)
+                failure = exc
+        if len(left) == len(pending):
+            assert failure is not None
+            raise failure
+        pending = left
     out.write(f"removed {len(containers)} container(s) and {removed} image(s) of {project.slug}\n")
     return len(containers), removed

@@ -130,6 +130,11 @@ def test_from_an_earlier_stage_and_native_syntax(make_project, api) -> None:  # 
     assert project.graph.stage("tool").base_stage
     listing = image_listing(api, ids["stage-2"])
     assert {"got/base", "got/tool", "again"} <= set(listing)
+    # `tool` is a child image of `base`: clean must still remove all three.
+    from invoke_compimg.pipeline import clean
+
+    assert clean(project, api, io.StringIO()) == (0, 3)
+    assert api.images(filters={"label": f"compimg.project={project.slug}"}) == []
 
 
 def test_failing_run_names_stage_and_line_and_leaves_no_container(make_project, api) -> None:  # type: ignore[no-untyped-def]
