@@ -20,6 +20,7 @@ import docker.errors
 import requests.exceptions
 from docker.utils.build import create_archive, exclude_paths
 
+from .context import dockerignore_patterns
 from .errors import EngineError
 
 LABEL_PROJECT = "compimg.project"  # the project an image or container belongs to
@@ -30,10 +31,10 @@ DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"
 NEVER_RUN = ["/compimg-container-is-never-started"]
 
 
-def connect() -> docker.APIClient:
+def connect(version: str = "auto") -> docker.APIClient:
     """A low-level client for the engine named by DOCKER_HOST (TLS settings included)."""
     try:
-        api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+        api = docker.APIClient(version=version, **docker.utils.kwargs_from_env())
     except docker.errors.DockerException as exc:
         raise EngineError(f"cannot reach the Docker engine at {_address()} ({_reason(exc)}); "
                           "start it (scripts/engine) or set DOCKER_HOST") from exc
@@ -82,26 +83,22 @@ class BuildEvent:
     text: str
 
 
-def context_archive(context: str, dockerfile_text: str, *, reads_context: bool) -> IO[bytes]:
-    """The build context as a tar file: the lowered Dockerfile plus, when the stage reads
-    the context at all, the context directory with `.dockerignore` applied by the SDK's own
-    utilities. A stage that reads nothing from the context is sent an empty one."""
-    extra = [(DOCKERFILE_IN_CONTEXT, dockerfile_text)]
-    if not reads_context:
-        return create_archive(root=context, files=[], extra_files=extra)  # type: ignore[no-any-return]
-    patterns = _dockerignore(context)
+def context_archive(context: str, dockerfile_text: str, paths: list[str] | None) -> IO[bytes]:
+    """The build context as a tar file: `paths` of the context folder (None: all of it,
+    after `.dockerignore`) plus the lowered Dockerfile. As the docker CLI does for a
+    Dockerfile that is not in the context, `.dockerignore` gets the Dockerfile's name
+    appended, so the engine drops it before any `COPY . .` sees it."""
     root = os.path.abspath(context)
-    files = sorted(exclude_paths(root, patterns, dockerfile=DOCKERFILE_IN_CONTEXT))
-    return create_archive(root=root, files=files, extra_files=extra)  # type: ignore[no-any-return]
-
-
-def _dockerignore(context: str) -> list[str]:
-    path = os.path.join(context, ".dockerignore")
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as handle:
-        lines = (line.strip() for line in handle.read().splitlines())
-        return [line for line in lines if line and not line.startswith("#")]
+    if paths is None:
+        paths = sorted(exclude_paths(root, dockerignore_patterns(context), dockerfile=DOCKERFILE_IN_CONTEXT))
+    ignore_file = os.path.join(root, ".dockerignore")
+    if os.path.exists(ignore_file):
+        with open(ignore_file, encoding="utf-8", errors="surrogateescape") as handle:
+            ignore = handle.read().rstrip("\n") + "\n" + DOCKERFILE_IN_CONTEXT + "\n"
+    else:  # nothing to keep: ignore the file we add as well, so no new file appears
+        ignore = f".dockerignore\n{DOCKERFILE_IN_CONTEXT}\n"
+    extra = [(DOCKERFILE_IN_CONTEXT, dockerfile_text), (".dockerignore", ignore)]
+    return create_archive(root=root, files=paths, extra_files=extra)  # type: ignore[no-any-return]
 
 
 def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str, str],
@@ -157,6 +154,17 @@ def image_id_of(api: docker.APIClient, ref: str) -> str | None:
         if exc.status_code == 404:
             return None
         raise EngineError(f"inspecting {ref}: {_explanation(exc)}") from exc
+
+
+def image_tags(api: docker.APIClient, ref: str) -> tuple[str, list[str]] | None:
+    """(image ID, its names) of `ref`, or None when there is no such image."""
+    try:
+        found = api.inspect_image(ref)
+    except docker.errors.NotFound:
+        return None
+    except docker.errors.APIError as exc:
+        raise EngineError(f"inspecting {ref}: {_explanation(exc)}") from exc
+    return str(found["Id"]), list(found.get("RepoTags") or [])
 
 
 def image_size(api: docker.APIClient, image_id: str) -> int:
@@ -221,9 +229,12 @@ class _ChunkReader(io.RawIOBase):
         return size
 
 
-def images_with_label(api: docker.APIClient, label: str) -> list[dict[str, Any]]:
+def tags_in_repository(api: docker.APIClient, repository: str) -> list[tuple[str, str]]:
+    """(image ID, tag) for every tag of `repository`."""
     with engine_errors("listing images"):
-        return list(api.images(filters={"label": label}))
+        images = api.images(name=repository)
+    return [(image["Id"], tag) for image in images for tag in image.get("RepoTags") or []
+            if tag.startswith(repository + ":")]
 
 
 def containers_with_label(api: docker.APIClient, label: str) -> list[dict[str, Any]]:
@@ -231,14 +242,10 @@ def containers_with_label(api: docker.APIClient, label: str) -> list[dict[str, A
         return list(api.containers(all=True, filters={"label": label}))
 
 
-def remove_image(api: docker.APIClient, image: str) -> bool:
-    try:
-        api.remove_image(image, force=True, noprune=False)
-        return True
-    except docker.errors.NotFound:
-        return False
-    except docker.errors.APIError as exc:
-        raise EngineError(f"removing image {image}: {_explanation(exc)}") from exc
+def untag(api: docker.APIClient, ref: str) -> None:
+    """Remove one name; the image goes too once no name or child image holds it."""
+    with contextlib.suppress(docker.errors.NotFound), engine_errors(f"removing {ref}"):
+        api.remove_image(ref, force=False, noprune=False)
 
 
 def push(api: docker.APIClient, ref: str, on_event: Callable[[BuildEvent], None]) -> None:

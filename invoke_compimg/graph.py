@@ -55,6 +55,7 @@ class Stage:
     instructions: tuple[Instruction, ...]  # FROM first, then the rest of the stage
     copies: tuple[StageCopy, ...]
     context_sources: tuple[str, ...]  # context paths its own COPY/ADD read
+    images: tuple[str, ...] = ()  # other images it reads: its base image, COPY --from=<image>
 
     @property
     def task_name(self) -> str:

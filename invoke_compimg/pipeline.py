@@ -4,11 +4,12 @@ the images afterwards (tags, push, extraction, clean). Knows nothing of Invoke."
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -16,6 +17,7 @@ from typing import TextIO
 import docker
 
 from . import engine
+from .context import files_read, fingerprint
 from .errors import EngineError, UserError
 from .extract import Extracted, extract
 from .graph import Graph, Stage
@@ -33,6 +35,7 @@ class Settings:
     no_cache: bool = False
     network: str | None = None
     push: bool = False
+    jobs: int = 4  # stages built at the same time: builds run on the engine, we mostly wait
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,18 @@ class Project:
         # Images built in this process, per (stage, settings that change the result).
         self._built: dict[tuple[str, tuple[tuple[str, str], ...], bool], StageResult] = {}
 
+    @property
+    def repository(self) -> str:
+        """Every image name this project makes lives in this one repository."""
+        return f"compimg/{self.slug}"
+
     def local_ref(self, stage: str) -> str:
         """The stable local name of a stage's latest image (see README, "Image names")."""
-        return f"compimg/{self.slug}:{stage}"
+        return f"{self.repository}:{stage}"
+
+    def inputs_ref(self, digest: str) -> str:
+        """The name that records which inputs an image was built from (whole-stage skips)."""
+        return f"{self.repository}:inputs-{digest}"
 
     def stage(self, name: str, *, flag: str = "stage") -> Stage:
         found = self.graph.find(name)
@@ -101,30 +113,72 @@ def parse_build_args(values: Iterable[str]) -> dict[str, str]:
 
 
 class Builder:
-    """Builds stages of one project with one set of settings, printing as it goes."""
+    """Builds stages of one project with one set of settings, printing as it goes.
+
+    Stages whose prerequisites are done build at the same time (up to `jobs`); a stage
+    whose inputs are unchanged since an earlier build is not sent to the engine again."""
 
     def __init__(self, project: Project, settings: Settings, out: TextIO | None = None,
                  api: docker.APIClient | None = None) -> None:
         self.project = project
         self.settings = settings
         self.out = out or sys.stdout
-        self._api = api
+        self.jobs = max(1, int(settings.jobs))
         self.results: list[StageResult] = []
+        self._main_api = api
+        self._local = threading.local()
+        self._lock = threading.Lock()
 
     @property
     def api(self) -> docker.APIClient:
-        if self._api is None:
-            self._api = engine.connect()
-        return self._api
+        """One client per thread (requests sessions are not shared across threads); only
+        the first one negotiates the API version."""
+        client = getattr(self._local, "api", None)
+        if client is None:
+            if self._main_api is None:
+                self._main_api = engine.connect()
+                client = self._main_api
+            else:
+                client = engine.connect(version=self._main_api.api_version)
+            self._local.api = client
+        return client
 
     # --- building -----------------------------------------------------------------------
     def build(self, target: str | None = None) -> dict[str, str]:
         """Build `target` (default: final) and every stage it needs, nothing else."""
         goal = self.project.stage(target, flag="--target") if target else self.project.graph.final
-        ids: dict[str, str] = {}
-        for stage in self.project.graph.needs(goal.name):
-            ids[stage.name] = self.build_stage(stage, ids).image_id
-        return ids
+        self.api  # noqa: B018 - connect (and fail clearly) before starting any worker
+        return self._schedule(list(self.project.graph.needs(goal.name)))
+
+    def _schedule(self, pending: list[Stage]) -> dict[str, str]:
+        done: dict[str, str] = {}
+        failures: list[UserError] = []
+        running: dict[Future[StageResult], Stage] = {}
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="compimg")
+        try:
+            while pending or running:
+                if not failures:  # after a failure, let running stages finish; start no more
+                    for stage in [s for s in pending if all(d in done for d in s.depends_on)]:
+                        if len(running) >= self.jobs:
+                            break
+                        pending.remove(stage)
+                        running[pool.submit(self.build_stage, stage, dict(done))] = stage
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    stage = running.pop(future)
+                    try:
+                        done[stage.name] = future.result().image_id
+                    except UserError as exc:
+                        failures.append(exc)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if failures:
+            for extra in failures[1:]:
+                self.out.write(f"also failed: {extra}\n")
+            raise failures[0]
+        return done
 
     def build_stage(self, stage: Stage, known: Mapping[str, str] | None = None) -> StageResult:
         """Build one stage; the stages it depends on must be in `known` or already built
@@ -133,20 +187,59 @@ class Builder:
         cached = self.project._built.get(key)
         if cached is not None and self._still_there(cached.image_id):
             self._apply_tags(stage, cached.image_id)
-            result = StageResult(cached.name, cached.image_id, cached.size, 0.0, cached=True)
-            self.results.append(result)
-            return result
+            return self._record(StageResult(cached.name, cached.image_id, cached.size, 0.0, cached=True))
+        started = time.monotonic()
         ids = {name: self._dependency_id(stage, name, known or {}) for name in stage.depends_on}
         text = fill_placeholders(self.project.graph.lowered(stage.name), ids)
-        started = time.monotonic()
-        image_id = self._send(stage, text)
-        size = engine.image_size(self.api, image_id)
+        paths = files_read(str(self.project.context), stage.context_sources, engine.DOCKERFILE_IN_CONTEXT)
+        inputs = None if self.settings.no_cache else self._inputs_digest(stage, text, paths)
+        image_id = engine.image_id_of(self.api, self.project.inputs_ref(inputs)) if inputs else None
+        reused = image_id is not None
+        if image_id is None:
+            image_id = self._send(stage, text, paths)
+        else:
+            self._forget_previous(stage, image_id)
+        if inputs:
+            engine.tag(self.api, image_id, self.project.inputs_ref(inputs))
         engine.tag(self.api, image_id, self.project.local_ref(stage.name))
         self._apply_tags(stage, image_id)
-        result = StageResult(stage.name, image_id, size, time.monotonic() - started)
+        if reused:
+            self._print(f"[{stage.name}] ", f"inputs unchanged: reusing {image_id.split(':')[-1][:12]}")
+        result = StageResult(stage.name, image_id, engine.image_size(self.api, image_id),
+                             time.monotonic() - started, cached=reused)
         self.project._built[key] = result
-        self.results.append(result)
+        return self._record(result)
+
+    def _forget_previous(self, stage: Stage, image_id: str) -> None:
+        """Drop the inputs name of the image this stage had before, so superseded images do
+        not pile up on the engine (the engine keeps its layer cache)."""
+        previous = engine.image_tags(self.api, self.project.local_ref(stage.name))
+        if previous is None or previous[0] == image_id:
+            return
+        for ref in previous[1]:
+            if ref.startswith(self.project.inputs_ref("")):
+                engine.untag(self.api, ref)
+
+    def _record(self, result: StageResult) -> StageResult:
+        with self._lock:
+            self.results.append(result)
         return result
+
+    def _inputs_digest(self, stage: Stage, text: str, paths: list[str] | None) -> str | None:
+        """Everything the stage's result depends on, or None when something cannot be
+        pinned (an image that is not on the engine yet: the build will pull it)."""
+        digest = hashlib.sha256(f"compimg-inputs-1\0{stage.name}\0{text}\0".encode())
+        for image in stage.images:
+            found = engine.image_id_of(self.api, image)
+            if found is None:
+                return None
+            digest.update(f"{image}={found}\0".encode())
+        for name, value in sorted(self.settings.build_args.items()):
+            digest.update(f"arg {name}={value}\0".encode())
+        if paths is None:
+            paths = files_read(str(self.project.context), ["."], engine.DOCKERFILE_IN_CONTEXT)
+        digest.update(fingerprint(str(self.project.context), paths or []).encode())
+        return digest.hexdigest()[:40]
 
     def _still_there(self, image_id: str) -> bool:
         return engine.image_id_of(self.api, image_id) == image_id
@@ -164,7 +257,7 @@ class Builder:
                             where=str(self.project.dockerfile), line=stage.line)
         return found
 
-    def _send(self, stage: Stage, dockerfile_text: str) -> str:
+    def _send(self, stage: Stage, dockerfile_text: str, paths: list[str] | None) -> str:
         prefix = f"[{stage.name}] "
         lines = self.project.graph.lowered_lines(stage.name)
         step: list[int] = [0]
@@ -180,17 +273,12 @@ class Builder:
                     step[0] = int(match.group(1))
                 self._print(prefix, event.text)
 
-        # Our labels go in as one LABEL step: the API's `labels=` adds one step per label.
-        labels = {engine.LABEL_PROJECT: self.project.slug, engine.LABEL_STAGE: stage.name}
-        dockerfile_text += "LABEL " + " ".join(f"{k}={json.dumps(v)}" for k, v in labels.items()) + "\n"
-        archive = engine.context_archive(str(self.project.context), dockerfile_text,
-                                         reads_context=bool(stage.context_sources))
+        archive = engine.context_archive(str(self.project.context), dockerfile_text, paths)
         try:
             with engine.engine_errors(f"stage '{stage.name}'"):
                 image_id = engine.build(
-                    self.api, archive,
-                    build_args=self.settings.build_args, no_cache=self.settings.no_cache,
-                    network=self.settings.network, on_event=on_event,
+                    self.api, archive, build_args=self.settings.build_args,
+                    no_cache=self.settings.no_cache, network=self.settings.network, on_event=on_event,
                 )
         finally:
             archive.close()
@@ -206,10 +294,10 @@ class Builder:
         return image_id
 
     def _print(self, prefix: str, text: str) -> None:
-        for line in text.splitlines():
-            if line.strip():
-                self.out.write(prefix + line.rstrip() + "\n")
-        self.out.flush()
+        lines = [prefix + line.rstrip() + "\n" for line in text.splitlines() if line.strip()]
+        with self._lock:  # whole lines only, even with stages building side by side
+            self.out.write("".join(lines))
+            self.out.flush()
 
     def _apply_tags(self, stage: Stage, image_id: str) -> None:
         for ref in self.settings.tags.get(stage.name, ()):
@@ -228,15 +316,17 @@ class Builder:
                 engine.push(self.api, ref, show)
 
     def table(self) -> str:
+        order = {stage.name: stage.index for stage in self.project.graph.stages}
+        results = sorted(self.results, key=lambda r: order[r.name])
         rows = [("stage", "image", "size", "seconds")]
-        for r in self.results:
+        for r in results:
             rows.append((r.name, r.image_id.split(":")[-1][:12], _megabytes(r.size),
-                         "cached" if r.cached else f"{r.seconds:.2f}"))
+                         f"{r.seconds:.2f}" + (" (reused)" if r.cached else "")))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
-        final = self.results[-1] if self.results else None
-        others = [r for r in self.results[:-1]]
-        if final and others:
+        text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                         for row in rows)
+        if len(results) > 1:
+            final, others = results[-1], results[:-1]
             largest = max(others, key=lambda r: r.size)
             ratio = largest.size / final.size if final.size else 0.0
             text += (f"\nfinal image '{final.name}': {_megabytes(final.size)}; largest build stage "
@@ -273,26 +363,14 @@ def extract_artifact(project: Project, builder: Builder, spec: str, dest: str) -
 
 
 def clean(project: Project, api: docker.APIClient, out: TextIO) -> tuple[int, int]:
-    """Remove this project's containers and images (found by label), nothing else."""
-    label = f"{engine.LABEL_PROJECT}={project.slug}"
-    containers = engine.containers_with_label(api, label)
+    """Remove this project's temporary containers (by label) and every name in its own
+    repository; an image also tagged by the user (e.g. `--tag my-app`) keeps that name."""
+    containers = engine.containers_with_label(api, f"{engine.LABEL_PROJECT}={project.slug}")
     for container in containers:
         engine.remove_container(api, container["Id"])
-    # A stage based on another stage is a child image, which the engine will not remove
-    # before its children: go round until nothing more can be removed.
-    pending = [image["Id"] for image in engine.images_with_label(api, label)]
-    removed, failure = 0, None
-    while pending:
-        left = []
-        for image in pending:
-            try:
-                removed += engine.remove_image(api, image)
-            except EngineError as exc:
-                left.append(image)
-                failure = exc
-        if len(left) == len(pending):
-            assert failure is not None
-            raise failure
-        pending = left
-    out.write(f"removed {len(containers)} container(s) and {removed} image(s) of {project.slug}\n")
-    return len(containers), removed
+    tags = engine.tags_in_repository(api, project.repository)
+    for _, tag in tags:
+        engine.untag(api, tag)
+    images = {image_id for image_id, _ in tags}
+    out.write(f"removed {len(containers)} container(s) and {len(images)} image(s) of {project.repository}\n")
+    return len(containers), len(images)

@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "no_cache": False,
     "push": False,
     "network": None,  # engine default, like `docker build`
+    "jobs": 4,  # stages built at the same time
 }
 
 
@@ -68,7 +69,7 @@ def _config_tags(project: Project, raw: Any) -> dict[str, tuple[str, ...]]:
 
 def _settings(c: Context, key: str, project: Project, *, tags: Iterable[str] = (),
               default_tag_stage: str | None = None, build_args: Iterable[str] = (),
-              no_cache: bool | None = None, push: bool | None = None) -> Settings:
+              no_cache: bool | None = None, push: bool | None = None, jobs: int | None = None) -> Settings:
     config = _config(c, key)
     merged_tags = _config_tags(project, config["tags"])
     merged_tags.update(parse_tags(tags, default_tag_stage or project.graph.final.name, project))
@@ -79,7 +80,18 @@ def _settings(c: Context, key: str, project: Project, *, tags: Iterable[str] = (
         no_cache=bool(config["no_cache"] if no_cache is None else no_cache),
         network=config["network"] or None,
         push=bool(config["push"] if push is None else push),
+        jobs=_positive(config["jobs"] if jobs is None else jobs, "jobs"),
     )
+
+
+def _positive(value: Any, name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise UserError(f"--{name} {value}: give a whole number of at least 1")
+    return number
 
 
 def collection(dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
@@ -114,13 +126,13 @@ def parse(c: Context, project: Project, format: str = "text", stage: str | None 
 
 def build(c: Context, project: Project, target: str | None = None, tags: Iterable[str] = (),
           build_args: Iterable[str] = (), no_cache: bool | None = None, push: bool | None = None,
-          key: str = "compimg") -> dict[str, str]:
+          key: str = "compimg", jobs: int | None = None) -> dict[str, str]:
     """Build `target` (default: config, then the final stage) and what it needs; return
     {stage: image ID}."""
     target = target or _config(c, key)["target"]
     goal = project.stage(target, flag="--target").name if target else project.graph.final.name
     b = Builder(project, _settings(c, key, project, tags=tags, default_tag_stage=goal,
-                                   build_args=build_args, no_cache=no_cache, push=push))
+                                   build_args=build_args, no_cache=no_cache, push=push, jobs=jobs))
     ids = b.build(goal)
     print(b.table(), end="")
     if b.settings.push:
@@ -173,9 +185,9 @@ def make_collection(project: Project, name: str = "compimg") -> Collection:
 
     def build_task(c: Context, target: str | None = None, tag: list[str] | None = None,
                    build_arg: list[str] | None = None, no_cache: bool | None = None,
-                   push: bool | None = None) -> dict[str, str]:
+                   push: bool | None = None, jobs: int | None = None) -> dict[str, str]:
         """Build the final stage (or --target) and every stage it needs, nothing else."""
-        return build(c, project, target, tag or [], build_arg or [], no_cache, push, key=name)
+        return build(c, project, target, tag or [], build_arg or [], no_cache, push, key=name, jobs=jobs)
 
     def build_stage_task(c: Context, stage: str, tag: list[str] | None = None,
                          build_arg: list[str] | None = None, no_cache: bool | None = None) -> dict[str, str]:
@@ -209,7 +221,9 @@ def make_collection(project: Project, name: str = "compimg") -> Collection:
     ns.add_task(_task(build_task, "build", iterable=["tag", "build_arg"], help={
         "target": "stage to build (default: the final stage); only what it needs is built",
         "tag": tag_help, "build-arg": arg_help,
-        "no-cache": "do not use the engine's cache", "push": "push every tagged ref afterwards",
+        "no-cache": "rebuild everything: no engine cache, no reuse of unchanged stages",
+        "push": "push every tagged ref afterwards",
+        "jobs": "stages built at the same time (default 4)",
     }), default=True)
     ns.add_task(_task(build_stage_task, "build-stage", iterable=["tag", "build_arg"], help={
         "stage": "the stage to build", "tag": "REF to tag the stage with; repeatable",

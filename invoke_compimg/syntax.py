@@ -97,6 +97,7 @@ class _Draft:
     instructions: list[Instruction] = field(default_factory=list)
     copies: list[StageCopy] = field(default_factory=list)
     context_sources: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,7 @@ class _Parser:
             base_text = placeholder(stage)
         else:
             draft.base, base_text = image, words[-1]
+            draft.images.append(image)
         lowered = " ".join(["FROM", *flags, base_text])
         draft.instructions.append(Instruction("FROM", value, line, (lowered,)))
         self.drafts.append(draft)
@@ -356,6 +358,7 @@ class _Parser:
         if explicit is not None:
             stage = self._stage_ref(explicit, line, draft.index, by_index=True)
             if stage is None:  # an image: Docker reads it; nothing to wire
+                draft.images.append(explicit)
                 return (f"COPY {args.render(args.sources, explicit)}",)
             draft.copies.append(StageCopy(stage, args.sources, args.dest, line))
             return (f"COPY {args.render(args.sources, placeholder(stage))}",)
@@ -399,7 +402,7 @@ class _Parser:
                 name=d.name, index=d.index, line=d.line,
                 base=d.base, base_stage=d.base_stage, named=d.name not in self.generated,
                 instructions=tuple(d.instructions), copies=tuple(d.copies),
-                context_sources=tuple(d.context_sources),
+                context_sources=tuple(d.context_sources), images=tuple(dict.fromkeys(d.images)),
             )
             for d in self.drafts
         )
