@@ -146,25 +146,18 @@ def _split_ref(ref: str) -> tuple[str, str, str]:
 
 
 def image_id_of(api: docker.APIClient, ref: str) -> str | None:
-    try:
-        return str(api.inspect_image(ref)["Id"])
-    except docker.errors.ImageNotFound:
-        return None
-    except docker.errors.APIError as exc:
-        if exc.status_code == 404:
-            return None
-        raise EngineError(f"inspecting {ref}: {_explanation(exc)}") from exc
+    found = inspect(api, ref)
+    return None if found is None else str(found["Id"])
 
 
-def image_tags(api: docker.APIClient, ref: str) -> tuple[str, list[str]] | None:
-    """(image ID, its names) of `ref`, or None when there is no such image."""
+def inspect(api: docker.APIClient, ref: str) -> dict[str, Any] | None:
+    """The engine's description of image `ref`, or None when there is no such image."""
     try:
-        found = api.inspect_image(ref)
+        return dict(api.inspect_image(ref))
     except docker.errors.NotFound:
         return None
     except docker.errors.APIError as exc:
         raise EngineError(f"inspecting {ref}: {_explanation(exc)}") from exc
-    return str(found["Id"]), list(found.get("RepoTags") or [])
 
 
 def image_size(api: docker.APIClient, image_id: str) -> int:

@@ -4,12 +4,13 @@ the images afterwards (tags, push, extraction, clean). Knows nothing of Invoke."
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -128,6 +129,7 @@ class Builder:
         self._main_api = api
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._images: dict[str, str | None] = {}
 
     @property
     def api(self) -> docker.APIClient:
@@ -151,72 +153,95 @@ class Builder:
         return self._schedule(list(self.project.graph.needs(goal.name)))
 
     def _schedule(self, pending: list[Stage]) -> dict[str, str]:
-        done: dict[str, str] = {}
-        failures: list[UserError] = []
-        running: dict[Future[StageResult], Stage] = {}
+        """Run stages as soon as the images they use exist. A stage's dependents start the
+        moment its image ID is known; naming and measuring it happen off that path."""
+        ids: dict[str, str] = {}
+        active: set[str] = set()
+        failures: list[BaseException] = []
+        events: queue.Queue[tuple[str, Stage, object]] = queue.Queue()
+
+        def work(stage: Stage, known: dict[str, str]) -> None:
+            try:
+                result = self.build_stage(stage, known, lambda image_id: events.put(("image", stage, image_id)))
+                events.put(("done", stage, result))
+            except BaseException as exc:  # reported by the main thread
+                events.put(("failed", stage, exc))
+
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="compimg")
         try:
-            while pending or running:
+            while pending or active:
                 if not failures:  # after a failure, let running stages finish; start no more
-                    for stage in [s for s in pending if all(d in done for d in s.depends_on)]:
-                        if len(running) >= self.jobs:
+                    for stage in [s for s in pending if all(d in ids for d in s.depends_on)]:
+                        if len(active) >= self.jobs:
                             break
                         pending.remove(stage)
-                        running[pool.submit(self.build_stage, stage, dict(done))] = stage
-                if not running:
+                        active.add(stage.name)
+                        pool.submit(work, stage, dict(ids))
+                if not active:
                     break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    stage = running.pop(future)
-                    try:
-                        done[stage.name] = future.result().image_id
-                    except UserError as exc:
-                        failures.append(exc)
+                kind, stage, value = events.get()
+                if kind == "image":
+                    ids[stage.name] = str(value)
+                else:
+                    active.discard(stage.name)
+                    if kind == "failed":
+                        failures.append(value)  # type: ignore[arg-type]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         if failures:
             for extra in failures[1:]:
                 self.out.write(f"also failed: {extra}\n")
             raise failures[0]
-        return done
+        return ids
 
-    def build_stage(self, stage: Stage, known: Mapping[str, str] | None = None) -> StageResult:
+    def build_stage(self, stage: Stage, known: Mapping[str, str] | None = None,
+                    on_image: Callable[[str], None] | None = None) -> StageResult:
         """Build one stage; the stages it depends on must be in `known` or already built
-        (in this process, or earlier under their local names)."""
+        (in this process, or earlier under their local names). `on_image` hears the image
+        ID as soon as it exists, before the image is named and measured."""
         key = (stage.name, tuple(sorted(self.settings.build_args.items())), self.settings.no_cache)
         cached = self.project._built.get(key)
         if cached is not None and self._still_there(cached.image_id):
+            if on_image:
+                on_image(cached.image_id)
             self._apply_tags(stage, cached.image_id)
             return self._record(StageResult(cached.name, cached.image_id, cached.size, 0.0, cached=True))
         started = time.monotonic()
         ids = {name: self._dependency_id(stage, name, known or {}) for name in stage.depends_on}
         text = fill_placeholders(self.project.graph.lowered(stage.name), ids)
         paths = files_read(str(self.project.context), stage.context_sources, engine.DOCKERFILE_IN_CONTEXT)
-        inputs = None if self.settings.no_cache else self._inputs_digest(stage, text, paths)
-        image_id = engine.image_id_of(self.api, self.project.inputs_ref(inputs)) if inputs else None
-        reused = image_id is not None
-        if image_id is None:
-            image_id = self._send(stage, text, paths)
-        else:
-            self._forget_previous(stage, image_id)
-        if inputs:
-            engine.tag(self.api, image_id, self.project.inputs_ref(inputs))
-        engine.tag(self.api, image_id, self.project.local_ref(stage.name))
-        self._apply_tags(stage, image_id)
-        if reused:
+        inputs = self._inputs_digest(stage, text, paths)
+        inputs_ref = self.project.inputs_ref(inputs) if inputs else None
+        # --no-cache never reuses, but still records the inputs for the next build.
+        found = engine.inspect(self.api, inputs_ref) if inputs_ref and not self.settings.no_cache else None
+        if found is not None:
+            image_id, size, names = str(found["Id"]), int(found["Size"]), list(found.get("RepoTags") or [])
+            if on_image:
+                on_image(image_id)
             self._print(f"[{stage.name}] ", f"inputs unchanged: reusing {image_id.split(':')[-1][:12]}")
-        result = StageResult(stage.name, image_id, engine.image_size(self.api, image_id),
-                             time.monotonic() - started, cached=reused)
+        else:
+            image_id = self._send(stage, text, paths)
+            if on_image:
+                on_image(image_id)
+            self._forget_previous(stage, image_id)
+            size, names = -1, []
+        for ref in (inputs_ref, self.project.local_ref(stage.name)):
+            if ref and ref not in names:
+                engine.tag(self.api, image_id, ref)
+        self._apply_tags(stage, image_id)
+        if size < 0:
+            size = engine.image_size(self.api, image_id)
+        result = StageResult(stage.name, image_id, size, time.monotonic() - started, cached=found is not None)
         self.project._built[key] = result
         return self._record(result)
 
     def _forget_previous(self, stage: Stage, image_id: str) -> None:
         """Drop the inputs name of the image this stage had before, so superseded images do
         not pile up on the engine (the engine keeps its layer cache)."""
-        previous = engine.image_tags(self.api, self.project.local_ref(stage.name))
-        if previous is None or previous[0] == image_id:
+        previous = engine.inspect(self.api, self.project.local_ref(stage.name))
+        if previous is None or previous["Id"] == image_id:
             return
-        for ref in previous[1]:
+        for ref in previous.get("RepoTags") or []:
             if ref.startswith(self.project.inputs_ref("")):
                 engine.untag(self.api, ref)
 
@@ -230,7 +255,7 @@ class Builder:
         pinned (an image that is not on the engine yet: the build will pull it)."""
         digest = hashlib.sha256(f"compimg-inputs-1\0{stage.name}\0{text}\0".encode())
         for image in stage.images:
-            found = engine.image_id_of(self.api, image)
+            found = self._external_image_id(image)
             if found is None:
                 return None
             digest.update(f"{image}={found}\0".encode())
@@ -240,6 +265,16 @@ class Builder:
             paths = files_read(str(self.project.context), ["."], engine.DOCKERFILE_IN_CONTEXT)
         digest.update(fingerprint(str(self.project.context), paths or []).encode())
         return digest.hexdigest()[:40]
+
+    def _external_image_id(self, ref: str) -> str | None:
+        """The ID of a base or `COPY --from` image, looked up once per build."""
+        with self._lock:
+            if ref in self._images:
+                return self._images[ref]
+        found = engine.image_id_of(self.api, ref)
+        with self._lock:
+            self._images[ref] = found
+        return found
 
     def _still_there(self, image_id: str) -> bool:
         return engine.image_id_of(self.api, image_id) == image_id

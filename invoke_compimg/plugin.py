@@ -184,16 +184,18 @@ def make_collection(project: Project, name: str = "compimg") -> Collection:
         parse(c, project, format, stage, lowered)
 
     def build_task(c: Context, target: str | None = None, tag: list[str] | None = None,
-                   build_arg: list[str] | None = None, no_cache: bool | None = None,
-                   push: bool | None = None, jobs: int | None = None) -> dict[str, str]:
+                   build_arg: list[str] | None = None, no_cache: bool = False,
+                   push: bool = False, jobs: int | None = None) -> dict[str, str]:
         """Build the final stage (or --target) and every stage it needs, nothing else."""
-        return build(c, project, target, tag or [], build_arg or [], no_cache, push, key=name, jobs=jobs)
+        # A flag that is not given (False) leaves the decision to config.
+        return build(c, project, target, tag or [], build_arg or [], no_cache or None, push or None,
+                     key=name, jobs=jobs)
 
     def build_stage_task(c: Context, stage: str, tag: list[str] | None = None,
-                         build_arg: list[str] | None = None, no_cache: bool | None = None) -> dict[str, str]:
+                         build_arg: list[str] | None = None, no_cache: bool = False) -> dict[str, str]:
         """Build one stage and only the stages it needs (for debugging)."""
         goal = project.stage(stage).name
-        return build(c, project, goal, tag or [], build_arg or [], no_cache, False, key=name)
+        return build(c, project, goal, tag or [], build_arg or [], no_cache or None, False, key=name)
 
     def extract_task(c: Context, artifact: str, dest: str = ".") -> None:
         """Copy STAGE:/PATH out of a stage's image onto the host (like `docker cp`)."""

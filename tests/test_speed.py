@@ -4,6 +4,7 @@ the suite itself: the benchmark lives in benchmarks/)."""
 from __future__ import annotations
 
 import io
+import itertools
 import tarfile
 import threading
 import time
@@ -77,7 +78,7 @@ def test_jobs_one_is_serial(make_project, monkeypatch) -> None:  # type: ignore[
     spy = Spy(monkeypatch)
     _builder(make_project(FAN_OUT), jobs=1, no_cache=True).build()
     spans = sorted((start, end) for _, start, end in spy.builds)
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
 
 
 def test_failure_stops_scheduling_and_reports_every_failure(make_project, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,166 @@
+"""compimg against `docker build` (classic builder and BuildKit) on the same engine.
+
+    python benchmarks/bench.py [--runs N] [--only hello,fan-out] [--markdown FILE]
+
+Five workloads, each written in the seed syntax and in native syntax. compimg builds
+both files (as a whole `compimg` process, as users run it); the peers build the native
+file: `DOCKER_BUILDKIT=0 docker build` and `DOCKER_BUILDKIT=1 docker build --network=none`
+(Debian's 20.10 client when present). Runs are interleaved (A B C D A B C D ...), cold
+(`--no-cache`) then warm (the same build again, nothing changed); the table gives medians
+and compimg's ratio to each peer. A script, never a timed assertion in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker") or "docker"
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+
+
+def _hello(folder: Path) -> tuple[str, str]:
+    for name in ("main.go", "go.mod"):
+        shutil.copy(ROOT / "examples/hello-go" / name, folder / name)
+    seed = (ROOT / "examples/hello-go/Dockerfile").read_text()
+    native = ("FROM golang:1.19 AS build\nCOPY . .\nRUN go build -o /go/bin/app .\n\n"
+              "FROM busybox AS run\nWORKDIR /app\nCOPY --from=build /go/bin/app .\nCMD [\"./app\"]\n")
+    (folder / ".dockerignore").write_text("*.Dockerfile\n")
+    return seed, native
+
+
+def _fan_out(folder: Path) -> tuple[str, str]:
+    seed = "".join(f"NAME s{i}\nFROM busybox\nRUN sleep 2 && echo {i} > /out{i}\n\n" for i in range(4))
+    seed += "NAME final\nFROM busybox\nCOPY " + " ".join(f"s{i}:/out{i}" for i in range(4)) + " /all/\n"
+    native = "".join(f"FROM busybox AS s{i}\nRUN sleep 2 && echo {i} > /out{i}\n\n" for i in range(4))
+    native += "FROM busybox AS final\n" + "".join(f"COPY --from=s{i} /out{i} /all/\n" for i in range(4))
+    return seed, native
+
+
+def _chain(folder: Path) -> tuple[str, str]:
+    seed = "NAME c0\nFROM busybox\nRUN mkdir /out && echo 0 > /out/0\n"
+    native = "FROM busybox AS c0\nRUN mkdir /out && echo 0 > /out/0\n"
+    for i in range(1, 20):
+        seed += f"NAME c{i}\nFROM busybox\nCOPY c{i - 1}:/out /out\nRUN echo {i} > /out/{i}\n"
+        native += f"FROM busybox AS c{i}\nCOPY --from=c{i - 1} /out /out\nRUN echo {i} > /out/{i}\n"
+    return seed, native
+
+
+def _big_context(folder: Path) -> tuple[str, str]:
+    with open(folder / "big.bin", "wb") as handle:
+        handle.write(os.urandom(1 << 20) * 200)
+    seed = "NAME build\nFROM busybox\nRUN echo made > /x\nNAME run\nFROM busybox\nCOPY build:/x /x\n"
+    native = "FROM busybox AS build\nRUN echo made > /x\nFROM busybox AS run\nCOPY --from=build /x /x\n"
+    return seed, native
+
+
+def _big_artifact(folder: Path) -> tuple[str, str]:
+    make = "RUN dd if=/dev/urandom of=/big bs=1M count=200 2>/dev/null\n"
+    seed = f"NAME build\nFROM busybox\n{make}NAME run\nFROM busybox\nCOPY build:/big /big\n"
+    native = f"FROM busybox AS build\n{make}FROM busybox AS run\nCOPY --from=build /big /big\n"
+    return seed, native
+
+
+WORKLOADS: dict[str, Callable[[Path], tuple[str, str]]] = {
+    "hello": _hello, "fan-out": _fan_out, "chain": _chain,
+    "big context": _big_context, "big artifact": _big_artifact,
+}
+
+
+def _timed(command: list[str], folder: Path, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=folder, env={**os.environ, **env}, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(command)} failed in {folder}:\n{result.stderr[-2000:]}")
+    return elapsed
+
+
+def _tools(folder: Path, tag: str) -> dict[str, Callable[[bool], float]]:
+    def compimg(dockerfile: str) -> Callable[[bool], float]:
+        return lambda cold: _timed([*COMPIMG, "--dockerfile", dockerfile, "build", "--jobs", "4",
+                                    *(["--no-cache"] if cold else [])], folder, {})
+
+    def docker(buildkit: bool) -> Callable[[bool], float]:
+        extra = ["--network=none"] if buildkit else []
+        return lambda cold: _timed([DOCKER, "build", "-q", *extra, *(["--no-cache"] if cold else []),
+                                    "-f", "native.Dockerfile", "-t", f"{tag}-{'bk' if buildkit else 'classic'}", "."],
+                                   folder, {"DOCKER_BUILDKIT": "1" if buildkit else "0"})
+
+    return {"compimg seed": compimg("seed.Dockerfile"), "compimg native": compimg("native.Dockerfile"),
+            "classic": docker(False), "BuildKit": docker(True)}
+
+
+def bench(runs: int, only: list[str]) -> list[dict[str, object]]:
+    rows = []
+    tag = f"compimg-bench-{uuid.uuid4().hex[:8]}"
+    for name, make in WORKLOADS.items():
+        if only and name not in only:
+            continue
+        with tempfile.TemporaryDirectory(prefix="compimg-bench-") as tmp:
+            folder = Path(tmp)
+            seed, native = make(folder)
+            (folder / "seed.Dockerfile").write_text(seed)
+            (folder / "native.Dockerfile").write_text(native)
+            tools = _tools(folder, tag)
+            try:
+                for mode in ("cold", "warm"):
+                    times: dict[str, list[float]] = {t: [] for t in tools}
+                    if mode == "warm":
+                        for run in tools.values():
+                            run(False)  # bring each tool's own state up to date once
+                    for _ in range(runs):
+                        for tool, run in tools.items():  # interleaved: A B C D A B C D ...
+                            times[tool].append(run(mode == "cold"))
+                    medians = {t: statistics.median(v) for t, v in times.items()}
+                    rows.append({"workload": name, "mode": mode, **medians})
+                    print(_row(rows[-1]), flush=True)
+            finally:
+                for dockerfile in ("seed.Dockerfile", "native.Dockerfile"):
+                    subprocess.run([*COMPIMG, "--dockerfile", dockerfile, "clean"], cwd=folder, capture_output=True)
+                for suffix in ("bk", "classic"):
+                    subprocess.run([DOCKER, "rmi", f"{tag}-{suffix}"], capture_output=True)
+    return rows
+
+
+HEADER = ("| workload | mode | compimg (seed) | compimg (native) | classic | BuildKit "
+          "| vs classic | vs BuildKit |\n|---|---|---|---|---|---|---|---|")
+
+
+def _row(row: dict[str, object]) -> str:
+    ours = float(row["compimg seed"])  # type: ignore[arg-type]
+    classic, buildkit = float(row["classic"]), float(row["BuildKit"])  # type: ignore[arg-type]
+    return (f"| {row['workload']} | {row['mode']} | {ours:.2f} s | {float(row['compimg native']):.2f} s "  # type: ignore[arg-type]
+            f"| {classic:.2f} s | {buildkit:.2f} s | {ours / classic:.2f}x | {ours / buildkit:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="runs per tool and mode (median taken)")
+    parser.add_argument("--only", default="", help="comma-separated workloads")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args()
+    server = subprocess.run([DOCKER, "version", "-f", "{{.Server.Version}}"], capture_output=True, text=True)
+    heading = (f"{date.today()} on {platform.machine()}, {os.cpu_count()} cores, engine "
+               f"{server.stdout.strip()}, {args.runs} interleaved runs each, medians; ratios are compimg (seed) / peer")
+    print(heading)
+    print(HEADER)
+    rows = bench(args.runs, [w for w in args.only.split(",") if w])
+    if args.markdown:
+        Path(args.markdown).write_text(heading + "\n\n" + HEADER + "\n" + "\n".join(_row(r) for r in rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
