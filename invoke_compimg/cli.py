@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 from invoke import Argument, Program
 
 from . import __version__
+from .errors import Interrupted
 
 
 class CompimgProgram(Program):  # type: ignore[misc]
@@ -46,5 +48,11 @@ class CompimgProgram(Program):  # type: ignore[misc]
 program = CompimgProgram(name="compimg", binary="compimg", version=__version__)
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
 def main() -> None:
+    # Invoke turns Ctrl-C outside a task body into exit status 1; ours is 130 everywhere.
+    signal.signal(signal.SIGINT, _interrupted)
     program.run()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import socket
 import tarfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import IO, Any
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 from docker.utils.build import create_archive, exclude_paths
 
 from .context import dockerignore_patterns
@@ -25,10 +28,14 @@ from .errors import EngineError
 
 LABEL_PROJECT = "compimg.project"  # the project an image or container belongs to
 LABEL_STAGE = "compimg.stage"  # the stage an image was built for
-LABEL_TEMPORARY = "compimg.temporary"  # containers we create only to copy files out
+LABEL_TEMPORARY = "compimg.temporary"  # containers we create only to copy files out or
+# for a shell; the value says who made it, `<host>:<pid>`, so a later run can tell leftovers
+# of a killed run from containers that a run going on right now still uses.
+STALE_FOREIGN_SECONDS = 3600
 
 DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"
 NEVER_RUN = ["/compimg-container-is-never-started"]
+DATA_CHUNK = 1 << 20
 
 
 def connect(version: str = "auto") -> docker.APIClient:
@@ -48,7 +55,7 @@ def _address() -> str:
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     for marker in ("Permission denied", "No such file or directory", "Connection refused",
-                   "Name or service not known", "timed out"):
+                   "Name or service not known", "timed out", "Connection broken", "Connection aborted"):
         if marker in text:
             return marker.lower()
     return " ".join(text.split())[:200]
@@ -65,7 +72,8 @@ def engine_errors(what: str) -> Iterator[None]:
         raise EngineError(f"{what}: no such image ({_explanation(exc)})") from exc
     except docker.errors.APIError as exc:
         raise EngineError(f"{what}: {_explanation(exc)}") from exc
-    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+            docker.errors.DockerException) as exc:
         raise EngineError(f"{what}: lost the Docker engine at {_address()} ({_reason(exc)}); "
                           "check that it is running, then retry") from exc
 
@@ -165,6 +173,36 @@ def image_size(api: docker.APIClient, image_id: str) -> int:
         return int(api.inspect_image(image_id)["Size"])
 
 
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_gone(value: str, created: float) -> bool:
+    host, _, pid = value.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return time.time() - created > STALE_FOREIGN_SECONDS  # another machine's: by age
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def reap_leftovers(api: docker.APIClient, project: str | None = None) -> int:
+    """Remove temporary containers left by killed runs (of `project`, or of any project);
+    never those of a run that is still going on."""
+    label = LABEL_TEMPORARY if project is None else f"{LABEL_PROJECT}={project}"
+    removed = 0
+    for container in containers_with_label(api, label):
+        value = (container.get("Labels") or {}).get(LABEL_TEMPORARY)
+        if value is not None and _owner_gone(value, float(container.get("Created", 0))):
+            remove_container(api, container["Id"])
+            removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def stopped_container(api: docker.APIClient, image_id: str, project: str) -> Iterator[str]:
     """A container created from `image_id` and never started (so nothing in the image runs);
@@ -172,7 +210,7 @@ def stopped_container(api: docker.APIClient, image_id: str, project: str) -> Ite
     with engine_errors("creating a container to copy from"):
         created = api.create_container(
             image_id, command=NEVER_RUN, entrypoint=[], network_disabled=True,
-            labels={LABEL_TEMPORARY: "1", LABEL_PROJECT: project},
+            labels={LABEL_TEMPORARY: owner(), LABEL_PROJECT: project},
             name=f"compimg-tmp-{uuid.uuid4().hex[:12]}",
         )
     container = created["Id"]
@@ -183,17 +221,28 @@ def stopped_container(api: docker.APIClient, image_id: str, project: str) -> Ite
 
 
 def remove_container(api: docker.APIClient, container: str) -> None:
-    with contextlib.suppress(docker.errors.NotFound), engine_errors("removing a temporary container"):
+    with engine_errors("removing a temporary container"), contextlib.suppress(docker.errors.NotFound):
         api.remove_container(container, force=True, v=True)
 
 
-def archive_of(api: docker.APIClient, container: str, path: str) -> tuple[Iterator[bytes], dict[str, Any]]:
-    """The tar stream of `path` in the container, the way `docker cp` reads it."""
+@contextlib.contextmanager
+def archive_of(api: docker.APIClient, container: str, path: str) -> Iterator[Iterator[bytes]]:
+    """The tar stream of `path` in the container, the way `docker cp` reads it.
+
+    This is the SDK's `get_archive` with the response kept, so that leaving the block
+    (done, refused, Ctrl-C) closes the connection: the engine holds the container while it
+    streams, and would otherwise block its removal until the whole archive was read."""
+    with engine_errors(f"copying {path}"):
+        response = api._get(api._url("/containers/{0}/archive", container), params={"path": path},
+                            stream=True, headers={"Accept-Encoding": "identity"})
     try:
-        stream, stat = api.get_archive(container, path)
-    except docker.errors.NotFound as exc:
-        raise FileNotFoundError(path) from exc
-    return stream, stat
+        if response.status_code == 404:
+            raise FileNotFoundError(path)
+        with engine_errors(f"copying {path}"):
+            api._raise_for_status(response)
+        yield response.iter_content(DATA_CHUNK, decode_unicode=False)
+    finally:
+        response.close()
 
 
 def open_tar_stream(chunks: Iterator[bytes]) -> tarfile.TarFile:
@@ -237,7 +286,7 @@ def containers_with_label(api: docker.APIClient, label: str) -> list[dict[str, A
 
 def untag(api: docker.APIClient, ref: str) -> None:
     """Remove one name; the image goes too once no name or child image holds it."""
-    with contextlib.suppress(docker.errors.NotFound), engine_errors(f"removing {ref}"):
+    with engine_errors(f"removing {ref}"), contextlib.suppress(docker.errors.NotFound):
         api.remove_image(ref, force=False, noprune=False)
 
 
@@ -264,7 +313,7 @@ def run_shell(api: docker.APIClient, image_id: str, command: list[str], project:
     with engine_errors("starting the shell"):
         container = api.create_container(
             image_id, command=command, entrypoint=[], tty=interactive, stdin_open=True,
-            labels={LABEL_TEMPORARY: "1", LABEL_PROJECT: project},
+            labels={LABEL_TEMPORARY: owner(), LABEL_PROJECT: project},
             name=f"compimg-shell-{uuid.uuid4().hex[:12]}",
         )["Id"]
     try:

@@ -35,5 +35,6 @@ class EngineError(UserError):
 class Interrupted(UserError):
     """Ctrl-C: exit 130 after cleaning up."""
 
-    def __init__(self, message: str = "interrupted; cleaned up what this run created") -> None:
+    def __init__(self, message: str = "interrupted: running builds are cancelled by the engine; "
+                                      "temporary containers and folders of this run were removed") -> None:
         super().__init__(message, code=130)

@@ -82,7 +82,8 @@ def extract(archive: tarfile.TarFile, dest: str | Path, what: str) -> Extracted:
         raise UserError(f"cannot create destination {dest} ({exc.strerror})") from None
     if not dest_path.is_dir():
         raise UserError(f"destination {dest} is not a directory; pass --dest DIR")
-    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dest_path)
+    _remove_stale_staging(dest_path)
+    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dest_path)
     result = Extracted()
     try:
         root = os.path.join(staging, "new")
@@ -104,6 +105,27 @@ def extract(archive: tarfile.TarFile, dest: str | Path, what: str) -> Extracted:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _remove_stale_staging(dest: Path) -> None:
+    """Staging folders of extractions that were killed (their process is gone)."""
+    for entry in dest.iterdir():
+        name = entry.name
+        if not name.startswith(STAGING_PREFIX) or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _move_into_place(root: str, dest: Path, staging: str, names: Iterable[str]) -> None:

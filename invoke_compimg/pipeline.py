@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -167,27 +166,27 @@ class Builder:
             except BaseException as exc:  # reported by the main thread
                 events.put(("failed", stage, exc))
 
-        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="compimg")
-        try:
-            while pending or active:
-                if not failures:  # after a failure, let running stages finish; start no more
-                    for stage in [s for s in pending if all(d in ids for d in s.depends_on)]:
-                        if len(active) >= self.jobs:
-                            break
-                        pending.remove(stage)
-                        active.add(stage.name)
-                        pool.submit(work, stage, dict(ids))
-                if not active:
-                    break
-                kind, stage, value = events.get()
-                if kind == "image":
-                    ids[stage.name] = str(value)
-                else:
-                    active.discard(stage.name)
-                    if kind == "failed":
-                        failures.append(value)  # type: ignore[arg-type]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        # Daemon threads, not an executor: on Ctrl-C the process must not wait for running
+        # builds. Exiting closes their connections, and the engine then cancels them and
+        # removes their containers (rm/forcerm).
+        while pending or active:
+            if not failures:  # after a failure, let running stages finish; start no more
+                for stage in [s for s in pending if all(d in ids for d in s.depends_on)]:
+                    if len(active) >= self.jobs:
+                        break
+                    pending.remove(stage)
+                    active.add(stage.name)
+                    threading.Thread(target=work, args=(stage, dict(ids)), daemon=True,
+                                     name=f"compimg-{stage.name}").start()
+            if not active:
+                break
+            kind, stage, value = events.get()
+            if kind == "image":
+                ids[stage.name] = str(value)
+            else:
+                active.discard(stage.name)
+                if kind == "failed":
+                    failures.append(value)  # type: ignore[arg-type]
         if failures:
             for extra in failures[1:]:
                 self.out.write(f"also failed: {extra}\n")
@@ -297,16 +296,20 @@ class Builder:
         lines = self.project.graph.lowered_lines(stage.name)
         step: list[int] = [0]
         errors: list[str] = []
+        partial: list[str] = [""]  # the engine splits long lines across messages
 
         def on_event(event: engine.BuildEvent) -> None:
             if event.kind == "error":
                 errors.append(event.text.strip())
                 self._print(prefix, "ERROR: " + event.text)
             elif event.kind == "log":
-                match = _STEP_RE.match(event.text)
-                if match:
-                    step[0] = int(match.group(1))
-                self._print(prefix, event.text)
+                text = partial[0] + event.text
+                complete, _, partial[0] = text.rpartition("\n")
+                for line in complete.split("\n") if complete or text.endswith("\n") else []:
+                    match = _STEP_RE.match(line)
+                    if match:
+                        step[0] = int(match.group(1))
+                    self._print(prefix, line)
 
         archive = engine.context_archive(str(self.project.context), dockerfile_text, paths)
         try:
@@ -317,6 +320,8 @@ class Builder:
                 )
         finally:
             archive.close()
+            if partial[0]:
+                self._print(prefix, partial[0])
         if errors or image_id is None:
             where, instruction = str(self.project.dockerfile), ""
             line = stage.line
@@ -386,21 +391,25 @@ def extract_artifact(project: Project, builder: Builder, spec: str, dest: str) -
     stage = project.stage(stage_name, flag="extract-artifact")
     image_id = builder.build(stage.name)[stage.name]
     api = builder.api
+    engine.reap_leftovers(api, project.slug)
     with engine.stopped_container(api, image_id, project.slug) as container:
         try:
-            chunks, _ = engine.archive_of(api, container, path)
+            with engine.archive_of(api, container, path) as chunks:
+                builder.out.write(f"copying {spec} into {dest}\n")
+                builder.out.flush()
+                with engine.engine_errors(f"copying {spec}"), engine.open_tar_stream(chunks) as archive:
+                    return extract(archive, dest, spec)
         except FileNotFoundError:
             raise UserError(f"'{path}' does not exist in stage '{stage.name}'; check the path "
                             f"with `compimg.shell {stage.name}`", where=str(project.dockerfile),
                             line=stage.line) from None
-        with engine.engine_errors(f"copying {spec}"), engine.open_tar_stream(chunks) as archive:
-            return extract(archive, dest, spec)
 
 
 def clean(project: Project, api: docker.APIClient, out: TextIO) -> tuple[int, int]:
     """Remove this project's temporary containers (by label) and every name in its own
     repository; an image also tagged by the user (e.g. `--tag my-app`) keeps that name."""
-    containers = engine.containers_with_label(api, f"{engine.LABEL_PROJECT}={project.slug}")
+    containers = [c for c in engine.containers_with_label(api, f"{engine.LABEL_PROJECT}={project.slug}")
+                  if engine.LABEL_TEMPORARY in (c.get("Labels") or {})]
     for container in containers:
         engine.remove_container(api, container["Id"])
     tags = engine.tags_in_repository(api, project.repository)

@@ -7,15 +7,16 @@ Pre-tasks get no CLI flags, so they read config only.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from invoke import Collection, Context, Task
 
 from . import engine
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .pipeline import Builder, Project, Settings, clean, extract_artifact, parse_build_args, parse_tags
 from .render import FORMATS
 
@@ -105,12 +106,32 @@ def collection(dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
         caller = sys._getframe(1).f_globals.get("__file__")
         base = Path(caller).resolve().parent if caller else Path.cwd()
     root = Path(base)
-    project = Project(root / dockerfile, root / context)
+    try:
+        project = Project(root / dockerfile, root / context)
+    except KeyboardInterrupt:
+        raise Interrupted() from None
     return make_collection(project, name)
 
 
 # --- operations: the tasks' bodies and the Python API (`invoke_compimg.build(c, ...)`) ---
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def interruptible(func: F) -> F:
+    """Ctrl-C becomes one line and exit status 130, after the `finally` blocks below have
+    removed what this run made (temporary containers, staging folders)."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@interruptible
 def parse(c: Context, project: Project, format: str = "text", stage: str | None = None,
           lowered: bool = False) -> str:
     graph = project.graph
@@ -124,6 +145,7 @@ def parse(c: Context, project: Project, format: str = "text", stage: str | None 
     return text
 
 
+@interruptible
 def build(c: Context, project: Project, target: str | None = None, tags: Iterable[str] = (),
           build_args: Iterable[str] = (), no_cache: bool | None = None, push: bool | None = None,
           key: str = "compimg", jobs: int | None = None) -> dict[str, str]:
@@ -140,6 +162,7 @@ def build(c: Context, project: Project, target: str | None = None, tags: Iterabl
     return ids
 
 
+@interruptible
 def assemble(c: Context, project: Project, stage: str | None = None, tags: Iterable[str] = (),
              key: str = "compimg") -> str:
     """Build one stage from its prerequisites' existing images; return its image ID."""
@@ -150,6 +173,7 @@ def assemble(c: Context, project: Project, stage: str | None = None, tags: Itera
     return result.image_id
 
 
+@interruptible
 def extract(c: Context, project: Project, artifact: str, dest: str = ".", key: str = "compimg") -> list[str]:
     """Copy STAGE:/PATH onto the host under `dest`; return the top-level names written."""
     result = extract_artifact(project, Builder(project, _settings(c, key, project)), artifact, dest)
@@ -160,17 +184,20 @@ def extract(c: Context, project: Project, artifact: str, dest: str = ".", key: s
     return result.names
 
 
+@interruptible
 def shell(c: Context, project: Project, stage: str, cmd: str = "sh", key: str = "compimg") -> None:
     import shlex
 
     goal = project.stage(stage).name
     b = Builder(project, _settings(c, key, project))
     image_id = b.build(goal)[goal]
+    engine.reap_leftovers(b.api, project.slug)
     status = engine.run_shell(b.api, image_id, shlex.split(cmd), project.slug)
     if status:
         raise UserError(f"`{cmd}` in stage '{goal}' exited with status {status}", code=status)
 
 
+@interruptible
 def clean_project(c: Context, project: Project) -> None:
     clean(project, engine.connect(), sys.stdout)
 
@@ -261,6 +288,7 @@ def _stage_collection(project: Project, key: str) -> Collection:
 
 
 def _stage_body(project: Project, key: str, stage_name: str) -> Callable[[Context], str]:
+    @interruptible
     def body(c: Context) -> str:
         b = Builder(project, _settings(c, key, project))
         result = b.build_stage(project.graph.stage(stage_name))
