@@ -3,13 +3,14 @@ the images afterwards (tags, push, extraction, clean). Knows nothing of Invoke."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -208,8 +209,9 @@ class Builder:
         started = time.monotonic()
         ids = {name: self._dependency_id(stage, name, known or {}) for name in stage.depends_on}
         text = fill_placeholders(self.project.graph.lowered(stage.name), ids)
-        paths = files_read(str(self.project.context), stage.context_sources, engine.DOCKERFILE_IN_CONTEXT)
-        inputs = self._inputs_digest(stage, text, paths)
+        with self._context_errors(stage):
+            paths = files_read(str(self.project.context), stage.context_sources, engine.DOCKERFILE_IN_CONTEXT)
+            inputs = self._inputs_digest(stage, text, paths)
         inputs_ref = self.project.inputs_ref(inputs) if inputs else None
         # --no-cache never reuses, but still records the inputs for the next build.
         found = engine.inspect(self.api, inputs_ref) if inputs_ref and not self.settings.no_cache else None
@@ -311,7 +313,8 @@ class Builder:
                         step[0] = int(match.group(1))
                     self._print(prefix, line)
 
-        archive = engine.context_archive(str(self.project.context), dockerfile_text, paths)
+        with self._context_errors(stage):
+            archive = engine.context_archive(str(self.project.context), dockerfile_text, paths)
         try:
             with engine.engine_errors(f"stage '{stage.name}'"):
                 image_id = engine.build(
@@ -332,6 +335,16 @@ class Builder:
             raise EngineError(f"stage '{stage.name}' failed{instruction}: {_short(reason, 300)}",
                               where=where, line=line)
         return image_id
+
+    @contextlib.contextmanager
+    def _context_errors(self, stage: Stage) -> Iterator[None]:
+        """The file system's errors while reading the build context, as one line."""
+        try:
+            yield
+        except OSError as exc:
+            raise UserError(f"stage '{stage.name}' cannot read its build context {self.project.context} "
+                            f"({exc}); check that folder's files and permissions",
+                            where=str(self.project.dockerfile), line=stage.line) from exc
 
     def _print(self, prefix: str, text: str) -> None:
         lines = [prefix + line.rstrip() + "\n" for line in text.splitlines() if line.strip()]

@@ -1,0 +1,69 @@
+"""Invoke wiring without an engine: task identity, pre-tasks, config precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from invoke import Config, Context
+from invoke.executor import Executor
+
+import invoke_compimg
+from invoke_compimg.errors import UserError
+from invoke_compimg.plugin import _settings
+
+TEXT = "NAME build\nFROM busybox\nNAME tool_x\nFROM busybox\nNAME run\nFROM busybox\nCOPY build:/a tool_x:/b /c/\n"
+
+
+def _collection(tmp_path: Path, name: str = "compimg", sub: str = "a"):  # type: ignore[no-untyped-def]
+    folder = tmp_path / sub
+    folder.mkdir(exist_ok=True)
+    (folder / "Dockerfile").write_text(TEXT)
+    return invoke_compimg.collection(name=name, base=folder)
+
+
+def test_stage_tasks_have_their_own_identity_and_exact_pre_tasks(tmp_path: Path) -> None:
+    one = _collection(tmp_path, "one", "a")
+    two = _collection(tmp_path, "two", "b")
+    run_one, run_two = one["stage.run"], two["stage.run"]
+    # Same name, same closure code: Invoke's Task.__eq__ would call these equal.
+    assert run_one.name == run_two.name and run_one.body.__code__ is run_two.body.__code__
+    assert run_one != run_two and len({run_one, run_two}) == 2
+    assert run_one.pre == [one["stage.build"], one["stage.tool-x"]]
+    assert one["stage.build"].pre == []
+    # The executor keeps both stage tasks of both collections.
+    from invoke import Collection
+
+    root = Collection()
+    root.add_collection(one)
+    root.add_collection(two)
+    executor = Executor(root)
+    calls = executor.dedupe(executor.expand_calls([run_one, run_two]))
+    assert [c.task for c in calls] == [one["stage.build"], one["stage.tool-x"], run_one,
+                                       two["stage.build"], two["stage.tool-x"], run_two]
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    collection = _collection(tmp_path)
+    project = invoke_compimg.project(tmp_path / "a/Dockerfile", tmp_path / "a")
+    config = Config(defaults=collection.configuration())
+    config.compimg.tags = {"build": "from-config", "run": ["r1", "r2"]}
+    config.compimg.build_args = {"A": "config", "B": "config"}
+    config.compimg.no_cache = True
+    c = Context(config=config)
+    settings = _settings(c, "compimg", project, tags=["build=from-flag"], build_args=["B=flag"])
+    assert settings.tags == {"build": ("from-flag",), "run": ("r1", "r2")}
+    assert settings.build_args == {"A": "config", "B": "flag"}
+    assert settings.no_cache is True
+    assert _settings(c, "compimg", project, no_cache=False).no_cache is False
+    assert _settings(Context(config=Config(defaults=collection.configuration())), "compimg", project).jobs == 4
+
+
+@pytest.mark.parametrize("bad", ["nope=ref", "build=UPPER", "build=a b"])
+def test_bad_tags_are_one_line(tmp_path: Path, bad: str) -> None:
+    collection = _collection(tmp_path)
+    project = invoke_compimg.project(tmp_path / "a/Dockerfile", tmp_path / "a")
+    c = Context(config=Config(defaults=collection.configuration()))
+    with pytest.raises(UserError) as caught:
+        _settings(c, "compimg", project, tags=[bad])
+    assert "\n" not in str(caught.value) and caught.value.code == 1
