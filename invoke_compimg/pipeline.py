@@ -25,6 +25,7 @@ from .graph import Graph, Stage
 from .syntax import fill_placeholders, parse_file
 
 _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : ")
+KEEP_RECORDS = 3  # inputs records (and so images) kept per stage
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,11 @@ class Project:
         """The stable local name of a stage's latest image (see README, "Image names")."""
         return f"{self.repository}:{stage}"
 
-    def inputs_ref(self, digest: str) -> str:
-        """The name that records which inputs an image was built from (whole-stage skips)."""
-        return f"{self.repository}:inputs-{digest}"
+    def inputs_ref(self, stage: str, digest: str = "") -> str:
+        """The name that records which inputs a stage's image was built from (whole-stage
+        skips). Stage names are lower case, so the upper-case `--I-` cannot occur in one:
+        `inputs_ref(stage)` is a prefix that only that stage's records have."""
+        return f"{self.repository}:{stage[:80]}--I-{digest}"
 
     def stage(self, name: str, *, flag: str = "stage") -> Stage:
         found = self.graph.find(name)
@@ -212,7 +215,7 @@ class Builder:
         with self._context_errors(stage):
             paths = files_read(str(self.project.context), stage.context_sources, engine.DOCKERFILE_IN_CONTEXT)
             inputs = self._inputs_digest(stage, text, paths)
-        inputs_ref = self.project.inputs_ref(inputs) if inputs else None
+        inputs_ref = self.project.inputs_ref(stage.name, inputs) if inputs else None
         # --no-cache never reuses, but still records the inputs for the next build.
         found = engine.inspect(self.api, inputs_ref) if inputs_ref and not self.settings.no_cache else None
         if found is not None:
@@ -224,11 +227,12 @@ class Builder:
             image_id = self._send(stage, text, paths)
             if on_image:
                 on_image(image_id)
-            self._forget_previous(stage, image_id)
             size, names = -1, []
         for ref in (inputs_ref, self.project.local_ref(stage.name)):
             if ref and ref not in names:
                 engine.tag(self.api, image_id, ref)
+        if found is None:
+            self._forget_old_records(stage)
         self._apply_tags(stage, image_id)
         if size < 0:
             size = engine.image_size(self.api, image_id)
@@ -236,15 +240,16 @@ class Builder:
         self.project._built[key] = result
         return self._record(result)
 
-    def _forget_previous(self, stage: Stage, image_id: str) -> None:
-        """Drop the inputs name of the image this stage had before, so superseded images do
-        not pile up on the engine (the engine keeps its layer cache)."""
-        previous = engine.inspect(self.api, self.project.local_ref(stage.name))
-        if previous is None or previous["Id"] == image_id:
-            return
-        for ref in previous.get("RepoTags") or []:
-            if ref.startswith(self.project.inputs_ref("")):
-                engine.untag(self.api, ref)
+    def _forget_old_records(self, stage: Stage) -> None:
+        """Keep the newest few inputs records of a stage, so superseded images do not pile
+        up on the engine (its layer cache stays). More than one, so that builds running at
+        the same time, or switching back and forth, keep their records."""
+        prefix = self.project.inputs_ref(stage.name)
+        images = engine.images_of(self.api, self.project.repository)
+        records = sorted(((image.get("Created", 0), tag) for image in images
+                          for tag in image.get("RepoTags") or [] if tag.startswith(prefix)), reverse=True)
+        for _, tag in records[KEEP_RECORDS:]:
+            engine.untag(self.api, tag)
 
     def _record(self, result: StageResult) -> StageResult:
         with self._lock:

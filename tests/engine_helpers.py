@@ -41,10 +41,11 @@ def config_of(api: Any, image: str) -> dict[str, Any]:
 
 
 def run_image(api: Any, image: str, command: list[str] | None = None) -> tuple[int, str]:
+    """Run a throwaway container without network; (exit status, output)."""
     container = api.create_container(image, command=command, network_disabled=True)
     try:
         api.start(container)
-        status = api.wait(container, timeout=120)["StatusCode"]
+        status = api.wait(container, timeout=300)["StatusCode"]
         return status, api.logs(container).decode()
     finally:
         api.remove_container(container, force=True)
@@ -52,3 +53,13 @@ def run_image(api: Any, image: str, command: list[str] | None = None) -> tuple[i
 
 def count_containers(api: Any) -> int:
     return len(api.containers(all=True))
+
+
+def build_native(api: Any, project: Any, tag: str) -> None:
+    """The peer: the engine's own multi-stage build of `compimg.parse --format native`."""
+    from invoke_compimg import render
+
+    (project.context / "Dockerfile.native").write_text(render.as_native(project.graph))
+    for message in api.build(path=str(project.context), dockerfile="Dockerfile.native", tag=tag,
+                             rm=True, forcerm=True, decode=True):
+        assert "error" not in message, message

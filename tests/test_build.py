@@ -6,9 +6,8 @@ import io
 
 import pytest
 from conftest import ROOT
-from engine_helpers import config_of, count_containers, image_listing, run_image
+from engine_helpers import build_native, config_of, count_containers, image_listing, run_image
 
-from invoke_compimg import render
 from invoke_compimg.errors import EngineError, UserError
 from invoke_compimg.pipeline import Builder, Settings
 
@@ -91,12 +90,7 @@ CMD ["echo hi"]
 def test_fidelity_against_docker_build_of_the_native_file(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     project = make_project(FIDELITY, {"context.txt": "from the context\n"})
     ids, _, _ = build(project)
-    native = render.as_native(project.graph)
-    (project.context / "Dockerfile.native").write_text(native)
-    # The peer: the engine's own multi-stage build of the native equivalent.
-    for message in api.build(path=str(project.context), dockerfile="Dockerfile.native", tag=unique,
-                             rm=True, forcerm=True, decode=True):
-        assert "error" not in message, message
+    build_native(api, project, unique)
     ours = image_listing(api, ids["run"], "app")
     theirs = image_listing(api, unique, "app")
     print("\n".join(f"{e[0]:32} {e[1]:5} {e[2]:o} {e[3]}:{e[4]} {e[5]}" for e in sorted(ours.values())))
@@ -112,10 +106,7 @@ def test_fidelity_against_docker_build_of_the_native_file(make_project, api, uni
 def test_native_format_builds_the_same_hello(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     project = make_project(HELLO, HELLO_FILES)
     ids, _, _ = build(project)
-    (project.context / "Dockerfile.native").write_text(render.as_native(project.graph))
-    for message in api.build(path=str(project.context), dockerfile="Dockerfile.native", tag=unique,
-                             rm=True, forcerm=True, decode=True):
-        assert "error" not in message, message
+    build_native(api, project, unique)
     assert image_listing(api, ids["run"], "app") == image_listing(api, unique, "app")
     assert config_of(api, ids["run"]) == config_of(api, unique)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from engine_helpers import run_image
 
 pytestmark = pytest.mark.engine
 
@@ -37,25 +38,12 @@ def test_stand_in_is_labelled_or_real(api, ref: str) -> None:  # type: ignore[no
         assert labels["compimg.standin"].startswith("debian ")
 
 
-def _run(api, image: str, command: list[str], workdir: str | None = None,
-         binds: dict | None = None) -> tuple[int, str]:  # type: ignore[no-untyped-def]
-    container = api.create_container(image, command=command, working_dir=workdir,
-                                     network_disabled=True,
-                                     host_config=api.create_host_config(binds=binds or {}))
-    try:
-        api.start(container)
-        status = api.wait(container, timeout=300)["StatusCode"]
-        return status, api.logs(container).decode()
-    finally:
-        api.remove_container(container, force=True)
-
-
 def test_busybox_runs_sh(api) -> None:  # type: ignore[no-untyped-def]
-    assert _run(api, "busybox:latest", ["sh", "-c", "echo ok"]) == (0, "ok\n")
+    assert run_image(api, "busybox:latest", ["sh", "-c", "echo ok"]) == (0, "ok\n")
 
 
 def test_golang_builds_a_static_hello_world(api) -> None:  # type: ignore[no-untyped-def]
-    status, out = _run(api, "golang:1.19", ["go", "version"])
+    status, out = run_image(api, "golang:1.19", ["go", "version"])
     assert status == 0 and out.startswith("go version go1.19"), out
     script = (
         "mkdir -p /tmp/h && cd /tmp/h && printf 'package main\\nimport \"fmt\"\\n"
@@ -63,7 +51,7 @@ def test_golang_builds_a_static_hello_world(api) -> None:  # type: ignore[no-unt
         "printf 'module h\\ngo 1.19\\n' > go.mod && go build -o /tmp/h/app . && "
         "/tmp/h/app && if grep -q ld-linux /tmp/h/app; then echo DYNAMIC; else echo STATIC; fi"
     )
-    status, out = _run(api, "golang:1.19", ["sh", "-c", script])
+    status, out = run_image(api, "golang:1.19", ["sh", "-c", script])
     assert status == 0, out
     assert "static ok" in out
     assert "STATIC" in out  # no dynamic loader named in the binary

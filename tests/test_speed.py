@@ -148,3 +148,12 @@ def test_unread_context_file_is_not_sent(make_project, monkeypatch) -> None:  # 
 
     listing = run_image(project_api(), ids["run"], ["cat", "/listing"])[1]
     assert "a.c" in listing and "x.h" in listing and "b.h" not in listing
+
+
+def test_only_the_newest_records_are_kept(make_project, api) -> None:  # type: ignore[no-untyped-def]
+    project = make_project("FROM busybox\nCOPY f /f\n", {"f": "0"})
+    for n in range(5):
+        (project.context / "f").write_text(str(n))
+        _builder(Project(project.dockerfile, project.context)).build()
+    records = [t for i in api.images(name=project.repository) for t in i["RepoTags"] if "--I-" in t]
+    assert len(records) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,19 +13,7 @@ from invoke_compimg.errors import UserError
 from invoke_compimg.graph import Graph
 from invoke_compimg.syntax import fill_placeholders, parse_text
 
-SEED = """\
-# The seed's example
-NAME build
-FROM golang:1.19
-COPY . .
-RUN go build -o /go/bin/app .
-
-NAME run
-FROM busybox
-WORKDIR /app
-COPY build:/go/bin/app .
-CMD ["./app"]
-"""
+SEED = (Path(__file__).resolve().parent.parent / "examples/hello-go/Dockerfile").read_text()
 
 NATIVE = """\
 FROM golang:1.19 AS build
