@@ -33,11 +33,22 @@ def test(c: Context, args: str = "") -> None:
 
 @task
 def lint(c: Context) -> None:
-    """ruff and mypy over the package and tests."""
-    c.run(f"{sys.executable} -m ruff check invoke_compimg tests tasks.py")
+    """ruff and mypy over the package and tests (installs the dev extra when missing)."""
+    import importlib.util
+
+    if not (importlib.util.find_spec("ruff") and importlib.util.find_spec("mypy")):
+        c.run(f"{sys.executable} -m pip install -q --disable-pip-version-check -e '.[dev]'")
+    c.run(f"{sys.executable} -m ruff check invoke_compimg tests tasks.py benchmarks")
     c.run(f"{sys.executable} -m mypy invoke_compimg")
 
 
-ns = Collection(demo, test, lint)
+@task(help={"runs": "interleaved runs per tool and mode (median taken)",
+            "only": "comma-separated workloads, e.g. 'hello,chain'"})
+def bench(c: Context, runs: int = 3, only: str = "") -> None:
+    """Time compimg against `docker build` (classic and BuildKit) on the same engine."""
+    c.run(f"{sys.executable} benchmarks/bench.py --runs {runs}" + (f" --only '{only}'" if only else ""))
+
+
+ns = Collection(demo, test, lint, bench)
 ns.add_collection(compimg)
 ns.configure({"compimg": {"tags": {"build": "hello-go-build", "run": "hello-go"}}})
