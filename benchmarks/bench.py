@@ -157,7 +157,18 @@ def main() -> None:
                f"{server.stdout.strip()}, {args.runs} interleaved runs each, medians; ratios are compimg (seed) / peer")
     print(heading)
     print(HEADER)
-    rows = bench(args.runs, [w for w in args.only.split(",") if w])
+    import docker
+
+    api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+    dangling_before = set(api.images(filters={"dangling": True}, quiet=True))
+    try:
+        rows = bench(args.runs, [w for w in args.only.split(",") if w])
+    finally:  # the peers leave untagged images, as docker build does: remove this run's
+        for image in set(api.images(filters={"dangling": True}, quiet=True)) - dangling_before:
+            try:
+                api.remove_image(image)
+            except docker.errors.APIError:
+                pass
     if args.markdown:
         Path(args.markdown).write_text(heading + "\n\n" + HEADER + "\n" + "\n".join(_row(r) for r in rows) + "\n")
 

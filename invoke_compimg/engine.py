@@ -288,6 +288,12 @@ def containers_with_label(api: docker.APIClient, label: str) -> list[dict[str, A
         return list(api.containers(all=True, filters={"label": label}))
 
 
+def remove_unnamed(api: docker.APIClient, image_id: str) -> None:
+    """Remove an image nothing names; one still in use (a container, a child image) stays."""
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        api.remove_image(image_id, force=False, noprune=False)
+
+
 def untag(api: docker.APIClient, ref: str) -> None:
     """Remove one name; the image goes too once no name or child image holds it."""
     with engine_errors(f"removing {ref}"), contextlib.suppress(docker.errors.NotFound):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import docker
 
@@ -25,7 +25,6 @@ from .graph import Graph, Stage
 from .syntax import fill_placeholders, parse_file
 
 _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : ")
-KEEP_RECORDS = 3  # inputs records (and so images) kept per stage
 
 
 @dataclass(frozen=True)
@@ -133,6 +132,7 @@ class Builder:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._images: dict[str, str | None] = {}
+        self._previous: list[tuple[str, str]] = []  # superseded (image ID, stage)
 
     @property
     def api(self) -> docker.APIClient:
@@ -195,6 +195,7 @@ class Builder:
             for extra in failures[1:]:
                 self.out.write(f"also failed: {extra}\n")
             raise failures[0]
+        self.retire_superseded()
         return ids
 
     def build_stage(self, stage: Stage, known: Mapping[str, str] | None = None,
@@ -224,15 +225,15 @@ class Builder:
                 on_image(image_id)
             self._print(f"[{stage.name}] ", f"inputs unchanged: reusing {image_id.split(':')[-1][:12]}")
         else:
+            previous = engine.inspect(self.api, self.project.local_ref(stage.name))
             image_id = self._send(stage, text, paths)
             if on_image:
                 on_image(image_id)
             size, names = -1, []
+            self._retire(stage, previous, image_id)
         for ref in (inputs_ref, self.project.local_ref(stage.name)):
             if ref and ref not in names:
                 engine.tag(self.api, image_id, ref)
-        if found is None:
-            self._forget_old_records(stage)
         self._apply_tags(stage, image_id)
         if size < 0:
             size = engine.image_size(self.api, image_id)
@@ -240,16 +241,29 @@ class Builder:
         self.project._built[key] = result
         return self._record(result)
 
-    def _forget_old_records(self, stage: Stage) -> None:
-        """Keep the newest few inputs records of a stage, so superseded images do not pile
-        up on the engine (its layer cache stays). More than one, so that builds running at
-        the same time, or switching back and forth, keep their records."""
-        prefix = self.project.inputs_ref(stage.name)
-        images = engine.images_of(self.api, self.project.repository)
-        records = sorted(((image.get("Created", 0), tag) for image in images
-                          for tag in image.get("RepoTags") or [] if tag.startswith(prefix)), reverse=True)
-        for _, tag in records[KEEP_RECORDS:]:
-            engine.untag(self.api, tag)
+    def _retire(self, stage: Stage, previous: dict[str, Any] | None, image_id: str) -> None:
+        """`previous` (what the stage's local name pointed to before this build started) is
+        superseded: drop its inputs records, and remove it at the end of the run once nothing
+        names it, so rebuilds do not pile up images. Looking before the build, not after,
+        keeps images of runs going on at the same time out of this. Only inspects, never
+        lists: listing images costs the engine time in proportion to every image it holds
+        (0.12 s a call measured with 900 images)."""
+        if previous is None or previous["Id"] == image_id:
+            return
+        for ref in previous.get("RepoTags") or []:
+            if ref.startswith(self.project.inputs_ref(stage.name)):
+                engine.untag(self.api, ref)
+        with self._lock:
+            self._previous.append((str(previous["Id"]), stage.name))
+
+    def retire_superseded(self) -> None:
+        """Remove superseded images that no name holds any more (after the local names
+        moved); an image the user also tagged, or that is in use, stays."""
+        for image_id, _ in self._previous:
+            found = engine.inspect(self.api, image_id)
+            if found is not None and not found.get("RepoTags"):
+                engine.remove_unnamed(self.api, image_id)
+        self._previous.clear()
 
     def _record(self, result: StageResult) -> StageResult:
         with self._lock:

@@ -3,6 +3,7 @@ without one they are skipped locally and fail under CI=true."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def run_invoke(args: list[str], cwd: Path, env: dict[str, str] | None = None,
 
 
 _container_counts: dict[str, int] = {}
+_dangling_before: set[str] = set()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -102,6 +104,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
         api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
         _container_counts["before"] = len(api.containers(all=True))
+        _dangling_before.update(api.images(filters={"dangling": True}, quiet=True))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -110,6 +113,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
         _container_counts["after"] = len(api.containers(all=True))
+        # Peer builds (`docker build` of native files) leave untagged stage images, as
+        # docker build does; remove the ones this run made, nothing older.
+        for image in api.images(filters={"dangling": True}, quiet=True):
+            if image not in _dangling_before:
+                with contextlib.suppress(docker.errors.APIError):
+                    api.remove_image(image, force=False, noprune=False)
         if _container_counts["after"] > _container_counts["before"] and exitstatus == 0:
             session.exitstatus = 1  # a leak fails the run
 
