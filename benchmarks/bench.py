@@ -13,6 +13,7 @@ and compimg's ratio to each peer. A script, never a timed assertion in the test 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -165,10 +166,8 @@ def main() -> None:
         rows = bench(args.runs, [w for w in args.only.split(",") if w])
     finally:  # the peers leave untagged images, as docker build does: remove this run's
         for image in set(api.images(filters={"dangling": True}, quiet=True)) - dangling_before:
-            try:
+            with contextlib.suppress(docker.errors.APIError):
                 api.remove_image(image)
-            except docker.errors.APIError:
-                pass
     if args.markdown:
         Path(args.markdown).write_text(heading + "\n\n" + HEADER + "\n" + "\n".join(_row(r) for r in rows) + "\n")
 
