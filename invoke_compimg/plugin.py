@@ -169,7 +169,6 @@ def assemble(c: Context, project: Project, stage: str | None = None, tags: Itera
     goal = project.stage(stage).name if stage else project.graph.final.name
     b = Builder(project, _settings(c, key, project, tags=tags, default_tag_stage=goal))
     result = b.build_stage(project.graph.stage(goal))
-    b.retire_superseded()
     print(b.table(), end="")
     return result.image_id
 
@@ -293,7 +292,6 @@ def _stage_body(project: Project, key: str, stage_name: str) -> Callable[[Contex
     def body(c: Context) -> str:
         b = Builder(project, _settings(c, key, project))
         result = b.build_stage(project.graph.stage(stage_name))
-        b.retire_superseded()
         print(f"[{stage_name}] built {result.image_id.split(':')[-1][:12]} "
               f"({result.size / 1e6:.1f} MB) as {project.local_ref(stage_name)}")
         return result.image_id
