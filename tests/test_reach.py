@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,4 +149,35 @@ def test_push_to_an_unreachable_registry_is_one_line(make_project, api) -> None:
         assert len(lines) == 1 and lines[0].startswith(f"pushing {ref}: "), result.stderr
         assert "connection refused" in lines[0]
     finally:
+        api.remove_image(ref)
+
+
+def test_ctrl_c_mid_push(registry, make_project, api) -> None:  # type: ignore[no-untyped-def]
+    import signal as signals
+
+    project = make_project("FROM busybox\nRUN dd if=/dev/urandom of=/big bs=1M count=300 2>/dev/null\n")
+    ref = f"{registry}/compimg-test/interrupted:v1"
+    process = subprocess.Popen([*COMPIMG, "build", "--tag", ref, "--push"], cwd=project.context, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if f"pushing {ref}" in line:
+                break
+        time.sleep(0.5)
+        started = time.monotonic()
+        process.send_signal(signals.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 130 and time.monotonic() - started < 5, err
+        assert err.startswith("interrupted:") and len(err.strip().splitlines()) == 1
+        # The registry never got the tag: an interrupted push publishes nothing.
+        try:
+            with urllib.request.urlopen(f"http://{registry}/v2/compimg-test/interrupted/tags/list") as response:
+                assert "v1" not in (json.load(response).get("tags") or [])
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+        assert api.containers(all=True, filters={"label": "compimg.temporary"}) == []
+    finally:
+        process.kill()
         api.remove_image(ref)
