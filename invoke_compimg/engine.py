@@ -271,14 +271,10 @@ class _ChunkReader(io.RawIOBase):
         return size
 
 
-def images_of(api: docker.APIClient, repository: str) -> list[dict[str, Any]]:
-    with engine_errors("listing images"):
-        return list(api.images(name=repository))
-
-
 def tags_in_repository(api: docker.APIClient, repository: str) -> list[tuple[str, str]]:
     """(image ID, tag) for every tag of `repository`."""
-    images = images_of(api, repository)
+    with engine_errors("listing images"):
+        images = api.images(name=repository)
     return [(image["Id"], tag) for image in images for tag in image.get("RepoTags") or []
             if tag.startswith(repository + ":")]
 

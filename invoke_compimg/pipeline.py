@@ -430,15 +430,13 @@ def extract_artifact(project: Project, builder: Builder, spec: str, dest: str) -
 
 
 def clean(project: Project, api: docker.APIClient, out: TextIO) -> tuple[int, int]:
-    """Remove this project's temporary containers (by label) and every name in its own
-    repository; an image also tagged by the user (e.g. `--tag my-app`) keeps that name."""
-    containers = [c for c in engine.containers_with_label(api, f"{engine.LABEL_PROJECT}={project.slug}")
-                  if engine.LABEL_TEMPORARY in (c.get("Labels") or {})]
-    for container in containers:
-        engine.remove_container(api, container["Id"])
+    """Remove this project's temporary containers (by label; not those of a run that is
+    going on) and every name in its own repository; an image also tagged by the user (e.g.
+    `--tag my-app`) keeps that name."""
+    containers = engine.reap_leftovers(api, project.slug)
     tags = engine.tags_in_repository(api, project.repository)
     for _, tag in tags:
         engine.untag(api, tag)
     images = {image_id for image_id, _ in tags}
-    out.write(f"removed {len(containers)} container(s) and {len(images)} image(s) of {project.repository}\n")
-    return len(containers), len(images)
+    out.write(f"removed {containers} container(s) and {len(images)} image(s) of {project.repository}\n")
+    return containers, len(images)

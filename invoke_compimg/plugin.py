@@ -237,7 +237,7 @@ def make_collection(project: Project, name: str = "compimg") -> Collection:
         shell(c, project, stage, cmd, key=name)
 
     def clean_task(c: Context) -> None:
-        """Remove the images and containers this project's builds created (by label)."""
+        """Remove the images and temporary containers this project's builds made, nothing else."""
         clean_project(c, project)
 
     tag_help = "STAGE=REF, or REF for the target stage; repeatable (seed's --tag=STAGE=REF)"
