@@ -62,20 +62,21 @@ def _reason(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def engine_errors(what: str) -> Iterator[None]:
-    """Map SDK and transport errors raised inside the block to one EngineError line."""
+def engine_errors(what: str, *, where: str | None = None, line: int | None = None) -> Iterator[None]:
+    """Map SDK and transport errors raised inside the block to one EngineError line
+    (`where:line: what: reason`), keeping the original as the cause."""
     try:
         yield
     except EngineError:
         raise
     except docker.errors.ImageNotFound as exc:
-        raise EngineError(f"{what}: no such image ({_explanation(exc)})") from exc
+        raise EngineError(f"{what}: no such image ({_explanation(exc)})", where=where, line=line) from exc
     except docker.errors.APIError as exc:
-        raise EngineError(f"{what}: {_explanation(exc)}") from exc
+        raise EngineError(f"{what}: {_explanation(exc)}", where=where, line=line) from exc
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
             docker.errors.DockerException) as exc:
         raise EngineError(f"{what}: lost the Docker engine at {_address()} ({_reason(exc)}); "
-                          "check that it is running, then retry") from exc
+                          "check that it is running, then retry", where=where, line=line) from exc
 
 
 def _explanation(exc: docker.errors.APIError) -> str:

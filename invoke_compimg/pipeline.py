@@ -217,6 +217,7 @@ class Builder:
         inputs_ref = self.project.inputs_ref(stage.name, inputs) if inputs else None
         # --no-cache never reuses, but still records the inputs for the next build.
         found = engine.inspect(self.api, inputs_ref) if inputs_ref and not self.settings.no_cache else None
+        previous: dict[str, Any] | None = None  # what the local name held before a rebuild
         if found is not None:
             image_id, size, names = str(found["Id"]), int(found["Size"]), list(found.get("RepoTags") or [])
             if on_image:
@@ -327,7 +328,7 @@ class Builder:
         with self._context_errors(stage):
             archive = engine.context_archive(str(self.project.context), dockerfile_text, paths)
         try:
-            with engine.engine_errors(f"stage '{stage.name}'"):
+            with engine.engine_errors(f"stage '{stage.name}'", where=str(self.project.dockerfile), line=stage.line):
                 image_id = engine.build(
                     self.api, archive, build_args=self.settings.build_args,
                     no_cache=self.settings.no_cache, network=self.settings.network, on_event=on_event,
