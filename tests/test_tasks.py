@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,37 @@ def test_engine_unreachable_is_one_line(tmp_path: Path) -> None:
 
 
 pytestmark = pytest.mark.engine
+
+
+def test_interactive_shell_on_a_terminal(make_project, api) -> None:  # type: ignore[no-untyped-def]
+    import pty
+    import select
+    import time
+
+    project = make_project("NAME run\nFROM busybox\nWORKDIR /app\n")
+    before = count_containers(api)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: compimg shell on a real terminal
+        os.chdir(project.context)
+        os.execv(sys.executable, [sys.executable, "-c", "from invoke_compimg.cli import main; main()",
+                                  "shell", "run"])
+    seen = b""
+
+    def read_until(marker: bytes) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + 120
+        while marker not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        return marker in seen
+
+    assert read_until(b"/app # "), seen
+    os.write(fd, b"echo inside-$((6*7))\r")
+    assert read_until(b"inside-42"), seen
+    os.write(fd, b"exit 3\r")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3
+    assert count_containers(api) == before
