@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,10 @@ class CompimgProgram(Program):  # type: ignore[misc]
                           or "Dockerfile")
         context = Path(self.args["context"].value or os.environ.get("COMPIMG_CONTEXT")
                        or dockerfile.parent)
+        # The tasks sit at the top level here (`compimg build`); their config key stays
+        # "compimg", as under `invoke`.
         self.collection = make_collection(Project(dockerfile, context), "compimg")
         self.collection.name = None
-        self.collection.configure({"tasks": {"auto_dash_names": True}})
-        self.collection_name = "compimg"
-
-    def print_help(self) -> Any:
-        return super().print_help()
 
 
 program = CompimgProgram(name="compimg", binary="compimg", version=__version__)
@@ -55,4 +53,8 @@ def _interrupted(signum: int, frame: Any) -> None:
 def main() -> None:
     # Invoke turns Ctrl-C outside a task body into exit status 1; ours is 130 everywhere.
     signal.signal(signal.SIGINT, _interrupted)
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:  # `compimg --list | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
