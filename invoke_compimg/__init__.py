@@ -23,8 +23,8 @@ from invoke import Context
 
 from . import plugin
 from .errors import EngineError, UserError
-from .pipeline import Project
 from .plugin import collection, make_collection
+from .project import Project
 
 __all__ = [
     "EngineError", "Project", "UserError", "assemble", "build", "clean", "collection",

@@ -30,8 +30,8 @@ class CompimgProgram(Program):  # type: ignore[misc]
         ]
 
     def load_collection(self) -> None:
-        from .pipeline import Project
         from .plugin import make_collection
+        from .project import Project
 
         dockerfile = Path(self.args["dockerfile"].value or os.environ.get("COMPIMG_DOCKERFILE")
                           or "Dockerfile")

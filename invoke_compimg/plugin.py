@@ -15,10 +15,13 @@ from typing import Any, TypeVar
 
 from invoke import Collection, Context, Task
 
-from . import engine
 from .errors import Interrupted, UserError
-from .pipeline import Builder, Project, Settings, clean, extract_artifact, parse_build_args, parse_tags
+from .project import Project, Settings, parse_build_args, parse_tags
 from .render import FORMATS
+
+# The engine modules (and so the Docker SDK) are imported by the operations that talk to
+# the engine, when they run: a tasks.py that adds our collection keeps `invoke --list` and
+# the user's other tasks quick.
 
 DEFAULTS: dict[str, Any] = {
     "tags": {},  # stage -> ref or [refs]
@@ -153,6 +156,8 @@ def build(c: Context, project: Project, target: str | None = None, tags: Iterabl
     {stage: image ID}."""
     target = target or _config(c, key)["target"]
     goal = project.stage(target, flag="--target").name if target else project.graph.final.name
+    from .pipeline import Builder
+
     b = Builder(project, _settings(c, key, project, tags=tags, default_tag_stage=goal,
                                    build_args=build_args, no_cache=no_cache, push=push, jobs=jobs))
     ids = b.build(goal)
@@ -167,6 +172,8 @@ def assemble(c: Context, project: Project, stage: str | None = None, tags: Itera
              key: str = "compimg") -> str:
     """Build one stage from its prerequisites' existing images; return its image ID."""
     goal = project.stage(stage).name if stage else project.graph.final.name
+    from .pipeline import Builder
+
     b = Builder(project, _settings(c, key, project, tags=tags, default_tag_stage=goal))
     result = b.build_stage(project.graph.stage(goal))
     print(b.table(), end="")
@@ -176,6 +183,8 @@ def assemble(c: Context, project: Project, stage: str | None = None, tags: Itera
 @interruptible
 def extract(c: Context, project: Project, artifact: str, dest: str = ".", key: str = "compimg") -> list[str]:
     """Copy STAGE:/PATH onto the host under `dest`; return the top-level names written."""
+    from .pipeline import Builder, extract_artifact
+
     result = extract_artifact(project, Builder(project, _settings(c, key, project)), artifact, dest)
     print(f"extracted {artifact} -> {', '.join(str(Path(dest) / n) for n in result.names)}"
           f" ({result.files} entries)")
@@ -189,6 +198,9 @@ def shell(c: Context, project: Project, stage: str, cmd: str = "sh", key: str = 
     import shlex
 
     goal = project.stage(stage).name
+    from . import engine
+    from .pipeline import Builder
+
     b = Builder(project, _settings(c, key, project))
     image_id = b.build(goal)[goal]
     engine.reap_leftovers(b.api, project.slug)
@@ -199,6 +211,9 @@ def shell(c: Context, project: Project, stage: str, cmd: str = "sh", key: str = 
 
 @interruptible
 def clean_project(c: Context, project: Project) -> None:
+    from . import engine
+    from .pipeline import clean
+
     clean(project, engine.connect(), sys.stdout)
 
 
@@ -290,6 +305,8 @@ def _stage_collection(project: Project, key: str) -> Collection:
 def _stage_body(project: Project, key: str, stage_name: str) -> Callable[[Context], str]:
     @interruptible
     def body(c: Context) -> str:
+        from .pipeline import Builder
+
         b = Builder(project, _settings(c, key, project))
         result = b.build_stage(project.graph.stage(stage_name))
         print(f"[{stage_name}] built {result.image_id.split(':')[-1][:12]} "

@@ -9,7 +9,8 @@ from conftest import ROOT
 from engine_helpers import build_native, config_of, count_containers, image_listing, run_image
 
 from invoke_compimg.errors import EngineError, UserError
-from invoke_compimg.pipeline import Builder, Settings
+from invoke_compimg.pipeline import Builder
+from invoke_compimg.project import Settings
 
 pytestmark = pytest.mark.engine
 
@@ -38,7 +39,7 @@ def test_hello_go(make_project, api, unique) -> None:  # type: ignore[no-untyped
 def test_unnamed_last_section_with_seed_tags(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     text = HELLO.replace("NAME run\n", "")
     project = make_project(text, HELLO_FILES)
-    from invoke_compimg.pipeline import parse_tags
+    from invoke_compimg.project import parse_tags
 
     tags = parse_tags([f"build={unique}-build", unique], project.graph.final.name, project)
     ids, _, _ = build(project, tags=tags)

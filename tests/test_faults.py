@@ -20,7 +20,8 @@ from engine_helpers import count_containers
 
 from invoke_compimg import engine
 from invoke_compimg.errors import EngineError, UserError
-from invoke_compimg.pipeline import Builder, Project, Settings, extract_artifact
+from invoke_compimg.pipeline import Builder, extract_artifact
+from invoke_compimg.project import Project, Settings
 
 pytestmark = pytest.mark.engine
 COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]

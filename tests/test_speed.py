@@ -13,7 +13,8 @@ import pytest
 
 from invoke_compimg import engine
 from invoke_compimg.errors import EngineError
-from invoke_compimg.pipeline import Builder, Project, Settings
+from invoke_compimg.pipeline import Builder
+from invoke_compimg.project import Project, Settings
 
 pytestmark = pytest.mark.engine
 
