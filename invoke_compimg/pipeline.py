@@ -154,7 +154,7 @@ class Builder:
             if ref and ref not in names:
                 engine.tag(self.api, image_id, ref)
         if found is None:
-            self._retire(stage, previous, image_id)
+            self._retire(stage, previous, image_id, keep=inputs_ref)
         self._apply_tags(stage, image_id)
         if size < 0:
             size = engine.image_size(self.api, image_id)
@@ -162,7 +162,8 @@ class Builder:
         self.project._built[key] = result
         return self._record(result)
 
-    def _retire(self, stage: Stage, previous: dict[str, Any] | None, image_id: str) -> None:
+    def _retire(self, stage: Stage, previous: dict[str, Any] | None, image_id: str,
+                keep: str | None) -> None:
         """`previous` (what the stage's local name pointed to before this build started) is
         superseded by `image_id`, now named: drop its inputs records and, once nothing names
         it, remove it, so rebuilds do not pile up images. This runs in the stage's own thread
@@ -173,7 +174,9 @@ class Builder:
         if previous is None or previous["Id"] == image_id:
             return
         for ref in previous.get("RepoTags") or []:
-            if ref.startswith(self.project.inputs_ref(stage.name)):
+            # `keep` is the record just given to the new image (a --no-cache rebuild of the
+            # same inputs has the same name): removing the name would remove it from there.
+            if ref.startswith(self.project.inputs_ref(stage.name)) and ref != keep:
                 engine.untag(self.api, ref)
         now = engine.inspect(self.api, previous["Id"])
         if now is not None and not now.get("RepoTags"):

@@ -116,6 +116,9 @@ def test_unchanged_stage_is_not_sent_again_and_changed_file_is(make_project, mon
     spy.builds.clear()
     _builder(Project(project.dockerfile, project.context), no_cache=True).build()
     assert len(spy.builds) == 2  # --no-cache sends everything again
+    spy.builds.clear()
+    _builder(Project(project.dockerfile, project.context)).build()
+    assert spy.builds == []  # ... and records what it built, so the next build reuses it
 
 
 def project_api():  # type: ignore[no-untyped-def]
