@@ -145,8 +145,8 @@ def _move_into_place(root: str, dest: Path, staging: str, names: Iterable[str]) 
     except BaseException:
         for name, had_old in reversed(moved):
             target = dest / name
-            if os.path.lexists(os.path.join(root, name)) is False and os.path.lexists(target):
-                _remove(target)
+            if not os.path.lexists(os.path.join(root, name)) and os.path.lexists(target):
+                _remove(target)  # the new entry had gone in: take it out again
             if had_old:
                 os.rename(os.path.join(aside, name), target)
         raise
