@@ -101,7 +101,11 @@ def extract(archive: tarfile.TarFile, dest: str | Path, what: str) -> Extracted:
             raise UserError(f"cannot write {what} into {dest} ({exc.strerror}); "
                             "nothing was written") from None
         result.names = sorted(os.listdir(root))
-        _move_into_place(root, dest_path, staging, result.names)
+        try:
+            _move_into_place(root, dest_path, staging, result.names)
+        except OSError as exc:
+            raise UserError(f"cannot put {what} into {dest} ({exc.strerror}); "
+                            "the destination is as it was") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

@@ -146,3 +146,23 @@ def test_stale_staging_of_a_killed_run_is_removed(dest: Path) -> None:
     _extract(_tar(_file("f")), dest)
     assert not stale.exists() and mine.exists()
     mine.rmdir()
+
+
+def test_a_failure_while_moving_into_place_restores_what_was_there(dest: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (dest / "a").write_text("old a\n")
+    (dest / "b").mkdir()
+    (dest / "b/f").write_text("old b\n")
+    real_rename, calls = os.rename, []
+
+    def failing_rename(src, dst):  # type: ignore[no-untyped-def]
+        calls.append((src, dst))
+        if len(calls) == 4:  # a aside, a in, b aside, then b in fails
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(UserError, match="No space left on device.*the destination is as it was"):
+        _extract(_tar(_file("a", b"new a"), _entry("b", tarfile.DIRTYPE), _file("b/f", b"new b")), dest)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert (dest / "a").read_text() == "old a\n" and (dest / "b/f").read_text() == "old b\n"
+    assert sorted(p.name for p in dest.iterdir()) == ["a", "b", "kept"]
