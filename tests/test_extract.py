@@ -161,7 +161,7 @@ def test_a_failure_while_moving_into_place_restores_what_was_there(dest: Path, m
         return real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", failing_rename)
-    with pytest.raises(UserError, match="No space left on device.*the destination is as it was"):
+    with pytest.raises(UserError, match=r"No space left on device.*the destination is as it was"):
         _extract(_tar(_file("a", b"new a"), _entry("b", tarfile.DIRTYPE), _file("b/f", b"new b")), dest)
     monkeypatch.setattr(os, "rename", real_rename)
     assert (dest / "a").read_text() == "old a\n" and (dest / "b/f").read_text() == "old b\n"
