@@ -43,8 +43,10 @@ def connect(version: str = "auto") -> docker.APIClient:
     try:
         api = docker.APIClient(version=version, **docker.utils.kwargs_from_env())
     except docker.errors.DockerException as exc:
-        raise EngineError(f"cannot reach the Docker engine at {_address()} ({_reason(exc)}); "
-                          "start it (scripts/engine) or set DOCKER_HOST") from exc
+        reason = _reason(exc)
+        advice = ("ask for access to its socket (e.g. join the `docker` group) or run as root"
+                  if reason == "permission denied" else "start it (scripts/engine) or set DOCKER_HOST")
+        raise EngineError(f"cannot reach the Docker engine at {_address()} ({reason}); {advice}") from exc
     return api
 
 

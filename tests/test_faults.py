@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -295,3 +297,32 @@ def test_two_projects_with_the_same_stage_names_do_not_mix(make_project, api) ->
     second = Builder(two, Settings(), out=io.StringIO()).build()["build"]
     assert first != second
     assert api.inspect_image(one.local_ref("build"))["Id"] == first
+
+
+def test_permission_denied_on_the_socket_is_one_line() -> None:
+    """As an unprivileged user (the suite runs as root): the socket is root:docker 0660."""
+    setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
+    if os.geteuid() != 0 or setpriv is None or not os.path.exists(python) or os.environ.get("DOCKER_HOST"):
+        pytest.skip("needs root, setpriv and a system python3 to drop privileges")
+    site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
+    same = f"import sys; assert sys.version_info[:2] == {tuple(sys.version_info[:2])}"
+    if subprocess.run([python, "-c", same], capture_output=True).returncode:
+        pytest.skip("the system python3 differs from the venv's")
+    folder = Path(tempfile.mkdtemp(prefix="compimg-nobody-"))  # pytest's tmp_path is root-only
+    try:
+        folder.chmod(0o755)
+        (folder / "Dockerfile").write_text("FROM busybox\n")
+        root = Path(__file__).resolve().parent.parent
+        as_nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c"]
+        env = {"HOME": str(folder), "PATH": os.environ["PATH"], "PYTHONPATH": f"{root}:{site}"}
+        if subprocess.run([*as_nobody, "import invoke_compimg.cli, docker"], cwd=folder, env=env,
+                          capture_output=True).returncode:
+            pytest.skip(f"nobody cannot read the checkout or the venv ({root})")
+        result = subprocess.run([*as_nobody, "from invoke_compimg.cli import main; main()", "build"],
+                                cwd=folder, capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        shutil.rmtree(folder)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "cannot reach the Docker engine at unix:///var/run/docker.sock (permission denied); "
+        "ask for access to its socket (e.g. join the `docker` group) or run as root")
