@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from docker.utils.build import exclude_paths
 
 _WILDCARDS = set("*?[")
+DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"  # the lowered Dockerfile's name in what we send
 
 
 def dockerignore_patterns(context: str) -> list[str]:
@@ -47,17 +48,20 @@ def _matches(path: str, source: str) -> bool:
     )
 
 
-def files_read(context: str, sources: Iterable[str], dockerfile_name: str) -> list[str] | None:
+def files_read(context: str, sources: Iterable[str]) -> list[str]:
     """Context paths (files, directories and their parents) that `sources` can read, after
-    `.dockerignore`; None means "cannot tell" (a source uses a variable): send everything."""
-    wanted = [s for s in sources]
+    `.dockerignore`. A source with a variable (`COPY $DIR .`) cannot be told in advance:
+    then the whole context counts as read."""
+    wanted = list(sources)
     if not wanted:
         return []
     if any("$" in s for s in wanted):
-        return None
+        wanted = ["."]
     normalised = [_normalise(s) for s in wanted]
     root = os.path.abspath(context)
-    candidates = exclude_paths(root, dockerignore_patterns(context), dockerfile=dockerfile_name)
+    # exclude_paths always keeps the Dockerfile it is given (by default the user's own, even
+    # when .dockerignore drops it, which Docker does not do): name ours, which is never there.
+    candidates = exclude_paths(root, dockerignore_patterns(context), dockerfile=DOCKERFILE_IN_CONTEXT)
     if "" in normalised:
         return sorted(candidates)
     chosen: set[str] = set()

@@ -21,19 +21,17 @@ import docker
 import docker.errors
 import requests.exceptions
 import urllib3.exceptions
-from docker.utils.build import create_archive, exclude_paths
+from docker.utils.build import create_archive
 
-from .context import dockerignore_patterns
+from .context import DOCKERFILE_IN_CONTEXT
 from .errors import EngineError
 
 LABEL_PROJECT = "compimg.project"  # the project an image or container belongs to
-LABEL_STAGE = "compimg.stage"  # the stage an image was built for
 LABEL_TEMPORARY = "compimg.temporary"  # containers we create only to copy files out or
 # for a shell; the value says who made it, `<host>:<pid>`, so a later run can tell leftovers
 # of a killed run from containers that a run going on right now still uses.
 STALE_FOREIGN_SECONDS = 3600
 
-DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"
 NEVER_RUN = ["/compimg-container-is-never-started"]
 DATA_CHUNK = 1 << 20
 
@@ -90,18 +88,16 @@ def _explanation(exc: docker.errors.APIError) -> str:
 class BuildEvent:
     """One decoded message of a build stream."""
 
-    kind: str  # "log", "error", "id"
+    kind: str  # "log" or "error"
     text: str
 
 
-def context_archive(context: str, dockerfile_text: str, paths: list[str] | None) -> IO[bytes]:
-    """The build context as a tar file: `paths` of the context folder (None: all of it,
-    after `.dockerignore`) plus the lowered Dockerfile. As the docker CLI does for a
+def context_archive(context: str, dockerfile_text: str, paths: list[str]) -> IO[bytes]:
+    """The build context as a tar file: `paths` of the context folder (see
+    `context.files_read`) plus the lowered Dockerfile. As the docker CLI does for a
     Dockerfile that is not in the context, `.dockerignore` gets the Dockerfile's name
     appended, so the engine drops it before any `COPY . .` sees it."""
     root = os.path.abspath(context)
-    if paths is None:
-        paths = sorted(exclude_paths(root, dockerignore_patterns(context), dockerfile=DOCKERFILE_IN_CONTEXT))
     ignore_file = os.path.join(root, ".dockerignore")
     if os.path.exists(ignore_file):
         with open(ignore_file, encoding="utf-8", errors="surrogateescape") as handle:
@@ -133,7 +129,6 @@ def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str,
         aux = message.get("aux")
         if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
             image_id = aux["ID"]
-            on_event(BuildEvent("id", image_id))
         if isinstance(message.get("stream"), str):
             on_event(BuildEvent("log", message["stream"]))
         elif isinstance(message.get("status"), str):

@@ -122,7 +122,7 @@ class Builder:
         """Build one stage; the stages it depends on must be in `known` or already built
         (in this process, or earlier under their local names). `on_image` hears the image
         ID as soon as it exists, before the image is named and measured."""
-        key = (stage.name, tuple(sorted(self.settings.build_args.items())), self.settings.no_cache)
+        key = self._key(stage.name)
         cached = self.project._built.get(key)
         if cached is not None and self._still_there(cached.image_id):
             if on_image:
@@ -133,7 +133,7 @@ class Builder:
         ids = {name: self._dependency_id(stage, name, known or {}) for name in stage.depends_on}
         text = fill_placeholders(self.project.graph.lowered(stage.name), ids)
         with self._context_errors(stage):
-            paths = files_read(str(self.project.context), stage.context_sources, engine.DOCKERFILE_IN_CONTEXT)
+            paths = files_read(str(self.project.context), stage.context_sources)
             inputs = self._inputs_digest(stage, text, paths)
         inputs_ref = self.project.inputs_ref(stage.name, inputs) if inputs else None
         # --no-cache never reuses, but still records the inputs for the next build.
@@ -187,7 +187,7 @@ class Builder:
             self.results.append(result)
         return result
 
-    def _inputs_digest(self, stage: Stage, text: str, paths: list[str] | None) -> str | None:
+    def _inputs_digest(self, stage: Stage, text: str, paths: list[str]) -> str | None:
         """Everything the stage's result depends on, or None when something cannot be
         pinned (an image that is not on the engine yet: the build will pull it)."""
         digest = hashlib.sha256(f"compimg-inputs-1\0{stage.name}\0{text}\0".encode())
@@ -198,9 +198,7 @@ class Builder:
             digest.update(f"{image}={found}\0".encode())
         for name, value in sorted(self.settings.build_args.items()):
             digest.update(f"arg {name}={value}\0".encode())
-        if paths is None:
-            paths = files_read(str(self.project.context), ["."], engine.DOCKERFILE_IN_CONTEXT)
-        digest.update(fingerprint(str(self.project.context), paths or []).encode())
+        digest.update(fingerprint(str(self.project.context), paths).encode())
         return digest.hexdigest()[:40]
 
     def _external_image_id(self, ref: str) -> str | None:
@@ -213,15 +211,19 @@ class Builder:
             self._images[ref] = found
         return found
 
+    def _key(self, stage: str) -> tuple[str, tuple[tuple[str, str], ...], bool]:
+        """What an image built earlier in this process is remembered by."""
+        return stage, tuple(sorted(self.settings.build_args.items())), self.settings.no_cache
+
     def _still_there(self, image_id: str) -> bool:
         return engine.image_id_of(self.api, image_id) == image_id
 
     def _dependency_id(self, stage: Stage, name: str, known: Mapping[str, str]) -> str:
         if name in known:
             return known[name]
-        key = (name, tuple(sorted(self.settings.build_args.items())), self.settings.no_cache)
-        if key in self.project._built:
-            return self.project._built[key].image_id
+        built = self.project._built.get(self._key(name))
+        if built is not None:
+            return built.image_id
         found = engine.image_id_of(self.api, self.project.local_ref(name))
         if found is None:
             raise UserError(f"stage '{stage.name}' needs stage '{name}', which has not been "
@@ -229,7 +231,7 @@ class Builder:
                             where=str(self.project.dockerfile), line=stage.line)
         return found
 
-    def _send(self, stage: Stage, dockerfile_text: str, paths: list[str] | None) -> str:
+    def _send(self, stage: Stage, dockerfile_text: str, paths: list[str]) -> str:
         prefix = f"[{stage.name}] "
         lines = self.project.graph.lowered_lines(stage.name)
         step: list[int] = [0]
