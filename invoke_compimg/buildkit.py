@@ -264,7 +264,11 @@ def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[s
         for path in files:
             if prefix + path in extra_names:
                 continue
-            info = archive.gettarinfo(os.path.join(root, path), arcname=prefix + path)
+            try:
+                info = archive.gettarinfo(os.path.join(root, path), arcname=prefix + path)
+            except OSError as exc:  # removed since the context was listed
+                raise UserError(f"cannot read {os.path.join(root, path)} for the build context "
+                                f"({exc.strerror})") from exc
             if info is None:  # a socket: the SDK skips those too
                 continue
             if info.mtime < 0 or info.mtime > 8**11 - 1:  # bpo-32713, as the SDK does
@@ -318,7 +322,7 @@ def solve(api: Any, context: IO[bytes], *, dockerfile: str, target: str | None =
           tags: Sequence[str] = (), build_args: Mapping[str, str] | None = None, no_cache: bool = False,
           pull: bool = False, network: str | None = None, cache_from: Sequence[str] = (),
           labels: Mapping[str, str] | None = None, build_id: str | None = None,
-          on_status: Callable[[StatusResponse], None] = lambda status: None,
+          on_status: Callable[[StatusResponse], object] = lambda status: None,
           on_message: Callable[[dict[str, Any]], None] | None = None) -> SolveResult:
     """Run one BuildKit solve of `dockerfile` (a path inside the `context` tar) and stream its
     progress to `on_status`. `network` is sent as is (see `network_for`). `on_message`, if
@@ -434,7 +438,10 @@ _BRACKETED = re.compile(r"^\[(?P<stage>[^\]]+)\] (?P<text>.*)$", re.DOTALL)
 class StepName:
     """A vertex name taken apart. `[build 2/3] RUN go build` is stage "build", index 2,
     total 3, text "RUN go build"; `[internal] load ...` is stage "internal" with no index;
-    `exporting to image` has no stage. An unnamed stage (`[2/3] RUN ...`) has stage None."""
+    `exporting to image` has no stage. With a single stage BuildKit names none, even for
+    `FROM x AS build` (`[2/3] RUN ...`): stage None. Unnamed stages of a multi-stage file
+    are `stage-0`, `stage-1`, ... Steps shared by several stages (the same FROM) are one
+    vertex, named after one of them."""
 
     stage: str | None
     index: int | None

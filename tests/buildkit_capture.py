@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from invoke_compimg import buildkit  # noqa: E402
+from invoke_compimg import buildkit
 
 DATA = Path(__file__).resolve().parent / "data" / "buildkit"
 
