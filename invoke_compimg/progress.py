@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from .errors import UserError
+from .names import short_id
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -96,10 +97,6 @@ def clean_lines(text: str) -> list[str]:
         if line.strip():
             lines.append(line)
     return lines
-
-
-def short_id(image_id: str) -> str:
-    return image_id.split(":")[-1][:12]
 
 
 def megabytes(size: int) -> str:
@@ -327,11 +324,20 @@ class LiveReporter:
         from rich.table import Table
         from rich.text import Text
 
-        with self._lock:  # copy the state; no rich calls while holding it
+        # Copy the state; no rich calls while holding the lock. The timeout: a Ctrl-C landing
+        # just as a `with` took the lock can leave it held, and the view must still close.
+        if not self._lock.acquire(timeout=1):
+            return Text("")
+        try:
             now = time.monotonic()
             running = [(name, s.step, now - s.started, list(s.tail)) for name, s in self._running.items()]
             width = self._width
+        finally:
+            self._lock.release()
+        # A margin on the right: what the terminal echoes after the view (^C) must not wrap onto a
+        # new line, or the view's next redraw would miss its own first line.
         grid = Table.grid(padding=(0, 1), expand=True)
+        grid.width = max(self.console.width - 3, 20)
         grid.add_column(width=1, no_wrap=True)
         grid.add_column(width=width, no_wrap=True)
         grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
@@ -477,10 +483,13 @@ class LiveReporter:
         if live is None:
             return
         try:
-            with self._lock:
-                stopped = [(name, time.monotonic() - s.started, s.step) for name, s in self._running.items()]
-                self._running.clear()
-                width = self._width
+            stopped, width = [], self._width
+            if self._lock.acquire(timeout=1):  # see _render
+                try:
+                    stopped = [(name, time.monotonic() - s.started, s.step) for name, s in self._running.items()]
+                    self._running.clear()
+                finally:
+                    self._lock.release()
             from rich.text import Text
 
             for name, elapsed, step in stopped:

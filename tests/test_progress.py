@@ -241,6 +241,24 @@ def test_importing_and_plain_output_do_not_load_rich() -> None:
     assert done.stdout.splitlines()[-1] == "no rich", done.stderr
 
 
+def test_forced_live_view_off_a_terminal() -> None:
+    pytest.importorskip("rich", reason="rich is not installed (the project should depend on it)")
+    out, err = io.StringIO(), io.StringIO()
+    r = make_reporter("tty", out, err)
+    r.stage_started("build")
+    r.step("build", "[build 1/1] RUN make")
+    r.warning("stderr is not the terminal")  # so it goes there, not through the view
+    r.stage_finished("build", BUILD_ID, 1.0, "built")
+    r.result(BUILD_ID)
+    r.close()
+    r.close()  # twice is fine
+    text = ESCAPE.sub("", out.getvalue())
+    assert "\x1b[?25l" in out.getvalue() and out.getvalue().rstrip("\r\n").endswith("\x1b[?25h")
+    assert re.search(r"✔ build\s+1\.0s\s+built 0123456789ab", text)
+    assert BUILD_ID not in text  # result() prints nothing in this mode
+    assert err.getvalue() == "warning: stderr is not the terminal\n"
+
+
 # --- the live view on a real pseudo-terminal ------------------------------------------------
 
 CHILD = """
@@ -349,6 +367,7 @@ def test_live_view_on_a_terminal(tmp_path: Path) -> None:
     raw, status = run_on_pty(tmp_path, "scripted", "finally")
     text = ESCAPE.sub("", raw)
     assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "Traceback" not in text, text  # e.g. from rich's refresh thread
     # Running stages: one line each, with the current step and the elapsed time.
     assert re.search(r"build\s+\[build 2/3\] RUN go build -o /app \.\s+\d+\.\ds", text), text
     assert re.search(r"test\s+\[test 2/2\] RUN go test \./\.\.\.\s+\d+\.\ds", text), text
