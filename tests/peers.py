@@ -12,6 +12,7 @@ without the suffix; a test module uses them with
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -133,6 +134,25 @@ def _unmount_under(root: Path) -> None:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
 
+def _runc_states(root: Path, pids: set[int]) -> list[dict[str, Any]]:
+    """runc's records (in /run/runc, shared by every Podman) of the containers and build
+    steps that belong to us: bundle in our folder, or process among ours."""
+    if shutil.which("runc") is None:
+        return []
+    listed = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True)
+    try:
+        states = json.loads(listed.stdout or "null") or []
+    except ValueError:
+        return []
+    return [s for s in states if str(s.get("bundle", "")).startswith(f"{root}/") or s.get("pid") in pids]
+
+
+def _forget_runc_states(states: list[dict[str, Any]]) -> None:
+    """A container or build step killed with its service stays in `runc list`, forever."""
+    for state in states:
+        subprocess.run(["runc", "delete", "--force", str(state["id"])], capture_output=True)
+
+
 # --- a second dockerd ------------------------------------------------------------------
 
 
@@ -197,7 +217,8 @@ def registry_running() -> Iterator[str]:
 # Found necessary in this container-like environment: the default ulimits Podman asks for
 # are above what we may set, systemd is not there for cgroups nor journald for events.
 # tmp_dir moves Podman's run state (normally /run/libpod, shared with any system Podman)
-# into our folder.
+# into our folder; image_copy_tmp_dir (and TMPDIR) its pushes' digest files and build
+# steps' bundles (normally /var/tmp, left there when the service is killed).
 _CONTAINERS_CONF = """\
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
@@ -206,6 +227,7 @@ default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 tmp_dir = "{root}/tmp"
+image_copy_tmp_dir = "{root}/tmp"
 """
 
 # Short names resolve against docker.io only; loopback registries speak plain HTTP.
@@ -272,7 +294,7 @@ def podman_running(api: Any, images: tuple[str, ...] = STAND_INS,
     (root / "storage.conf").write_text(_STORAGE_CONF.format(root=root))
     env = {"CONTAINERS_CONF": str(root / "containers.conf"),
            "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
-           "CONTAINERS_STORAGE_CONF": str(root / "storage.conf")}
+           "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"), "TMPDIR": str(root / "tmp")}
     sock = root / "podman.sock"
     log = open(root / "podman.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
@@ -291,9 +313,11 @@ def podman_running(api: Any, images: tuple[str, ...] = STAND_INS,
         # Build steps (buildah-oci-runtime and its children) are the service's descendants;
         # containers run under conmon, which detaches but names our folder.
         doomed = _with_descendants({process.pid, *processes_mentioning(str(root))})
+        states = _runc_states(root, doomed)
         stop_process(process, timeout=15)
         log.close()
         _kill_all(_with_descendants(doomed | set(processes_mentioning(str(root)))))
+        _forget_runc_states(states + _runc_states(root, set()))
         _unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
 

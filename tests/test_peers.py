@@ -253,6 +253,7 @@ def test_peers_leave_nothing_running(api) -> None:  # type: ignore[no-untyped-de
         assert _live(peers.processes_mentioning(str(root))) == []
         assert not root.exists()
         assert str(root) not in Path("/proc/self/mountinfo").read_text()
+    assert str(podman_root) not in subprocess.run(["runc", "list"], capture_output=True, text=True).stdout
 
 
 def _live(pids: list[int]) -> list[int]:
