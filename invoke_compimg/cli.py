@@ -1,13 +1,16 @@
-"""The `compimg` console script: the same tasks, no `tasks.py` needed.
+"""The `compimg` console script: the same tasks, no `tasks.py` needed, with docker build's
+habits:
 
-    compimg build --tag run=my-app                 # ./Dockerfile, context .
-    compimg --dockerfile path/Dockerfile --context path build
+    compimg build --tag run=my-app .              # seed style: context last
+    compimg -f path/Dockerfile build -t my-app:1  # -f/--file names the Dockerfile
+    compimg --context path build                  # path/Dockerfile, context path
     COMPIMG_DOCKERFILE=path/Dockerfile compimg parse
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -15,35 +18,75 @@ from typing import Any
 
 from invoke import Argument, Program
 
-from . import __version__
 from .errors import Interrupted
+
+# Invoke's options that mean nothing for image builds are accepted but not shown.
+_SHOWN = ("help", "version", "list", "file", "context", "dry", "debug")
+# Bool flags of our tasks: the word after them is not their value.
+_BOOL_FLAGS = {"no-cache", "push", "push-all", "pull", "lowered", "list", "help", "debug", "dry",
+               "version", "l", "h", "d", "V"}
 
 
 class CompimgProgram(Program):  # type: ignore[misc]
     def core_args(self) -> list[Argument]:
+        args = []
+        for arg in super().core_args():
+            if arg.name in ("config", "dry", "pty", "warn-only"):  # -f is the Dockerfile here
+                arg.names = (arg.name,)
+            args.append(arg)
         return [
-            *super().core_args(),
-            Argument(names=("dockerfile",), help="compilation-image Dockerfile "
-                     "(default: $COMPIMG_DOCKERFILE or ./Dockerfile)"),
-            Argument(names=("context",), help="build context folder (default: "
-                     "$COMPIMG_CONTEXT, or the Dockerfile's folder)"),
+            *args,
+            Argument(names=("file", "f"), help="the compilation-image Dockerfile (default: "
+                     "$COMPIMG_DOCKERFILE, or Dockerfile in the context folder)"),
+            Argument(names=("context",), help="build context folder (default: $COMPIMG_CONTEXT, "
+                     "the folder given last on the command line, or the Dockerfile's folder)"),
         ]
 
-    def load_collection(self) -> None:
-        from .plugin import make_collection
-        from .project import Project
+    def print_help(self) -> None:
+        print(f"Usage: {self.binary} [-f DOCKERFILE] [--context DIR] <task> [--task-opts] ... [CONTEXT]")
+        print("")
+        print("Options:")
+        print("")
+        shown = [(names, text) for names, text in self.initial_context.help_tuples()
+                 if (long := re.search(r"--([a-z-]+)", names)) and long.group(1) in _SHOWN]
+        self.print_columns(shown)
+        if self.namespace is not None:
+            self.list_tasks()
 
-        dockerfile = Path(self.args["dockerfile"].value or os.environ.get("COMPIMG_DOCKERFILE")
-                          or "Dockerfile")
-        context = Path(self.args["context"].value or os.environ.get("COMPIMG_CONTEXT")
-                       or dockerfile.parent)
+    def load_collection(self) -> None:
+        from .plugin import collection
+
+        given = self.args["file"].value or os.environ.get("COMPIMG_DOCKERFILE")
+        folder = self.args["context"].value or os.environ.get("COMPIMG_CONTEXT") or _positional_context
+        if given:
+            dockerfile = Path(given)
+            context = Path(folder) if folder else dockerfile.parent
+        else:
+            context = Path(folder or ".")
+            dockerfile = context / "Dockerfile"
         # The tasks sit at the top level here (`compimg build`); their config key stays
         # "compimg", as under `invoke`.
-        self.collection = make_collection(Project(dockerfile, context), "compimg")
+        self.collection = collection(dockerfile.resolve(), context.resolve(), "compimg", base=Path.cwd(),
+                                     report=self.args["list"].value is not None or "--list" in sys.argv)
         self.collection.name = None
 
 
-program = CompimgProgram(name="compimg", binary="compimg", version=__version__)
+program = CompimgProgram(name="compimg", binary="compimg")
+_positional_context: str | None = None
+
+
+def split_context(argv: list[str]) -> tuple[list[str], str | None]:
+    """`compimg build --tag=run=app .`: the seed's (and docker build's) context comes last.
+    A last word that is an existing folder, and not the value of an option before it, is
+    taken off and used as the context."""
+    if len(argv) < 2:
+        return argv, None
+    last, before = argv[-1], argv[-2]
+    if last.startswith("-") or not os.path.isdir(last):
+        return argv, None
+    if before.startswith("-") and "=" not in before and before.lstrip("-") not in _BOOL_FLAGS:
+        return argv, None  # it is that option's value (`--dest out`)
+    return argv[:-1], last
 
 
 def _interrupted(signum: int, frame: Any) -> None:
@@ -51,10 +94,15 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 
 def main() -> None:
+    global _positional_context
     # Invoke turns Ctrl-C outside a task body into exit status 1; ours is 130 everywhere.
     signal.signal(signal.SIGINT, _interrupted)
+    argv, _positional_context = split_context(list(sys.argv))
+    from . import __getattr__ as package_attr
+
+    program.version = package_attr("__version__")
     try:
-        program.run()
+        program.run(argv)
     except BrokenPipeError:  # `compimg --list | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

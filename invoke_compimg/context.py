@@ -1,32 +1,134 @@
 """Minimal build contexts: only the files a stage's own COPY/ADD read from the context.
 
-`.dockerignore` is applied by the Docker SDK's own `exclude_paths`; this module only
-decides which of the remaining paths a stage's sources can match, and fingerprints them
-for whole-stage skips.
+`.dockerignore` is applied by the Docker SDK's own `exclude_paths`; this module decides
+which of the remaining paths a stage's sources can match, fingerprints them for
+whole-stage skips, and packs them with the Dockerfile we send (after docker-py, where
+`utils/build.py` packs and `api/build.py` talks to the engine).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import io
 import os
 import posixpath
+import tarfile
+import tempfile
 from collections.abc import Iterable
+from typing import IO
 
 from docker.utils.build import exclude_paths
+
+from .errors import UserError
 
 _WILDCARDS = set("*?[")
 DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"  # the lowered Dockerfile's name in what we send
 
 
-def dockerignore_patterns(context: str) -> list[str]:
-    """`.dockerignore` lines the way the SDK's own `build(path=...)` reads them."""
+def read_dockerignore(context: str) -> str | None:
+    """The context's `.dockerignore`, or None. Bytes that are not UTF-8 are kept as they
+    are (surrogate escapes), as file names on disk are read: Docker reads bytes too."""
     path = os.path.join(context, ".dockerignore")
     if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as handle:
-        lines = (line.strip() for line in handle.read().splitlines())
-        return [line for line in lines if line and not line.startswith("#")]
+        return None
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        return handle.read()
+
+
+def dockerignore_patterns(context: str) -> list[str]:
+    """`.dockerignore` lines the way the SDK's own `build(path=...)` reads them."""
+    text = read_dockerignore(context) or ""
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def archive(context: str, dockerfile_text: str, paths: list[str], *, prefix: str = "") -> IO[bytes]:
+    """The build context as a tar file: `paths` of the context folder (see `files_read`)
+    plus our Dockerfile. As the docker CLI does for a Dockerfile outside the context,
+    `.dockerignore` gets the Dockerfile's name appended, so the classic builder drops it
+    before any `COPY . .` sees it. BuildKit applies no `.dockerignore` to a tar context:
+    there the context goes under `prefix` (see `lowering.multi_stage`)."""
+    root = os.path.abspath(context)
+    ignore = read_dockerignore(root)
+    if ignore is not None:
+        ignore = ignore.rstrip("\n") + "\n" + DOCKERFILE_IN_CONTEXT + "\n"
+    else:  # nothing to keep: ignore the file we add as well, so no new file appears
+        ignore = f".dockerignore\n{DOCKERFILE_IN_CONTEXT}\n"
+    extra = [(DOCKERFILE_IN_CONTEXT, dockerfile_text)]
+    if not prefix:
+        extra.append((".dockerignore", ignore))
+    return context_tar(root, paths, extra, prefix=prefix)
+
+
+def _needs_extension(info: tarfile.TarInfo) -> bool:
+    """Whether GNU tar writes an extra ././@LongLink header before this member."""
+    encoded = [s.encode("utf-8", "surrogateescape") for s in (info.name, info.linkname)]
+    return any(len(b) >= tarfile.LENGTH_NAME for b in encoded)
+
+
+def context_tar(root: str, files: list[str], extra_files: list[tuple[str, str]], *, prefix: str = "") -> IO[bytes]:
+    """The build context as an uncompressed GNU tar (in a temporary file, at offset 0).
+
+    `files` are context-relative paths, packed as the SDK's `create_archive` does (files,
+    directories, symlinks as links, modes and owners as on disk); `extra_files` are
+    (name, text) pairs (the Dockerfile, .dockerignore) that replace context files of the
+    same name. GNU format, because the engine decides "is this an archive" from the first
+    1024 bytes: a PAX header (Python's default) or a long-name header plus its data fills
+    them and the body is then read as a Dockerfile. So the first member must have a short
+    name: extra files come first, and failing that a short-named file is moved to the front.
+
+    `prefix` (e.g. "ctx/") puts the context files under that folder and leaves the extra files
+    at the top. Without a session the engine applies no .dockerignore to a tar context, so
+    the Dockerfile sent in it is seen by `COPY . .` and is part of that step's cache key (an
+    edit anywhere in the file re-runs every `COPY . .`); with a prefix, and sources rewritten
+    to `ctx/...`, it is not.
+    """
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, who closes it
+    try:
+        _pack(out, root, files, extra_files, prefix)
+    except BaseException:
+        out.close()
+        raise
+    out.seek(0)
+    return out
+
+
+def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[str, str]], prefix: str) -> None:
+    extra_names = {name for name, _ in extra_files}
+    with tarfile.open(mode="w", fileobj=out, format=tarfile.GNU_FORMAT) as archive:
+        infos: list[tuple[tarfile.TarInfo, str]] = []  # with its path on disk
+        for path in files:
+            if prefix + path in extra_names:
+                continue
+            try:
+                info = archive.gettarinfo(os.path.join(root, path), arcname=prefix + path)
+            except OSError as exc:  # removed since the context was listed
+                raise UserError(f"cannot read {os.path.join(root, path)} for the build context "
+                                f"({exc.strerror})") from exc
+            if info is None:  # a socket: the SDK skips those too
+                continue
+            if info.mtime < 0 or info.mtime > 8**11 - 1:  # bpo-32713, as the SDK does
+                info.mtime = int(info.mtime)
+            infos.append((info, os.path.join(root, path)))
+        if not extra_files and infos and _needs_extension(infos[0][0]):
+            short = next((i for i, (info, _) in enumerate(infos) if not _needs_extension(info)), None)
+            if short is not None:
+                infos.insert(0, infos.pop(short))
+        for name, text in extra_files:
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info, full in infos:
+            if info.isfile():
+                try:
+                    with open(full, "rb") as handle:
+                        archive.addfile(info, handle)
+                except OSError as exc:
+                    raise UserError(f"cannot read {full} for the build context ({exc.strerror})") from exc
+            else:
+                archive.addfile(info)
 
 
 def _normalise(source: str) -> str:

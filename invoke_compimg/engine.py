@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
 import tarfile
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -21,16 +19,16 @@ import docker
 import docker.errors
 import requests.exceptions
 import urllib3.exceptions
-from docker.utils.build import create_archive
 
 from .context import DOCKERFILE_IN_CONTEXT
 from .errors import EngineError
+from .names import normalise_ref
+from .procs import owner, owner_gone
 
 LABEL_PROJECT = "compimg.project"  # the project an image or container belongs to
 LABEL_TEMPORARY = "compimg.temporary"  # containers we create only to copy files out or
-# for a shell; the value says who made it, `<host>:<pid>`, so a later run can tell leftovers
-# of a killed run from containers that a run going on right now still uses.
-STALE_FOREIGN_SECONDS = 3600
+# for a shell; the value says who made it (`procs.owner()`), so a later run can tell
+# leftovers of a killed run from containers that a run going on right now still uses.
 
 NEVER_RUN = ["/compimg-container-is-never-started"]
 DATA_CHUNK = 1 << 20
@@ -43,7 +41,7 @@ def connect(version: str = "auto") -> docker.APIClient:
     except docker.errors.DockerException as exc:
         reason = _reason(exc)
         advice = ("ask for access to its socket (e.g. join the `docker` group) or run as root"
-                  if reason == "permission denied" else "start it (scripts/engine) or set DOCKER_HOST")
+                  if reason == "permission denied" else "start Docker, or set DOCKER_HOST to the engine to use")
         raise EngineError(f"cannot reach the Docker engine at {_address()} ({reason}); {advice}") from exc
     return api
 
@@ -92,24 +90,9 @@ class BuildEvent:
     text: str
 
 
-def context_archive(context: str, dockerfile_text: str, paths: list[str]) -> IO[bytes]:
-    """The build context as a tar file: `paths` of the context folder (see
-    `context.files_read`) plus the lowered Dockerfile. As the docker CLI does for a
-    Dockerfile that is not in the context, `.dockerignore` gets the Dockerfile's name
-    appended, so the engine drops it before any `COPY . .` sees it."""
-    root = os.path.abspath(context)
-    ignore_file = os.path.join(root, ".dockerignore")
-    if os.path.exists(ignore_file):
-        with open(ignore_file, encoding="utf-8", errors="surrogateescape") as handle:
-            ignore = handle.read().rstrip("\n") + "\n" + DOCKERFILE_IN_CONTEXT + "\n"
-    else:  # nothing to keep: ignore the file we add as well, so no new file appears
-        ignore = f".dockerignore\n{DOCKERFILE_IN_CONTEXT}\n"
-    extra = [(DOCKERFILE_IN_CONTEXT, dockerfile_text), (".dockerignore", ignore)]
-    return create_archive(root=root, files=paths, extra_files=extra)  # type: ignore[no-any-return]
-
-
 def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str, str],
-          no_cache: bool, network: str | None, on_event: Callable[[BuildEvent], None]) -> str | None:
+          no_cache: bool, network: str | None, cache_from: tuple[str, ...] = (),
+          on_event: Callable[[BuildEvent], None]) -> str | None:
     """Send one single-stage build; return the image ID from the `aux` message, or None
     when the stream ended without one (the error events say why)."""
     image_id: str | None = None
@@ -117,7 +100,7 @@ def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str,
     stream = api.build(
         fileobj=archive, custom_context=True, dockerfile=DOCKERFILE_IN_CONTEXT,
         rm=True, forcerm=True, decode=True, nocache=no_cache, pull=False,
-        buildargs=dict(build_args), network_mode=network,
+        buildargs=dict(build_args), network_mode=network, cache_from=list(cache_from) or None,
     )
     for message in stream:
         if not isinstance(message, dict):
@@ -171,23 +154,6 @@ def image_size(api: docker.APIClient, image_id: str) -> int:
         return int(api.inspect_image(image_id)["Size"])
 
 
-def owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _owner_gone(value: str, created: float) -> bool:
-    host, _, pid = value.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return time.time() - created > STALE_FOREIGN_SECONDS  # another machine's: by age
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def reap_leftovers(api: docker.APIClient, project: str | None = None) -> int:
     """Remove temporary containers left by killed runs (of `project`, or of any project);
     never those of a run that is still going on."""
@@ -195,7 +161,7 @@ def reap_leftovers(api: docker.APIClient, project: str | None = None) -> int:
     removed = 0
     for container in containers_with_label(api, label):
         value = (container.get("Labels") or {}).get(LABEL_TEMPORARY)
-        if value is not None and _owner_gone(value, float(container.get("Created", 0))):
+        if value is not None and owner_gone(value, float(container.get("Created", 0))):
             remove_container(api, container["Id"])
             removed += 1
     return removed
@@ -270,11 +236,15 @@ class _ChunkReader(io.RawIOBase):
 
 
 def tags_in_repository(api: docker.APIClient, repository: str) -> list[tuple[str, str]]:
-    """(image ID, tag) for every tag of `repository`."""
+    """(image ID, tag as the engine spells it) for every tag of `repository` (compared in
+    normalised form: Podman answers `docker.io/compimg/...`)."""
     with engine_errors("listing images"):
         images = api.images(name=repository)
+        if not images:  # engines that match `name` only against their own spelling
+            images = [i for i in api.images() if any(normalise_ref(t).startswith(repository + ":")
+                                                     for t in i.get("RepoTags") or [])]
     return [(image["Id"], tag) for image in images for tag in image.get("RepoTags") or []
-            if tag.startswith(repository + ":")]
+            if normalise_ref(tag).startswith(repository + ":")]
 
 
 def containers_with_label(api: docker.APIClient, label: str) -> list[dict[str, Any]]:
@@ -294,95 +264,20 @@ def untag(api: docker.APIClient, ref: str) -> None:
         api.remove_image(ref, force=False, noprune=False)
 
 
-def push(api: docker.APIClient, ref: str, on_event: Callable[[BuildEvent], None]) -> None:
+def push(api: docker.APIClient, ref: str, on_event: Callable[[BuildEvent], None]) -> str:
+    """Push `ref`; return the digest the registry gave it (`sha256:...`)."""
     repository, _, tag_ = _split_ref(ref)
+    digest = ""
     with engine_errors(f"pushing {ref}"):
         for message in api.push(repository, tag=tag_ or "latest", stream=True, decode=True):
             if "error" in message:
                 raise EngineError(f"pushing {ref}: {message['error']}")
+            aux = message.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = str(aux["Digest"])
             status = message.get("status")
             if status:
                 layer = message.get("id")
                 progress = message.get("progress") or ""
                 on_event(BuildEvent("log", f"{layer + ': ' if layer else ''}{status} {progress}".rstrip() + "\n"))
-
-
-def run_shell(api: docker.APIClient, image_id: str, command: list[str], project: str) -> int:
-    """Run `command` in a throwaway container of `image_id` with this terminal attached
-    (raw mode when stdin is a terminal); return its exit status. Always removed after."""
-    import select
-    import sys
-
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    with engine_errors("starting the shell"):
-        container = api.create_container(
-            image_id, command=command, entrypoint=[], tty=interactive, stdin_open=True,
-            labels={LABEL_TEMPORARY: owner(), LABEL_PROJECT: project},
-            name=f"compimg-shell-{uuid.uuid4().hex[:12]}",
-        )["Id"]
-    try:
-        with engine_errors("starting the shell"):
-            socket_io = api.attach_socket(container, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-            api.start(container)
-        sock = getattr(socket_io, "_sock", socket_io)
-        stdin_fd = sys.stdin.fileno()
-        with _raw_terminal(stdin_fd if interactive else None):
-            demux = _Demux() if not interactive else None
-            stdin_open = True
-            while True:
-                readers = [sock] + ([stdin_fd] if stdin_open else [])
-                ready, _, _ = select.select(readers, [], [])
-                if sock in ready:
-                    data = sock.recv(65536)
-                    if not data:
-                        break
-                    for stream_no, payload in (demux.feed(data) if demux else [(1, data)]):
-                        target = sys.stderr if stream_no == 2 else sys.stdout
-                        target.buffer.write(payload)
-                        target.buffer.flush()
-                if stdin_fd in ready:
-                    data = os.read(stdin_fd, 65536)
-                    if data:
-                        sock.sendall(data)
-                    else:
-                        stdin_open = False
-                        with contextlib.suppress(OSError):
-                            sock.shutdown(1)  # SHUT_WR: the command sees end of input
-        with engine_errors("waiting for the shell"):
-            return int(api.wait(container)["StatusCode"])
-    finally:
-        remove_container(api, container)
-
-
-class _Demux:
-    """Splits the engine's multiplexed (non-TTY) attach stream into (stream, bytes)."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        self._buffer += data
-        frames = []
-        while len(self._buffer) >= 8:
-            size = int.from_bytes(self._buffer[4:8], "big")
-            if len(self._buffer) < 8 + size:
-                break
-            frames.append((self._buffer[0], self._buffer[8:8 + size]))
-            self._buffer = self._buffer[8 + size:]
-        return frames
-
-
-@contextlib.contextmanager
-def _raw_terminal(fd: int | None) -> Iterator[None]:
-    if fd is None:
-        yield
-        return
-    import termios
-    import tty
-
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setraw(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    return digest

@@ -17,9 +17,7 @@ class UserError(Exit):
         location = where or ""
         if where and line is not None:
             location = f"{where}:{line}"
-        self.where = where
         self.line = line
-        self.text = message
         full = f"{location}: {message}" if location else message
         # Invoke prints ``message`` to stderr itself; keep it one line.
         super().__init__(message=" ".join(full.splitlines()), code=code)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .procs import alive
 
 STAGING_PREFIX = ".compimg-extract-"
 
@@ -118,18 +119,8 @@ def _remove_stale_staging(dest: Path) -> None:
         if not name.startswith(STAGING_PREFIX) or entry.is_symlink() or not entry.is_dir():
             continue
         pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _move_into_place(root: str, dest: Path, staging: str, names: Iterable[str]) -> None:

@@ -1,7 +1,10 @@
-"""The stage graph: an immutable model of a compilation-image Dockerfile.
+"""The stage graph: an immutable, typed model of a compilation-image Dockerfile.
 
-Pure data and graph operations. It knows nothing of Invoke, the engine or scheduling,
-so that the task wiring and the builder can both be driven from it.
+Pure data and graph operations, after BuildKit's `instructions` package: each instruction
+keeps the user's text and line, and the instructions that refer to other stages (FROM,
+COPY/ADD, RUN --mount, ONBUILD) are typed, with every source tagged by where it comes
+from. Lowering (`lowering.py`) and the formats (`render.py`) read this model; nothing here
+knows of Invoke, the engine or scheduling.
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ from functools import cached_property
 STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
 # Longest name that still fits in an image tag (tags are at most 128 characters).
 STAGE_NAME_MAX = 128
+# Build args every Docker build accepts without an ARG (they never reach the image).
+PREDEFINED_ARGS = frozenset({
+    "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+    "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
+})
 
 
 def task_name_for(stage_name: str) -> str:
@@ -23,22 +31,132 @@ def task_name_for(stage_name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a COPY/ADD source or a RUN mount reads from."""
+
+    kind: str  # "context", "stage" (of this file), "image", "url" (ADD), "none" (cache mounts...)
+    ref: str = ""  # the stage's name, the image reference or the URL
+
+    @property
+    def stage(self) -> str | None:
+        return self.ref if self.kind == "stage" else None
+
+    @property
+    def image(self) -> str | None:
+        return self.ref if self.kind == "image" else None
+
+    @property
+    def is_context(self) -> bool:
+        return self.kind == "context"
+
+
+CONTEXT = Origin("context")
+NOWHERE = Origin("none")
+
+
+@dataclass(frozen=True)
 class Instruction:
-    """One Dockerfile instruction as Docker sees it (continuations joined)."""
+    """One Dockerfile instruction as the user wrote it (continuations joined)."""
 
     keyword: str  # upper case
-    value: str  # the arguments, continuation lines joined
+    value: str  # the arguments as written
     line: int  # 1-based line where it starts
-    # What is sent to the engine for it: stage references become placeholders, and a
-    # COPY from several origins becomes one COPY per origin.
-    lowered: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return f"{self.keyword} {self.value}"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Stages of this file that the instruction reads."""
+        return ()
+
+
+@dataclass(frozen=True)
+class From(Instruction):
+    flags: tuple[str, ...]  # `--platform=...` as written
+    image: str  # the reference after ARG expansion, or the stage's name
+    stage: str | None  # the earlier stage it builds on, if any
+    written: str  # the reference as written (`golang:${GO}`)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return (self.stage,) if self.stage else ()
+
+
+@dataclass(frozen=True)
+class CopyGroup:
+    """Sources of one COPY that come from one origin (a seed COPY may mix several)."""
+
+    origin: Origin
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Copy(Instruction):
+    """COPY or ADD. `groups` splits the sources by origin, in the order written."""
+
+    flags: tuple[tuple[str, str | None], ...]  # without --from, leading `--` removed
+    groups: tuple[CopyGroup, ...]
+    dest: str
+    json_form: bool
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(g.origin.stage for g in self.groups if g.origin.stage)
+
+    def flag(self, name: str) -> str | None:
+        for key, value in self.flags:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One `RUN --mount=...`: its options as written, and what it reads from."""
+
+    type: str  # bind, cache, tmpfs, secret, ssh
+    options: tuple[tuple[str, str], ...]  # key=value pairs as written (keys lower case)
+    origin: Origin  # `from=` (a stage or an image), else the context (bind) or nothing
+
+    def option(self, name: str) -> str | None:
+        for key, value in self.options:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class Run(Instruction):
+    mounts: tuple[Mount, ...]
+    command: str  # the rest after the --flags, as written
+    flags: tuple[str, ...]  # every leading --flag as written, --mount included
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(m.origin.stage for m in self.mounts if m.origin.stage)
+
+
+@dataclass(frozen=True)
+class Arg(Instruction):
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Onbuild(Instruction):
+    trigger: Instruction  # the instruction that runs in stages built FROM this one
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return self.trigger.stages
 
 
 @dataclass(frozen=True)
 class StageCopy:
-    """Paths that a `COPY` takes out of an earlier stage's image."""
+    """Paths that one COPY takes out of an earlier stage's image."""
 
-    stage: str  # the source stage's name
+    stage: str
     paths: tuple[str, ...]
     dest: str
     line: int
@@ -49,33 +167,95 @@ class Stage:
     name: str  # lower case; unnamed stages are called `stage-<index>`
     index: int  # 0-based, as in `COPY --from=<index>`
     line: int  # 1-based line of its FROM (or NAME)
-    base: str  # image reference, or a stage name when `base_stage` is true
-    base_stage: bool
     named: bool  # false for a stage that got a generated name
     instructions: tuple[Instruction, ...]  # FROM first, then the rest of the stage
-    copies: tuple[StageCopy, ...]
-    context_sources: tuple[str, ...]  # context paths its own COPY/ADD read
-    images: tuple[str, ...] = ()  # other images it reads: its base image, COPY --from=<image>
+    # ONBUILD triggers of its base-stage chain, which run when this stage is built: the
+    # stages they read are this stage's prerequisites as well.
+    inherited: tuple[Onbuild, ...] = ()
+
+    @property
+    def from_(self) -> From:
+        first = self.instructions[0]
+        assert isinstance(first, From)
+        return first
+
+    @property
+    def base(self) -> str:
+        return self.from_.image
+
+    @property
+    def base_stage(self) -> bool:
+        return self.from_.stage is not None
 
     @property
     def task_name(self) -> str:
         return task_name_for(self.name)
 
-    @property
+    @cached_property
     def depends_on(self) -> tuple[str, ...]:
-        """Stages this one needs, in order of first use (its base first)."""
-        seen: list[str] = [self.base] if self.base_stage else []
-        for copy in self.copies:
-            if copy.stage not in seen:
-                seen.append(copy.stage)
+        """Stages this one needs, in order of first use (its base first): FROM, COPY
+        sources, RUN mounts, and the stages that inherited ONBUILD triggers read."""
+        seen: dict[str, None] = {}
+        # Its own ONBUILD triggers count too: the classic builder stores them with the exact
+        # image ID of the stage they read, so that stage must exist first.
+        for instruction in (*self.instructions, *self.inherited):
+            for name in instruction.stages:
+                seen.setdefault(name)
         return tuple(seen)
+
+    @property
+    def copies(self) -> tuple[StageCopy, ...]:
+        return tuple(
+            StageCopy(group.origin.stage, group.paths, instruction.dest, instruction.line)
+            for instruction in self.instructions if isinstance(instruction, Copy)
+            for group in instruction.groups if group.origin.stage
+        )
+
+    @property
+    def context_sources(self) -> tuple[str, ...]:
+        """Context paths its own COPY/ADD and `RUN --mount=type=bind` read."""
+        sources: list[str] = []
+        for instruction in self.instructions:
+            if isinstance(instruction, Copy):
+                sources += [p for g in instruction.groups if g.origin.is_context for p in g.paths]
+            elif isinstance(instruction, Run):
+                for mount in instruction.mounts:
+                    if mount.type == "bind" and mount.origin.is_context:
+                        sources.append(mount.option("source") or mount.option("src") or ".")
+        return tuple(sources)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Other images it reads: its base image, COPY --from=<image>, RUN mounts."""
+        found: dict[str, None] = {}
+        if not self.base_stage:
+            found.setdefault(self.base)
+        for instruction in self.instructions:
+            if isinstance(instruction, Copy):
+                for group in instruction.groups:
+                    if group.origin.image:
+                        found.setdefault(group.origin.image)
+            elif isinstance(instruction, Run):
+                for mount in instruction.mounts:
+                    if mount.origin.image:
+                        found.setdefault(mount.origin.image)
+        return tuple(found)
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """Build args this stage declares with its own ARG instructions."""
+        return tuple(name for i in self.instructions if isinstance(i, Arg) for name in i.names)
+
+    @property
+    def mounts(self) -> tuple[Mount, ...]:
+        return tuple(m for i in self.instructions if isinstance(i, Run) for m in i.mounts)
 
 
 @dataclass(frozen=True)
 class Graph:
     path: str  # the Dockerfile, as the user named it (used in messages)
     stages: tuple[Stage, ...]
-    global_args: tuple[Instruction, ...] = ()  # ARGs before the first FROM
+    global_args: tuple[Arg, ...] = ()  # ARGs before the first FROM
     escape: str = "\\"
 
     @cached_property
@@ -90,11 +270,24 @@ class Graph:
     def final(self) -> Stage:
         return self.stages[-1]
 
+    @property
+    def global_arg_names(self) -> tuple[str, ...]:
+        return tuple(name for arg in self.global_args for name in arg.names)
+
     def find(self, name: str) -> Stage | None:
-        return self._by_name.get(name.lower())
+        """The stage called `name` (case-insensitive; the task spelling `unit-tests` finds
+        `unit_tests` too), or None."""
+        found = self._by_name.get(name.lower())
+        if found is None:
+            found = self._by_task.get(task_name_for(name.lower()))
+        return found
+
+    @cached_property
+    def _by_task(self) -> dict[str, Stage]:
+        return {stage.task_name: stage for stage in self.stages}
 
     def stage(self, name: str) -> Stage:
-        """The stage called `name` (case-insensitive); KeyError if there is none."""
+        """The stage called `name`; KeyError if there is none."""
         found = self.find(name)
         if found is None:
             raise KeyError(name)
@@ -108,38 +301,24 @@ class Graph:
         for stage in reversed(self.stages[: goal.index + 1]):
             if stage.name in wanted:
                 wanted.update(stage.depends_on)
-        return tuple(s for s in self.stages if s.name in wanted)
+        return tuple(s for s in self.stages[: goal.index + 1] if s.name in wanted)
 
-    def build_order(self, target: str | None = None) -> tuple[Stage, ...]:
-        return self.needs(target)
+    def closest(self, name: str, limit: int = 2) -> str | None:
+        """The stage name nearest to `name` (edit distance <= limit), for "did you mean"."""
+        best: tuple[int, str] | None = None
+        for candidate in self.names:
+            distance = edit_distance(name.lower(), candidate)
+            if distance <= limit and (best is None or distance < best[0]):
+                best = (distance, candidate)
+        return best[1] if best else None
 
-    def waves(self, target: str | None = None) -> tuple[tuple[Stage, ...], ...]:
-        """Groups of stages that can build at the same time, in order."""
-        level: dict[str, int] = {}
-        for stage in self.needs(target):
-            level[stage.name] = 1 + max((level[d] for d in stage.depends_on), default=-1)
-        depth = max(level.values()) + 1
-        return tuple(
-            tuple(s for s in self.needs(target) if level[s.name] == n) for n in range(depth)
-        )
 
-    def dependents(self, name: str) -> tuple[Stage, ...]:
-        """Stages that use `name` directly."""
-        return tuple(s for s in self.stages if name in s.depends_on)
-
-    def lowered_lines(self, name: str) -> tuple[tuple[str, int], ...]:
-        """(line sent to the engine, source line) for stage `name`: the global ARGs, then
-        the stage's own instructions. References to other stages are `{{stage:NAME}}`
-        placeholders until their image IDs are known."""
-        stage = self.stage(name)
-        return tuple(
-            (text, instruction.line)
-            for instruction in (*self.global_args, *stage.instructions)
-            for text in instruction.lowered
-        )
-
-    def lowered(self, name: str) -> str:
-        """The single-stage Dockerfile sent to the engine for stage `name`."""
-        lines = [f"# escape={self.escape}"] if self.escape != "\\" else []
-        lines += [text for text, _ in self.lowered_lines(name)]
-        return "\n".join(lines) + "\n"
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (small strings: stage names)."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]

@@ -1,41 +1,38 @@
 """Invoke glue: a `Collection` of tasks made from one compilation-image Dockerfile.
 
-Settings come from three places, strongest first: CLI flags, config under the
-collection's key (`ns.configure`, `invoke.yaml`, `INVOKE_COMPIMG_*`), defaults.
-Pre-tasks get no CLI flags, so they read config only.
+The operations below *are* the Python API and the task bodies (after pyinvoke's
+invocations: the task is the function). Each takes the context first, then its flags,
+then keyword-only `dockerfile`, `context`, `key` and `base`, which a collection binds for
+its tasks. Settings are resolved in `settings.resolve`: flags, then config under the
+collection's key, then defaults. Pre-tasks get no flags, so they read config only.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from invoke import Collection, Context, Task
 
 from .errors import Interrupted, UserError
-from .project import Project, Settings, parse_build_args, parse_tags
+from .project import Project
 from .render import FORMATS
+from .settings import CONFIG_DEFAULTS, Settings, resolve
 
 # The engine modules (and so the Docker SDK) are imported by the operations that talk to
 # the engine, when they run: a tasks.py that adds our collection keeps `invoke --list` and
 # the user's other tasks quick.
 
-DEFAULTS: dict[str, Any] = {
-    "tags": {},  # stage -> ref or [refs]
-    "build_args": {},
-    "target": None,
-    "no_cache": False,
-    "push": False,
-    "network": None,  # engine default, like `docker build`
-    "jobs": 4,  # stages built at the same time
-}
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CompimgTask(Task):  # type: ignore[misc]
-    """A task that is equal only to itself.
+    """A task that is equal only to itself, whose CLI flags are the body's ordinary
+    parameters (keyword-only ones are bound by the collection), with `-t` for `--tag`.
 
     Invoke's `Task.__eq__` compares the name and the body's code object, so tasks made by
     one closure (one per stage, or the same task in two collections) would be taken for one
@@ -47,78 +44,51 @@ class CompimgTask(Task):  # type: ignore[misc]
     def __hash__(self) -> int:
         return id(self)
 
+    def argspec(self, body: Callable[..., Any]) -> inspect.Signature:
+        sig = super().argspec(body)
+        return sig.replace(parameters=[p for p in sig.parameters.values() if p.kind is not p.KEYWORD_ONLY])
 
-def _task(body: Callable[..., Any], name: str, *, help: Mapping[str, str] | None = None,
-          iterable: Iterable[str] = (), pre: Iterable[Task] = (), optional: Iterable[str] = (),
-          positional: Iterable[str] | None = None) -> CompimgTask:
-    return CompimgTask(body, name=name, help=dict(help or {}), iterable=list(iterable),
-                       pre=list(pre), optional=list(optional),  # type: ignore[arg-type]
-                       positional=positional)
-
-
-def _config(c: Context, key: str) -> dict[str, Any]:
-    section = c.config.get(key) or {}
-    merged = dict(DEFAULTS)
-    merged.update({k: section[k] for k in section})
-    return merged
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        if name != "tag":  # -t is docker build's --tag, never --target
+            taken_names = taken_names | {"t"}
+        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        if name == "tag":
+            opts["names"] = ("tag", "t")
+        return opts
 
 
-def _config_tags(project: Project, raw: Any) -> dict[str, tuple[str, ...]]:
-    values: list[str] = []
-    for stage, refs in dict(raw or {}).items():
-        for ref in [refs] if isinstance(refs, str) else list(refs):
-            values.append(f"{stage}={ref}")
-    return parse_tags(values, project.graph.final.name, project)
+# --- projects -----------------------------------------------------------------------------
+
+_projects: dict[tuple[Path, Path], Project] = {}
 
 
-def _settings(c: Context, key: str, project: Project, *, tags: Iterable[str] = (),
-              default_tag_stage: str | None = None, build_args: Iterable[str] = (),
-              no_cache: bool | None = None, push: bool | None = None, jobs: int | None = None) -> Settings:
-    config = _config(c, key)
-    merged_tags = _config_tags(project, config["tags"])
-    merged_tags.update(parse_tags(tags, default_tag_stage or project.graph.final.name, project))
-    args = {str(k): str(v) for k, v in dict(config["build_args"] or {}).items()}
-    args.update(parse_build_args(build_args))
-    return Settings(
-        tags=merged_tags, build_args=args,
-        no_cache=bool(config["no_cache"] if no_cache is None else no_cache),
-        network=config["network"] or None,
-        push=bool(config["push"] if push is None else push),
-        jobs=_positive(config["jobs"] if jobs is None else jobs, "jobs"),
-    )
+def _project(dockerfile: Path, context: Path) -> Project:
+    """One parsed project per (Dockerfile, context) in this process."""
+    key = (dockerfile, context)
+    if key not in _projects:
+        _projects[key] = Project(dockerfile, context)
+    return _projects[key]
 
 
-def _positive(value: Any, name: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise UserError(f"--{name} {value}: give a whole number of at least 1")
-    return number
+def _caller_folder(depth: int) -> Path:
+    caller = sys._getframe(depth + 1).f_globals.get("__file__")
+    return Path(caller).resolve().parent if caller else Path.cwd()
 
 
-def collection(dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
-               name: str = "compimg", *, base: str | Path | None = None) -> Collection:
-    """The tasks for `dockerfile`, built in `context`.
-
-    Relative paths are taken from the folder of the calling `tasks.py` (so `invoke` works
-    from any subfolder), or from `base` when given. The file is parsed and checked now,
-    before any task is wired, so a broken file is reported before anything runs."""
-    if base is None:
-        caller = sys._getframe(1).f_globals.get("__file__")
-        base = Path(caller).resolve().parent if caller else Path.cwd()
-    root = Path(base)
-    try:
-        project = Project(root / dockerfile, root / context)
-    except KeyboardInterrupt:
-        raise Interrupted() from None
-    return make_collection(project, name)
+def project(dockerfile: str | Path = "Dockerfile", context: str | Path = ".", *,
+            base: str | Path | None = None) -> Project:
+    """The parsed project for `dockerfile` (one per path in this process). Relative paths
+    are taken from `base`, by default the folder of the calling module (your tasks.py)."""
+    root = Path(base) if base is not None else _caller_folder(1)
+    return _project((root / dockerfile).resolve(), (root / context).resolve())
 
 
-# --- operations: the tasks' bodies and the Python API (`invoke_compimg.build(c, ...)`) ---
-
-F = TypeVar("F", bound=Callable[..., Any])
+def _bound_project(kw: dict[str, Any]) -> Project:
+    """The project named by an operation's keyword-only arguments."""
+    base = kw.get("base")
+    root = Path(base) if base is not None else _caller_folder(3)
+    return _project((root / kw.get("dockerfile", "Dockerfile")).resolve(),
+                    (root / kw.get("context", ".")).resolve())
 
 
 def interruptible(func: F) -> F:
@@ -134,14 +104,35 @@ def interruptible(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _settings(c: Context, key: str, project: Project, *, target: str, tags: Any = (),
+              build_args: Any = (), **flags: Any) -> Settings:
+    prefix = getattr(c.config, "_env_prefix", None) or "INVOKE"
+    return resolve(project.graph, c.config.get(key), target=target, tags=list(tags or []),
+                   build_args=list(build_args or []), env_prefix=f"{prefix}_{key.upper()}", **flags)
+
+
+def _dry(c: Context) -> bool:
+    return bool(c.config.get("run", {}).get("dry"))
+
+
+# --- operations: the tasks' bodies and the Python API -------------------------------------
+
 @interruptible
-def parse(c: Context, project: Project, format: str = "text", stage: str | None = None,
-          lowered: bool = False) -> str:
-    graph = project.graph
+def parse(c: Context, format: str = "text", stage: str | None = None, lowered: bool = False, *,
+          dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
+          base: str | Path | None = None) -> str:
+    """Show the stage graph (text, json, dot, mermaid, native) or a lowered stage."""
+    from .lowering import per_stage
+
+    p = _bound_project(locals())
+    if stage and not lowered:
+        raise UserError("--stage goes with --lowered: write `parse --lowered --stage STAGE`")
+    if lowered and format != "text":
+        raise UserError(f"--format {format} and --lowered are two different views; give one of them")
     if lowered:
-        text = graph.lowered(project.stage(stage, flag="--stage").name if stage else graph.final.name)
+        text = per_stage(p.graph, p.stage(stage, flag="--stage").name if stage else p.graph.final.name).text
     elif format in FORMATS:
-        text = FORMATS[format](graph)
+        text = FORMATS[format](p.graph)
     else:
         raise UserError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     print(text, end="")
@@ -149,43 +140,116 @@ def parse(c: Context, project: Project, format: str = "text", stage: str | None 
 
 
 @interruptible
-def build(c: Context, project: Project, target: str | None = None, tags: Iterable[str] = (),
-          build_args: Iterable[str] = (), no_cache: bool | None = None, push: bool | None = None,
-          key: str = "compimg", jobs: int | None = None) -> dict[str, str]:
-    """Build `target` (default: config, then the final stage) and what it needs; return
-    {stage: image ID}."""
-    target = target or _config(c, key)["target"]
-    goal = project.stage(target, flag="--target").name if target else project.graph.final.name
-    from .pipeline import Builder
+def build(c: Context, target: str | None = None, tag: list[str] | None = None,
+          build_arg: list[str] | None = None, no_cache: bool = False, push: bool = False,
+          jobs: int | None = None, builder: str | None = None, progress: str | None = None,
+          pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
+          push_all: bool = False, *, dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
+          key: str = "compimg", base: str | Path | None = None) -> dict[str, str]:
+    """Build the final stage (or --target) and every stage it needs, nothing else."""
+    p = _bound_project(locals())
+    target = target or (c.config.get(key) or {}).get("target")
+    goal = p.stage(target, flag="--target").name if target else p.graph.final.name
+    # A bool flag that is not given (False) leaves the decision to config.
+    settings = _settings(c, key, p, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
+                         push=push or None, jobs=jobs, builder=builder, progress=progress, pull=pull or None,
+                         cache_from=cache_from, cache_to=cache_to)
+    return _run_build(c, p, settings, goal, push_all=push_all)
 
-    b = Builder(project, _settings(c, key, project, tags=tags, default_tag_stage=goal,
-                                   build_args=build_args, no_cache=no_cache, push=push, jobs=jobs))
-    ids = b.build(goal)
-    print(b.table(), end="")
-    if b.settings.push:
-        b.push()
-    return ids
+
+def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_all: bool = False) -> dict[str, str]:
+    needed = [s.name for s in p.graph.needs(goal)]
+    outside = sorted(set(settings.tags) - set(needed))
+    if outside:
+        raise UserError(f"--tag for stage(s) {', '.join(outside)}, which building '{goal}' does not build; "
+                        f"build --target {outside[0]}, or drop that tag")
+    if _dry(c):
+        print(f"would build {goal} ({', '.join(needed)}) from {p.dockerfile}"
+              + "".join(f"; tag {s} as {', '.join(r)}" for s, r in settings.tags.items())
+              + ("; push" if settings.push else ""))
+        return {}
+    from . import push as pushing
+    from .progress import make_reporter
+    from .session import Session
+
+    reporter = make_reporter(settings.progress)
+    try:
+        session = Session(p, settings, reporter)
+        ids = session.build([goal])
+        session.summary(goal if goal == p.graph.final.name else None)
+        if settings.push:
+            refs = pushing.plan(settings.tags, ids, goal, push_all)
+            if not refs:
+                reporter.warning(f"--push: no tag for '{goal}' to push; add --tag REF")
+            pushing.push(session.api, refs, reporter, layers=reporter.__class__.__name__ == "LiveReporter")
+        reporter.result(ids[goal])
+        return ids
+    finally:
+        reporter.close()
 
 
 @interruptible
-def assemble(c: Context, project: Project, stage: str | None = None, tags: Iterable[str] = (),
-             key: str = "compimg") -> str:
-    """Build one stage from its prerequisites' existing images; return its image ID."""
-    goal = project.stage(stage).name if stage else project.graph.final.name
-    from .pipeline import Builder
-
-    b = Builder(project, _settings(c, key, project, tags=tags, default_tag_stage=goal))
-    result = b.build_stage(project.graph.stage(goal))
-    print(b.table(), end="")
-    return result.image_id
+def build_stage(c: Context, stage: str, tag: list[str] | None = None, build_arg: list[str] | None = None,
+                no_cache: bool = False, progress: str | None = None, *,
+                dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
+                base: str | Path | None = None) -> dict[str, str]:
+    """Build one stage and only the stages it needs (for debugging)."""
+    p = _bound_project(locals())
+    goal = p.stage(stage).name
+    settings = _settings(c, key, p, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
+                         progress=progress, push=False)
+    return _run_build(c, p, settings, goal)
 
 
 @interruptible
-def extract(c: Context, project: Project, artifact: str, dest: str = ".", key: str = "compimg") -> list[str]:
-    """Copy STAGE:/PATH onto the host under `dest`; return the top-level names written."""
-    from .pipeline import Builder, extract_artifact
+def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None, *,
+             dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
+             base: str | Path | None = None) -> str:
+    """Build the final (or named) stage from its prerequisites' existing images."""
+    p = _bound_project(locals())
+    goal = p.stage(stage).name if stage else p.graph.final.name
+    settings = _settings(c, key, p, target=goal, tags=tag)
+    if _dry(c):
+        print(f"would assemble {goal} from the images of {', '.join(p.graph.stage(goal).depends_on) or 'no stage'}")
+        return ""
+    from .progress import make_reporter
+    from .session import Session
 
-    result = extract_artifact(project, Builder(project, _settings(c, key, project)), artifact, dest)
+    reporter = make_reporter(settings.progress)
+    try:
+        session = Session(p, settings, reporter)
+        result = session.build_stage(p.graph.stage(goal))
+        session.summary(None)
+        reporter.result(result.image_id)
+        return result.image_id
+    finally:
+        reporter.close()
+
+
+@interruptible
+def extract_artifact(c: Context, artifact: str, dest: str = ".", *, dockerfile: str | Path = "Dockerfile",
+                     context: str | Path = ".", key: str = "compimg", base: str | Path | None = None) -> list[str]:
+    """Copy STAGE:/PATH out of a stage's image onto the host (like `docker cp`)."""
+    p = _bound_project(locals())
+    stage_name, colon, path = artifact.partition(":")
+    if not colon or not path.startswith("/"):
+        raise UserError(f"'{artifact}': write STAGE:/ABSOLUTE/PATH, e.g. build:/go/bin/app")
+    goal = p.stage(stage_name, flag="extract-artifact").name
+    settings = _settings(c, key, p, target=goal)
+    if _dry(c):
+        print(f"would build {goal} and copy {path} into {dest}")
+        return []
+    from .artifacts import copy_out
+    from .progress import make_reporter
+    from .session import Session
+
+    reporter = make_reporter(settings.progress)
+    try:
+        session = Session(p, settings, reporter)
+        image_id = session.build([goal])[goal]
+        result = copy_out(session.api, p, goal, image_id, path, dest, reporter)
+    finally:
+        reporter.close()
     print(f"extracted {artifact} -> {', '.join(str(Path(dest) / n) for n in result.names)}"
           f" ({result.files} entries)")
     for skipped in result.skipped:
@@ -194,123 +258,165 @@ def extract(c: Context, project: Project, artifact: str, dest: str = ".", key: s
 
 
 @interruptible
-def shell(c: Context, project: Project, stage: str, cmd: str = "sh", key: str = "compimg") -> None:
+def shell(c: Context, stage: str, cmd: str = "sh", *, dockerfile: str | Path = "Dockerfile",
+          context: str | Path = ".", key: str = "compimg", base: str | Path | None = None) -> None:
+    """Open a shell (or run --cmd) in a stage's image, for debugging that stage."""
     import shlex
 
-    goal = project.stage(stage).name
-    from . import engine
-    from .pipeline import Builder
+    p = _bound_project(locals())
+    goal = p.stage(stage).name
+    settings = _settings(c, key, p, target=goal)
+    if _dry(c):
+        print(f"would build {goal} and run `{cmd}` in it")
+        return
+    from . import engine, terminal
+    from .progress import make_reporter
+    from .session import Session
 
-    b = Builder(project, _settings(c, key, project))
-    image_id = b.build(goal)[goal]
-    engine.reap_leftovers(b.api, project.slug)
-    status = engine.run_shell(b.api, image_id, shlex.split(cmd), project.slug)
+    reporter = make_reporter(settings.progress)
+    try:
+        session = Session(p, settings, reporter)
+        image_id = session.build([goal])[goal]
+    finally:
+        reporter.close()
+    engine.reap_leftovers(session.api, p.slug)
+    status = terminal.run_shell(session.api, image_id, shlex.split(cmd), p.slug)
     if status:
         raise UserError(f"`{cmd}` in stage '{goal}' exited with status {status}", code=status)
 
 
 @interruptible
-def clean_project(c: Context, project: Project) -> None:
+def clean(c: Context, *, dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
+          key: str = "compimg", base: str | Path | None = None) -> None:
+    """Remove the images and temporary containers this project's builds made, nothing else."""
+    p = _bound_project(locals())
+    if _dry(c):
+        print(f"would remove the images of {p.repository} and this project's temporary containers")
+        return
     from . import engine
-    from .pipeline import clean
+    from .artifacts import clean as clean_project
 
-    clean(project, engine.connect(), sys.stdout)
+    clean_project(p, engine.connect(), sys.stdout)
 
 
-def make_collection(project: Project, name: str = "compimg") -> Collection:
+OPERATIONS: dict[str, Callable[..., Any]] = {
+    "parse": parse, "build": build, "build-stage": build_stage, "extract-artifact": extract_artifact,
+    "assemble": assemble, "shell": shell, "clean": clean,
+}
+HELP: dict[str, dict[str, str]] = {
+    "parse": {"format": f"one of {', '.join(FORMATS)} (default text)",
+              "stage": "stage to show with --lowered (default: final)",
+              "lowered": "print the single-stage Dockerfile the classic builder is sent for --stage"},
+    "build": {"target": "stage to build (default: the final stage); only what it needs is built",
+              "tag": "REF for the target, or STAGE=REF (the seed's --tag=STAGE=REF); repeatable",
+              "build-arg": "KEY=VALUE, or KEY to take it from the environment; repeatable",
+              "no-cache": "rebuild everything: no engine cache, no reuse of unchanged stages",
+              "push": "push the target's tags afterwards",
+              "push-all": "with --push, push the tags of the other stages built too",
+              "jobs": "stages built at the same time with the classic builder (default 4)",
+              "builder": "auto (default), buildkit or classic",
+              "progress": "auto (default), plain, tty or quiet",
+              "pull": "pull external base images even when they are present",
+              "cache-from": "REF of an image to use as a cache source; repeatable",
+              "cache-to": "'inline': embed cache metadata in the built images (for --cache-from)"},
+    "build-stage": {"stage": "the stage to build", "tag": "REF to tag the stage with; repeatable",
+                    "build-arg": "KEY=VALUE build argument; repeatable",
+                    "no-cache": "do not use the engine's cache", "progress": "auto, plain, tty or quiet"},
+    "extract-artifact": {"artifact": "STAGE:/PATH to copy out (a file or a directory)",
+                         "dest": "folder to copy into (default: current folder)"},
+    "assemble": {"stage": "stage to assemble (default: the final stage)", "tag": "REF to tag it with"},
+    "shell": {"stage": "stage whose image to open", "cmd": "command to run instead of `sh`"},
+    "clean": {},
+}
+ITERABLE = {"build": ["tag", "build_arg", "cache_from"], "build-stage": ["tag", "build_arg"],
+            "assemble": ["tag"]}
+
+
+def _bind(operation: Callable[..., Any], name: str, bound: dict[str, Any], **task_options: Any) -> CompimgTask:
+    """The task `name` running `operation` with the collection's keyword-only arguments."""
+    def body(c: Context, *args: Any, **kwargs: Any) -> Any:
+        return operation(c, *args, **kwargs, **bound)
+
+    body.__signature__ = inspect.signature(operation)  # type: ignore[attr-defined]
+    body.__doc__ = operation.__doc__
+    return CompimgTask(body, name=name, help=dict(HELP.get(name, {})),
+                       iterable=ITERABLE.get(name, []), **task_options)
+
+
+def collection(dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
+               name: str = "compimg", *, base: str | Path | None = None, report: bool = True) -> Collection:
+    """The tasks for `dockerfile`, built in `context`.
+
+    Relative paths are taken from `base`, by default the folder of the calling module (your
+    tasks.py, or the `tasks/` package's `__init__.py`), so `invoke` works from any
+    subfolder. The file is parsed now. A broken file does not break your other tasks: the
+    collection then has no per-stage tasks, its tasks report the error when run, and one
+    line on stderr says what is wrong (`report=False`: only when a task runs)."""
+    root = Path(base) if base is not None else _caller_folder(1)
+    paths = ((root / dockerfile).resolve(), (root / context).resolve())
+    bound = {"dockerfile": paths[0], "context": paths[1], "key": name, "base": None}
+    try:
+        p: Project | None = _project(*paths)
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+    except UserError as exc:
+        p = None
+        if report:
+            print(f"{exc} (the {name} tasks report this when run)", file=sys.stderr)
+    return _collection(p, name, bound)
+
+
+def make_collection(p: Project, name: str = "compimg") -> Collection:
+    """The tasks of an already parsed project (the `compimg` command's)."""
+    paths = (p.dockerfile.resolve(), p.context.resolve())
+    bound = {"dockerfile": paths[0], "context": paths[1], "key": name, "base": None}
+    _projects[paths] = p
+    return _collection(p, name, bound)
+
+
+def _collection(p: Project | None, name: str, bound: dict[str, Any]) -> Collection:
     ns = Collection(name)
-    ns.configure({name: dict(DEFAULTS)})
-
-    def parse_task(c: Context, format: str = "text", stage: str | None = None, lowered: bool = False) -> None:
-        """Show the stage graph (text, json, dot, mermaid, native) or a lowered stage."""
-        parse(c, project, format, stage, lowered)
-
-    def build_task(c: Context, target: str | None = None, tag: list[str] | None = None,
-                   build_arg: list[str] | None = None, no_cache: bool = False,
-                   push: bool = False, jobs: int | None = None) -> dict[str, str]:
-        """Build the final stage (or --target) and every stage it needs, nothing else."""
-        # A flag that is not given (False) leaves the decision to config.
-        return build(c, project, target, tag or [], build_arg or [], no_cache or None, push or None,
-                     key=name, jobs=jobs)
-
-    def build_stage_task(c: Context, stage: str, tag: list[str] | None = None,
-                         build_arg: list[str] | None = None, no_cache: bool = False) -> dict[str, str]:
-        """Build one stage and only the stages it needs (for debugging)."""
-        goal = project.stage(stage).name
-        return build(c, project, goal, tag or [], build_arg or [], no_cache or None, False, key=name)
-
-    def extract_task(c: Context, artifact: str, dest: str = ".") -> None:
-        """Copy STAGE:/PATH out of a stage's image onto the host (like `docker cp`)."""
-        extract(c, project, artifact, dest, key=name)
-
-    def assemble_task(c: Context, stage: str | None = None, tag: str | None = None) -> str:
-        """Build the final (or named) stage from its prerequisites' existing images."""
-        return assemble(c, project, stage, [tag] if tag else [], key=name)
-
-    def shell_task(c: Context, stage: str, cmd: str = "sh") -> None:
-        """Open a shell (or run --cmd) in a stage's image, for debugging that stage."""
-        shell(c, project, stage, cmd, key=name)
-
-    def clean_task(c: Context) -> None:
-        """Remove the images and temporary containers this project's builds made, nothing else."""
-        clean_project(c, project)
-
-    tag_help = "STAGE=REF, or REF for the target stage; repeatable (seed's --tag=STAGE=REF)"
-    arg_help = "KEY=VALUE build argument; repeatable"
-    ns.add_task(_task(parse_task, "parse", help={
-        "format": f"one of {', '.join(FORMATS)} (default text)",
-        "stage": "stage to show with --lowered (default: final)",
-        "lowered": "print the single-stage Dockerfile sent to the engine for --stage",
-    }), default=False)
-    ns.add_task(_task(build_task, "build", iterable=["tag", "build_arg"], help={
-        "target": "stage to build (default: the final stage); only what it needs is built",
-        "tag": tag_help, "build-arg": arg_help,
-        "no-cache": "rebuild everything: no engine cache, no reuse of unchanged stages",
-        "push": "push every tagged ref afterwards",
-        "jobs": "stages built at the same time (default 4)",
-    }), default=True)
-    ns.add_task(_task(build_stage_task, "build-stage", iterable=["tag", "build_arg"], help={
-        "stage": "the stage to build", "tag": "REF to tag the stage with; repeatable",
-        "build-arg": arg_help, "no-cache": "do not use the engine's cache",
-    }))
-    ns.add_task(_task(extract_task, "extract-artifact", help={
-        "artifact": "STAGE:/PATH to copy out (a file or a directory)",
-        "dest": "folder to copy into (default: current folder)",
-    }))
-    ns.add_task(_task(assemble_task, "assemble", help={
-        "stage": "stage to assemble (default: the final stage)", "tag": "REF to tag it with",
-    }))
-    ns.add_task(_task(shell_task, "shell", help={
-        "stage": "stage whose image to open", "cmd": "command to run instead of `sh`",
-    }))
-    ns.add_task(_task(clean_task, "clean"))
-    ns.add_collection(_stage_collection(project, name))
+    ns.configure({name: dict(CONFIG_DEFAULTS)})
+    for task_name, operation in OPERATIONS.items():
+        ns.add_task(_bind(operation, task_name, bound), default=task_name == "build")
+    if p is not None:
+        ns.add_collection(_stage_collection(p, name))
     return ns
 
 
-def _stage_collection(project: Project, key: str) -> Collection:
+def _stage_collection(p: Project, key: str) -> Collection:
     """`stage.<name>`: one task per stage whose pre-tasks are exactly the stages it uses.
     The graph is already checked (no cycles: stages only look backwards)."""
+    from .render import base_label
+
     stages = Collection("stage")
     tasks: dict[str, CompimgTask] = {}
-    for stage in project.graph.stages:
-        body = _stage_body(project, key, stage.name)
-        base = f"stage {stage.base}" if stage.base_stage else stage.base
-        body.__doc__ = f"Build stage '{stage.name}' (line {stage.line}, FROM {base})."
-        tasks[stage.name] = _task(body, stage.task_name, pre=[tasks[d] for d in stage.depends_on])
+    for stage in p.graph.stages:
+        body = _stage_body(p, key, stage.name)
+        body.__doc__ = f"Build stage '{stage.name}' (line {stage.line}, FROM {base_label(stage)})."
+        tasks[stage.name] = CompimgTask(body, name=stage.task_name,
+                                        pre=[tasks[d] for d in stage.depends_on])  # type: ignore[misc]
         stages.add_task(tasks[stage.name])
     return stages
 
 
-def _stage_body(project: Project, key: str, stage_name: str) -> Callable[[Context], str]:
+def _stage_body(p: Project, key: str, stage_name: str) -> Callable[[Context], str]:
     @interruptible
     def body(c: Context) -> str:
-        from .pipeline import Builder
+        settings = _settings(c, key, p, target=stage_name)
+        if _dry(c):
+            print(f"would build stage {stage_name} from the images of its prerequisites")
+            return ""
+        from .progress import make_reporter
+        from .session import Session
 
-        b = Builder(project, _settings(c, key, project))
-        result = b.build_stage(project.graph.stage(stage_name))
-        print(f"[{stage_name}] built {result.image_id.split(':')[-1][:12]} "
-              f"({result.size / 1e6:.1f} MB) as {project.local_ref(stage_name)}")
+        reporter = make_reporter(settings.progress)
+        try:
+            result = Session(p, settings, reporter).build_stage(p.graph.stage(stage_name))
+        finally:
+            reporter.close()
+        print(f"[{stage_name}] {result.how} {result.image_id.split(':')[-1][:12]} "
+              f"({result.size / 1e6:.1f} MB) as {p.local_ref(stage_name)}")
         return result.image_id
 
     return body

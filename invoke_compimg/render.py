@@ -1,4 +1,5 @@
-"""Ways to show a parsed graph: text, JSON, Graphviz dot, Mermaid, native Dockerfile."""
+"""Ways to show a parsed graph: text, JSON, Graphviz dot, Mermaid, native Dockerfile.
+Formatting only: the native text is `lowering.multi_stage`'s."""
 
 from __future__ import annotations
 
@@ -6,20 +7,34 @@ import json
 from collections.abc import Callable
 
 from .graph import Graph, Stage
-from .syntax import PLACEHOLDER_RE
+from .lowering import multi_stage
 
 
-def _base(stage: Stage) -> str:
+def base_label(stage: Stage) -> str:
     return f"stage {stage.base}" if stage.base_stage else stage.base
+
+
+def _sources(stage: Stage) -> list[tuple[str, str, int]]:
+    """(stage read, what, line) for every cross-stage read: COPY paths, RUN mounts, and
+    the ONBUILD triggers it runs."""
+    found = [(c.stage, " ".join(c.paths), c.line) for c in stage.copies]
+    for mount in stage.mounts:
+        if mount.origin.stage:
+            found.append((mount.origin.stage, f"--mount {mount.option('source') or '/'}", 0))
+    for trigger in stage.inherited:
+        found += [(name, f"ONBUILD (line {trigger.line})", trigger.line) for name in trigger.stages]
+    return found
 
 
 def as_text(graph: Graph) -> str:
     out = [f"{graph.path}: {len(graph.stages)} stage(s), final: {graph.final.name}"]
-    for stage in graph.build_order():
+    for stage in graph.needs():
         mark = "  (final)" if stage is graph.final else ""
-        out.append(f"{stage.name}  line {stage.line}  FROM {_base(stage)}{mark}")
+        out.append(f"{stage.name}  line {stage.line}  FROM {base_label(stage)}{mark}")
         for copy in stage.copies:
             out.append(f"    line {copy.line}: COPY {copy.stage}:{' '.join(copy.paths)} -> {copy.dest}")
+        for source, what, _ in _sources(stage)[len(stage.copies):]:
+            out.append(f"    reads stage {source}: {what}")
     return "\n".join(out) + "\n"
 
 
@@ -36,6 +51,11 @@ def as_dict(graph: Graph) -> dict[str, object]:
                     {"from": copy.stage, "src": list(copy.paths), "dest": copy.dest, "line": copy.line}
                     for copy in stage.copies
                 ],
+                **({"mounts": [{"from": m.origin.stage, "type": m.type, "target": m.option("target")}
+                               for m in stage.mounts if m.origin.stage]}
+                   if any(m.origin.stage for m in stage.mounts) else {}),
+                **({"onbuild_from": sorted({n for t in stage.inherited for n in t.stages})}
+                   if any(t.stages for t in stage.inherited) else {}),
             }
             for stage in graph.stages
         ],
@@ -52,8 +72,8 @@ def _edges(graph: Graph) -> list[tuple[str, str, str]]:
     for stage in graph.stages:
         if stage.base_stage:
             edges.append((stage.base, stage.name, "FROM"))
-        for copy in stage.copies:
-            edges.append((copy.stage, stage.name, " ".join(copy.paths)))
+        for source, what, _ in _sources(stage):
+            edges.append((source, stage.name, what))
     return edges
 
 
@@ -61,7 +81,7 @@ def as_dot(graph: Graph) -> str:
     out = ["digraph compimg {", "  rankdir=LR;"]
     for stage in graph.stages:
         shape = "doubleoctagon" if stage is graph.final else "box"
-        label = json.dumps(stage.name + "\n" + _base(stage))
+        label = json.dumps(stage.name + "\n" + base_label(stage))
         out.append(f"  {json.dumps(stage.name)} [shape={shape}, label={label}];")
     for source, target, label in _edges(graph):
         out.append(f"  {json.dumps(source)} -> {json.dumps(target)} [label={json.dumps(label)}];")
@@ -75,7 +95,7 @@ def as_mermaid(graph: Graph) -> str:
 
     out = ["flowchart LR"]
     for stage in graph.stages:
-        label = f"{stage.name}<br/>{_base(stage)}".replace('"', "#quot;")
+        label = f"{stage.name}<br/>{base_label(stage)}".replace('"', "#quot;")
         out.append(f'  {node(stage.name)}["{label}"]')
     for source, target, label in _edges(graph):
         label = label.replace('"', "#quot;")
@@ -85,18 +105,7 @@ def as_mermaid(graph: Graph) -> str:
 
 def as_native(graph: Graph) -> str:
     """The equivalent native multi-stage Dockerfile (`FROM ... AS`, `COPY --from=`)."""
-    referenced = {name for stage in graph.stages for name in stage.depends_on}
-    lines = [f"# escape={graph.escape}"] if graph.escape != "\\" else []
-    lines += [line for arg in graph.global_args for line in arg.lowered]
-    for stage in graph.stages:
-        lines.append("")
-        for instruction in stage.instructions:
-            for line in instruction.lowered:
-                line = PLACEHOLDER_RE.sub(lambda m: m.group(1), line)
-                if instruction.keyword == "FROM" and (stage.named or stage.name in referenced):
-                    line += f" AS {stage.name}"
-                lines.append(line)
-    return "\n".join(lines).lstrip("\n") + "\n"
+    return multi_stage(graph, name_all=False).text
 
 
 FORMATS: dict[str, Callable[[Graph], str]] = {

@@ -1,8 +1,10 @@
-"""Compilation-image Dockerfiles (seed and native syntax) -> a checked `Graph`.
+"""Compilation-image Dockerfiles (seed and native syntax) -> a checked, typed `Graph`.
 
 Tokenising (continuations, comments, the escape directive) is dockerfile-parse's job;
-this module applies Docker's rules on top and reports every mistake as one
-`Dockerfile:LINE: what is wrong; what to do` line. Pure: it never talks to an engine.
+this module applies Docker's rules on top, resolves every stage reference, and reports
+every mistake as one `Dockerfile:LINE: what is wrong; what to do` line. It produces the
+typed model only; what is sent to an engine is `lowering.py`'s business. Pure: it never
+talks to an engine.
 """
 
 from __future__ import annotations
@@ -18,7 +20,24 @@ from dockerfile_parse import DockerfileParser
 from dockerfile_parse.util import WordSplitter
 
 from .errors import UserError
-from .graph import STAGE_NAME_MAX, STAGE_NAME_RE, Graph, Instruction, Stage, StageCopy, task_name_for
+from .graph import (
+    CONTEXT,
+    NOWHERE,
+    STAGE_NAME_MAX,
+    STAGE_NAME_RE,
+    Arg,
+    Copy,
+    CopyGroup,
+    From,
+    Graph,
+    Instruction,
+    Mount,
+    Onbuild,
+    Origin,
+    Run,
+    Stage,
+    task_name_for,
+)
 
 # Docker's scanner refuses longer lines (bufio.Scanner's 64 KiB token limit).
 MAX_LINE_BYTES = 64 * 1024
@@ -28,22 +47,12 @@ DOCKER_INSTRUCTIONS = frozenset({
     "LABEL", "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
 })
 OUR_INSTRUCTIONS = frozenset({"NAME"})
+MOUNT_TYPES = frozenset({"bind", "cache", "tmpfs", "secret", "ssh"})
 
-PLACEHOLDER = "{{{{stage:{}}}}}"  # -> {{stage:NAME}}, filled with an image ID at build time
-PLACEHOLDER_RE = re.compile(r"\{\{stage:([a-z][a-z0-9_.-]*)\}\}")
 _ESCAPE_DIRECTIVE_RE = re.compile(r"^\s*#\s*escape\s*=\s*(\\|`)\s*$", re.I)
 _SEED_SOURCE_RE = re.compile(r"^([^:/\s]+):(.*)$")
 _VARIABLE_RE = re.compile(r"\$(?:\{(\w+)(?:(:[-+])([^}]*))?\}|(\w+))")
 _URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
-
-
-def placeholder(stage_name: str) -> str:
-    return PLACEHOLDER.format(stage_name)
-
-
-def fill_placeholders(text: str, image_ids: Mapping[str, str]) -> str:
-    """Replace every `{{stage:NAME}}` with the exact image ID built for NAME."""
-    return PLACEHOLDER_RE.sub(lambda m: image_ids[m.group(1)], text)
 
 
 def read_dockerfile(path: str | Path) -> str:
@@ -92,39 +101,7 @@ class _Draft:
     name: str
     index: int
     line: int
-    base: str = ""
-    base_stage: bool = False
     instructions: list[Instruction] = field(default_factory=list)
-    copies: list[StageCopy] = field(default_factory=list)
-    context_sources: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Args:
-    """A COPY/ADD split the way Docker does: leading --flags, then sources and dest."""
-
-    flags: tuple[tuple[str, str], ...]  # (name, value) with the leading -- removed
-    sources: tuple[str, ...]
-    dest: str
-    json_form: bool
-
-    def flag(self, name: str) -> str | None:
-        for key, value in self.flags:
-            if key == name:
-                return value
-        return None
-
-    def render(self, sources: tuple[str, ...], from_: str | None) -> str:
-        """COPY arguments for `sources` only, with --from replaced by `from_`."""
-        flags = [f"--{k}={v}" if v is not None else f"--{k}" for k, v in self.flags if k != "from"]
-        if from_ is not None:
-            flags.insert(0, f"--from={from_}")
-        if self.json_form:
-            body = json.dumps([*sources, self.dest], ensure_ascii=False)
-        else:
-            body = " ".join([*sources, self.dest])
-        return " ".join([*flags, body])
 
 
 class _Parser:
@@ -133,11 +110,14 @@ class _Parser:
         self.where = where
         self.build_args = dict(build_args or {})
         self.drafts: list[_Draft] = []
-        self.global_args: list[Instruction] = []
+        self.global_args: list[Arg] = []
         self.arg_values: dict[str, str] = {}
         self.escape = "\\"
+        self.declared: dict[str, tuple[int, int]] = {}  # name -> (index, line)
+        self.by_index: list[str] = []
+        self.task_names: dict[str, tuple[str, int]] = {}
+        self.generated: set[str] = set()  # names we made up for unnamed stages
 
-    # --- errors -------------------------------------------------------------------------
     def fail(self, line: int, message: str) -> UserError:
         return UserError(message, where=self.where, line=line)
 
@@ -167,9 +147,6 @@ class _Parser:
     def _declare_stages(self, structure: list[dict[str, object]]) -> None:
         """First pass: every stage's name and line, so later references can be told apart
         from images and forward references reported with both lines."""
-        self.declared: dict[str, tuple[int, int]] = {}  # name -> (index, line)
-        self.task_names: dict[str, tuple[str, int]] = {}
-        self.generated: set[str] = set()  # names we made up for unnamed stages
         pending: tuple[str, int] | None = None
         index = 0
         for item in structure:
@@ -218,6 +195,7 @@ class _Parser:
             raise self.fail(line, f"stage '{name}' and stage '{other}' (line {first}) "
                                   f"would both be task '{task}'; rename one of them")
         self.declared[name] = (index, line)
+        self.by_index.append(name)
         self.task_names[task] = (name, line)
 
     def _check_name(self, raw: str, line: int) -> str:
@@ -251,9 +229,7 @@ class _Parser:
         pending_name: tuple[str, int] | None = None
         for item in structure:
             keyword, value, line = self._unpack(item)
-            if keyword not in DOCKER_INSTRUCTIONS and keyword not in OUR_INSTRUCTIONS:
-                raise self.fail(line, f"unknown instruction '{keyword}'; "
-                                      "use a Dockerfile instruction or NAME")
+            self._check_keyword(keyword, line)
             if keyword == "NAME":
                 pending_name = (value.split()[0].lower(), line)
                 continue
@@ -263,59 +239,67 @@ class _Parser:
                 continue
             if current is None:
                 if keyword == "ARG":
-                    self._global_arg(value, line)
+                    self.global_args.append(self._global_arg(value, line))
                     continue
                 raise self.fail(line, f"{keyword} before any FROM; start the stage "
                                       "with `NAME <stage>` and `FROM <image>`")
-            if keyword == "COPY":
-                lowered = self._copy(current, value, line)
-            elif keyword == "ADD":
-                lowered = self._add(current, value, line)
-            else:
-                lowered = (f"{keyword} {value}",)
-            current.instructions.append(Instruction(keyword, value, line, lowered))
+            current.instructions.append(self._instruction(current, keyword, value, line))
 
-    def _global_arg(self, value: str, line: int) -> None:
+    def _check_keyword(self, keyword: str, line: int) -> None:
+        if keyword not in DOCKER_INSTRUCTIONS and keyword not in OUR_INSTRUCTIONS:
+            raise self.fail(line, f"unknown instruction '{keyword}'; "
+                                  "use a Dockerfile instruction or NAME")
+
+    def _instruction(self, draft: _Draft, keyword: str, value: str, line: int) -> Instruction:
+        if keyword in ("COPY", "ADD"):
+            return self._copy(draft, keyword, value, line)
+        if keyword == "RUN":
+            return self._run(draft, value, line)
+        if keyword == "ARG":
+            return Arg("ARG", value, line, self._arg_names(value, line))
+        if keyword == "ONBUILD":
+            return self._onbuild(draft, value, line)
+        return Instruction(keyword, value, line)
+
+    def _arg_names(self, value: str, line: int) -> tuple[str, ...]:
         words = list(WordSplitter(value).split())
         if not words:
             raise self.fail(line, "ARG needs a name; write `ARG NAME[=default]`")
-        for word in words:
+        return tuple(word.partition("=")[0] for word in words)
+
+    def _global_arg(self, value: str, line: int) -> Arg:
+        names = self._arg_names(value, line)
+        for word in WordSplitter(value).split():
             key, _, default = word.partition("=")
             self.arg_values[key] = self.build_args.get(key, default)
-        self.global_args.append(Instruction("ARG", value, line, (f"ARG {value}",)))
+        return Arg("ARG", value, line, names)
 
     def _open_stage(self, value: str, line: int, pending_name: tuple[str, int] | None) -> _Draft:
         words, _ = self._split_from(value, line)
         index = len(self.drafts)
-        name = next(n for n, (i, _) in self.declared.items() if i == index)
-        draft = _Draft(name=name, index=index, line=pending_name[1] if pending_name else line)
-        flags = [w for w in words if w.startswith("--")]
+        draft = _Draft(name=self.by_index[index], index=index,
+                       line=pending_name[1] if pending_name else line)
+        flags = tuple(w for w in words if w.startswith("--"))
         image = expand(words[-1], self.arg_values)
         if not image:
             raise self.fail(line, f"FROM {words[-1]} expands to nothing; give the ARG a "
                                   "default or pass --build-arg")
         stage = self._stage_ref(image, line, index, as_base=True)
-        if stage is not None:
-            draft.base, draft.base_stage = stage, True
-            base_text = placeholder(stage)
-        else:
-            draft.base, base_text = image, words[-1]
-            draft.images.append(image)
-        lowered = " ".join(["FROM", *flags, base_text])
-        draft.instructions.append(Instruction("FROM", value, line, (lowered,)))
+        draft.instructions.append(From("FROM", value, line, flags=flags, image=stage or image,
+                                       stage=stage, written=words[-1]))
         self.drafts.append(draft)
         return draft
 
     def _stage_ref(self, ref: str, line: int, current: int, *, as_base: bool = False,
                    by_index: bool = False) -> str | None:
         """The stage `ref` names, or None if it names an image. Forward and self
-        references are errors (Docker's classic builder only looks backwards)."""
+        references are errors (stages only look backwards)."""
         if by_index and ref.isdigit():
             number = int(ref)
-            if number >= len(self.declared):
-                known = ", ".join(f"{i}={n}" for n, (i, _) in self.declared.items())
+            if number >= len(self.by_index):
+                known = ", ".join(f"{i}={n}" for i, n in enumerate(self.by_index))
                 raise self.fail(line, f"unknown stage index {number}; known stages: {known}")
-            ref = next(n for n, (i, _) in self.declared.items() if i == number)
+            ref = self.by_index[number]
         name = ref.lower()
         if name not in self.declared:
             return None
@@ -330,13 +314,28 @@ class _Parser:
                                   f"{declared_line}; move that stage above this one")
         return name
 
-    def _split_args(self, keyword: str, value: str, line: int) -> _Args:
-        words = value.split()
-        flags: list[tuple[str, str]] = []
-        while words and words[0].startswith("--"):
-            key, eq, flag_value = words.pop(0)[2:].partition("=")
-            flags.append((key.lower(), flag_value if eq else None))  # type: ignore[arg-type]
-        rest = " ".join(words)
+    def _origin(self, ref: str, line: int, current: int) -> Origin:
+        stage = self._stage_ref(ref, line, current, by_index=True)
+        return Origin("stage", stage) if stage else Origin("image", ref)
+
+    @staticmethod
+    def _leading_flags(value: str) -> tuple[list[str], str]:
+        """`--a=1 --b rest...` -> (['--a=1', '--b'], 'rest...'), the rest as written."""
+        flags: list[str] = []
+        rest = value
+        while rest.startswith("--"):
+            word, _, rest = rest.partition(" ")
+            flags.append(word)
+            rest = rest.lstrip()
+        return flags, rest
+
+    def _copy(self, draft: _Draft, keyword: str, value: str, line: int) -> Copy:
+        raw_flags, rest = self._leading_flags(value)
+        flags: list[tuple[str, str | None]] = []
+        for word in raw_flags:
+            key, eq, flag_value = word[2:].partition("=")
+            flags.append((key.lower(), flag_value if eq else None))
+        words = rest.split()
         json_form = rest.startswith("[")
         if json_form:
             try:
@@ -350,25 +349,39 @@ class _Parser:
         if len(words) < 2:
             raise self.fail(line, f"{keyword} needs at least one source and a destination; "
                                   f"write `{keyword} <src>... <dest>`")
-        return _Args(tuple(flags), tuple(words[:-1]), words[-1], json_form)
-
-    def _copy(self, draft: _Draft, value: str, line: int) -> tuple[str, ...]:
-        args = self._split_args("COPY", value, line)
-        explicit = args.flag("from")
+        sources, dest = tuple(words[:-1]), words[-1]
+        explicit = next((v for k, v in flags if k == "from"), None)
+        flags = [(k, v) for k, v in flags if k != "from"]
+        groups: tuple[CopyGroup, ...]
         if explicit is not None:
-            stage = self._stage_ref(explicit, line, draft.index, by_index=True)
-            if stage is None:  # an image: Docker reads it; nothing to wire
-                draft.images.append(explicit)
-                return (f"COPY {args.render(args.sources, explicit)}",)
-            draft.copies.append(StageCopy(stage, args.sources, args.dest, line))
-            return (f"COPY {args.render(args.sources, placeholder(stage))}",)
-        # Seed syntax: `stage:/abs/path` sources, possibly mixed with context sources.
-        groups: list[tuple[str | None, list[str]]] = []
-        for source in args.sources:
-            origin, path = None, source
+            groups = (CopyGroup(self._origin(explicit, line, draft.index), sources),)
+        elif keyword == "ADD":
+            groups = self._add_groups(sources)
+        else:
+            groups = self._seed_groups(draft, sources, dest, line)
+        return Copy(keyword, value, line, flags=tuple(flags), groups=groups, dest=dest,
+                    json_form=json_form)
+
+    @staticmethod
+    def _add_groups(sources: tuple[str, ...]) -> tuple[CopyGroup, ...]:
+        groups: list[CopyGroup] = []
+        for source in sources:
+            origin = Origin("url", source) if _URL_RE.match(source) else CONTEXT
+            if groups and groups[-1].origin == origin and origin.is_context:
+                groups[-1] = CopyGroup(origin, (*groups[-1].paths, source))
+            else:
+                groups.append(CopyGroup(origin, (source,)))
+        return tuple(groups)
+
+    def _seed_groups(self, draft: _Draft, sources: tuple[str, ...], dest: str,
+                     line: int) -> tuple[CopyGroup, ...]:
+        """Seed syntax: `stage:/abs/path` sources, possibly mixed with context sources."""
+        groups: list[tuple[Origin, list[str]]] = []
+        for source in sources:
+            origin, path = CONTEXT, source
             match = _SEED_SOURCE_RE.match(source)
             if match and match.group(1).lower() in self.declared:
-                origin = self._stage_ref(match.group(1), line, draft.index)
+                origin = Origin("stage", self._stage_ref(match.group(1), line, draft.index) or "")
                 path = match.group(2)
                 if not path.startswith("/"):
                     raise self.fail(line, f"'{source}': the path after '{match.group(1)}:' must "
@@ -377,36 +390,56 @@ class _Parser:
                 groups[-1][1].append(path)
             else:
                 groups.append((origin, [path]))
-        if len(args.sources) > 1 and len(groups) > 1 and not args.dest.endswith("/") \
-                and "$" not in args.dest:
+        if len(sources) > 1 and len(groups) > 1 and not dest.endswith("/") and "$" not in dest:
             raise self.fail(line, f"COPY with several sources needs a directory destination "
-                                  f"ending in '/'; write {args.dest}/")
-        lowered = []
-        for origin, paths in groups:
-            if origin is None:
-                draft.context_sources.extend(paths)
-                lowered.append(f"COPY {args.render(tuple(paths), None)}")
-            else:
-                draft.copies.append(StageCopy(origin, tuple(paths), args.dest, line))
-                lowered.append(f"COPY {args.render(tuple(paths), placeholder(origin))}")
-        return tuple(lowered)
+                                  f"ending in '/'; write {dest}/")
+        return tuple(CopyGroup(origin, tuple(paths)) for origin, paths in groups)
 
-    def _add(self, draft: _Draft, value: str, line: int) -> tuple[str, ...]:
-        args = self._split_args("ADD", value, line)
-        draft.context_sources.extend(s for s in args.sources if not _URL_RE.match(s))
-        return (f"ADD {value}",)
+    def _run(self, draft: _Draft, value: str, line: int) -> Run:
+        flags, command = self._leading_flags(value)
+        mounts = []
+        for flag in flags:
+            key, _, spec = flag[2:].partition("=")
+            if key.lower() == "mount":
+                mounts.append(self._mount(draft, spec, line))
+        return Run("RUN", value, line, mounts=tuple(mounts), command=command, flags=tuple(flags))
+
+    def _mount(self, draft: _Draft, spec: str, line: int) -> Mount:
+        options: list[tuple[str, str]] = []
+        for part in spec.split(","):
+            key, eq, option = part.partition("=")
+            if key:
+                options.append((key.strip().lower(), option.strip() if eq else "true"))
+        kind = next((v for k, v in options if k == "type"), "bind").lower()
+        if kind not in MOUNT_TYPES:
+            raise self.fail(line, f"--mount type '{kind}' is unknown; use one of "
+                                  f"{', '.join(sorted(MOUNT_TYPES))}")
+        source = next((v for k, v in options if k == "from"), None)
+        origin = self._origin(source, line, draft.index) if source else CONTEXT if kind == "bind" else NOWHERE
+        return Mount(kind, tuple(options), origin)
+
+    def _onbuild(self, draft: _Draft, value: str, line: int) -> Onbuild:
+        keyword, _, rest = value.partition(" ")
+        keyword = keyword.upper()
+        if keyword in ("ONBUILD", "FROM", "MAINTAINER", "NAME"):
+            raise self.fail(line, f"ONBUILD cannot trigger {keyword}; write the instruction "
+                                  "the stages built FROM this one should run")
+        self._check_keyword(keyword, line)
+        return Onbuild("ONBUILD", value, line, trigger=self._instruction(draft, keyword, rest.strip(), line))
 
     def _freeze(self) -> Graph:
-        stages = tuple(
-            Stage(
-                name=d.name, index=d.index, line=d.line,
-                base=d.base, base_stage=d.base_stage, named=d.name not in self.generated,
-                instructions=tuple(d.instructions), copies=tuple(d.copies),
-                context_sources=tuple(d.context_sources), images=tuple(dict.fromkeys(d.images)),
-            )
-            for d in self.drafts
-        )
-        return Graph(path=self.where, stages=stages, global_args=tuple(self.global_args),
+        stages: list[Stage] = []
+        for d in self.drafts:
+            base = d.instructions[0]
+            assert isinstance(base, From)
+            inherited: tuple[Onbuild, ...] = ()
+            if base.stage is not None:
+                parent = stages[self.declared[base.stage][0]]
+                inherited = tuple(i for i in parent.instructions if isinstance(i, Onbuild))
+            stages.append(Stage(name=d.name, index=d.index, line=d.line,
+                                named=d.name not in self.generated,
+                                instructions=tuple(d.instructions), inherited=inherited))
+        return Graph(path=self.where, stages=tuple(stages), global_args=tuple(self.global_args),
                      escape=self.escape)
 
 

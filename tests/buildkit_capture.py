@@ -23,6 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from invoke_compimg import buildkit
+from invoke_compimg.context import context_tar
 
 DATA = Path(__file__).resolve().parent / "data" / "buildkit"
 
@@ -60,7 +61,7 @@ def record(api: Any, dockerfile: str, path: Path, *, no_cache: bool, tag: str) -
         tool = Path(folder, "tool.sh")
         tool.write_text("#!/bin/sh\necho tool\n")
         tool.chmod(0o644)
-        context = buildkit.context_tar(folder, ["tool.sh"], [("Dockerfile", dockerfile)])
+        context = context_tar(folder, ["tool.sh"], [("Dockerfile", dockerfile)])
         with context:
             result = buildkit.solve(api, context, dockerfile="Dockerfile", tags=[tag], no_cache=no_cache,
                                     network=buildkit.network_for(api, None), on_message=messages.append)

@@ -57,7 +57,7 @@ def make_project(tmp_path: Path, api, unique: str) -> Iterator[Callable[..., obj
     """Write a Dockerfile (and files) into a fresh folder and return its Project; every
     image and container the project's builds made, and every tag starting with the test's
     unique name, is removed afterwards."""
-    from invoke_compimg.pipeline import clean
+    from invoke_compimg.artifacts import clean
     from invoke_compimg.project import Project
 
     made: list[Project] = []

@@ -51,8 +51,12 @@ def run_image(api: Any, image: str, command: list[str] | None = None) -> tuple[i
         api.remove_container(container, force=True)
 
 
-def count_containers(api: Any) -> int:
-    return len(api.containers(all=True))
+def count_containers(api: Any, project: Any = None) -> int:
+    """Containers on the engine; with `project`, only those our code made for it (by label),
+    so the count holds while anything else uses the engine."""
+    if project is None:
+        return len(api.containers(all=True))
+    return len(api.containers(all=True, filters={"label": f"compimg.project={project.slug}"}))
 
 
 def build_native(api: Any, project: Any, tag: str) -> None:
@@ -63,3 +67,45 @@ def build_native(api: Any, project: Any, tag: str) -> None:
     for message in api.build(path=str(project.context), dockerfile="Dockerfile.native", tag=tag,
                              rm=True, forcerm=True, decode=True):
         assert "error" not in message, message
+
+
+class Builder:
+    """A build session the way engine tests drive one: plain progress into `out`."""
+
+    def __init__(self, project: Any, settings: Any = None, out: Any = None, builder: str = "classic") -> None:
+        import io
+        from dataclasses import replace
+
+        from invoke_compimg.progress import PlainReporter
+        from invoke_compimg.session import Session
+        from invoke_compimg.settings import Settings
+
+        self.project = project
+        self.out = out if out is not None else io.StringIO()
+        settings = replace(settings or Settings(), builder=builder)
+        self.session = Session(project, settings, PlainReporter(self.out, self.out))
+
+    @property
+    def api(self) -> Any:
+        return self.session.api
+
+    @property
+    def results(self) -> list[Any]:
+        return list(self.session.results.values())
+
+    def build(self, target: str | None = None) -> dict[str, str]:
+        return self.session.build([target or self.project.graph.final.name])
+
+    def table(self) -> str:
+        from invoke_compimg.progress import format_table
+
+        return format_table(self.session.rows(), self.project.graph.final.name)
+
+
+def extract_artifact(project: Any, builder: Builder, spec: str, dest: str) -> Any:
+    from invoke_compimg import artifacts
+
+    stage, _, path = spec.partition(":")
+    name = project.stage(stage).name
+    image_id = builder.build(name)[name]
+    return artifacts.copy_out(builder.api, project, name, image_id, path, dest, builder.session.reporter)

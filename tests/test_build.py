@@ -6,11 +6,10 @@ import io
 
 import pytest
 from conftest import ROOT
-from engine_helpers import build_native, config_of, count_containers, image_listing, run_image
+from engine_helpers import Builder, build_native, config_of, count_containers, image_listing, run_image
 
 from invoke_compimg.errors import EngineError, UserError
-from invoke_compimg.pipeline import Builder
-from invoke_compimg.project import Settings
+from invoke_compimg.settings import Settings
 
 pytestmark = pytest.mark.engine
 
@@ -29,7 +28,7 @@ def test_hello_go(make_project, api, unique) -> None:  # type: ignore[no-untyped
     project = make_project(HELLO, HELLO_FILES)
     ids, out, builder = build(project, tags={"run": (f"{unique}:run",)})
     assert set(ids) == {"build", "run"}
-    assert "[build] Step 3/" in out and "[run] Step 3/" in out
+    assert "[build] #3 [build 3/3] RUN go build" in out and "[run 3/4] COPY build:/go/bin/app ." in out
     assert run_image(api, f"{unique}:run") == (0, "Hello, 世界\n")
     assert api.inspect_image(project.local_ref("build"))["Id"] == ids["build"]
     table = builder.table()
@@ -39,9 +38,9 @@ def test_hello_go(make_project, api, unique) -> None:  # type: ignore[no-untyped
 def test_unnamed_last_section_with_seed_tags(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     text = HELLO.replace("NAME run\n", "")
     project = make_project(text, HELLO_FILES)
-    from invoke_compimg.project import parse_tags
+    from invoke_compimg.settings import parse_tags
 
-    tags = parse_tags([f"build={unique}-build", unique], project.graph.final.name, project)
+    tags = parse_tags([f"build={unique}-build", unique], project.graph.final.name, project.graph)
     ids, _, _ = build(project, tags=tags)
     assert project.graph.final.name == "stage-1"
     assert api.inspect_image(f"{unique}-build")["Id"] == ids["build"]
@@ -123,7 +122,7 @@ def test_from_an_earlier_stage_and_native_syntax(make_project, api) -> None:  # 
     listing = image_listing(api, ids["stage-2"])
     assert {"got/base", "got/tool", "again"} <= set(listing)
     # `tool` is a child image of `base`: clean must still remove all three.
-    from invoke_compimg.pipeline import clean
+    from invoke_compimg.artifacts import clean
 
     assert clean(project, api, io.StringIO()) == (0, 3)
     assert api.images(filters={"label": f"compimg.project={project.slug}"}) == []
@@ -157,7 +156,7 @@ def test_only_prerequisites_are_built(make_project, api) -> None:  # type: ignor
 
 
 def test_extract_file_and_directory(make_project, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from invoke_compimg.pipeline import extract_artifact
+    from engine_helpers import extract_artifact
 
     project = make_project("NAME build\nFROM busybox\nRUN mkdir -p /out/d && echo x > /out/d/f "
                            "&& chmod 750 /out/d/f && ln -s f /out/d/rel && echo y > /out/single\n")
@@ -174,7 +173,7 @@ def test_extract_file_and_directory(make_project, tmp_path) -> None:  # type: ig
 
 
 def test_hostile_artifacts(make_project, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from invoke_compimg.pipeline import extract_artifact
+    from engine_helpers import extract_artifact
 
     outside = tmp_path / "outside"
     outside.mkdir()

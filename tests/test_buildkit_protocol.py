@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from invoke_compimg import buildkit as bk
+from invoke_compimg.context import context_tar
 from invoke_compimg.errors import UserError
 
 DATA = Path(__file__).resolve().parent / "data" / "buildkit"
@@ -259,7 +260,7 @@ def make_context(root: Path) -> list[str]:
 
 def test_context_tar_is_gnu_with_links_dirs_long_names_and_extras_first(tmp_path: Path) -> None:
     files = make_context(tmp_path)
-    with bk.context_tar(str(tmp_path), files, [("Dockerfile", "FROM busybox\n"), (".dockerignore", "x\n")]) as tar:
+    with context_tar(str(tmp_path), files, [("Dockerfile", "FROM busybox\n"), (".dockerignore", "x\n")]) as tar:
         head = tar.read(1024)
         tar.seek(0)
         with tarfile.open(fileobj=tar) as archive:
@@ -278,7 +279,7 @@ def test_context_tar_is_gnu_with_links_dirs_long_names_and_extras_first(tmp_path
 
 def test_context_tar_prefix_keeps_extra_files_outside_the_context(tmp_path: Path) -> None:
     files = make_context(tmp_path)
-    with bk.context_tar(str(tmp_path), files, [("Dockerfile", "FROM busybox\n")], prefix="ctx/") as tar, \
+    with context_tar(str(tmp_path), files, [("Dockerfile", "FROM busybox\n")], prefix="ctx/") as tar, \
             tarfile.open(fileobj=tar) as archive:
         names = archive.getnames()
     assert names[0] == "Dockerfile"
@@ -288,13 +289,13 @@ def test_context_tar_prefix_keeps_extra_files_outside_the_context(tmp_path: Path
 def test_context_tar_without_extras_starts_with_a_short_name(tmp_path: Path) -> None:
     files = make_context(tmp_path)
     files.sort(key=len, reverse=True)  # the long name first
-    with bk.context_tar(str(tmp_path), files, []) as tar:
+    with context_tar(str(tmp_path), files, []) as tar:
         assert b"@LongLink" not in tar.read(1024)
 
 
 def test_context_tar_unreadable_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="nothere"):
-        bk.context_tar(str(tmp_path), ["nothere"], [])
+        context_tar(str(tmp_path), ["nothere"], [])
 
 
 # --- network_for (engine-free part: a stand-in that only answers `networks`) ---------------
@@ -338,7 +339,7 @@ def solve_text(api: Any, dockerfile: str, tmp_path: Path | None = None, files: l
     progress = bk.Progress()
     options.setdefault("network", bk.network_for(api, None))
     root = str(tmp_path) if tmp_path else "/nonexistent"
-    with bk.context_tar(root, files or [], [("Dockerfile", dockerfile)]) as context:
+    with context_tar(root, files or [], [("Dockerfile", dockerfile)]) as context:
         result = bk.solve(api, context, dockerfile="Dockerfile", on_status=progress.feed, **options)
     progress.finish()
     return result, progress
@@ -438,7 +439,7 @@ def run_until_sleeping(api: Any, marker: str, build_id: str, when_sleeping: Any)
                 when_sleeping()
 
     try:
-        with bk.context_tar("/nonexistent", [], [("Dockerfile", dockerfile)]) as context:
+        with context_tar("/nonexistent", [], [("Dockerfile", dockerfile)]) as context:
             result = bk.solve(api, context, dockerfile="Dockerfile", no_cache=True, build_id=build_id,
                               network=bk.network_for(api, None), on_status=on_status)
         assert result.image_id is None and result.error == "context canceled"
@@ -498,7 +499,7 @@ def test_context_with_symlink_empty_dir_and_long_name(api: Any, engine_tag: str,
     dockerfile = ("FROM busybox\nCOPY ctx/ /c/\n"
                   f"RUN readlink /c/link && cat /c/link /c/{LONG} && test -d /c/empty && stat -c %a /c/run.sh"
                   " && cat /c/Dockerfile && ls /c | wc -l\n")
-    with bk.context_tar(str(tmp_path), files, [("Dockerfile", dockerfile)], prefix="ctx/") as context:
+    with context_tar(str(tmp_path), files, [("Dockerfile", dockerfile)], prefix="ctx/") as context:
         progress = bk.Progress()
         result = bk.solve(api, context, dockerfile="Dockerfile", tags=[f"{engine_tag}:t"], no_cache=True,
                           network=bk.network_for(api, None), on_status=progress.feed)
@@ -513,7 +514,7 @@ def test_without_a_prefix_the_dockerfile_and_dockerignore_are_in_the_context(api
     # Documented in context_tar: a tar context gets no .dockerignore treatment on this engine.
     (tmp_path / "ignored.txt").write_text("x\n")
     dockerfile = "FROM busybox\nCOPY . /c/\nRUN ls -A /c\n"
-    with bk.context_tar(str(tmp_path), ["ignored.txt"], [("Dockerfile", dockerfile),
+    with context_tar(str(tmp_path), ["ignored.txt"], [("Dockerfile", dockerfile),
                                                           (".dockerignore", "ignored.txt\nDockerfile\n")]) as tar:
         progress = bk.Progress()
         result = bk.solve(api, tar, dockerfile="Dockerfile", tags=[f"{engine_tag}:t"], no_cache=True,

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_helpers import count_containers
+from engine_helpers import Builder, count_containers, extract_artifact
 
-from invoke_compimg import engine
+from invoke_compimg import engine, procs
 from invoke_compimg.errors import EngineError, UserError
-from invoke_compimg.pipeline import Builder, extract_artifact
-from invoke_compimg.project import Project, Settings
+from invoke_compimg.project import Project
+from invoke_compimg.settings import Settings
 
 pytestmark = pytest.mark.engine
 COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
@@ -132,7 +132,7 @@ def test_clean_removes_a_killed_runs_container(make_project, api) -> None:  # ty
     dead = api.create_container(ids["stage-0"], command=["x"], labels={
         engine.LABEL_TEMPORARY: f"{socket.gethostname()}:999999999", engine.LABEL_PROJECT: project.slug})
     live = api.create_container(ids["stage-0"], command=["x"], labels={
-        engine.LABEL_TEMPORARY: engine.owner(), engine.LABEL_PROJECT: project.slug})
+        engine.LABEL_TEMPORARY: procs.owner(), engine.LABEL_PROJECT: project.slug})
     try:
         assert engine.reap_leftovers(api, project.slug) == 1
         left = api.containers(all=True, filters={"label": f"{engine.LABEL_PROJECT}={project.slug}"})
@@ -225,7 +225,7 @@ def test_wrong_docker_host_is_one_line(tmp_path: Path) -> None:
                             env={**os.environ, "DOCKER_HOST": "tcp://127.0.0.1:1"})
     assert result.returncode == 1
     assert result.stderr.strip() == ("cannot reach the Docker engine at tcp://127.0.0.1:1 (connection refused); "
-                                     "start it (scripts/engine) or set DOCKER_HOST")
+                                     "start Docker, or set DOCKER_HOST to the engine to use")
 
 
 def test_odd_build_output(make_project) -> None:  # type: ignore[no-untyped-def]

@@ -51,12 +51,13 @@ def test_config_precedence(tmp_path: Path) -> None:
     config.compimg.build_args = {"A": "config", "B": "config"}
     config.compimg.no_cache = True
     c = Context(config=config)
-    settings = _settings(c, "compimg", project, tags=["build=from-flag"], build_args=["B=flag"])
+    settings = _settings(c, "compimg", project, target="run", tags=["build=from-flag"], build_args=["B=flag"])
     assert settings.tags == {"build": ("from-flag",), "run": ("r1", "r2")}
     assert settings.build_args == {"A": "config", "B": "flag"}
     assert settings.no_cache is True
-    assert _settings(c, "compimg", project, no_cache=False).no_cache is False
-    assert _settings(Context(config=Config(defaults=collection.configuration())), "compimg", project).jobs == 4
+    assert _settings(c, "compimg", project, target="run", no_cache=False).no_cache is False
+    fresh = Context(config=Config(defaults=collection.configuration()))
+    assert _settings(fresh, "compimg", project, target="run").jobs == 4
 
 
 @pytest.mark.parametrize("bad", ["nope=ref", "build=UPPER", "build=a b"])
@@ -65,5 +66,5 @@ def test_bad_tags_are_one_line(tmp_path: Path, bad: str) -> None:
     project = invoke_compimg.project(tmp_path / "a/Dockerfile", tmp_path / "a")
     c = Context(config=Config(defaults=collection.configuration()))
     with pytest.raises(UserError) as caught:
-        _settings(c, "compimg", project, tags=[bad])
+        _settings(c, "compimg", project, target="run", tags=[bad])
     assert "\n" not in str(caught.value) and caught.value.code == 1

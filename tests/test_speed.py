@@ -10,11 +10,13 @@ import threading
 import time
 
 import pytest
+from engine_helpers import Builder
 
+from invoke_compimg import context as context_module
 from invoke_compimg import engine
 from invoke_compimg.errors import EngineError
-from invoke_compimg.pipeline import Builder
-from invoke_compimg.project import Project, Settings
+from invoke_compimg.project import Project
+from invoke_compimg.settings import Settings
 
 pytestmark = pytest.mark.engine
 
@@ -27,7 +29,7 @@ class Spy:
         self.builds: list[tuple[str, float, float]] = []  # (first line, start, end)
         self.archives: list[list[str]] = []
         self._lock = threading.Lock()
-        real_build, real_archive = engine.build, engine.context_archive
+        real_build, real_archive = engine.build, context_module.archive
 
         def build(api, archive, **kwargs):  # type: ignore[no-untyped-def]
             archive.seek(0)
@@ -40,15 +42,15 @@ class Spy:
                 with self._lock:
                     self.builds.append((text, started, time.monotonic()))
 
-        def context_archive(context, text, paths):  # type: ignore[no-untyped-def]
-            archive = real_archive(context, text, paths)
+        def context_archive(context, text, paths, **kwargs):  # type: ignore[no-untyped-def]
+            archive = real_archive(context, text, paths, **kwargs)
             with tarfile.open(fileobj=archive) as tar:
                 self.archives.append(tar.getnames())
             archive.seek(0)
             return archive
 
         monkeypatch.setattr(engine, "build", build)
-        monkeypatch.setattr(engine, "context_archive", context_archive)
+        monkeypatch.setattr(context_module, "archive", context_archive)
 
     def stages_sent(self) -> list[str]:
         return [text for text, _, _ in self.builds]
@@ -103,7 +105,7 @@ def test_unchanged_stage_is_not_sent_again_and_changed_file_is(make_project, mon
     fresh = Project(project.dockerfile, project.context)  # a new process: no in-memory state
     warm = _builder(fresh)
     warm.build()
-    assert spy.builds == [] and all(r.cached for r in warm.results)
+    assert spy.builds == [] and all(r.how in ('reused', 'memo') for r in warm.results)
     (project.context / "unrelated.txt").write_text("changed, but no stage reads it\n")
     _builder(Project(project.dockerfile, project.context)).build()
     assert spy.builds == []

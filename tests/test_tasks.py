@@ -72,19 +72,28 @@ def test_list_parse_and_errors_without_engine_calls(tmp_path: Path) -> None:
     unknown = run_invoke(["compimg.parse", "--stage", "nope", "--lowered"], tmp_path)
     assert unknown.returncode == 1
     assert unknown.stderr.strip().endswith("unknown stage 'nope' (--stage); known stages: build, run")
+    near = run_invoke(["compimg.parse", "--stage", "buidl", "--lowered"], tmp_path)
+    assert "did you mean 'build'?" in near.stderr
     (tmp_path / "Dockerfile").write_text(HELLO.replace("COPY build:/go", "COPY build:go"))
+    message = (f"{tmp_path}/Dockerfile:10: 'build:go/bin/app': the path after 'build:' must be absolute; "
+               "write build:/go/bin/app")
+    # A broken Dockerfile breaks no other task: the list is there, without the stage tasks.
     broken = run_invoke(["--list"], tmp_path)
-    assert broken.returncode == 1 and "Traceback" not in broken.stderr
-    assert broken.stderr.strip().splitlines() == [
-        f"{tmp_path}/Dockerfile:10: 'build:go/bin/app': the path after 'build:' must be absolute; "
-        "write build:/go/bin/app"]
+    assert broken.returncode == 0 and "Traceback" not in broken.stderr
+    assert "release" in broken.stdout and "compimg.build" in broken.stdout
+    assert "compimg.stage." not in broken.stdout
+    assert broken.stderr.strip().splitlines() == [f"{message} (the compimg tasks report this when run)"]
+    for task in (["compimg.build"], ["compimg.parse"], ["compimg.extract-artifact", "build:/x"]):
+        failed = run_invoke(task, tmp_path)
+        assert failed.returncode == 1 and failed.stderr.strip().splitlines()[-1] == message, failed.stderr
 
 
+@pytest.mark.engine
 def test_stage_tasks_and_build_stage_build_only_prerequisites(make_project) -> None:  # type: ignore[no-untyped-def]
     _, folder = _project(make_project, BROKEN_SIDE)
     result = run_invoke(["compimg.stage.b"], folder)
     assert result.returncode == 0, result.stderr
-    assert "[a] Step" in result.stdout and "[b] Step" in result.stdout
+    assert "[a] #" in result.stdout and "[b] #" in result.stdout
     assert "BROKEN-WAS-BUILT" not in result.stdout + result.stderr
     result = run_invoke(["compimg.build-stage", "b"], folder)
     assert result.returncode == 0 and "BROKEN-WAS-BUILT" not in result.stdout
@@ -94,13 +103,14 @@ def test_stage_tasks_and_build_stage_build_only_prerequisites(make_project) -> N
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.engine
 def test_composition_api_config_and_seed_tags(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     _, folder = _project(make_project, BROKEN_SIDE.replace("NAME last\nFROM busybox\nCOPY broken:/x /x\n", ""))
     (folder / "invoke.yaml").write_text(f"compimg:\n  tags:\n    a: {unique}-from-config\n")
     result = run_invoke(["release"], folder)
     assert result.returncode == 0, result.stderr
     assert "RELEASE-RAN" in result.stdout
-    assert result.stdout.index("[b] Step") < result.stdout.index("RELEASE-RAN")
+    assert result.stdout.index("[b] #") < result.stdout.index("RELEASE-RAN")
     assert api.inspect_image(f"{unique}-from-config")  # config tag applied by the pre-task
     result = run_invoke(["compimg.build", f"--tag=b={unique}-b", f"--tag={unique}-final"], folder)
     assert result.returncode == 0, result.stderr
@@ -111,6 +121,7 @@ def test_composition_api_config_and_seed_tags(make_project, api, unique) -> None
     assert "[b]" not in env.stdout and "[a]" in env.stdout
 
 
+@pytest.mark.engine
 def test_console_script_hello(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     project = make_project(HELLO, HELLO_FILES)
     compimg = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
@@ -119,31 +130,32 @@ def test_console_script_hello(make_project, api, unique) -> None:  # type: ignor
     assert result.returncode == 0, result.stderr
     assert "final image 'run'" in result.stdout
     assert run_image(api, unique)[1] == "Hello, 世界\n"
-    other = subprocess.run([*compimg, "--dockerfile", str(project.dockerfile), "parse"],
+    other = subprocess.run([*compimg, "--file", str(project.dockerfile), "parse"],
                            cwd="/", capture_output=True, text=True, timeout=60)
     assert other.returncode == 0 and "run  line 7  FROM busybox  (final)" in other.stdout
     listing = subprocess.run([*compimg, "--list"], cwd=project.context, capture_output=True, text=True)
     assert "stage.build" in listing.stdout and "extract-artifact" in listing.stdout
 
 
+@pytest.mark.engine
 def test_extract_assemble_shell_and_clean_tasks(make_project, api, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    _, folder = _project(make_project, HELLO, HELLO_FILES)
+    project, folder = _project(make_project, HELLO, HELLO_FILES)
     dest = tmp_path / "out"
     result = run_invoke(["compimg.extract-artifact", "build:/go/bin/app", "--dest", str(dest)], folder)
     assert result.returncode == 0, result.stderr
     assert subprocess.run([str(dest / "app")], capture_output=True, text=True).stdout == "Hello, 世界\n"
     result = run_invoke(["compimg.assemble"], folder)
-    assert result.returncode == 0 and "[run] Step" in result.stdout and "[build]" not in result.stdout
-    before = count_containers(api)
+    assert result.returncode == 0 and "[run] #" in result.stdout and "[build]" not in result.stdout
+    before = count_containers(api, project)
     shell = subprocess.run([sys.executable, "-m", "invoke", "compimg.shell", "run", "--cmd", "sh -c 'ls /app; exit 0'"],
                            cwd=folder, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert shell.returncode == 0 and "app" in shell.stdout, shell.stderr
     failing = run_invoke(["compimg.shell", "run", "--cmd", "sh -c 'exit 4'"], folder)
     assert failing.returncode == 4 and "exited with status 4" in failing.stderr
-    assert count_containers(api) == before
+    assert count_containers(api, project) == before == 0
     cleaned = run_invoke(["compimg.clean"], folder)
     assert cleaned.returncode == 0 and "removed 0 container(s) and 2 image(s)" in cleaned.stdout
-    assert api.images(filters={"label": "compimg.project"}, quiet=True) is not None
+    assert api.images(name=project.repository) == []
 
 
 def test_engine_unreachable_is_one_line(tmp_path: Path) -> None:
@@ -153,19 +165,18 @@ def test_engine_unreachable_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "cannot reach the Docker engine at unix:///nonexistent.sock (no such file or directory); "
-        "start it (scripts/engine) or set DOCKER_HOST"]
+        "start Docker, or set DOCKER_HOST to the engine to use"]
 
 
-pytestmark = pytest.mark.engine
 
-
+@pytest.mark.engine
 def test_interactive_shell_on_a_terminal(make_project, api) -> None:  # type: ignore[no-untyped-def]
     import pty
     import select
     import time
 
     project = make_project("NAME run\nFROM busybox\nWORKDIR /app\n")
-    before = count_containers(api)
+    before = count_containers(api, project)
     pid, fd = pty.fork()
     if pid == 0:  # the child: compimg shell on a real terminal
         os.chdir(project.context)
@@ -190,4 +201,4 @@ def test_interactive_shell_on_a_terminal(make_project, api) -> None:  # type: ig
     os.write(fd, b"exit 3\r")
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 3
-    assert count_containers(api) == before
+    assert count_containers(api, project) == before == 0

@@ -1,0 +1,111 @@
+"""The classic builder: one build request per stage, other stages by exact image ID.
+
+Docker's and Podman's classic `/build` stream text lines; `Step 2/3 : ...` (Podman:
+`STEP 2/3: ...`) says which line of the lowered Dockerfile runs, and `lowering.Step`
+maps it back to the user's instruction, so errors and progress quote the user's file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import IO
+
+import docker
+
+from . import engine
+from .errors import EngineError
+from .lowering import Lowered
+from .progress import Reporter, clean_lines
+
+_STEP_RE = re.compile(r"^(?:Step|STEP) (\d+)/(\d+) ?: ")
+# Engine bookkeeping lines that name its own container and layer IDs, not the user's build.
+_NOISE_RE = re.compile(r"^( ---> (?!Using cache)|Removing intermediate container |Successfully built |"
+                       r"Successfully tagged |COMMIT|--> )")
+
+
+def short_text(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Stream:
+    """Turns one stage's classic build stream into reporter events."""
+
+    def __init__(self, stage: str, lowered: Lowered, reporter: Reporter) -> None:
+        self.stage = stage
+        self.lowered = lowered
+        self.reporter = reporter
+        self.step = 0
+        self.step_text = ""
+        self.cached = False
+        self.partial = ""  # the engine splits long lines across messages
+        self.errors: list[str] = []
+        self.tail: list[str] = []
+
+    def log(self, text: str) -> None:
+        text = self.partial + text
+        complete, _, self.partial = text.rpartition("\n")
+        if complete or text.endswith("\n"):
+            for line in complete.split("\n"):
+                self.line(line)
+
+    def line(self, line: str) -> None:
+        match = _STEP_RE.match(line)
+        if match:
+            self.finish_step()
+            self.step, self.cached = int(match.group(1)), False
+            steps = self.lowered.steps
+            source = steps[self.step - 1].source.text if 0 < self.step <= len(steps) else line[match.end():]
+            self.step_text = f"[{self.stage} {self.step}/{match.group(2)}] {short_text(source, 200)}"
+            self.reporter.step(self.stage, self.step_text)
+        elif line.strip() == "---> Using cache":
+            self.cached = True
+        elif not _NOISE_RE.match(line) and line.strip():
+            self.tail = (self.tail + clean_lines(line))[-10:]
+            self.reporter.output(self.stage, line)
+
+    def finish_step(self) -> None:
+        if self.step_text:
+            self.reporter.step_done(self.stage, self.step_text, None, self.cached)
+            self.step_text = ""
+
+    def close(self) -> None:
+        if self.partial:
+            self.line(self.partial)
+            self.partial = ""
+
+
+def build(api: docker.APIClient, *, stage: str, lowered: Lowered, ids: Mapping[str, str],
+          archive: IO[bytes], build_args: Mapping[str, str], no_cache: bool, network: str | None,
+          cache_from: tuple[str, ...], reporter: Reporter, where: str, line: int) -> str:
+    """Build stage `stage` from `archive` (its lowered Dockerfile with the placeholders
+    filled from `ids`, and the context files it reads); return the image ID. A failure is
+    one EngineError line, `Dockerfile:LINE: stage 'x' failed at INSTRUCTION: message`, with
+    the user's line and instruction, and stage names where the engine said image IDs."""
+    stream = _Stream(stage, lowered, reporter)
+
+    def on_event(event: engine.BuildEvent) -> None:
+        if event.kind == "error":
+            stream.errors.append(event.text.strip())
+        else:
+            stream.log(event.text)
+
+    try:
+        with engine.engine_errors(f"stage '{stage}'", where=where, line=line):
+            image_id = engine.build(api, archive, build_args=build_args, no_cache=no_cache,
+                                    network=network, cache_from=cache_from, on_event=on_event)
+    finally:
+        stream.close()
+    if stream.errors or image_id is None:
+        at, instruction = line, ""
+        if 0 < stream.step <= len(lowered.steps):
+            source = lowered.steps[stream.step - 1].source
+            at, instruction = source.line, " at " + short_text(source.text)
+        reason = stream.errors[-1] if stream.errors else "the engine's stream ended without an image ID"
+        for name, image_id in ids.items():
+            reason = reason.replace(image_id, f"stage '{name}'").replace(image_id.split(":")[-1], name)
+        raise EngineError(f"stage '{stage}' failed{instruction}: {short_text(reason, 300)}", where=where, line=at)
+    stream.finish_step()
+    return image_id
+

@@ -1,0 +1,22 @@
+"""Image names and IDs as people read them, whatever engine reported them."""
+
+from __future__ import annotations
+
+_DEFAULT_REGISTRY_PREFIXES = ("docker.io/library/", "docker.io/", "index.docker.io/library/",
+                              "index.docker.io/", "localhost/")
+
+
+def normalise_ref(ref: str) -> str:
+    """An image name as Docker's CLI shows it: engines such as Podman report
+    `docker.io/library/busybox:latest` or `localhost/x:y` where Docker says `busybox:latest`.
+    Names are compared in this form everywhere."""
+    for prefix in _DEFAULT_REGISTRY_PREFIXES:
+        if ref.startswith(prefix):
+            ref = ref[len(prefix):]
+            break
+    return ref if ":" in ref.rsplit("/", 1)[-1] or "@" in ref else ref + ":latest"
+
+
+def short_id(image_id: str) -> str:
+    """`sha256:0d2745efe275…` -> `0d2745efe275`, as `docker images` shows it."""
+    return image_id.split(":")[-1][:12]

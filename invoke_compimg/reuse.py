@@ -1,0 +1,102 @@
+"""Whole-unit skips: a stage (classic) or a target (BuildKit) whose inputs are unchanged
+since an earlier build is not sent to the engine again.
+
+The inputs digest covers everything the result depends on: the text sent (with the exact
+image IDs of the stages it reads), the IDs of external images, the build args it is sent,
+and the names, modes and contents of the context files it reads. It is recorded as an image
+name, `compimg/<project>:<unit>--I-<digest>`: one inspect finds it, the engine keeps it
+exactly as long as the image, and it needs no state outside the engine, which may be
+remote or shared by several clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import docker
+
+from . import engine
+from .context import fingerprint
+from .names import normalise_ref
+from .project import Project
+
+
+class ExternalImages:
+    """IDs and ONBUILD triggers of base and `--from` images, looked up once per build."""
+
+    def __init__(self) -> None:
+        self._found: dict[str, dict[str, Any] | None] = {}
+        self._lock = threading.Lock()
+
+    def inspect(self, api: docker.APIClient, ref: str) -> dict[str, Any] | None:
+        with self._lock:
+            if ref in self._found:
+                return self._found[ref]
+        found = engine.inspect(api, ref)
+        with self._lock:
+            self._found[ref] = found
+        return found
+
+    def forget(self, ref: str) -> None:
+        with self._lock:
+            self._found.pop(ref, None)
+
+    def triggers(self, api: docker.APIClient, ref: str) -> tuple[str, ...]:
+        """The image's ONBUILD triggers (`Config.OnBuild`), which run in a stage built on it."""
+        found = self.inspect(api, ref)
+        return tuple((found or {}).get("Config", {}).get("OnBuild") or ())
+
+
+def inputs_digest(api: docker.APIClient, images: ExternalImages, *, kind: str, name: str, text: str,
+                  image_refs: Iterable[str], args: Mapping[str, str], context: str,
+                  paths: list[str]) -> str | None:
+    """The digest of a unit's inputs, or None when something cannot be pinned (an image
+    that is not on the engine yet: the build will pull it)."""
+    digest = hashlib.sha256(f"compimg-inputs-2\0{kind}\0{name}\0{text}\0".encode())
+    for ref in image_refs:
+        found = images.inspect(api, ref)
+        if found is None:
+            return None
+        digest.update(f"{ref}={found['Id']}\0".encode())
+    for key, value in sorted(args.items()):
+        digest.update(f"arg {key}={value}\0".encode())
+    digest.update(fingerprint(context, paths).encode())
+    return digest.hexdigest()[:40]
+
+
+def find(api: docker.APIClient, project: Project, name: str, digest: str | None) -> dict[str, Any] | None:
+    """The image recorded for `digest`, if the engine still has it."""
+    return engine.inspect(api, project.inputs_ref(name, digest)) if digest else None
+
+
+def record(api: docker.APIClient, project: Project, name: str, digest: str | None, image_id: str,
+           names: Iterable[str] = ()) -> None:
+    """Name `image_id` as the unit's latest image and as the record of `digest`."""
+    have = {normalise_ref(n) for n in names}
+    for ref in (project.inputs_ref(name, digest) if digest else None, project.local_ref(name)):
+        if ref and ref not in have:
+            engine.tag(api, image_id, ref)
+
+
+def retire(api: docker.APIClient, project: Project, name: str, previous: dict[str, Any] | None,
+           image_id: str, keep: str | None) -> None:
+    """`previous` (what the unit's local name pointed to before this build started) is
+    superseded by `image_id`, now named: drop its inputs records and, once nothing names
+    it, remove it, so rebuilds do not pile up images. Looking before the build, not after,
+    keeps images of runs going on at the same time out of this. Only inspects, never lists:
+    listing images costs the engine time in proportion to every image it holds."""
+    if previous is None or previous["Id"] == image_id:
+        return
+    prefix = project.inputs_ref(name)
+    for ref in previous.get("RepoTags") or []:
+        # `keep` is the record just given to the new image (a --no-cache rebuild of the
+        # same inputs has the same name): removing the name would remove it from there.
+        plain = normalise_ref(ref)
+        if plain.startswith(prefix) and plain != keep:
+            engine.untag(api, ref)
+    now = engine.inspect(api, previous["Id"])
+    if now is not None and not now.get("RepoTags"):
+        engine.remove_unnamed(api, previous["Id"])
