@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import docker
 
@@ -12,19 +12,27 @@ from .progress import Reporter
 
 
 def plan(tags: Mapping[str, Sequence[str]], built: Mapping[str, str], target: str,
-         all_stages: bool) -> list[tuple[str, str, str]]:
+         all_stages: bool, skipped: Callable[[str], None] | None = None) -> list[tuple[str, str, str]]:
     """(stage, ref, image ID) to push: the target's refs, and with `all_stages` the refs of
-    the other stages this run built or found up to date. A ref of a stage that this run
-    did not build is refused in one line, never pushed from whatever image it names."""
+    the other stages this run built or found up to date. A ref is pushed only from the image
+    this run made for its stage, never from whatever image the name holds. Every other ref
+    is one line to `skipped` (a warning), never dropped in silence; without `skipped`, a ref
+    of a stage this run did not build is refused (UserError)."""
     chosen = []
     for stage, refs in tags.items():
-        if stage != target and not all_stages:
-            continue
+        names = ", ".join(refs)
         if stage not in built:
-            raise UserError(f"--push: stage '{stage}' (tagged {', '.join(refs)}) is not part of this "
-                            f"build of '{target}', so its tag may name an old image; build it "
-                            "(--target) or drop the tag")
-        chosen += [(stage, ref, built[stage]) for ref in refs]
+            message = (f"--push: not pushing {names}: stage '{stage}' is not part of this build of "
+                       f"'{target}', so the tag may name an old image; build --target {stage} to push it")
+            if skipped is None:
+                raise UserError(message)
+            skipped(message)
+        elif stage != target and not all_stages:
+            if skipped is not None:
+                skipped(f"--push: not pushing {names} (stage '{stage}'): only the target's tags are "
+                        "pushed; add --push-all to push the stages it needs too")
+        else:
+            chosen += [(stage, ref, built[stage]) for ref in refs]
     return chosen
 
 

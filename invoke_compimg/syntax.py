@@ -9,10 +9,12 @@ talks to an engine.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from .graph import (
     Origin,
     Run,
     Stage,
+    edit_distance,
     task_name_for,
 )
 
@@ -53,6 +56,10 @@ _ESCAPE_DIRECTIVE_RE = re.compile(r"^\s*#\s*escape\s*=\s*(\\|`)\s*$", re.I)
 _SEED_SOURCE_RE = re.compile(r"^([^:/\s]+):(.*)$")
 _VARIABLE_RE = re.compile(r"\$(?:\{(\w+)(?:(:[-+])([^}]*))?\}|(\w+))")
 _URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+
+# Does the build context hold this source path (as written in a COPY)? The parser stays pure:
+# whoever knows the context folder passes this in (`in_context`), see `parse_file`.
+ContextLookup = Callable[[str], bool]
 
 
 def read_dockerfile(path: str | Path) -> str:
@@ -105,9 +112,11 @@ class _Draft:
 
 
 class _Parser:
-    def __init__(self, text: str, where: str, build_args: Mapping[str, str] | None) -> None:
+    def __init__(self, text: str, where: str, build_args: Mapping[str, str] | None,
+                 in_context: ContextLookup | None = None) -> None:
         self.text = text if text.endswith("\n") else text + "\n"
         self.where = where
+        self.in_context = in_context
         self.build_args = dict(build_args or {})
         self.drafts: list[_Draft] = []
         self.global_args: list[Arg] = []
@@ -386,6 +395,8 @@ class _Parser:
                 if not path.startswith("/"):
                     raise self.fail(line, f"'{source}': the path after '{match.group(1)}:' must "
                                           f"be absolute; write {match.group(1)}:/{path}")
+            elif match and match.group(2).startswith("/"):
+                self._check_misspelt_stage(source, match.group(1), match.group(2), line)
             if groups and groups[-1][0] == origin:
                 groups[-1][1].append(path)
             else:
@@ -394,6 +405,16 @@ class _Parser:
             raise self.fail(line, f"COPY with several sources needs a directory destination "
                                   f"ending in '/'; write {dest}/")
         return tuple(CopyGroup(origin, tuple(paths)) for origin, paths in groups)
+
+    def _check_misspelt_stage(self, source: str, name: str, path: str, line: int) -> None:
+        """`COPY buidl:/x .`: a context path that looks like a stage's path, with a name one
+        or two edits from a stage, is a typo unless the context really has that path. Only
+        checked when the caller says what the context holds (`in_context`)."""
+        near = _closest(name.lower(), self.declared)
+        if near is None or self.in_context is None or self.in_context(source):
+            return
+        raise self.fail(line, f"'{source}' is not in the build context and '{name}' is not a stage; "
+                              f"did you mean stage '{near}'? (write {near}:{path})")
 
     def _run(self, draft: _Draft, value: str, line: int) -> Run:
         flags, command = self._leading_flags(value)
@@ -443,9 +464,35 @@ class _Parser:
                      escape=self.escape)
 
 
-def parse_text(text: str, where: str = "Dockerfile",
-               build_args: Mapping[str, str] | None = None) -> Graph:
-    """Parse Dockerfile text; `where` names it in messages."""
+def _closest(name: str, stages: Mapping[str, object], limit: int = 2) -> str | None:
+    """The stage name nearest to `name` within `limit` edits (the earliest on a tie)."""
+    best: tuple[int, str] | None = None
+    for candidate in stages:
+        distance = edit_distance(name, candidate)
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, candidate)
+    return best[1] if best else None
+
+
+def context_lookup(context: str | Path) -> ContextLookup:
+    """`in_context` for a context folder: does a COPY source (a path or a pattern, as
+    written) name anything in it?"""
+    root = os.path.abspath(context)
+
+    def exists(source: str) -> bool:
+        path = os.path.join(root, source.lstrip("/"))
+        if any(c in source for c in "*?["):
+            return bool(glob.glob(os.path.join(glob.escape(root), source.lstrip("/"))))
+        return os.path.lexists(path)
+
+    return exists
+
+
+def parse_text(text: str, where: str = "Dockerfile", build_args: Mapping[str, str] | None = None,
+               in_context: ContextLookup | None = None) -> Graph:
+    """Parse Dockerfile text; `where` names it in messages. `in_context` says whether the
+    build context holds a path: given it, `COPY buidl:/x .` (no such stage, no such path)
+    is an error that suggests stage 'build'."""
     for number, raw in enumerate(text.split("\n"), start=1):
         size = len(raw.encode("utf-8", "surrogatepass"))
         if size >= MAX_LINE_BYTES:
@@ -454,8 +501,12 @@ def parse_text(text: str, where: str = "Dockerfile",
     if "\0" in text:
         raise UserError("binary content (a NUL byte); this is not a Dockerfile", where=where,
                         line=text.count("\n", 0, text.index("\0")) + 1)
-    return _Parser(text, where, build_args).parse()
+    return _Parser(text, where, build_args, in_context).parse()
 
 
-def parse_file(path: str | Path, build_args: Mapping[str, str] | None = None) -> Graph:
-    return parse_text(read_dockerfile(path), str(path), build_args)
+def parse_file(path: str | Path, build_args: Mapping[str, str] | None = None,
+               context: str | Path | None = None) -> Graph:
+    """Parse the file at `path`; with `context` (the build context folder), source paths
+    are checked against it for misspelt stage names (see `parse_text`)."""
+    return parse_text(read_dockerfile(path), str(path), build_args,
+                      context_lookup(context) if context is not None else None)
