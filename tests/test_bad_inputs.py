@@ -120,3 +120,35 @@ def test_bad_files(case: str, tmp_path: Path) -> None:
     assert caught.value.line == line
     assert message in str(caught.value)
     assert str(caught.value).startswith(str(path))
+
+
+# `COPY name:/abs/path` whose name is within two edits of a stage: a typo, unless the context
+# really has that path. The parser is told what the context holds (`in_context`).
+MISSPELT = "NAME build\nFROM busybox\nRUN echo hi > /x\nNAME run\nFROM busybox\nCOPY {source} /x\n"
+
+
+@pytest.mark.parametrize("source", ["buidl:/x", "Biuld:/x", "bui:/x", "builds:/x"])
+def test_misspelt_stage_name_is_a_parse_error(source: str) -> None:
+    with pytest.raises(UserError) as caught:
+        parse_text(MISSPELT.format(source=source), "Dockerfile", in_context=lambda path: False)
+    message = str(caught.value)
+    assert message.startswith(f"Dockerfile:6: '{source}' is not in the build context")
+    assert "did you mean stage 'build'? (write build:/x)" in message and "\n" not in message
+    assert caught.value.code == 1
+
+
+def test_misspelt_stage_name_that_is_a_context_path_is_fine(tmp_path: Path) -> None:
+    text = MISSPELT.format(source="buidl:/x")
+    parse_text(text, "Dockerfile")  # no context given: nothing to check against
+    parse_text(text, "Dockerfile", in_context=lambda path: path == "buidl:/x")
+    # Far from every stage name: a context path, as Docker reads it.
+    parse_text(MISSPELT.format(source="vendor:/x"), "Dockerfile", in_context=lambda path: False)
+    # Through the file: the context folder is looked at.
+    (tmp_path / "Dockerfile").write_text(text)
+    with pytest.raises(UserError, match="did you mean stage 'build'"):
+        parse_file(tmp_path / "Dockerfile", context=tmp_path)
+    (tmp_path / "buidl:").mkdir()
+    (tmp_path / "buidl:" / "x").write_text("a file whose name has a colon")
+    parse_file(tmp_path / "Dockerfile", context=tmp_path)
+    (tmp_path / "Dockerfile").write_text(MISSPELT.format(source="buidl:/*"))
+    parse_file(tmp_path / "Dockerfile", context=tmp_path)  # a pattern that matches

@@ -181,3 +181,15 @@ def test_random_files_parse_or_fail_cleanly(lines: list[str]) -> None:
         per_stage(graph, stage.name)
         multi_stage(graph, graph.needs(stage.name))
     render.as_native(graph)
+
+
+def test_onbuild_stage_reference_is_a_prerequisite_of_stages_built_on_it() -> None:
+    graph = parse_text("FROM busybox AS src\nRUN echo hi > /file\nFROM busybox AS base\n"
+                       "ONBUILD COPY --from=src /file /foo\nFROM base\nRUN cat /foo\n")
+    assert graph.stage("base").depends_on == ("src",)  # the classic builder stores src's image ID
+    assert graph.stage("stage-2").depends_on == ("base", "src")
+    assert [s.name for s in graph.needs()] == ["src", "base", "stage-2"]
+    # Docker runs triggers in the direct children only.
+    grandchild = parse_text("FROM busybox AS src\nFROM busybox AS base\nONBUILD COPY --from=src /f /f\n"
+                            "FROM base AS child\nFROM child\n")
+    assert grandchild.stage("stage-3").depends_on == ("child",)
