@@ -67,7 +67,7 @@ class CompimgProgram(Program):  # type: ignore[misc]
         # The tasks sit at the top level here (`compimg build`); their config key stays
         # "compimg", as under `invoke`.
         self.collection = collection(dockerfile.resolve(), context.resolve(), "compimg", base=Path.cwd(),
-                                     report=self.args["list"].value is not None or "--list" in sys.argv)
+                                     prefix="compimg ")
         self.collection.name = None
 
 

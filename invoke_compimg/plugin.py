@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from invoke import Collection, Context, Task
+from invoke import Argument, Collection, Context, Task
 
 from .errors import Interrupted, UserError
 from .project import Project
@@ -49,12 +50,30 @@ class CompimgTask(Task):  # type: ignore[misc]
         return sig.replace(parameters=[p for p in sig.parameters.values() if p.kind is not p.KEYWORD_ONLY])
 
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
-        if name != "tag":  # -t is docker build's --tag, never --target
-            taken_names = taken_names | {"t"}
+        # -t is docker build's --tag, never --target; -h stays Invoke's per-task --help.
+        taken_names = taken_names | {"h"} | ({"t"} if name != "tag" else set())
         opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
         if name == "tag":
             opts["names"] = ("tag", "t")
         return opts
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        args: list[Argument] = super().get_arguments(ignore_unknown_help)
+        for arg in args:
+            arg.__class__ = _Flag
+            if arg.kind is list:
+                # Invoke starts a list flag's raw value at [], so a trailing `--tag` with no
+                # value passed silently (an untagged build); None makes its parser say so.
+                arg.raw_value = None
+        return args
+
+
+class _Flag(Argument):  # type: ignore[misc]
+    """An argument that Invoke's parse errors name as the user typed it: "Flag --tag
+    needed value and was not given one!"."""
+
+    def __repr__(self) -> str:
+        return "--" + str(self.name).replace("_", "-")
 
 
 # --- projects -----------------------------------------------------------------------------
@@ -71,8 +90,16 @@ def _project(dockerfile: Path, context: Path) -> Project:
 
 
 def _caller_folder(depth: int) -> Path:
-    caller = sys._getframe(depth + 1).f_globals.get("__file__")
-    return Path(caller).resolve().parent if caller else Path.cwd()
+    """The folder of the calling module's top-level module: a `tasks.py`'s folder; for a
+    `tasks/` package (its `__init__.py` or a module in it), the folder holding `tasks/`,
+    where Invoke found it."""
+    caller = sys._getframe(depth + 1).f_globals
+    top = sys.modules.get(str(caller.get("__name__", "")).partition(".")[0])
+    top_file = getattr(top, "__file__", None) if top is not None else None
+    if top_file and hasattr(top, "__path__"):  # a package: its folder's parent
+        return Path(top_file).resolve().parent.parent
+    file = top_file or caller.get("__file__")
+    return Path(file).resolve().parent if file else Path.cwd()
 
 
 def project(dockerfile: str | Path = "Dockerfile", context: str | Path = ".", *,
@@ -105,10 +132,30 @@ def interruptible(func: F) -> F:
 
 
 def _settings(c: Context, key: str, project: Project, *, target: str, tags: Any = (),
-              build_args: Any = (), **flags: Any) -> Settings:
-    prefix = getattr(c.config, "_env_prefix", None) or "INVOKE"
+              build_args: Any = (), prefix: str | None = None, **flags: Any) -> Settings:
+    env = (getattr(c.config, "_env_prefix", None) or "INVOKE_").rstrip("_")  # Invoke keeps "INVOKE_"
     return resolve(project.graph, c.config.get(key), target=target, tags=list(tags or []),
-                   build_args=list(build_args or []), env_prefix=f"{prefix}_{key.upper()}", **flags)
+                   build_args=list(build_args or []), env_prefix=f"{env}_{key.upper()}",
+                   task_prefix=_prefix(key, prefix), **flags)
+
+
+def _prefix(key: str, prefix: str | None) -> str:
+    """What the user types before a task's name: the collection's name and a dot under
+    `invoke` ("app." for `collection(name="app")`), "compimg " under the `compimg` command."""
+    return f"{key}." if prefix is None else prefix
+
+
+def _positional(value: str, what: str, task: str, prefix: str) -> None:
+    """Invoke fills a missing positional argument with the next word, even `--help`."""
+    if value.startswith("-"):
+        raise UserError(f"{task} needs {what} first, got '{value}'; for help on it run "
+                        f"`{_help_command(prefix, task)}`")
+
+
+def _help_command(prefix: str, task: str) -> str:
+    if prefix.endswith(" "):  # the compimg command: "compimg --help shell"
+        return f"{prefix.strip()} --help {task}"
+    return f"invoke --help {prefix}{task}"
 
 
 def _dry(c: Context) -> bool:
@@ -120,22 +167,27 @@ def _dry(c: Context) -> bool:
 @interruptible
 def parse(c: Context, format: str = "text", stage: str | None = None, lowered: bool = False, *,
           dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
-          base: str | Path | None = None) -> str:
+          base: str | Path | None = None, prefix: str | None = None, echo: bool | None = None) -> str:
     """Show the stage graph (text, json, dot, mermaid, native) or a lowered stage."""
     from .lowering import per_stage
 
     p = _bound_project(locals())
+    task = _prefix(key, prefix) + "parse"
     if stage and not lowered:
-        raise UserError("--stage goes with --lowered: write `parse --lowered --stage STAGE`")
+        raise UserError(f"--stage goes with --lowered: write `{task} --lowered --stage {stage}`")
     if lowered and format != "text":
-        raise UserError(f"--format {format} and --lowered are two different views; give one of them")
+        raise UserError(f"--format {format} and --lowered are two different views: write "
+                        f"`{task} --format {format}` or `{task} --lowered`")
     if lowered:
         text = per_stage(p.graph, p.stage(stage, flag="--stage").name if stage else p.graph.final.name).text
     elif format in FORMATS:
         text = FORMATS[format](p.graph)
     else:
         raise UserError(f"--format {format}: choose one of {', '.join(FORMATS)}")
-    print(text, end="")
+    # The task prints what it shows; from the Python API it is returned, and printed too
+    # unless progress is quiet.
+    if echo if echo is not None else _settings(c, key, p, target=p.graph.final.name).progress != "quiet":
+        print(text, end="")
     return text
 
 
@@ -145,27 +197,48 @@ def build(c: Context, target: str | None = None, tag: list[str] | None = None,
           jobs: int | None = None, builder: str | None = None, progress: str | None = None,
           pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
           push_all: bool = False, *, dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
-          key: str = "compimg", base: str | Path | None = None) -> dict[str, str]:
+          key: str = "compimg", base: str | Path | None = None, prefix: str | None = None) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
     p = _bound_project(locals())
     target = target or (c.config.get(key) or {}).get("target")
     goal = p.stage(target, flag="--target").name if target else p.graph.final.name
     # A bool flag that is not given (False) leaves the decision to config.
-    settings = _settings(c, key, p, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
-                         push=push or None, jobs=jobs, builder=builder, progress=progress, pull=pull or None,
-                         cache_from=cache_from, cache_to=cache_to)
+    settings = _settings(c, key, p, target=goal, tags=_strings(tag), build_args=_strings(build_arg),
+                         no_cache=no_cache or None, push=push or None, jobs=jobs, builder=builder,
+                         progress=progress, pull=pull or None, cache_from=_strings(cache_from),
+                         cache_to=cache_to, prefix=prefix)
+    _check_tags(p, settings, goal, _strings(tag), "build --target")
     return _run_build(c, p, settings, goal, push_all=push_all)
+
+
+def _strings(values: Any) -> list[str]:
+    """A list flag's values. From the Python API a single string is one value (`tag="app"`),
+    not its letters."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        return [values]
+    return [str(v) for v in values]
+
+
+def _check_tags(p: Project, settings: Settings, goal: str, flags: list[str], how: str) -> None:
+    """A `--tag STAGE=REF` for a stage this build does not build would be a silent no-op.
+    (Config tags name every stage a project has: those of stages not built are left.)"""
+    from .settings import parse_tags
+
+    needed = {s.name for s in p.graph.needs(goal)}
+    outside = sorted(set(parse_tags(flags, goal, p.graph)) - needed)
+    if outside:
+        raise UserError(f"--tag for stage(s) {', '.join(outside)}, which building '{goal}' does not build; "
+                        f"run `{settings.task(how)} {outside[0]}`, or drop that tag")
 
 
 def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_all: bool = False) -> dict[str, str]:
     needed = [s.name for s in p.graph.needs(goal)]
-    outside = sorted(set(settings.tags) - set(needed))
-    if outside:
-        raise UserError(f"--tag for stage(s) {', '.join(outside)}, which building '{goal}' does not build; "
-                        f"build --target {outside[0]}, or drop that tag")
     if _dry(c):
+        tags = {s: r for s, r in settings.tags.items() if s in needed}
         print(f"would build {goal} ({', '.join(needed)}) from {p.dockerfile}"
-              + "".join(f"; tag {s} as {', '.join(r)}" for s, r in settings.tags.items())
+              + "".join(f"; tag {s} as {', '.join(r)}" for s, r in tags.items())
               + ("; push" if settings.push else ""))
         return {}
     from . import push as pushing
@@ -178,7 +251,9 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
         ids = session.build([goal])
         session.summary(goal if goal == p.graph.final.name else None)
         if settings.push:
-            refs = pushing.plan(settings.tags, ids, goal, push_all)
+            # Config tags may name stages this build did not make: not this push's business.
+            built_tags = {stage: refs for stage, refs in settings.tags.items() if stage in ids}
+            refs = pushing.plan(built_tags, ids, goal, push_all, skipped=reporter.warning)
             if not refs:
                 reporter.warning(f"--push: no tag for '{goal}' to push; add --tag REF")
             pushing.push(session.api, refs, reporter, layers=reporter.__class__.__name__ == "LiveReporter")
@@ -192,25 +267,33 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
 def build_stage(c: Context, stage: str, tag: list[str] | None = None, build_arg: list[str] | None = None,
                 no_cache: bool = False, progress: str | None = None, *,
                 dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
-                base: str | Path | None = None) -> dict[str, str]:
+                base: str | Path | None = None, prefix: str | None = None) -> dict[str, str]:
     """Build one stage and only the stages it needs (for debugging)."""
     p = _bound_project(locals())
+    _positional(stage, "a STAGE", "build-stage", _prefix(key, prefix))
     goal = p.stage(stage).name
-    settings = _settings(c, key, p, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
-                         progress=progress, push=False)
+    settings = _settings(c, key, p, target=goal, tags=_strings(tag), build_args=_strings(build_arg),
+                         no_cache=no_cache or None, progress=progress, push=False, prefix=prefix)
+    _check_tags(p, settings, goal, _strings(tag), "build-stage")
     return _run_build(c, p, settings, goal)
 
 
 @interruptible
 def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None, *,
              dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
-             base: str | Path | None = None) -> str:
+             base: str | Path | None = None, prefix: str | None = None) -> str:
     """Build the final (or named) stage from its prerequisites' existing images."""
     p = _bound_project(locals())
-    goal = p.stage(stage).name if stage else p.graph.final.name
-    settings = _settings(c, key, p, target=goal, tags=tag)
+    goal = p.stage(stage, flag="--stage").name if stage else p.graph.final.name
+    tags = _strings(tag)
+    outside = [t for t in tags if "=" in t and p.stage(t.partition("=")[0], flag=f"--tag {t}").name != goal]
+    if outside:
+        raise UserError(f"--tag {outside[0]}: assemble builds only '{goal}'; write --tag REF, "
+                        f"or `{_prefix(key, prefix)}assemble --stage {outside[0].partition('=')[0]}`")
+    settings = _settings(c, key, p, target=goal, tags=tags, prefix=prefix)
     if _dry(c):
-        print(f"would assemble {goal} from the images of {', '.join(p.graph.stage(goal).depends_on) or 'no stage'}")
+        print(f"would assemble {goal} from the images of {', '.join(p.graph.stage(goal).depends_on) or 'no stage'}"
+              + (f"; tag it as {', '.join(settings.tags[goal])}" if settings.tags.get(goal) else ""))
         return ""
     from .progress import make_reporter
     from .session import Session
@@ -228,14 +311,16 @@ def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None,
 
 @interruptible
 def extract_artifact(c: Context, artifact: str, dest: str = ".", *, dockerfile: str | Path = "Dockerfile",
-                     context: str | Path = ".", key: str = "compimg", base: str | Path | None = None) -> list[str]:
+                     context: str | Path = ".", key: str = "compimg", base: str | Path | None = None,
+                     prefix: str | None = None) -> list[str]:
     """Copy STAGE:/PATH out of a stage's image onto the host (like `docker cp`)."""
     p = _bound_project(locals())
+    _positional(artifact, "STAGE:/PATH", "extract-artifact", _prefix(key, prefix))
     stage_name, colon, path = artifact.partition(":")
     if not colon or not path.startswith("/"):
         raise UserError(f"'{artifact}': write STAGE:/ABSOLUTE/PATH, e.g. build:/go/bin/app")
     goal = p.stage(stage_name, flag="extract-artifact").name
-    settings = _settings(c, key, p, target=goal)
+    settings = _settings(c, key, p, target=goal, prefix=prefix)
     if _dry(c):
         print(f"would build {goal} and copy {path} into {dest}")
         return []
@@ -248,24 +333,26 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", *, dockerfile: 
         session = Session(p, settings, reporter)
         image_id = session.build([goal])[goal]
         result = copy_out(session.api, p, goal, image_id, path, dest, reporter)
+        reporter.note(f"extracted {artifact} -> {', '.join(str(Path(dest) / n) for n in result.names)}"
+                      f" ({result.files} entries)")
+        for skipped in result.skipped:
+            reporter.warning(f"skipped special file {skipped} (devices and FIFOs are never extracted)")
     finally:
         reporter.close()
-    print(f"extracted {artifact} -> {', '.join(str(Path(dest) / n) for n in result.names)}"
-          f" ({result.files} entries)")
-    for skipped in result.skipped:
-        print(f"skipped special file {skipped} (devices and FIFOs are never extracted)")
     return result.names
 
 
 @interruptible
 def shell(c: Context, stage: str, cmd: str = "sh", *, dockerfile: str | Path = "Dockerfile",
-          context: str | Path = ".", key: str = "compimg", base: str | Path | None = None) -> None:
+          context: str | Path = ".", key: str = "compimg", base: str | Path | None = None,
+          prefix: str | None = None) -> None:
     """Open a shell (or run --cmd) in a stage's image, for debugging that stage."""
     import shlex
 
     p = _bound_project(locals())
+    _positional(stage, "a STAGE", "shell", _prefix(key, prefix))
     goal = p.stage(stage).name
-    settings = _settings(c, key, p, target=goal)
+    settings = _settings(c, key, p, target=goal, prefix=prefix)
     if _dry(c):
         print(f"would build {goal} and run `{cmd}` in it")
         return
@@ -287,8 +374,10 @@ def shell(c: Context, stage: str, cmd: str = "sh", *, dockerfile: str | Path = "
 
 @interruptible
 def clean(c: Context, *, dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
-          key: str = "compimg", base: str | Path | None = None) -> None:
+          key: str = "compimg", base: str | Path | None = None, prefix: str | None = None) -> None:
     """Remove the images and temporary containers this project's builds made, nothing else."""
+    import io
+
     p = _bound_project(locals())
     if _dry(c):
         print(f"would remove the images of {p.repository} and this project's temporary containers")
@@ -296,7 +385,8 @@ def clean(c: Context, *, dockerfile: str | Path = "Dockerfile", context: str | P
     from . import engine
     from .artifacts import clean as clean_project
 
-    clean_project(p, engine.connect(), sys.stdout)
+    quiet = _settings(c, key, p, target=p.graph.final.name).progress == "quiet"
+    clean_project(p, engine.connect(), io.StringIO() if quiet else sys.stdout)
 
 
 OPERATIONS: dict[str, Callable[..., Any]] = {
@@ -344,32 +434,41 @@ def _bind(operation: Callable[..., Any], name: str, bound: dict[str, Any], **tas
 
 
 def collection(dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
-               name: str = "compimg", *, base: str | Path | None = None, report: bool = True) -> Collection:
+               name: str = "compimg", *, base: str | Path | None = None, report: bool | None = None,
+               prefix: str | None = None) -> Collection:
     """The tasks for `dockerfile`, built in `context`.
 
-    Relative paths are taken from `base`, by default the folder of the calling module (your
-    tasks.py, or the `tasks/` package's `__init__.py`), so `invoke` works from any
-    subfolder. The file is parsed now. A broken file does not break your other tasks: the
-    collection then has no per-stage tasks, its tasks report the error when run, and one
-    line on stderr says what is wrong (`report=False`: only when a task runs)."""
+    Relative paths are taken from `base`, by default the folder your tasks were found in
+    (that of the calling `tasks.py`, or the one holding the `tasks/` package), so `invoke`
+    works from any subfolder. The file is parsed now. A broken file does not break your
+    other tasks: the collection then has no per-stage tasks and its tasks report the error
+    when run. `report`: also print that error as one line on stderr now (default: only when
+    the command line lists tasks, `--list` or `--help`). `prefix`: what hints put before a
+    task's name (default `NAME.`)."""
     root = Path(base) if base is not None else _caller_folder(1)
     paths = ((root / dockerfile).resolve(), (root / context).resolve())
-    bound = {"dockerfile": paths[0], "context": paths[1], "key": name, "base": None}
+    bound = {"dockerfile": paths[0], "context": paths[1], "key": name, "base": None, "prefix": _prefix(name, prefix)}
     try:
         p: Project | None = _project(*paths)
     except KeyboardInterrupt:
         raise Interrupted() from None
     except UserError as exc:
         p = None
-        if report:
+        if report if report is not None else _listing(sys.argv[1:]):
             print(f"{exc} (the {name} tasks report this when run)", file=sys.stderr)
     return _collection(p, name, bound)
 
 
-def make_collection(p: Project, name: str = "compimg") -> Collection:
-    """The tasks of an already parsed project (the `compimg` command's)."""
+def _listing(argv: list[str]) -> bool:
+    """Does this command line list tasks (`--list`, `-l`, `--help`, `-h`, bare or with a
+    value)? Then a broken Dockerfile is worth a line now; for any other task it is not."""
+    return any(re.fullmatch(r"--(list|help)(=.*)?|-[lh]\S*", word) for word in argv)
+
+
+def make_collection(p: Project, name: str = "compimg", *, prefix: str | None = None) -> Collection:
+    """The tasks of an already parsed project."""
     paths = (p.dockerfile.resolve(), p.context.resolve())
-    bound = {"dockerfile": paths[0], "context": paths[1], "key": name, "base": None}
+    bound = {"dockerfile": paths[0], "context": paths[1], "key": name, "base": None, "prefix": _prefix(name, prefix)}
     _projects[paths] = p
     return _collection(p, name, bound)
 
@@ -378,13 +477,15 @@ def _collection(p: Project | None, name: str, bound: dict[str, Any]) -> Collecti
     ns = Collection(name)
     ns.configure({name: dict(CONFIG_DEFAULTS)})
     for task_name, operation in OPERATIONS.items():
-        ns.add_task(_bind(operation, task_name, bound), default=task_name == "build")
+        # The parse task prints what it shows; the API function may stay quiet.
+        extra = {"echo": True} if operation is parse else {}
+        ns.add_task(_bind(operation, task_name, {**bound, **extra}), default=task_name == "build")
     if p is not None:
-        ns.add_collection(_stage_collection(p, name))
+        ns.add_collection(_stage_collection(p, name, bound["prefix"]))
     return ns
 
 
-def _stage_collection(p: Project, key: str) -> Collection:
+def _stage_collection(p: Project, key: str, prefix: str) -> Collection:
     """`stage.<name>`: one task per stage whose pre-tasks are exactly the stages it uses.
     The graph is already checked (no cycles: stages only look backwards)."""
     from .render import base_label
@@ -392,7 +493,7 @@ def _stage_collection(p: Project, key: str) -> Collection:
     stages = Collection("stage")
     tasks: dict[str, CompimgTask] = {}
     for stage in p.graph.stages:
-        body = _stage_body(p, key, stage.name)
+        body = _stage_body(p, key, stage.name, prefix)
         body.__doc__ = f"Build stage '{stage.name}' (line {stage.line}, FROM {base_label(stage)})."
         tasks[stage.name] = CompimgTask(body, name=stage.task_name,
                                         pre=[tasks[d] for d in stage.depends_on])  # type: ignore[misc]
@@ -400,10 +501,10 @@ def _stage_collection(p: Project, key: str) -> Collection:
     return stages
 
 
-def _stage_body(p: Project, key: str, stage_name: str) -> Callable[[Context], str]:
+def _stage_body(p: Project, key: str, stage_name: str, prefix: str) -> Callable[[Context], str]:
     @interruptible
     def body(c: Context) -> str:
-        settings = _settings(c, key, p, target=stage_name)
+        settings = _settings(c, key, p, target=stage_name, prefix=prefix)
         if _dry(c):
             print(f"would build stage {stage_name} from the images of its prerequisites")
             return ""
@@ -413,10 +514,10 @@ def _stage_body(p: Project, key: str, stage_name: str) -> Callable[[Context], st
         reporter = make_reporter(settings.progress)
         try:
             result = Session(p, settings, reporter).build_stage(p.graph.stage(stage_name))
+            reporter.note(f"{result.how} {result.image_id.split(':')[-1][:12]} ({result.size / 1e6:.1f} MB) "
+                          f"as {p.local_ref(stage_name)}", stage_name)
         finally:
             reporter.close()
-        print(f"[{stage_name}] {result.how} {result.image_id.split(':')[-1][:12]} "
-              f"({result.size / 1e6:.1f} MB) as {p.local_ref(stage_name)}")
         return result.image_id
 
     return body

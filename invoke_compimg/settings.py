@@ -55,6 +55,14 @@ class Settings:
     pull: bool = False
     cache_from: tuple[str, ...] = ()
     cache_to: str | None = None
+    # How the user types this collection's tasks, for hints: "compimg." (or the collection's
+    # name) under `invoke`, "compimg " under the `compimg` command. See `task`.
+    task_prefix: str = "compimg."
+
+    def task(self, name: str) -> str:
+        """What the user types to run task `name` ("stage.build", "shell"): `app.shell`,
+        `compimg shell`."""
+        return f"{self.task_prefix}{name}"
 
 
 def _bool(value: Any, name: str) -> bool:
@@ -65,7 +73,7 @@ def _bool(value: Any, name: str) -> bool:
         return True
     if text in ("0", "false", "no", "off", ""):
         return False
-    raise UserError(f"{name}={value!r}: write true or false")
+    raise UserError(f"{name} {value!r}: write true or false")
 
 
 def _positive(value: Any, name: str) -> int:
@@ -93,20 +101,22 @@ def _list(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
-def parse_tags(values: Iterable[str], default_stage: str, graph: Graph) -> dict[str, tuple[str, ...]]:
-    """`STAGE=REF` or `REF` (the target) -> {stage: refs}, checking stage names and refs."""
+def parse_tags(values: Iterable[str], default_stage: str, graph: Graph,
+               source: str = "--tag") -> dict[str, tuple[str, ...]]:
+    """`STAGE=REF` or `REF` (the target) -> {stage: refs}, checking stage names and refs.
+    `source` names where the values came from in messages (a flag, a config key)."""
     tags: dict[str, list[str]] = {}
     for value in values:
         if not value:
-            raise UserError("--tag needs a value: write --tag REF or --tag STAGE=REF")
+            raise UserError(f"{source} needs a value: write {source} REF or {source} STAGE=REF")
         stage, eq, ref = value.partition("=")
         if not eq:
             stage, ref = default_stage, value
-        name = stage_named(graph, stage, f"--tag {value}")
+        name = stage_named(graph, stage, f"{source} {value}")
         from docker.utils.build import match_tag  # the SDK's own rule, imported only to build
 
         if not match_tag(ref):
-            raise UserError(f"--tag {value}: '{ref}' is not a valid image reference; "
+            raise UserError(f"{source} {value}: '{ref}' is not a valid image reference; "
                             "use lower-case name[:tag]")
         tags.setdefault(name, []).append(ref)
     return {k: tuple(v) for k, v in tags.items()}
@@ -129,21 +139,30 @@ def parse_build_args(values: Iterable[str], environ: Mapping[str, str] | None = 
     return args
 
 
-def _config_tag_values(raw: Any, env_prefix: str | None) -> list[str]:
-    values: list[str] = []
+def _config_tags(raw: Any, env_prefix: str | None, graph: Graph, target: str) -> dict[str, tuple[str, ...]]:
+    """Tags from config (`tags: {stage: ref or [refs]}`) and from `<PREFIX>_TAGS_<STAGE>`
+    environment variables: Invoke maps env vars onto existing keys only, and `tags` is
+    keyed by stage, so we read those ourselves. Each mistake names its source."""
+    tags: dict[str, tuple[str, ...]] = {}
     for stage, refs in dict(raw or {}).items():
-        for ref in [refs] if isinstance(refs, str) else list(refs or []):
-            values.append(f"{stage}={ref}")
-    if env_prefix:  # Invoke maps env vars onto existing keys only: tags are keyed by stage
+        values = [f"{stage}={ref}" for ref in ([refs] if isinstance(refs, str) else list(refs or []))]
+        for name, found in parse_tags(values, target, graph, "config tags:").items():
+            tags[name] = tags.get(name, ()) + found
+    if env_prefix:
         marker = f"{env_prefix}_TAGS_"
-        for name, ref in os.environ.items():
-            if name.startswith(marker) and name[len(marker):]:
-                values.append(f"{name[len(marker):].lower()}={ref}")
-    return values
+        for var, ref in sorted(os.environ.items()):
+            if var.startswith(marker) and var[len(marker):]:
+                stage = var[len(marker):].lower()
+                if not ref:
+                    raise UserError(f"{var} is empty: give it an image reference, or unset it")
+                for name, found in parse_tags([f"{stage}={ref}"], target, graph, f"{var}:").items():
+                    tags[name] = found  # the environment replaces that stage's config tags
+    return tags
 
 
 def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags: Iterable[str] = (),
-            build_args: Iterable[str] = (), env_prefix: str | None = None, **flags: Any) -> Settings:
+            build_args: Iterable[str] = (), env_prefix: str | None = None, task_prefix: str = "compimg.",
+            **flags: Any) -> Settings:
     """Flags (None: not given), then `config` (the section under the collection's key),
     then DEFAULTS. `target` is the stage that a bare `--tag REF` names."""
     section = dict(config or {})
@@ -155,23 +174,33 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
             return section[name]
         return DEFAULTS[name]
 
-    merged_tags = parse_tags(_config_tag_values(section.get("tags"), env_prefix), target, graph)
+    def source(name: str) -> str:
+        """Where `pick(name)` came from, as the user wrote it."""
+        if flags.get(name) is not None:
+            return "--" + name.replace("_", "-")
+        env = f"{env_prefix}_{name.upper()}" if env_prefix else None
+        if env and env in os.environ:
+            return env
+        return f"config {name}"
+
+    merged_tags = _config_tags(section.get("tags"), env_prefix, graph, target)
     merged_tags.update(parse_tags(tags, target, graph))  # a flag replaces that stage's config tags
     args = {str(k): str(v) for k, v in dict(section.get("build_args") or {}).items()}
     args.update(parse_build_args(build_args))
     cache_to = pick("cache_to")
     if cache_to not in (None, "", "inline"):
-        raise UserError(f"--cache-to {cache_to!r}: only 'inline' is supported (the cache goes into "
+        raise UserError(f"{source('cache_to')} {cache_to!r}: only 'inline' is supported (the cache goes into "
                         "the pushed image)")
     return Settings(
         tags=merged_tags, build_args=args,
-        no_cache=_bool(pick("no_cache"), "no_cache"),
+        no_cache=_bool(pick("no_cache"), source("no_cache")),
         network=pick("network") or None,
-        push=_bool(pick("push"), "push"),
-        jobs=_positive(pick("jobs"), "--jobs"),
-        builder=_choice(pick("builder"), "--builder", BUILDERS),
-        progress=_choice(pick("progress"), "--progress", PROGRESS),
-        pull=_bool(pick("pull"), "pull"),
+        push=_bool(pick("push"), source("push")),
+        jobs=_positive(pick("jobs"), source("jobs")),
+        builder=_choice(pick("builder"), source("builder"), BUILDERS),
+        progress=_choice(pick("progress"), source("progress"), PROGRESS),
+        pull=_bool(pick("pull"), source("pull")),
         cache_from=tuple(dict.fromkeys([*_list(section.get("cache_from")), *_list(flags.get("cache_from"))])),
         cache_to=cache_to or None,
+        task_prefix=task_prefix,
     )
