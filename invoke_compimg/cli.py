@@ -50,8 +50,12 @@ class CompimgProgram(Program):  # type: ignore[misc]
         shown = [(names, text) for names, text in self.initial_context.help_tuples()
                  if (long := re.search(r"--([a-z-]+)", names)) and long.group(1) in _SHOWN]
         self.print_columns(shown)
-        if self.namespace is not None:
-            self.list_tasks()
+        # Invoke prints bare --help before loading tasks; ours are one Dockerfile away.
+        if getattr(self, "collection", None) is None:
+            self.load_collection()
+        self.scoped_collection, self.list_root, self.list_depth, self.list_format = self.collection, None, None, "flat"
+        print("")
+        self.list_tasks()
 
     def load_collection(self) -> None:
         from .plugin import collection
@@ -69,6 +73,9 @@ class CompimgProgram(Program):  # type: ignore[misc]
         self.collection = collection(dockerfile.resolve(), context.resolve(), "compimg", base=Path.cwd(),
                                      prefix="compimg ")
         self.collection.name = None
+        # The project's config (invoke.yaml) is the context folder's, as a tasks.py's is its folder's.
+        self.config.set_project_location(str(context.resolve()))
+        self.config.load_project()
 
 
 program = CompimgProgram(name="compimg", binary="compimg")

@@ -22,7 +22,7 @@ from invoke import Argument, Collection, Context, Task
 from .errors import Interrupted, UserError
 from .project import Project
 from .render import FORMATS
-from .settings import CONFIG_DEFAULTS, Settings, resolve
+from .settings import CONFIG_DEFAULTS, Settings, configured, resolve
 
 # The engine modules (and so the Docker SDK) are imported by the operations that talk to
 # the engine, when they run: a tasks.py that adds our collection keeps `invoke --list` and
@@ -133,10 +133,14 @@ def interruptible(func: F) -> F:
 
 def _settings(c: Context, key: str, project: Project, *, target: str, tags: Any = (),
               build_args: Any = (), prefix: str | None = None, **flags: Any) -> Settings:
-    env = (getattr(c.config, "_env_prefix", None) or "INVOKE_").rstrip("_")  # Invoke keeps "INVOKE_"
     return resolve(project.graph, c.config.get(key), target=target, tags=list(tags or []),
-                   build_args=list(build_args or []), env_prefix=f"{env}_{key.upper()}",
+                   build_args=list(build_args or []), env_prefix=_env_prefix(c, key),
                    task_prefix=_prefix(key, prefix), **flags)
+
+
+def _env_prefix(c: Context, key: str) -> str:
+    """`INVOKE_COMPIMG`: Invoke's prefix (kept as "INVOKE_") and the collection's key."""
+    return (getattr(c.config, "_env_prefix", None) or "INVOKE_").rstrip("_") + "_" + key.upper()
 
 
 def _prefix(key: str, prefix: str | None) -> str:
@@ -200,7 +204,7 @@ def build(c: Context, target: str | None = None, tag: list[str] | None = None,
           key: str = "compimg", base: str | Path | None = None, prefix: str | None = None) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
     p = _bound_project(locals())
-    target = target or (c.config.get(key) or {}).get("target")
+    target = target or configured(c.config.get(key), "target", _env_prefix(c, key))
     goal = p.stage(target, flag="--target").name if target else p.graph.final.name
     # A bool flag that is not given (False) leaves the decision to config.
     settings = _settings(c, key, p, target=goal, tags=_strings(tag), build_args=_strings(build_arg),
@@ -239,7 +243,7 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
         tags = {s: r for s, r in settings.tags.items() if s in needed}
         print(f"would build {goal} ({', '.join(needed)}) from {p.dockerfile}"
               + "".join(f"; tag {s} as {', '.join(r)}" for s, r in tags.items())
-              + ("; push" if settings.push else ""))
+              + ("; no cache" if settings.no_cache else "") + ("; push" if settings.push else ""))
         return {}
     from . import push as pushing
     from .progress import make_reporter

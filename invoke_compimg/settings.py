@@ -160,6 +160,20 @@ def _config_tags(raw: Any, env_prefix: str | None, graph: Graph, target: str) ->
     return tags
 
 
+def configured(section: Mapping[str, Any] | None, name: str, env_prefix: str | None) -> Any:
+    """The configured value of `name`: `<env_prefix>_<NAME>` if set, else the config
+    section's, else the default. We read the variable ourselves: Invoke loads only keys the
+    running task's collections define, so for a task of the user's own (`release` with our
+    build as its pre-task) it would be skipped in silence. Invoke's order is kept: the
+    environment wins over config files."""
+    if env_prefix:
+        value = os.environ.get(f"{env_prefix}_{name.upper()}")
+        if value is not None:
+            return value
+    found = (section or {}).get(name)
+    return found if found is not None else DEFAULTS[name]
+
+
 def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags: Iterable[str] = (),
             build_args: Iterable[str] = (), env_prefix: str | None = None, task_prefix: str = "compimg.",
             **flags: Any) -> Settings:
@@ -170,9 +184,7 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
     def pick(name: str) -> Any:
         if flags.get(name) is not None:
             return flags[name]
-        if section.get(name) is not None:
-            return section[name]
-        return DEFAULTS[name]
+        return configured(section, name, env_prefix)
 
     def source(name: str) -> str:
         """Where `pick(name)` came from, as the user wrote it."""
@@ -200,7 +212,8 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
         builder=_choice(pick("builder"), source("builder"), BUILDERS),
         progress=_choice(pick("progress"), source("progress"), PROGRESS),
         pull=_bool(pick("pull"), source("pull")),
-        cache_from=tuple(dict.fromkeys([*_list(section.get("cache_from")), *_list(flags.get("cache_from"))])),
+        cache_from=tuple(dict.fromkeys([*_list(configured(section, "cache_from", env_prefix)),
+                                        *_list(flags.get("cache_from"))])),
         cache_to=cache_to or None,
         task_prefix=task_prefix,
     )

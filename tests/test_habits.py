@@ -1,0 +1,366 @@
+"""Issue 12: the plugin fits the habits of Docker and Invoke users. Each test drives a real
+`invoke` or `compimg` process in a project folder, as a user would. Tests without the
+engine marker point DOCKER_HOST at nothing: they must not need an engine."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_invoke
+
+EXAMPLE = ROOT / "examples/app-with-tasks"
+NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent"}
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+
+# The example's tasks.py, with the host-side tasks made to run anywhere (no Go on the host).
+TASKS = (EXAMPLE / "tasks.py").read_text().replace(
+    'c.run("go test ./...")', 'print("TEST-RAN")').replace('c.run("go vet ./...")', 'print("LINT-RAN")')
+API_TASKS = """
+@task
+def api(c):
+    \"\"\"The Python API from a task body.\"\"\"
+    text = invoke_compimg.parse(c, format="json")
+    print("API-PARSED", len(text))
+    invoke_compimg.build(c, target="unit_tests")
+
+
+ns.add_task(api)
+"""
+
+
+def compimg(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*COMPIMG, *args], cwd=cwd, text=True, capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def example(folder: Path, tasks: str = TASKS) -> Path:
+    """A copy of examples/app-with-tasks in `folder`."""
+    shutil.copytree(EXAMPLE, folder, dirs_exist_ok=True)
+    (folder / "tasks.py").write_text(tasks)
+    return folder
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a failed run (and that it failed cleanly)."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+# --- 1. a broken Dockerfile does not break the user's other tasks ----------------------------
+
+@pytest.mark.parametrize("breakage", ["FROMM", "missing"])
+def test_a_broken_dockerfile_leaves_the_users_tasks_alone(tmp_path: Path, breakage: str) -> None:
+    project = example(tmp_path / "app")
+    good = (project / "Dockerfile").read_text()
+    if breakage == "FROMM":
+        (project / "Dockerfile").write_text(good.replace("FROM busybox", "FROMM busybox"))
+        error = (f"{project}/Dockerfile:12: NAME run is not followed by FROM (line 13 is FROMM); "
+                 "put FROM right after NAME")
+    else:
+        (project / "Dockerfile").unlink()
+        error = f"{project}/Dockerfile: no such file; pass the Dockerfile's path (cwd is {project})"
+
+    listing = run_invoke(["--list"], project, NO_ENGINE)
+    assert listing.returncode == 0
+    assert listing.stderr.strip().splitlines() == [f"{error} (the compimg tasks report this when run)"]
+    for name in ("test", "lint", "release", "docs.changelog", "compimg.build (compimg)", "compimg.shell"):
+        assert name in listing.stdout
+    assert "compimg.stage." not in listing.stdout
+    for task, marker in (["test"], "TEST-RAN"), (["lint"], "LINT-RAN"), (["docs.changelog"], "first release"):
+        ran = run_invoke(task, project, NO_ENGINE)
+        assert ran.returncode == 0 and marker in ran.stdout and ran.stderr == "", ran.stderr
+    for task in (["compimg.build"], ["compimg.parse"], ["compimg.shell", "run"], ["release"], ["check"]):
+        assert one_line(run_invoke(task, project, NO_ENGINE)) == error
+    assert one_line(compimg(["parse"], project, NO_ENGINE)) == error
+
+    (project / "Dockerfile").write_text(good)  # fixed: everything is back, tasks.py unchanged
+    listing = run_invoke(["--list"], project, NO_ENGINE)
+    assert listing.returncode == 0 and listing.stderr == ""
+    assert "compimg.stage.unit-tests" in listing.stdout
+
+
+# --- 2. Docker's flags ----------------------------------------------------------------------
+
+def test_t_is_tag_on_every_task_that_tags_and_h_stays_help(tmp_path: Path) -> None:
+    project = example(tmp_path / "app")
+    for task in ("build", "build-stage", "assemble"):
+        helped = run_invoke(["--help", f"compimg.{task}"], project, NO_ENGINE)
+        assert re.search(r"^\s+-t, --tag\s", helped.stdout, re.M), helped.stdout
+        assert not re.search(r"-t STRING, --target", helped.stdout)
+        assert not re.search(r"-h \S*,? ?--", helped.stdout)  # no option took -h
+        if task != "build-stage":  # its STAGE comes first: Invoke would take -h for it
+            short = run_invoke([f"compimg.{task}", "-h"], project, NO_ENGINE)
+            assert short.returncode == 0 and short.stdout == helped.stdout
+    built = run_invoke(["--dry", "compimg.build", "-t", "my-app:2", "-t", "build=my-build"], project, NO_ENGINE)
+    assert "tag build as my-app-build, my-build" not in built.stdout  # a flag replaces the config tags
+    assert "tag build as my-build; tag run as my-app:2" in built.stdout, built.stderr
+    staged = run_invoke(["--dry", "compimg.build-stage", "build", "-t", "b:1"], project, NO_ENGINE)
+    assert "would build build (build) " in staged.stdout and "tag build as b:1" in staged.stdout
+    assembled = run_invoke(["--dry", "compimg.assemble", "-t", "r:1"], project, NO_ENGINE)
+    assert "would assemble run from the images of build; tag it as r:1" in assembled.stdout
+
+
+def test_compimg_help_shows_only_what_does_something(tmp_path: Path) -> None:
+    project = example(tmp_path / "app")
+    helped = compimg(["--help"], project, NO_ENGINE)
+    assert helped.returncode == 0
+    options = helped.stdout.split("Available tasks")[0]
+    assert "-f STRING, --file=STRING" in options and "--context" in options
+    for hidden in ("--sudo", "-R", "-p", "-w", "--config", "--echo", "--prompt-for-sudo-password"):
+        assert not re.search(rf"(^|[ ,]){re.escape(hidden)}\b", options), hidden
+    assert "stage.unit-tests" in helped.stdout
+
+
+def test_compimg_finds_the_dockerfile_the_docker_way(tmp_path: Path) -> None:
+    project = example(tmp_path / "app")
+    expected = f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build; tag run as app"
+    for args in (["--dry", "build", "--tag=run=app", "app"],  # positional context, last
+                 ["--dry", "--context", "app", "build", "-t", "app"],  # --context DIR: DIR/Dockerfile
+                 ["--dry", "-f", "app/Dockerfile", "build", "--tag", "app"],  # -f: context its folder
+                 ["--dry", "--file", "app/Dockerfile", "build", "--tag", "run=app", "app"]):
+        result = compimg(args, tmp_path, NO_ENGINE)
+        assert result.returncode == 0 and result.stdout.strip() == expected, (args, result.stderr)
+    # -f is the Dockerfile here, never Invoke's --config; the folder has its own invoke.yaml
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "Other.Dockerfile").write_text("NAME only\nFROM busybox\n")
+    result = compimg(["-f", str(other / "Other.Dockerfile"), "parse"], tmp_path, NO_ENGINE)
+    assert result.stdout.startswith(f"{other}/Other.Dockerfile: 1 stage(s), final: only"), result.stderr
+
+
+def test_build_arg_without_value_comes_from_the_environment(tmp_path: Path) -> None:
+    project = example(tmp_path / "app")
+    missing = run_invoke(["compimg.build", "--build-arg", "GOFLAGS"], project, {**NO_ENGINE, "GOFLAGS": ""})
+    assert "cannot reach the Docker engine" in one_line(missing)  # set (even empty): taken, build goes on
+    env = {k: v for k, v in os.environ.items() if k != "GOFLAGS"}
+    unset = subprocess.run([sys.executable, "-m", "invoke", "compimg.build", "--build-arg", "GOFLAGS"],
+                           cwd=project, text=True, capture_output=True, env={**env, **NO_ENGINE})
+    assert one_line(unset) == ("--build-arg GOFLAGS: no value given and GOFLAGS is not set in the environment; "
+                               "write GOFLAGS=VALUE or export GOFLAGS")
+
+
+# --- 3. no silent misreads ------------------------------------------------------------------
+
+DID_YOU_MEAN = "did you mean 'build'? known stages: build, unit_tests, run"
+MISREADS = [
+    (["compimg.build", "--tag"], {}, "Flag --tag needed value and was not given one!"),
+    (["compimg.build", "-t"], {}, "Flag --tag needed value and was not given one!"),
+    (["compimg.build", "--tag", "--no-cache"], {}, "Flag --tag needed value and was not given one!"),
+    (["compimg.build-stage", "run", "--build-arg"], {}, "Flag --build-arg needed value and was not given one!"),
+    (["compimg.build", "--tag="], {}, "--tag needs a value: write --tag REF or --tag STAGE=REF"),
+    (["compimg.build", "--tag", "unit_tests=x"], {},
+     "--tag for stage(s) unit_tests, which building 'run' does not build; "
+     "run `compimg.build --target unit_tests`, or drop that tag"),
+    (["compimg.build-stage", "build", "--tag", "run=x"], {},
+     "--tag for stage(s) run, which building 'build' does not build; run `compimg.build-stage run`, or drop that tag"),
+    (["compimg.assemble", "--tag", "build=x"], {},
+     "--tag build=x: assemble builds only 'run'; write --tag REF, or `compimg.assemble --stage build`"),
+    (["compimg.parse", "--stage", "run"], {},
+     "--stage goes with --lowered: write `compimg.parse --lowered --stage run`"),
+    (["compimg.parse", "--format", "json", "--lowered"], {},
+     "--format json and --lowered are two different views: write `compimg.parse --format json` "
+     "or `compimg.parse --lowered`"),
+    (["compimg.build"], {"INVOKE_COMPIMG_JOBS": "abc"}, "INVOKE_COMPIMG_JOBS 'abc': give a whole number of at least 1"),
+    (["compimg.build", "--jobs", "0"], {}, "--jobs '0': give a whole number of at least 1"),
+    (["compimg.build"], {"INVOKE_COMPIMG_NO_CACHE": "maybe"}, "INVOKE_COMPIMG_NO_CACHE 'maybe': write true or false"),
+    (["compimg.build"], {"INVOKE_COMPIMG_PROGRESS": "loud"},
+     "INVOKE_COMPIMG_PROGRESS 'loud': choose one of auto, plain, tty, quiet"),
+    (["compimg.build"], {"INVOKE_COMPIMG_TAGS_ASSETS": "x"},
+     "Dockerfile: unknown stage 'assets' (INVOKE_COMPIMG_TAGS_ASSETS: assets=x); known stages: build, unit_tests, run"),
+    (["compimg.build"], {"INVOKE_COMPIMG_TAGS_RUN": ""}, "INVOKE_COMPIMG_TAGS_RUN is empty: give it an image "
+                                                         "reference, or unset it"),
+    (["compimg.build", "--target", "buidl"], {}, f"unknown stage 'buidl' (--target); {DID_YOU_MEAN}"),
+    (["compimg.build", "--tag", "buidl=x"], {}, f"unknown stage 'buidl' (--tag buidl=x); {DID_YOU_MEAN}"),
+    (["compimg.build-stage", "buidl"], {}, f"unknown stage 'buidl' (stage); {DID_YOU_MEAN}"),
+    (["compimg.assemble", "--stage", "buidl"], {}, f"unknown stage 'buidl' (--stage); {DID_YOU_MEAN}"),
+    (["compimg.shell", "buidl"], {}, f"unknown stage 'buidl' (stage); {DID_YOU_MEAN}"),
+    (["compimg.extract-artifact", "buidl:/go/bin/app"], {},
+     f"unknown stage 'buidl' (extract-artifact); {DID_YOU_MEAN}"),
+    (["compimg.parse", "--lowered", "--stage", "buidl"], {}, f"unknown stage 'buidl' (--stage); {DID_YOU_MEAN}"),
+    (["compimg.build-stage", "--help"], {},
+     "build-stage needs a STAGE first, got '--help'; for help on it run `invoke --help compimg.build-stage`"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), MISREADS, ids=[" ".join(m[0]) + str(m[1]) for m in MISREADS])
+def test_misreads_are_one_clear_line(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
+    project = example(tmp_path / "app")
+    assert one_line(run_invoke(args, project, {**NO_ENGINE, **env})).endswith(message)
+
+
+def test_environment_values_are_read_as_written(tmp_path: Path) -> None:
+    project = example(tmp_path / "app")
+
+    def dry(env: dict[str, str], *args: str) -> str:
+        result = run_invoke(["--dry", "compimg.build", *args], project, {**NO_ENGINE, **env})
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "no cache" not in dry({"INVOKE_COMPIMG_NO_CACHE": "false"})
+    assert "no cache" not in dry({"INVOKE_COMPIMG_NO_CACHE": "0"})
+    assert "; no cache" in dry({"INVOKE_COMPIMG_NO_CACHE": "true"})
+    assert "tag unit_tests as ut:1" in dry({"INVOKE_COMPIMG_TAGS_UNIT_TESTS": "ut:1"}, "--target", "unit-tests")
+    assert "tag run as from-env" in dry({"INVOKE_COMPIMG_TAGS_RUN": "from-env"})
+    assert "would build unit_tests (build, unit_tests)" in dry({"INVOKE_COMPIMG_TARGET": "unit_tests"})
+
+
+def test_dry_release_prints_what_it_would_build(tmp_path: Path) -> None:
+    project = example(tmp_path / "app")
+    result = run_invoke(["--dry", "release"], project, NO_ENGINE)  # no engine: nothing can be built
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build; tag run as my-app:1.0",
+        "released my-app:1.0"]
+    # Our settings from the environment hold for a task of the user's own too (Invoke loads
+    # env vars only for the keys of the running task's collections).
+    env = run_invoke(["--dry", "release"], project, {**NO_ENGINE, "INVOKE_COMPIMG_NO_CACHE": "true"})
+    assert "; no cache\n" in env.stdout, env.stderr
+    bad = run_invoke(["release"], project, {**NO_ENGINE, "INVOKE_COMPIMG_JOBS": "many"})
+    assert one_line(bad) == "INVOKE_COMPIMG_JOBS 'many': give a whole number of at least 1"
+    staged = run_invoke(["--dry", "compimg.build-stage", "unit-tests"], project, NO_ENGINE)  # task spelling
+    assert staged.stdout.startswith("would build unit_tests (build, unit_tests) "), staged.stderr
+    stage_task = run_invoke(["--dry", "compimg.stage.unit-tests"], project, NO_ENGINE)
+    assert stage_task.returncode == 0 and "would build stage unit_tests" in stage_task.stdout
+
+
+# --- 4. paths and hints are the user's ------------------------------------------------------
+
+def test_python_api_resolves_paths_like_collection_from_a_subfolder(tmp_path: Path) -> None:
+    project = example(tmp_path / "app", TASKS + API_TASKS)
+    deep = project / "src" / "deep"
+    deep.mkdir(parents=True)
+    result = run_invoke(["--dry", "api"], deep, NO_ENGINE)
+    assert result.returncode == 0, result.stderr
+    assert "API-PARSED" in result.stdout
+    assert f"would build unit_tests (build, unit_tests) from {project}/Dockerfile" in result.stdout
+
+
+def test_a_tasks_package_finds_the_dockerfile_next_to_it(tmp_path: Path) -> None:
+    project = example(tmp_path / "app")
+    (project / "tasks.py").unlink()
+    (project / "tasks").mkdir()
+    (project / "tasks" / "__init__.py").write_text(TASKS)
+    (project / "tasks" / "images.py").write_text(
+        "from invoke import task\nimport invoke_compimg\n\n@task\ndef where(c):\n"
+        "    invoke_compimg.build(c, target='build')\n")
+    (project / "tasks" / "__init__.py").write_text(
+        TASKS + "\nfrom . import images\nns.add_task(images.where)\n")
+    deep = project / "src"
+    deep.mkdir()
+    listing = run_invoke(["--list"], deep, NO_ENGINE)
+    assert listing.returncode == 0 and listing.stderr == "" and "compimg.stage.unit-tests" in listing.stdout
+    result = run_invoke(["--dry", "where"], deep, NO_ENGINE)
+    assert result.stdout.startswith(f"would build build (build) from {project}/Dockerfile"), result.stderr
+
+
+def test_base_names_the_folder_relative_paths_start_from(tmp_path: Path) -> None:
+    project = example(tmp_path / "app")
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    (ci / "tasks.py").write_text(
+        "from invoke import Collection\nimport invoke_compimg\n\n"
+        f"ns = Collection(invoke_compimg.collection('Dockerfile', '.', name='app', base={str(project)!r}))\n")
+    result = run_invoke(["--dry", "app.build"], ci, NO_ENGINE)
+    assert result.stdout.startswith(f"would build run (build, run) from {project}/Dockerfile"), result.stderr
+
+
+def test_hints_name_the_task_the_user_can_type(tmp_path: Path) -> None:
+    project = example(tmp_path / "app", TASKS.replace("invoke_compimg.collection()",
+                                                      "invoke_compimg.collection(name='app')"))
+    line = one_line(run_invoke(["app.parse", "--stage", "run"], project, NO_ENGINE))
+    assert line == "--stage goes with --lowered: write `app.parse --lowered --stage run`"
+    line = one_line(run_invoke(["app.build", "--tag", "unit_tests=x"], project, NO_ENGINE))
+    assert "run `app.build --target unit_tests`" in line
+    line = one_line(compimg(["parse", "--stage", "run"], project, NO_ENGINE))
+    assert line == "--stage goes with --lowered: write `compimg parse --lowered --stage run`"
+    line = one_line(compimg(["build", "--tag", "unit_tests=x"], project, NO_ENGINE))
+    assert "run `compimg build --target unit_tests`" in line
+    line = one_line(compimg(["shell", "--help"], project, NO_ENGINE))
+    assert line.endswith("for help on it run `compimg --help shell`")
+    for path in (ROOT / "invoke_compimg").glob("*.py"):  # no message sends users to our own scripts
+        assert "scripts/engine" not in path.read_text(), path
+
+
+# --- 5. output ------------------------------------------------------------------------------
+
+def test_the_python_api_prints_nothing_when_quiet(tmp_path: Path) -> None:
+    project = example(tmp_path / "app", TASKS + API_TASKS)
+    quiet = run_invoke(["--dry", "api"], project, {**NO_ENGINE, "INVOKE_COMPIMG_PROGRESS": "quiet"})
+    assert quiet.returncode == 0 and quiet.stdout.splitlines()[0].startswith("API-PARSED"), quiet.stderr
+    loud = run_invoke(["--dry", "api"], project, NO_ENGINE)
+    assert loud.stdout.startswith('{\n  "final": "run"')
+    # The parse task always prints what it shows.
+    task = run_invoke(["compimg.parse"], project, {**NO_ENGINE, "INVOKE_COMPIMG_PROGRESS": "quiet"})
+    assert "final: run" in task.stdout
+
+
+@pytest.mark.engine
+def test_release_builds_tags_reports_and_cleans(make_project, api, unique: str) -> None:  # type: ignore[no-untyped-def]
+    files = {p.name: p.read_text() for p in EXAMPLE.iterdir() if p.name != "Dockerfile"}
+    files["tasks.py"] = TASKS.replace("my-app:1.0", f"{unique}:1.0")
+    files["invoke.yaml"] = files["invoke.yaml"].replace("my-app-build", f"{unique}-build")
+    project = make_project((EXAMPLE / "Dockerfile").read_text(), files)
+    folder = project.context
+    result = run_invoke(["release"], folder)
+    assert result.returncode == 0, result.stderr
+    image = api.inspect_image(f"{unique}:1.0")["Id"]
+    assert f"[run] tagged {unique}:1.0 ({image})" in result.stdout
+    assert f"[build] tagged {unique}-build (sha256:" in result.stdout
+    assert re.search(r"^stage\s+image\s+size\s+seconds\s+builder$", result.stdout, re.M)
+    assert "final image 'run'" in result.stdout and "released" in result.stdout
+    intermediate = run_invoke(["compimg.build", "--target", "build"], folder)
+    assert intermediate.returncode == 0 and "builder" in intermediate.stdout
+    assert "final image" not in intermediate.stdout  # no ratio line for an intermediate target
+    # Each stage has its stable name and its reuse record, in the project's one repository.
+    names = sorted(ref.partition(":")[2] for i in api.images(name=project.repository) for ref in i["RepoTags"])
+    assert [n for n in names if "--I-" not in n] == ["build", "run"]
+    assert sorted(n.partition("--I-")[0] for n in names if "--I-" in n) == ["build", "run"]
+    cleaned = run_invoke(["compimg.clean"], folder)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert re.search(r"removed \d+ container\(s\) and \d+ image\(s\) of compimg/\S+; 2 image\(s\) only untagged",
+                     cleaned.stdout), cleaned.stdout
+    assert api.images(name=project.repository) == []
+    assert api.inspect_image(f"{unique}:1.0")["Id"] == image  # the user's names stay
+
+
+@pytest.mark.engine
+def test_live_view_on_a_terminal(make_project, unique: str) -> None:  # type: ignore[no-untyped-def]
+    import pty
+    import select
+    import time
+
+    project = make_project(f"NAME slow\nFROM busybox\nRUN echo {unique} && sleep 3 && echo done > /x\n"
+                           "NAME run\nFROM busybox\nCOPY slow:/x /x\n")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: compimg build on a real terminal, 100 columns
+        os.chdir(project.context)
+        os.environ["COLUMNS"], os.environ["LINES"], os.environ["TERM"] = "100", "30", "xterm"
+        os.execv(sys.executable, [*COMPIMG, "build", "--no-cache"])
+    seen = b""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    _, status = os.waitpid(pid, 0)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    # While it ran: the stage's line with its step and elapsed time.
+    assert re.search(r"slow\s+RUN echo " + unique + r".*\d+\.\ds", text), text
+    # Once finished: one collapsed line per stage, kept in the scrollback.
+    assert re.search(r"✔ slow\s+\d+\.\ds\s+built [0-9a-f]{12}", text), text
+    assert re.search(r"✔ run\s+\d+\.\ds\s+built [0-9a-f]{12}", text), text
