@@ -360,7 +360,8 @@ def test_live_view_on_a_terminal(make_project, unique: str) -> None:  # type: ig
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
     assert os.waitstatus_to_exitcode(status) == 0, text
     # While it ran: the stage's line with its step and elapsed time.
-    assert re.search(r"slow\s+RUN echo " + unique + r".*\d+\.\ds", text), text
+    assert re.search(r"slow\s+\[slow 2/2\] RUN echo " + unique + r".*?\d+\.\ds", text), text
     # Once finished: one collapsed line per stage, kept in the scrollback.
     assert re.search(r"✔ slow\s+\d+\.\ds\s+built [0-9a-f]{12}", text), text
     assert re.search(r"✔ run\s+\d+\.\ds\s+built [0-9a-f]{12}", text), text
+    assert "stopped" not in text  # a stage of a successful build is never left "stopped"
