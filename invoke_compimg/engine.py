@@ -34,19 +34,123 @@ NEVER_RUN = ["/compimg-container-is-never-started"]
 DATA_CHUNK = 1 << 20
 
 
+SSH_CLIENT_VARIABLE = "COMPIMG_SSH_CLIENT"
+
+
 def connect(version: str = "auto") -> docker.APIClient:
-    """A low-level client for the engine named by DOCKER_HOST (TLS settings included)."""
+    """A low-level client for the engine named by DOCKER_HOST (TLS settings included).
+
+    For `ssh://` the SDK has two transports: paramiko (in process; reads ~/.ssh/config,
+    ~/.ssh/known_hosts and the usual keys, refuses unknown hosts) and the system `ssh`
+    client (`ssh ... docker system dial-stdio`, with the user's whole OpenSSH setup: agent,
+    ProxyJump, ...). COMPIMG_SSH_CLIENT=1 picks the system client, 0 paramiko; unset, paramiko
+    when it is installed, else the system client."""
+    params = docker.utils.kwargs_from_env()
+    url = str(params.get("base_url") or "")
+    if url.startswith("ssh://"):
+        params["use_ssh_client"] = use_ssh_client()
+        if params["use_ssh_client"]:
+            _probe_ssh(url)  # ssh's own complaint, as our one line (the SDK lets it reach stderr)
     try:
-        api = docker.APIClient(version=version, **docker.utils.kwargs_from_env())
+        api = docker.APIClient(version=version, **params)
     except docker.errors.DockerException as exc:
+        if url.startswith("ssh://"):
+            raise EngineError(f"cannot reach the Docker engine at {address()} through ssh ({_reason(exc)}); "
+                              f"check that `ssh {_ssh_target(url)} docker version` works") from exc
         reason = _reason(exc)
         advice = ("ask for access to its socket (e.g. join the `docker` group) or run as root"
                   if reason == "permission denied" else "start Docker, or set DOCKER_HOST to the engine to use")
-        raise EngineError(f"cannot reach the Docker engine at {_address()} ({reason}); {advice}") from exc
+        raise EngineError(f"cannot reach the Docker engine at {address()} ({reason}); {advice}") from exc
+    except Exception as exc:  # paramiko's own exceptions come out of the constructor unwrapped
+        if not url.startswith("ssh://"):
+            raise
+        raise EngineError(_ssh_failure(url, exc)) from exc
     return api
 
 
-def _address() -> str:
+def use_ssh_client() -> bool:
+    """Which ssh transport: see `connect`."""
+    chosen = os.environ.get(SSH_CLIENT_VARIABLE, "").strip().lower()
+    if chosen in ("1", "true", "yes", "on"):
+        return True
+    if chosen in ("0", "false", "no", "off"):
+        if not _has_paramiko():
+            raise EngineError(f"{SSH_CLIENT_VARIABLE}={chosen} asks for paramiko, which is not installed; "
+                              f"pip install paramiko, or set {SSH_CLIENT_VARIABLE}=1 to use the ssh command")
+        return False
+    if chosen:
+        raise EngineError(f"{SSH_CLIENT_VARIABLE} {chosen!r}: write 1 (the ssh command) or 0 (paramiko)")
+    return not _has_paramiko()
+
+
+def _has_paramiko() -> bool:
+    try:
+        import paramiko  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ssh_target(url: str) -> str:
+    """`ssh://user@host:port` -> `-p port user@host`, as one would type it."""
+    rest = url[len("ssh://"):].split("/", 1)[0]
+    host, _, port = rest.rpartition(":") if rest.rfind(":") > rest.rfind("]") else (rest, "", "")
+    return f"-p {port} {host}" if port else host
+
+
+def _ssh_failure(url: str, exc: BaseException) -> str:
+    """Paramiko's exceptions (and socket errors) as one line that says what to check."""
+    name = type(exc).__name__
+    text = " ".join(str(exc).split())[:200]
+    if name == "NoValidConnectionsError" or isinstance(exc, ConnectionError):
+        what, check = "nothing answers ssh there", "check the host and port, and that sshd runs"
+    elif name in ("AuthenticationException", "BadAuthenticationType", "PasswordRequiredException"):
+        what, check = "the server refused our keys", "check the user name and that your key is authorised there"
+    elif name == "BadHostKeyException" or "known_hosts" in text:
+        what, check = "unknown or changed host key", "connect once with `ssh` to check and accept the host key"
+    elif isinstance(exc, OSError):
+        what, check = _reason(exc), "check the host name and port"
+    else:
+        what, check = name, "check that `ssh` to it works"
+    return (f"cannot reach the Docker engine at {address()} through ssh ({what}: {text}); {check} "
+            f"(`ssh {_ssh_target(url)} docker version`)")
+
+
+_ssh_checked: set[str] = set()
+
+
+def _probe_ssh(url: str) -> None:
+    """Run the SDK's own command once per address (`ssh ... docker system dial-stdio`, input
+    closed so it ends at once), keeping ssh's message for our one line."""
+    if url in _ssh_checked:
+        return
+    import subprocess  # only for ssh://
+
+    target = _ssh_target(url).split()
+    user_host = target[-1]
+    args = ["ssh", *target[:-1]]
+    if "@" in user_host:
+        user, user_host = user_host.split("@", 1)
+        args += ["-l", user]
+    try:
+        done = subprocess.run([*args, "--", user_host, "docker system dial-stdio"], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"cannot reach the Docker engine at {address()} through ssh ({_reason(exc)}); "
+                          "check that the `ssh` command is installed and the host answers") from exc
+    if done.returncode == 255:  # ssh's own failure, not the remote command's
+        said = " ".join((done.stderr.strip().splitlines() or ["ssh failed"])[-1].split())
+        raise EngineError(f"cannot reach the Docker engine at {address()} through ssh ({said}); "
+                          f"check that `ssh {_ssh_target(url)} docker version` works")
+    if done.returncode != 0:
+        said = " ".join((done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1].split())
+        raise EngineError(f"cannot reach the Docker engine at {address()}: `docker system dial-stdio` failed "
+                          f"on the ssh host ({said}); check that Docker's CLI is installed there and its "
+                          "engine runs")
+    _ssh_checked.add(url)
+
+
+def address() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
@@ -73,13 +177,59 @@ def engine_errors(what: str, *, where: str | None = None, line: int | None = Non
         raise EngineError(f"{what}: {_explanation(exc)}", where=where, line=line) from exc
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
             docker.errors.DockerException) as exc:
-        raise EngineError(f"{what}: lost the Docker engine at {_address()} ({_reason(exc)}); "
+        raise EngineError(f"{what}: lost the Docker engine at {address()} ({_reason(exc)}); "
                           "check that it is running, then retry", where=where, line=line) from exc
 
 
 def _explanation(exc: docker.errors.APIError) -> str:
     text = exc.explanation if isinstance(exc.explanation, str) else str(exc)
     return " ".join(str(text).split())
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """What answers at DOCKER_HOST, from `/version` (asked once per address)."""
+
+    podman: bool  # Podman's Docker-compatible service (`Podman Engine` component)
+    os: str  # linux, windows
+    version: str
+
+    @property
+    def buildkit(self) -> bool:
+        """Does `/build?version=2` run BuildKit? Docker on Linux does; Podman answers it
+        with its own classic builder, and Windows engines have none."""
+        return not self.podman and self.os == "linux"
+
+    @property
+    def name(self) -> str:
+        return f"Podman {self.version}" if self.podman else f"Docker {self.version} ({self.os})"
+
+
+_kinds: dict[str, EngineKind] = {}
+
+
+def kind(api: docker.APIClient) -> EngineKind:
+    if api.base_url not in _kinds:
+        with engine_errors("asking the engine its version"):
+            found = api.version()
+        components = {c.get("Name", ""): c for c in found.get("Components") or []}
+        podman = "Podman Engine" in components
+        version = str((components.get("Podman Engine") or {}).get("Version") or found.get("Version") or "?")
+        _kinds[api.base_url] = EngineKind(podman, str(found.get("Os") or "linux").lower(), version)
+    return _kinds[api.base_url]
+
+
+def pull(api: docker.APIClient, ref: str, on_event: Callable[[BuildEvent], None]) -> None:
+    """Pull `ref` through the engine (with the credentials the SDK finds for it)."""
+    repository, _, tag_ = _split_ref(ref)
+    with engine_errors(f"pulling {ref}"):
+        for message in api.pull(repository, tag=tag_ or "latest", stream=True, decode=True):
+            if "error" in message:
+                raise EngineError(f"pulling {ref}: {message['error']}; check the name, or log in "
+                                  "to its registry (docker login)")
+            if message.get("status") and not message.get("progressDetail"):
+                layer = message.get("id")
+                on_event(BuildEvent("log", f"{layer + ': ' if layer else ''}{message['status']}\n"))
 
 
 @dataclass(frozen=True)
