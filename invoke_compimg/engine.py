@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -414,6 +415,9 @@ def untag(api: docker.APIClient, ref: str) -> None:
         api.remove_image(ref, force=False, noprune=False)
 
 
+_PUSHED_DIGEST = re.compile(r"\bdigest: (sha256:[0-9a-f]{64})\b")
+
+
 def push(api: docker.APIClient, ref: str, on_event: Callable[[BuildEvent], None]) -> str:
     """Push `ref`; return the digest the registry gave it (`sha256:...`)."""
     repository, _, tag_ = _split_ref(ref)
@@ -426,6 +430,9 @@ def push(api: docker.APIClient, ref: str, on_event: Callable[[BuildEvent], None]
             if isinstance(aux, dict) and aux.get("Digest"):
                 digest = str(aux["Digest"])
             status = message.get("status")
+            found = _PUSHED_DIGEST.search(str(status or ""))
+            if found and not digest:  # Podman says it only in words: `v1: digest: sha256:... size: N`
+                digest = found.group(1)
             if status:
                 layer = message.get("id")
                 progress = message.get("progress") or ""

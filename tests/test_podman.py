@@ -1,0 +1,207 @@
+"""The user-level scenarios against a real Podman service (tests/peers.py: its own storage,
+run state and configuration in a temp folder, stopped and removed afterwards), through
+`compimg` and `invoke` subprocesses with DOCKER_HOST set to it.
+
+What Podman 4.3's compatible API does differently (see test_peers.py) and how we answer:
+classic builder only (`auto` picks it; `--builder buildkit` is one line), `STEP n/m:` lines,
+names reported as `docker.io/...`, `network: none` sent as `NetworkDisabled`, no build cancel
+(Ctrl-C says so: the running step ends on its own and nothing is tagged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import peers
+import pytest
+from conftest import ROOT
+
+from invoke_compimg.names import normalise_ref
+from invoke_compimg.project import Project
+
+pytestmark = pytest.mark.engine
+
+# The peers' fixtures, bound here so pytest finds them (a plain import would read as unused).
+podman_service = peers.podman_service
+registry = peers.registry
+
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+INVOKE = [sys.executable, "-m", "invoke"]
+TASKS = "from invoke import Collection\nimport invoke_compimg\n\nns = Collection()\n" \
+        "ns.add_collection(invoke_compimg.collection())\n"
+
+
+def _env(peer: peers.PodmanPeer, **more: str) -> dict[str, str]:
+    return {**os.environ, **peer.env, "DOCKER_HOST": peer.docker_host, "PYTHONUNBUFFERED": "1", **more}
+
+
+def _run(command: list[str], cwd: Path, peer: peers.PodmanPeer, timeout: float = 600,
+         **more: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=cwd, env=_env(peer, **more), capture_output=True, text=True, timeout=timeout)
+
+
+def _project(tmp_path: Path, dockerfile: str, name: str = "proj") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(dockerfile)
+    (folder / "tasks.py").write_text(TASKS)
+    return folder
+
+
+def _names(peer: peers.PodmanPeer) -> set[str]:
+    """Every image name Podman holds, as Docker's CLI would show it."""
+    listed = peer.podman("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    return {normalise_ref(n) for n in listed if not n.startswith("<none>")}
+
+
+def _image_count(peer: peers.PodmanPeer) -> int:
+    return len(peer.podman("images", "--all", "--quiet", "--no-trunc").stdout.split())
+
+
+def _repository(folder: Path) -> str:
+    return Project(folder / "Dockerfile", folder).repository
+
+
+def test_hello_go_build_run_extract_shell_clean(podman_service: peers.PodmanPeer, tmp_path: Path) -> None:
+    peer = podman_service
+    project = tmp_path / "hello"
+    shutil.copytree(ROOT / "examples/hello-go", project)
+    built = _run([*COMPIMG, "build", "--tag", "build=pm-hello-build", "--tag", "pm-hello:v1"], project, peer)
+    assert built.returncode == 0, built.stderr
+    assert "classic" in built.stdout  # auto chose the classic builder
+    assert {"pm-hello:v1", "pm-hello-build:latest"} <= _names(peer)
+    ran = peer.podman("run", "--rm", "--network", "none", "pm-hello:v1")
+    assert ran.stdout == "Hello, 世界\n", ran.stderr
+
+    out = tmp_path / "out"
+    extracted = _run([*COMPIMG, "extract-artifact", "build:/go/bin/app", "--dest", str(out)], project, peer)
+    assert extracted.returncode == 0, extracted.stderr
+    assert subprocess.run([str(out / "app")], capture_output=True, text=True).stdout == "Hello, 世界\n"
+
+    shell = _run([*COMPIMG, "shell", "run", "--cmd", "sh -c './app; echo to-stderr >&2; exit 3'"], project, peer)
+    assert shell.returncode == 3, shell.stderr
+    assert shell.stdout.endswith("Hello, 世界\n") and shell.stderr.startswith("to-stderr\n")
+    assert peer.podman("ps", "--all", "--external", "--quiet").stdout == ""  # no container left
+
+    # Our names in Podman's spelling (docker.io/compimg/...) are found and removed; the
+    # user's own tags stay.
+    repository = _repository(project)
+    assert [n for n in _names(peer) if n.startswith(repository + ":")]
+    cleaned = _run([*COMPIMG, "clean"], project, peer)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not [n for n in _names(peer) if n.startswith(repository + ":")]
+    assert {"pm-hello:v1", "pm-hello-build:latest"} <= _names(peer)
+    peer.podman("rmi", "pm-hello:v1", "pm-hello-build")
+
+
+def test_rebuilds_do_not_pile_up_and_warm_builds_are_noops(podman_service: peers.PodmanPeer,
+                                                           tmp_path: Path) -> None:
+    peer = podman_service
+    project = tmp_path / "hello"
+    shutil.copytree(ROOT / "examples/hello-go", project)
+    first = _run([*COMPIMG, "build", "--progress", "plain"], project, peer)
+    assert first.returncode == 0, first.stderr
+    after_first = _image_count(peer)
+    started = time.monotonic()
+    warm = _run([*COMPIMG, "build", "--progress", "plain"], project, peer)
+    warm_seconds = time.monotonic() - started
+    assert warm.returncode == 0, warm.stderr
+    assert "[build] reused" in warm.stdout and "[run] reused" in warm.stdout
+    assert "STEP" not in warm.stdout and " RUN " not in warm.stdout  # nothing sent to Podman
+    assert warm_seconds < 15
+    for word in ("monde", "world"):  # two edits, two rebuilds: the same number of images
+        main = project / "main.go"
+        main.write_text(main.read_text().replace("世界", f"{word} 世界"))
+        again = _run([*COMPIMG, "build"], project, peer)
+        assert again.returncode == 0, again.stderr
+        assert _image_count(peer) == after_first
+    assert _run([*COMPIMG, "clean"], project, peer).returncode == 0
+
+
+def test_failing_run_names_the_users_line(podman_service: peers.PodmanPeer, tmp_path: Path) -> None:
+    project = _project(tmp_path, "NAME a\nFROM busybox\nRUN echo one\n\nRUN echo before; exit 3\n"
+                                 "NAME b\nFROM busybox\nCOPY a:/etc/hostname /x\n")
+    result = _run([*COMPIMG, "build", "--progress", "plain"], project, podman_service)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{project / 'Dockerfile'}:5: stage 'a' failed at RUN echo before; exit 3: ")
+    assert "exit status 3" in lines[0]
+    assert "before\n" in result.stdout  # the step's output, from Podman's STEP lines
+    assert podman_service.podman("ps", "--all", "--external", "--quiet").stdout == ""
+
+
+@pytest.mark.parametrize(("network", "isolated"), [("none", True), ("", False)])
+def test_network_none_isolates_run(podman_service: peers.PodmanPeer, tmp_path: Path, network: str,
+                                   isolated: bool) -> None:
+    """`network: none` is sent as Podman's NetworkDisabled: RUN sees only lo. Without it
+    Podman 4.3 runs RUN in the host's network (the contrast shows the test can fail)."""
+    project = _project(tmp_path, f"FROM busybox\nRUN cat /proc/net/dev # {network or 'default'}\n")
+    result = _run([*COMPIMG, "build", "--progress", "plain", "--no-cache"], project, podman_service,
+                  INVOKE_COMPIMG_NETWORK=network)
+    assert result.returncode == 0, result.stderr
+    interfaces = {line.split("]", 1)[1].split(":")[0].strip() for line in result.stdout.splitlines()
+                  if line.startswith("[stage-0] ") and ":" in line and "|" not in line and "#" not in line}
+    assert (interfaces == {"lo"}) is isolated, result.stdout
+    _run([*COMPIMG, "clean"], project, podman_service)
+
+
+def test_push_to_a_loopback_registry(podman_service: peers.PodmanPeer, registry: str, tmp_path: Path) -> None:
+    project = _project(tmp_path, "NAME build\nFROM busybox\nRUN echo pushed > /x\nNAME run\nFROM busybox\n"
+                                 "COPY build:/x /x\n")
+    ref = f"{registry}/compimg-podman/app:v1"
+    result = _run([*COMPIMG, "build", "--tag", ref, "--push"], project, podman_service)
+    assert result.returncode == 0, result.stderr
+    assert f"[run] pushed {ref}@sha256:" in result.stdout  # Podman gives the digest only in words
+    with urllib.request.urlopen(f"http://{registry}/v2/compimg-podman/app/tags/list") as response:
+        assert json.load(response)["tags"] == ["v1"]
+    _run([*COMPIMG, "clean"], project, podman_service)
+    podman_service.podman("rmi", ref)
+
+
+def test_builder_buildkit_is_one_line(podman_service: peers.PodmanPeer, tmp_path: Path) -> None:
+    project = _project(tmp_path, "FROM busybox\nRUN true\n")
+    result = _run([*COMPIMG, "build", "--builder", "buildkit"], project, podman_service)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"--builder buildkit: Podman 4.3.1 at {podman_service.docker_host} offers no BuildKit; "
+        "use --builder classic (or auto)"], result.stderr
+
+
+@pytest.mark.parametrize("runner", ["compimg", "invoke"])
+def test_ctrl_c_mid_run(podman_service: peers.PodmanPeer, tmp_path: Path, runner: str) -> None:
+    """No cancel API: the line says the step finishes on its own; exit 130; nothing tagged;
+    Podman's working container goes once the step ends."""
+    peer = podman_service
+    project = _project(tmp_path, f"FROM busybox\nRUN echo started; sleep 6; echo finished # {runner}\n")
+    command = [*COMPIMG, "build"] if runner == "compimg" else [*INVOKE, "compimg.build"]
+    process = subprocess.Popen([*command, "--tag", f"pm-interrupted-{runner}:v1", "--progress", "plain"],
+                               cwd=project, env=_env(peer), text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "started" in line:
+                break
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 130 and time.monotonic() - sent < 5, err
+        assert err.strip().splitlines() == [
+            "interrupted: Podman has no API to cancel a build, so the step it is running finishes on its own "
+            "and nothing is tagged; temporary containers and folders of this run were removed"], err
+    finally:
+        process.kill()
+    deadline = time.monotonic() + 30
+    while peer.podman("ps", "--all", "--external", "--quiet").stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert peer.podman("ps", "--all", "--external", "--quiet").stdout == ""
+    repository = _repository(project)
+    assert not [n for n in _names(peer) if n.startswith(("pm-interrupted", repository))]
