@@ -11,6 +11,7 @@ import io
 import os
 import re
 import tarfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -242,16 +243,17 @@ class BuildEvent:
 
 
 def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str, str],
-          no_cache: bool, network: str | None, cache_from: tuple[str, ...] = (),
+          no_cache: bool, network: str | None, cache_from: tuple[str, ...] = (), tag: str | None = None,
           on_event: Callable[[BuildEvent], None]) -> str | None:
     """Send one single-stage build; return the image ID from the `aux` message, or None
     when the stream ended without one (the error events say why)."""
     image_id: str | None = None
+    cache_from = ensure_cache_sources(api, cache_from, on_event)
     archive.seek(0)
     stream = api.build(
         fileobj=archive, custom_context=True, dockerfile=DOCKERFILE_IN_CONTEXT,
         rm=True, forcerm=True, decode=True, nocache=no_cache, pull=False,
-        buildargs=dict(build_args), network_mode=network, cache_from=list(cache_from) or None,
+        buildargs=dict(build_args), network_mode=network, cache_from=list(cache_from) or None, tag=tag,
     )
     for message in stream:
         if not isinstance(message, dict):
@@ -268,6 +270,34 @@ def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str,
         elif isinstance(message.get("status"), str):
             on_event(BuildEvent("log", message["status"] + "\n"))
     return image_id
+
+
+_cache_lock = threading.Lock()
+_cache_unavailable: dict[tuple[str, str], str] = {}  # (engine, ref) -> why it was left out
+
+
+def ensure_cache_sources(api: docker.APIClient, refs: tuple[str, ...],
+                         on_event: Callable[[BuildEvent], None]) -> tuple[str, ...]:
+    """The `--cache-from` refs the classic builder can use. It reads only images the engine
+    holds (BuildKit fetches a ref's inline cache from its registry itself), so those it lacks
+    are pulled first, once per process; one that cannot be pulled is left out with one line,
+    as BuildKit does, and the build goes on without it."""
+    usable: list[str] = []
+    with _cache_lock:  # stages built side by side need the same pulls: one at a time
+        for ref in refs:
+            key = (str(api.base_url), ref)
+            if key in _cache_unavailable:
+                continue
+            if inspect(api, ref) is None:
+                on_event(BuildEvent("log", f"pulling cache source {ref}\n"))
+                try:
+                    pull(api, ref, lambda event: None)
+                except EngineError as exc:
+                    _cache_unavailable[key] = str(exc)
+                    on_event(BuildEvent("log", f"cache source {ref} not used: {exc}\n"))
+                    continue
+            usable.append(ref)
+    return tuple(usable)
 
 
 def tag(api: docker.APIClient, image_id: str, ref: str) -> None:
