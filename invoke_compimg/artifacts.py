@@ -8,13 +8,14 @@ import docker
 
 from . import engine
 from .errors import UserError
-from .extract import Extracted, extract
+from .names import short_id
 from .progress import Reporter
 from .project import Project
+from .safe_extract import Extracted, extract
 
 
 def copy_out(api: docker.APIClient, project: Project, stage: str, image_id: str, path: str, dest: str,
-             reporter: Reporter) -> Extracted:
+             reporter: Reporter, *, shell_task: str = "shell") -> Extracted:
     """Copy PATH of `image_id` (stage `stage`) into `dest` like `docker cp`, through a
     container that is created, never started, and always removed."""
     engine.reap_leftovers(api, project.slug)
@@ -26,8 +27,8 @@ def copy_out(api: docker.APIClient, project: Project, stage: str, image_id: str,
                 with engine.engine_errors(f"copying {spec}"), engine.open_tar_stream(chunks) as archive:
                     return extract(archive, dest, spec)
         except FileNotFoundError:
-            raise UserError(f"'{path}' does not exist in stage '{stage}'; check the path with the "
-                            f"shell task (shell {stage})", where=str(project.dockerfile),
+            raise UserError(f"'{path}' does not exist in stage '{stage}'; check the path with "
+                            f"`{shell_task} {stage}`", where=str(project.dockerfile),
                             line=project.graph.stage(stage).line) from None
 
 
@@ -40,7 +41,9 @@ def clean(project: Project, api: docker.APIClient, out: TextIO) -> tuple[int, in
     for _, tag in tags:
         engine.untag(api, tag)
     images = {image_id for image_id, _ in tags}
-    kept = [i for i in images if engine.inspect(api, i) is not None]
-    out.write(f"removed {containers} container(s) and {len(images) - len(kept)} image(s) of "
-              f"{project.repository}; {len(kept)} image(s) only untagged (you tagged them too)\n")
+    kept = {i: found.get("RepoTags") or [] for i in images if (found := engine.inspect(api, i)) is not None}
+    out.write(f"removed {containers} container(s) and {len(images) - len(kept)} image(s) of {project.repository}\n")
+    for image_id, names in sorted(kept.items()):
+        held = f"still named {', '.join(names)}" if names else "still used by another image or container"
+        out.write(f"untagged {short_id(image_id)}, kept: {held}\n")
     return containers, len(images) - len(kept)

@@ -254,13 +254,13 @@ def solve(api: Any, context: IO[bytes], *, dockerfile: str, target: str | None =
     progress to `on_status`. `network` is sent as is (see `network_for`). `on_message`, if
     given, sees every raw JSON message first (the tests record streams with it).
 
-    Raises BuildRejected when the engine answers with an HTTP error before streaming, and
-    EngineError when the connection to the engine breaks. Whatever ends the call (the end of
-    the stream, an exception in a callback, KeyboardInterrupt) closes the response, and the
-    engine cancels a solve whose connection is closed.
+    Raises BuildRejected when the engine answers with an HTTP error before streaming; a
+    broken connection raises the transport's own error (`engine.engine_errors` maps it).
+    Whatever ends the call (the end of the stream, an exception in a callback,
+    KeyboardInterrupt) closes the response, and the engine cancels a solve whose
+    connection is closed.
     """
     import docker
-    import requests
 
     params: dict[str, Any] = {"version": "2", "dockerfile": dockerfile, "t": list(tags),
                               "buildargs": json.dumps(dict(build_args or {})),
@@ -305,10 +305,6 @@ def solve(api: Any, context: IO[bytes], *, dockerfile: str, target: str | None =
             elif "errorDetail" in message or "error" in message:
                 detail = message.get("errorDetail") or {}
                 error = str(detail.get("message") or message.get("error") or "build failed")
-    except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
-        if isinstance(exc, EngineError):
-            raise
-        raise EngineError(f"lost the Docker engine during a build ({_explanation(exc)})") from exc
     finally:
         if response is not None:
             response.close()  # closes the connection: the engine cancels an unfinished solve
@@ -456,7 +452,7 @@ class Progress:
             self.vertexes[update.digest] = vertex
             if vertex.started is not None or vertex.cached:
                 events += self._once(vertex, "start", vertex.name)
-            if vertex.cached:
+            if vertex.cached and (vertex.digest, "done") not in self._reported:
                 events += self._once(vertex, "cached")
             if vertex.error:
                 events += self._flush(vertex.digest)

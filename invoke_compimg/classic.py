@@ -78,11 +78,13 @@ class _Stream:
 
 def build(api: docker.APIClient, *, stage: str, lowered: Lowered, ids: Mapping[str, str],
           archive: IO[bytes], build_args: Mapping[str, str], no_cache: bool, network: str | None,
-          cache_from: tuple[str, ...], reporter: Reporter, where: str, line: int) -> str:
+          cache_from: tuple[str, ...], reporter: Reporter, where: str, line: int, tag: str | None = None) -> str:
     """Build stage `stage` from `archive` (its lowered Dockerfile with the placeholders
     filled from `ids`, and the context files it reads); return the image ID. A failure is
     one EngineError line, `Dockerfile:LINE: stage 'x' failed at INSTRUCTION: message`, with
-    the user's line and instruction, and stage names where the engine said image IDs."""
+    the user's line and instruction, and stage names where the engine said image IDs.
+    `tag` names the image as it is made, so it is never an unnamed image that a prune
+    running at the same moment could take."""
     stream = _Stream(stage, lowered, reporter)
 
     def on_event(event: engine.BuildEvent) -> None:
@@ -94,7 +96,7 @@ def build(api: docker.APIClient, *, stage: str, lowered: Lowered, ids: Mapping[s
     try:
         with engine.engine_errors(f"stage '{stage}'", where=where, line=line):
             image_id = engine.build(api, archive, build_args=build_args, no_cache=no_cache,
-                                    network=network, cache_from=cache_from, on_event=on_event)
+                                    network=network, cache_from=cache_from, tag=tag, on_event=on_event)
     finally:
         stream.close()
     if stream.errors or image_id is None:

@@ -43,6 +43,16 @@ class Lowered:
     text: str  # the whole Dockerfile sent
     steps: tuple[Step, ...]  # classic: every line in order (global ARGs first)
     stages: Mapping[str, tuple[Step, ...]]  # multi-stage: each stage's lines, FROM first
+    lines: Mapping[int, Step]  # 1-based line of `text` -> the step written there
+
+    @staticmethod
+    def of(entries: list[tuple[str, Step | None]], steps: tuple[Step, ...],
+           stages: Mapping[str, tuple[Step, ...]]) -> Lowered:
+        """From the file's lines in order, each with the step it writes (None: blank, header)."""
+        while entries and not entries[0][0]:
+            entries.pop(0)
+        text = "\n".join(line for line, _ in entries) + "\n"
+        return Lowered(text, steps, stages, {n: step for n, (_, step) in enumerate(entries, 1) if step})
 
 
 Namer = Callable[[str], str]  # how a reference to a stage is written
@@ -127,8 +137,9 @@ def per_stage(graph: Graph, name: str) -> Lowered:
     stage = graph.stage(name)
     steps = tuple(Step(arg.text, arg) for arg in graph.global_args)
     steps += _stage_steps(stage, placeholder, None)
-    text = "\n".join([*_header(graph), *(s.text for s in steps)]) + "\n"
-    return Lowered(text, steps, {stage.name: steps})
+    entries: list[tuple[str, Step | None]] = [(line, None) for line in _header(graph)]
+    entries += [(s.text, s) for s in steps]
+    return Lowered.of(entries, steps, {stage.name: steps})
 
 
 def multi_stage(graph: Graph, stages: Iterable[Stage] | None = None, *, name_all: bool = True,
@@ -143,12 +154,12 @@ def multi_stage(graph: Graph, stages: Iterable[Stage] | None = None, *, name_all
     Dockerfile beside that folder, it is not."""
     chosen = tuple(graph.stages if stages is None else stages)
     referenced = {dep for stage in chosen for dep in stage.depends_on}
-    lines = _header(graph) + [arg.text for arg in graph.global_args]
+    entries: list[tuple[str, Step | None]] = [(line, None) for line in _header(graph)]
+    entries += [(arg.text, Step(arg.text, arg)) for arg in graph.global_args]
     per: dict[str, tuple[Step, ...]] = {}
     for stage in chosen:
         alias = stage.name if name_all or stage.named or stage.name in referenced else None
         per[stage.name] = _stage_steps(stage, lambda n: n, alias, context_prefix)
-        lines += ["", *(s.text for s in per[stage.name])]
-    text = "\n".join(lines).lstrip("\n") + "\n"
-    return Lowered(text, tuple(s for steps in per.values() for s in steps), per)
+        entries += [("", None), *((s.text, s) for s in per[stage.name])]
+    return Lowered.of(entries, tuple(s for steps in per.values() for s in steps), per)
 

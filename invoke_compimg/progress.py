@@ -131,6 +131,8 @@ def _isatty(stream: Any) -> bool:
 
 
 def _finished_words(how: str, image_id: str) -> str:
+    if not image_id:  # built inside another stage's BuildKit solve: no image of its own
+        return how
     words = f"{how} {short_id(image_id)}"
     return words + " (inputs unchanged)" if how == "reused" else words
 
@@ -261,8 +263,8 @@ class QuietReporter:
     def stage_failed(self, stage: str, message: str) -> None:
         with self._lock:
             tail = list(self._tails.pop(stage, ()))
-        self._write(self.err, [*(f"[{stage}] {line}" for line in tail),
-                               f"[{stage}] ERROR: {' '.join(clean_lines(message))}"])
+        # The error itself is the one line the raised exception prints after this.
+        self._write(self.err, [f"[{stage}] {line}" for line in tail])
 
     def note(self, text: str, stage: str | None = None) -> None:
         pass

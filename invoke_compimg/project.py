@@ -34,7 +34,7 @@ class Project:
     def __init__(self, dockerfile: str | Path, context: str | Path, graph: Graph | None = None) -> None:
         self.dockerfile = Path(dockerfile)
         self.context = Path(context)
-        self.graph = graph if graph is not None else parse_file(self.dockerfile)
+        self.graph = graph if graph is not None else parse_file(self.dockerfile, context=self.context)
         self.slug = project_slug(self.dockerfile, self.context)
         # Images built in this process, keyed by what changes the result (see session).
         self.memo: dict[object, StageResult] = {}

@@ -9,19 +9,31 @@ by image ID), a requested target with BuildKit (one solve of every stage it need
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 import docker
 
-from . import classic, context, engine, lowering, reuse, scheduler
-from .errors import UserError
-from .graph import PREDEFINED_ARGS, Stage
+from . import buildkit, buildkit_builder, classic, context, engine, lowering, reuse, scheduler
+from .errors import Interrupted, UserError
+from .graph import PREDEFINED_ARGS, Copy, Instruction, Run, Stage
 from .progress import Reporter, Row
 from .project import Project, StageResult
 from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Plan:
+    text: str  # the Dockerfile sent
+    lowered: lowering.Lowered
+    paths: list[str]  # context paths sent
+    images: tuple[str, ...]  # external images read
+    prefix: str  # the folder the context goes under (BuildKit)
+    ids: dict[str, str]  # classic: the image IDs of the stages it reads
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,7 @@ class Session:
         self._main_api = api
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._running: set[str] = set()  # BuildKit solves going on (their build IDs)
 
     @property
     def api(self) -> docker.APIClient:
@@ -59,25 +72,100 @@ class Session:
             self._local.api = client
         return client
 
-    @property
+    @functools.cached_property
     def builder(self) -> str:
-        return "classic"
+        """The builder that runs: `auto` takes BuildKit where the engine offers it."""
+        kind = engine.kind(self.api)
+        if self.settings.builder == "auto":
+            return "buildkit" if kind.buildkit and not classic_only(self.project.graph.stages) else "classic"
+        if self.settings.builder == "buildkit" and not kind.buildkit:
+            raise UserError(f"--builder buildkit: {kind.name} at {engine.address()} offers no BuildKit; "
+                            "use --builder classic (or auto)")
+        return self.settings.builder
 
     # --- what to build ------------------------------------------------------------------
     def build(self, targets: Sequence[str]) -> dict[str, str]:
-        """Build `targets` (stage names) and every stage they need; {stage: image ID}."""
-        self.api  # noqa: B018 - connect (and fail clearly) before starting any worker
-        wanted = {s.name for t in targets for s in self.project.graph.needs(t)}
-        units = [Unit(s.name, (s,), s.depends_on) for s in self.project.graph.stages if s.name in wanted]
+        """Build `targets` (stage names) and every stage they need; {stage: image ID}. The
+        classic builder makes one request per stage; BuildKit one solve per target, the
+        solves running side by side and sharing the engine's cache."""
+        graph = self.project.graph
+        needed = [s for s in graph.stages if s.name in {n.name for t in targets for n in graph.needs(t)}]
+        self.check_features(needed)
+        self._warn_unused_args(needed)
+        if self.builder == "classic":
+            units = [Unit(s.name, (s,), s.depends_on) for s in needed]
+            jobs = self.settings.jobs
+        else:  # a stage with a tag needs an image of its own: a solve of its own
+            tagged = [s.name for s in needed if self.settings.tags.get(s.name)]
+            units = [Unit(t, graph.needs(t), ()) for t in dict.fromkeys([*tagged, *targets])]
+            jobs = len(units)
         by_name = {u.name: u for u in units}
-        ids = scheduler.run(units, lambda u: [by_name[n] for n in u.needs], self._build_unit,
-                            jobs=self.settings.jobs,
-                            on_failure=lambda exc: self.reporter.warning(f"also failed: {exc}"))
+        try:
+            ids = scheduler.run(units, lambda u: [by_name[n] for n in u.needs], self._build_unit, jobs=jobs,
+                                on_failure=lambda exc: self.reporter.warning(f"also failed: {exc}"))
+        except (KeyboardInterrupt, Interrupted):  # `compimg` raises Interrupted from its SIGINT handler
+            raise Interrupted(self._cancel_running()) from None
         return {unit.name: image_id for unit, image_id in ids.items()}
 
     def build_stage(self, stage: Stage) -> StageResult:
-        """Build one stage from the images its prerequisites already have."""
-        return self._build_unit(Unit(stage.name, (stage,), stage.depends_on), {}, lambda _: None)
+        """Build one stage; with the classic builder from the images its prerequisites
+        already have (BuildKit builds them in the same solve, from its cache)."""
+        self.check_features([stage])
+        needs = stage.depends_on if self.builder == "classic" else ()
+        stages = (stage,) if self.builder == "classic" else self.project.graph.needs(stage.name)
+        try:
+            return self._build_unit(Unit(stage.name, stages, needs), {}, lambda _: None)
+        except (KeyboardInterrupt, Interrupted):  # `compimg` raises Interrupted from its SIGINT handler
+            raise Interrupted(self._cancel_running()) from None
+
+    def check_features(self, stages: Sequence[Stage]) -> None:
+        """Refuse, before any request, what the chosen builder cannot do."""
+        where = str(self.project.dockerfile)
+        for stage in stages:
+            for instruction in stage.instructions:
+                need = buildkit_only(instruction)
+                if need and self.builder == "classic":
+                    raise UserError(f"{need} needs BuildKit, and this build uses the classic builder "
+                                    f"({engine.kind(self.api).name}); build with --builder buildkit",
+                                    where=where, line=instruction.line)
+                if self.builder == "buildkit" and instruction in classic_only([stage]):
+                    raise UserError("ONBUILD with a stage reference (`COPY --from=<stage>` in a trigger) is not "
+                                    "run correctly by this engine's BuildKit; build with --builder classic "
+                                    "(auto does)", where=where, line=instruction.line)
+                for mount in getattr(instruction, "mounts", ()):
+                    if mount.type in ("secret", "ssh"):
+                        raise UserError(f"RUN --mount=type={mount.type} is not supported yet (it needs a "
+                                        "BuildKit session); pass what it needs as a build arg or a file in "
+                                        "the context for now", where=where, line=instruction.line)
+
+    def _warn_unused_args(self, stages: Sequence[Stage]) -> None:
+        """Docker's "build-args were not consumed", once, for args no needed stage declares."""
+        declared = set(self.args_for(stages))
+        unused = sorted(set(self.settings.build_args) - declared)
+        if unused:
+            self.reporter.warning(f"build arg(s) {', '.join(unused)} declared by no stage this build uses "
+                                  f"(no ARG {unused[0]}); check the name, or add the ARG")
+
+    def _cancel_running(self) -> str:
+        """Ctrl-C: cancel what the engine is building for us; the line to show."""
+        if engine.kind(self.api).podman:
+            return ("interrupted: Podman has no API to cancel a build, so the step it is running finishes "
+                    "on its own and nothing is tagged; temporary containers and folders of this run were removed")
+        with self._lock:
+            running = list(self._running)
+        for build_id in running:
+            with contextlib.suppress(Exception):  # the connection closing cancels it too
+                buildkit.cancel(self.api, build_id)
+        return ("interrupted: running builds were cancelled on the engine; temporary containers and "
+                "folders of this run were removed")
+
+    def _note_running(self, build_id: str | None, previous: list[str]) -> None:
+        with self._lock:
+            if build_id is None:
+                self._running.difference_update(previous)
+            else:
+                previous.append(build_id)
+                self._running.add(build_id)
 
     # --- one unit -----------------------------------------------------------------------
     def args_for(self, stages: Sequence[Stage]) -> dict[str, str]:
@@ -86,7 +174,10 @@ class Session:
         names = set(self.project.graph.global_arg_names) | PREDEFINED_ARGS
         for stage in stages:
             names.update(stage.args)
-        return {k: v for k, v in self.settings.build_args.items() if k in names}
+        args = {k: v for k, v in self.settings.build_args.items() if k in names}
+        if self.settings.cache_to == "inline" and self.builder == "buildkit":
+            args["BUILDKIT_INLINE_CACHE"] = "1"  # BuildKit's way of embedding cache metadata
+        return args
 
     def _memo_key(self, unit: Unit, args: Mapping[str, str]) -> tuple[str, str, tuple[tuple[str, str], ...], bool]:
         return (unit.name, self.builder, tuple(sorted(args.items())), self.settings.no_cache)
@@ -102,37 +193,30 @@ class Session:
             self._apply_tags(stage.name, memo.image_id)
             return self._done(StageResult(stage.name, memo.image_id, memo.size, 0.0, "memo", self.builder))
         started = time.monotonic()
-        known_ids = {u.name: i for u, i in known.items()}
         self.reporter.stage_started(stage.name)
-        ids = {name: self._dependency_id(stage, name, known_ids) for name in stage.depends_on}
-        lowered = lowering.per_stage(self.project.graph, stage.name)
-        text = lowering.fill_placeholders(lowered.text, ids)
-        where = str(self.project.dockerfile)
-        with self._context_errors(stage):
-            paths = context.files_read(str(self.project.context), self._context_sources(stage))
-        digest = reuse.inputs_digest(self.api, self.images, kind=self.builder, name=stage.name, text=text,
-                                     image_refs=stage.images, args=args,
-                                     context=str(self.project.context), paths=paths)
+        self._ensure_images(unit.stages)
+        plan = self._plan(unit, {u.name: i for u, i in known.items()})
+        digest = reuse.inputs_digest(self.api, self.images, kind=self.builder, name=stage.name, text=plan.text,
+                                     image_refs=plan.images, args=args,
+                                     context=str(self.project.context), paths=plan.paths)
         found = None if self.settings.no_cache else reuse.find(self.api, self.project, stage.name, digest)
+        seconds: dict[str, float] = {}
         if found is not None:
             image_id, size, names, how = str(found["Id"]), int(found["Size"]), found.get("RepoTags") or [], "reused"
             ready(image_id)
         else:
             previous = engine.inspect(self.api, self.project.local_ref(stage.name))
             with self._context_errors(stage):
-                archive = context.archive(str(self.project.context), text, paths)
+                archive = context.archive(str(self.project.context), plan.text, plan.paths, prefix=plan.prefix)
             try:
-                image_id = classic.build(
-                    self.api, stage=stage.name, lowered=lowered, ids=ids, archive=archive, build_args=args,
-                    no_cache=self.settings.no_cache, network=self.settings.network,
-                    cache_from=self.settings.cache_from, reporter=self.reporter, where=where, line=stage.line)
+                image_id, seconds = self._send(unit, plan, archive, args)
             except UserError as exc:
                 self.reporter.stage_failed(stage.name, str(exc))
                 raise
             finally:
                 archive.close()
             ready(image_id)
-            size, names, how = -1, [], "built"
+            size, names, how = -1, [self.project.local_ref(stage.name)], "built"
         reuse.record(self.api, self.project, stage.name, digest, image_id, names)
         if found is None:
             keep = self.project.inputs_ref(stage.name, digest) if digest else None
@@ -140,21 +224,78 @@ class Session:
         self._apply_tags(stage.name, image_id)
         if size < 0:
             size = engine.image_size(self.api, image_id)
-        result = StageResult(stage.name, image_id, size, time.monotonic() - started, how, self.builder)
+        elapsed = time.monotonic() - started
+        result = StageResult(stage.name, image_id, size, elapsed, how, self.builder)
+        for other in unit.stages[:-1]:  # stages BuildKit built inside this solve: their time
+            if other.name in seconds and other.name not in self.results:
+                self.reporter.stage_finished(other.name, "", seconds[other.name], how)
+                self._done(StageResult(other.name, "", -1, seconds[other.name], how, self.builder))
         self.reporter.stage_finished(stage.name, image_id, result.seconds, how)
         with self.project.memo_lock:
             self.project.memo[key] = result
         return self._done(result)
 
+    def _plan(self, unit: Unit, known: Mapping[str, str]) -> Plan:
+        """What one request sends: the lowered text, the context paths, the images read."""
+        stage = unit.stages[-1]
+        sources = [src for s in unit.stages for src in self._context_sources(s)]
+        with self._context_errors(stage):
+            paths = context.files_read(str(self.project.context), sources)
+        images = tuple(dict.fromkeys(ref for s in unit.stages for ref in s.images))
+        if self.builder == "classic":
+            ids = {name: self._dependency_id(stage, name, known) for name in stage.depends_on}
+            lowered = lowering.per_stage(self.project.graph, stage.name)
+            return Plan(lowering.fill_placeholders(lowered.text, ids), lowered, paths, images, "", ids)
+        # The ONBUILD triggers of an external base image read the context as the user laid
+        # it out, so a unit with such triggers is sent without the `ctx/` folder.
+        prefix = "" if any(self._external_triggers(s) for s in unit.stages) else buildkit_builder.CONTEXT_PREFIX
+        lowered = lowering.multi_stage(self.project.graph, unit.stages, context_prefix=prefix)
+        return Plan(lowered.text, lowered, paths, images, prefix, {})
+
+    def _send(self, unit: Unit, plan: Plan, archive: IO[bytes],
+              args: Mapping[str, str]) -> tuple[str, dict[str, float]]:
+        stage = unit.stages[-1]
+        where = str(self.project.dockerfile)
+        if self.builder == "classic":
+            image_id = classic.build(
+                self.api, stage=stage.name, lowered=plan.lowered, ids=plan.ids, archive=archive, build_args=args,
+                no_cache=self.settings.no_cache, network=self._classic_network(),
+                cache_from=self.settings.cache_from, reporter=self.reporter, where=where, line=stage.line,
+                tag=self.project.local_ref(stage.name))
+            return image_id, {}
+        mine: list[str] = []
+        outcome = buildkit_builder.solve(
+            self.api, target=stage.name, lowered=plan.lowered, archive=archive, build_args=args,
+            no_cache=self.settings.no_cache, network=self.settings.network, cache_from=self.settings.cache_from,
+            reporter=self.reporter, where=where, line=stage.line,
+            running=lambda build_id: self._note_running(build_id, mine), tags=[self.project.local_ref(stage.name)])
+        return outcome.image_id, outcome.stage_seconds
+
+    def _classic_network(self) -> str | None:
+        """Podman's compatible API ignores `none`; its word for no network is NetworkDisabled."""
+        if self.settings.network == "none" and engine.kind(self.api).podman:
+            return "NetworkDisabled"
+        return self.settings.network
+
+    def _ensure_images(self, stages: Sequence[Stage]) -> None:
+        """Pull the external images these stages read that the engine lacks (all of them
+        with --pull), one line each: BuildKit cannot pull without a session of its own."""
+        for ref in dict.fromkeys(r for s in stages for r in s.images):
+            if ref == "scratch":
+                continue
+            if self.settings.pull or self.images.inspect(self.api, ref) is None:
+                self.reporter.note(f"pulling {ref}")
+                engine.pull(self.api, ref, lambda event: None)
+                self.images.forget(ref)
+
+    def _external_triggers(self, stage: Stage) -> tuple[str, ...]:
+        return () if stage.base_stage or stage.base == "scratch" else self.images.triggers(self.api, stage.base)
+
     def _context_sources(self, stage: Stage) -> list[str]:
         """Context paths the stage reads: its own COPY/ADD/bind mounts, and those of the
         ONBUILD triggers of its base image, which run in it (`FROM golang:onbuild`)."""
-        sources = list(stage.context_sources)
-        if not stage.base_stage:
-            triggers = self.images.triggers(self.api, stage.base)
-            if triggers:
-                sources += trigger_sources(triggers)
-        return sources
+        triggers = self._external_triggers(stage)
+        return [*stage.context_sources, *(trigger_sources(triggers) if triggers else [])]
 
     def _done(self, result: StageResult) -> StageResult:
         with self._lock:
@@ -173,7 +314,8 @@ class Session:
         if found is None:
             task = self.project.graph.stage(name).task_name
             raise UserError(f"stage '{stage.name}' needs stage '{name}', which has not been "
-                            f"built; run its task (stage.{task}) or build first",
+                            f"built; run `{self.settings.task('stage.' + task)}` or "
+                            f"`{self.settings.task('build')}` first",
                             where=str(self.project.dockerfile), line=stage.line)
         return found
 
@@ -213,3 +355,22 @@ def trigger_sources(triggers: Sequence[str]) -> list[str]:
         return ["."]
     return list(graph.final.context_sources)
 
+
+
+def buildkit_only(instruction: Instruction) -> str | None:
+    """The BuildKit-only feature an instruction uses, if any (the classic builder refuses
+    these, or silently ignores them)."""
+    if isinstance(instruction, Run) and instruction.mounts:
+        return "RUN --mount"
+    if isinstance(instruction, Copy):
+        for flag in ("chmod", "link", "parents", "exclude"):
+            if instruction.flag(flag) is not None or any(k == flag for k, _ in instruction.flags):
+                return f"{instruction.keyword} --{flag}"
+    return None
+
+
+def classic_only(stages: Sequence[Stage]) -> list[Instruction]:
+    """Instructions only the classic builder runs right: an inherited ONBUILD trigger that
+    reads another stage (BuildKit of Docker 20.10 resolves its `--from` wrongly), reported
+    at the stage that runs it (its FROM)."""
+    return [stage.from_ for stage in stages if any(t.stages for t in stage.inherited)]

@@ -39,6 +39,27 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(problem)
 
 
+# End-to-end modules that run once per builder, so a builder-specific failure names it.
+BOTH_BUILDERS = {"test_build", "test_tasks", "test_faults", "test_correctness", "test_habits"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    explicit = any(m.name == "parametrize" and "builder" in str(m.args[0]) for m in metafunc.definition.iter_markers())
+    if (metafunc.definition.get_closest_marker("engine") and metafunc.module.__name__ in BOTH_BUILDERS
+            and not explicit):
+        metafunc.parametrize("builder", ["classic", "buildkit"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def builder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The builder an end-to-end test runs with (both, in BOTH_BUILDERS modules): `compimg`
+    and `invoke` subprocesses and the in-process helpers read INVOKE_COMPIMG_BUILDER."""
+    name = getattr(request, "param", None)
+    if name is not None:
+        monkeypatch.setenv("INVOKE_COMPIMG_BUILDER", str(name))
+    return name
+
+
 @pytest.fixture(scope="session")
 def api():  # type: ignore[no-untyped-def]
     import docker
@@ -129,3 +150,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
         before, after = _container_counts["before"], _container_counts["after"]
         verdict = "ok" if after <= before else "LEAK"
         terminalreporter.write_line(f"engine containers before the suite: {before}, after: {after} ({verdict})")
+
+
+@pytest.fixture
+def classic_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests of the classic builder's own machinery (one request per stage)."""
+    monkeypatch.setenv("INVOKE_COMPIMG_BUILDER", "classic")

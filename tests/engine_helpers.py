@@ -72,8 +72,9 @@ def build_native(api: Any, project: Any, tag: str) -> None:
 class Builder:
     """A build session the way engine tests drive one: plain progress into `out`."""
 
-    def __init__(self, project: Any, settings: Any = None, out: Any = None, builder: str = "classic") -> None:
+    def __init__(self, project: Any, settings: Any = None, out: Any = None, builder: str | None = None) -> None:
         import io
+        import os
         from dataclasses import replace
 
         from invoke_compimg.progress import PlainReporter
@@ -82,6 +83,7 @@ class Builder:
 
         self.project = project
         self.out = out if out is not None else io.StringIO()
+        builder = builder or os.environ.get("INVOKE_COMPIMG_BUILDER", "classic")
         settings = replace(settings or Settings(), builder=builder)
         self.session = Session(project, settings, PlainReporter(self.out, self.out))
 

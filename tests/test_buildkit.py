@@ -250,8 +250,6 @@ def test_each_stage_a_task_needs_gets_its_own_solve(make_project: Any, monkeypat
     assert spy.targets == ["a"]
 
 
-@pytest.mark.xfail(strict=True, reason="invoke_compimg.extract (the first release's API name) is rebound to the "
-                                       "submodule invoke_compimg/extract.py once artifacts.py imports it")
 def test_extract_api_name_stays_callable(make_project: Any, tmp_path: Path) -> None:
     from invoke import Config, Context
 
@@ -360,9 +358,6 @@ def test_frontend_parse_error_is_one_line(make_project: Any) -> None:
     assert 'invalid duration "abc"' in error
 
 
-@pytest.mark.xfail(strict=True, reason="buildkit_builder._View.failure reports the frontend's line of the "
-                                       "LOWERED Dockerfile ('dockerfile parse error line 2') under the stage's "
-                                       "line (Dockerfile:1), not the user's line 4")
 def test_frontend_parse_error_names_the_users_line(make_project: Any) -> None:
     project = make_project(HEALTHCHECK)
     error = compimg(project, "build").stderr.strip()

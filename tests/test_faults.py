@@ -228,14 +228,18 @@ def test_wrong_docker_host_is_one_line(tmp_path: Path) -> None:
                                      "start Docker, or set DOCKER_HOST to the engine to use")
 
 
-def test_odd_build_output(make_project) -> None:  # type: ignore[no-untyped-def]
+def test_odd_build_output(make_project, builder) -> None:  # type: ignore[no-untyped-def]
     project = make_project(
         "FROM busybox\nRUN printf 'bad \\377\\376 bytes\\n' && head -c 1048576 /dev/zero | tr '\\0' a && echo\n")
     out = io.StringIO()
     Builder(project, Settings(no_cache=True), out=out).build()
     lines = out.getvalue().splitlines()
     assert any(line.startswith("[stage-0] bad ") for line in lines)
-    assert any(len(line) >= 1048576 and line.startswith("[stage-0] aaaa") for line in lines)
+    if builder == "classic":
+        assert any(len(line) >= 1048576 and line.startswith("[stage-0] aaaa") for line in lines)
+    else:  # BuildKit itself clips a step's output (as `docker build` shows it)
+        assert any(line.startswith("[stage-0] aaaa") for line in lines)
+        assert any("[output clipped, log limit" in line for line in lines)
 
 
 def _import(api, members: list[tuple[tarfile.TarInfo, bytes | None]], ref: str) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from invoke_compimg.errors import EngineError
 from invoke_compimg.project import Project
 from invoke_compimg.settings import Settings
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("classic_only")]
 
 
 class Spy:

@@ -138,14 +138,16 @@ def test_console_script_hello(make_project, api, unique) -> None:  # type: ignor
 
 
 @pytest.mark.engine
-def test_extract_assemble_shell_and_clean_tasks(make_project, api, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_extract_assemble_shell_and_clean_tasks(make_project, api, tmp_path, builder) -> None:  # type: ignore[no-untyped-def]
     project, folder = _project(make_project, HELLO, HELLO_FILES)
     dest = tmp_path / "out"
     result = run_invoke(["compimg.extract-artifact", "build:/go/bin/app", "--dest", str(dest)], folder)
     assert result.returncode == 0, result.stderr
     assert subprocess.run([str(dest / "app")], capture_output=True, text=True).stdout == "Hello, 世界\n"
     result = run_invoke(["compimg.assemble"], folder)
-    assert result.returncode == 0 and "[run] #" in result.stdout and "[build]" not in result.stdout
+    assert result.returncode == 0 and "[run] #" in result.stdout
+    if builder == "classic":  # from the images the prerequisites have; BuildKit: one solve, from its cache
+        assert "[build]" not in result.stdout
     before = count_containers(api, project)
     shell = subprocess.run([sys.executable, "-m", "invoke", "compimg.shell", "run", "--cmd", "sh -c 'ls /app; exit 0'"],
                            cwd=folder, capture_output=True, text=True, stdin=subprocess.DEVNULL)
