@@ -165,6 +165,18 @@ def _reason(exc: BaseException) -> str:
     return " ".join(text.split())[:200]
 
 
+def _ssh_errors() -> tuple[type[BaseException], ...]:
+    """Paramiko's own exceptions, raised mid-request when an ssh:// connection drops."""
+    try:
+        import paramiko
+    except ImportError:
+        return ()
+    return (paramiko.SSHException,)
+
+
+_SSH_ERRORS = _ssh_errors()
+
+
 @contextlib.contextmanager
 def engine_errors(what: str, *, where: str | None = None, line: int | None = None) -> Iterator[None]:
     """Map SDK and transport errors raised inside the block to one EngineError line
@@ -178,7 +190,7 @@ def engine_errors(what: str, *, where: str | None = None, line: int | None = Non
     except docker.errors.APIError as exc:
         raise EngineError(f"{what}: {_explanation(exc)}", where=where, line=line) from exc
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
-            docker.errors.DockerException) as exc:
+            docker.errors.DockerException, *_SSH_ERRORS) as exc:
         raise EngineError(f"{what}: lost the Docker engine at {address()} ({_reason(exc)}); "
                           "check that it is running, then retry", where=where, line=line) from exc
 
@@ -321,13 +333,13 @@ def image_id_of(api: docker.APIClient, ref: str) -> str | None:
 
 
 def inspect(api: docker.APIClient, ref: str) -> dict[str, Any] | None:
-    """The engine's description of image `ref`, or None when there is no such image."""
-    try:
-        return dict(api.inspect_image(ref))
-    except docker.errors.NotFound:
-        return None
-    except docker.errors.APIError as exc:
-        raise EngineError(f"inspecting {ref}: {_explanation(exc)}") from exc
+    """The engine's description of image `ref`, or None when there is no such image. A lost
+    engine is one EngineError line, like every other call here."""
+    with engine_errors(f"inspecting {ref}"):
+        try:
+            return dict(api.inspect_image(ref))
+        except docker.errors.NotFound:
+            return None
 
 
 def image_size(api: docker.APIClient, image_id: str) -> int:
