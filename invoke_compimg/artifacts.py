@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import docker
 
 from . import engine
 from .errors import UserError
 from .names import short_id
-from .progress import Reporter
-from .project import Project
 from .safe_extract import Extracted, extract
+
+if TYPE_CHECKING:
+    from .progress import Reporter
+    from .project import Project
 
 
 def copy_out(api: docker.APIClient, project: Project, stage: str, image_id: str, path: str, dest: str,

@@ -12,16 +12,16 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import docker
 
 from . import buildkit, engine
-from .context import DOCKERFILE_IN_CONTEXT
 from .errors import EngineError
-from .graph import From
-from .lowering import Lowered, Step
-from .progress import Reporter
+
+if TYPE_CHECKING:
+    from .lowering import Lowered, Step
+    from .progress import Reporter
 
 # Instructions that become a BuildKit step (and so count in `[stage i/n]`).
 _STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
@@ -37,7 +37,7 @@ def _keyword(text: str) -> str:
 def _is_step(step: Step) -> bool:
     """Does BuildKit count this line in `[stage i/n]`? Instructions that make a build step
     do, except a FROM of an earlier stage, which continues that stage's state."""
-    if isinstance(step.source, From) and step.source.stage:
+    if step.source.keyword == "FROM" and getattr(step.source, "stage", None):
         return False
     return _keyword(step.text) in _STEP_KEYWORDS
 
@@ -122,11 +122,11 @@ class _View:
         A frontend error names a line of the file we sent: it is mapped to the user's."""
         parse_error = _PARSE_ERROR_LINE.search(error or "")
         if parse_error and int(parse_error.group(1)) in self.lowered.lines:
-            step = self.lowered.lines[int(parse_error.group(1))]
-            stage = next((name for name, steps in self.lowered.stages.items() if step in steps), self.target)
+            sent = self.lowered.lines[int(parse_error.group(1))]
+            stage = next((name for name, steps in self.lowered.stages.items() if sent in steps), self.target)
             message = _PARSE_ERROR_LINE.sub("", plain_paths(_reason(error or "")))
-            return EngineError(f"stage '{stage}' failed at {short_text(step.source.text)}: "
-                               f"{short_text(message, 300)}; fix that line", where=where, line=step.source.line)
+            return EngineError(f"stage '{stage}' failed at {short_text(sent.source.text)}: "
+                               f"{short_text(message, 300)}; fix that line", where=where, line=sent.source.line)
         for vertex in self.progress.failed():
             step = buildkit.parse_name(vertex.name)
             if step.stage == "internal":
@@ -149,19 +149,19 @@ def _reason(text: str) -> str:
     return text.strip()
 
 
-def solve(api: docker.APIClient, *, target: str, lowered: Lowered, archive: IO[bytes],
+def solve(api: docker.APIClient, *, target: str, lowered: Lowered, archive: IO[bytes], dockerfile: str,
           build_args: Mapping[str, str], no_cache: bool, network: str | None,
           cache_from: Sequence[str], reporter: Reporter, where: str, line: int,
           running: Callable[[str | None], None], tags: Sequence[str] = ()) -> Outcome:
     """One solve of `lowered` (every stage `target` needs) with `target` as its result.
-    `running(build_id)` hears the solve's ID while it runs and None after, so that Ctrl-C
-    can cancel it on the engine."""
+    `dockerfile` is its name in the archive. `running(build_id)` hears the solve's ID while
+    it runs and None after, so that Ctrl-C can cancel it on the engine."""
     view = _View(target, lowered, reporter)
     build_id = f"compimg-{uuid.uuid4().hex}"
     running(build_id)
     try:
         with engine.engine_errors(f"stage '{target}'", where=where, line=line):
-            result = buildkit.solve(api, archive, dockerfile=DOCKERFILE_IN_CONTEXT, target=target,
+            result = buildkit.solve(api, archive, dockerfile=dockerfile, target=target,
                                     build_args=build_args, no_cache=no_cache,
                                     network=buildkit.network_for(api, network), cache_from=cache_from,
                                     build_id=build_id, on_status=view.feed, tags=tags)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from invoke import Argument, Collection, Context, Task
 
 from .errors import Interrupted, UserError
+from .names import short_id
 from .project import Project
 from .render import FORMATS
 from .settings import CONFIG_DEFAULTS, Settings, configured, resolve
@@ -520,7 +521,7 @@ def _stage_body(p: Project, key: str, stage_name: str, prefix: str) -> Callable[
         reporter = make_reporter(settings.progress)
         try:
             result = Session(p, settings, reporter).build_stage(p.graph.stage(stage_name))
-            reporter.note(f"{result.how} {result.image_id.split(':')[-1][:12]} ({result.size / 1e6:.1f} MB) "
+            reporter.note(f"{result.how} {short_id(result.image_id)} ({result.size / 1e6:.1f} MB) "
                           f"as {p.local_ref(stage_name)}", stage_name)
         finally:
             reporter.close()

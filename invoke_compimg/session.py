@@ -265,7 +265,8 @@ class Session:
             return image_id, {}
         mine: list[str] = []
         outcome = buildkit_builder.solve(
-            self.api, target=stage.name, lowered=plan.lowered, archive=archive, build_args=args,
+            self.api, target=stage.name, lowered=plan.lowered, archive=archive,
+            dockerfile=context.DOCKERFILE_IN_CONTEXT, build_args=args,
             no_cache=self.settings.no_cache, network=self.settings.network, cache_from=self.settings.cache_from,
             reporter=self.reporter, where=where, line=stage.line,
             running=lambda build_id: self._note_running(build_id, mine), tags=[self.project.local_ref(stage.name)])
