@@ -116,7 +116,7 @@ def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[s
             if short is not None:
                 infos.insert(0, infos.pop(short))
         for name, text in extra_files:
-            data = text.encode("utf-8")
+            data = text.encode("utf-8", "surrogateescape")  # .dockerignore bytes kept as read
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))

@@ -32,7 +32,7 @@ def image_listing(api: Any, image: str, under: str = "") -> dict[str, Entry]:
 
 def config_of(api: Any, image: str) -> dict[str, Any]:
     config = api.inspect_image(image)["Config"]
-    labels = {k: v for k, v in (config.get("Labels") or {}).items() if not k.startswith("compimg.")}
+    labels = dict(config.get("Labels") or {})  # ours carry none: compared as they are
     return {
         "Cmd": config.get("Cmd"), "Entrypoint": config.get("Entrypoint"), "Env": config.get("Env"),
         "WorkingDir": config.get("WorkingDir"), "User": config.get("User"),

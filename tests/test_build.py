@@ -131,7 +131,7 @@ def test_from_an_earlier_stage_and_native_syntax(make_project, api, builder) -> 
     from invoke_compimg.artifacts import clean
 
     assert clean(project, api, io.StringIO()) == (0, 3 if builder == "classic" else 1)
-    assert api.images(filters={"label": f"compimg.project={project.slug}"}) == []
+    assert api.images(name=project.repository) == []  # every name of ours is gone
 
 
 def test_failing_run_names_stage_and_line_and_leaves_no_container(make_project, api, builder, unique) -> None:  # type: ignore[no-untyped-def]
