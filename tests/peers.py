@@ -153,6 +153,15 @@ def _forget_runc_states(states: list[dict[str, Any]]) -> None:
         subprocess.run(["runc", "delete", "--force", str(state["id"])], capture_output=True)
 
 
+def _remove_tree(root: Path, attempts: int = 20) -> None:
+    """rmtree, again while a dying process still writes into `root`."""
+    for _ in range(attempts):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+        time.sleep(0.1)
+
+
 # --- a second dockerd ------------------------------------------------------------------
 
 
@@ -411,11 +420,14 @@ def sshd_running() -> Iterator[SshPeer]:
         wait_port(port)
         yield SshPeer(f"ssh://root@127.0.0.1:{port}", port, env, root)
     finally:
-        # Sessions (sshd children, dial-stdio) die with their connection; make sure.
+        # Sessions (sshd children, dial-stdio) die with their connection; make sure. A
+        # connection that arrives meanwhile re-executes sshd (its command line names our
+        # folder), which then writes to the log in our folder after we emptied it: so kill
+        # by folder too, and remove the folder until it stays removed.
         doomed = _with_descendants({process.pid})
         stop_process(process, timeout=10)
-        _kill_all(_with_descendants(doomed))
-        shutil.rmtree(root, ignore_errors=True)
+        _kill_all(_with_descendants(doomed | set(processes_mentioning(str(root)))))
+        _remove_tree(root)
 
 
 # --- fixtures --------------------------------------------------------------------------
