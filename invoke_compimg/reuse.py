@@ -64,7 +64,13 @@ def inputs_digest(api: docker.APIClient, images: ExternalImages, *, kind: str, n
     for key, value in sorted(args.items()):
         digest.update(f"arg {key}={value}\0".encode())
     digest.update(fingerprint(context, paths).encode())
-    return digest.hexdigest()[:40]
+    # The builder's initial leads the record: each builder retires only its own records, so
+    # switching between them does not throw the other's reusable images away.
+    return kind[0] + digest.hexdigest()[:39]
+
+
+def builder_mark(kind: str) -> str:
+    return kind[0]
 
 
 def find(api: docker.APIClient, project: Project, name: str, digest: str | None) -> dict[str, Any] | None:
@@ -82,7 +88,7 @@ def record(api: docker.APIClient, project: Project, name: str, digest: str | Non
 
 
 def retire(api: docker.APIClient, project: Project, name: str, previous: dict[str, Any] | None,
-           image_id: str, keep: str | None) -> None:
+           image_id: str, keep: str | None, kind: str) -> None:
     """`previous` (what the unit's local name pointed to before this build started) is
     superseded by `image_id`, now named: drop its inputs records and, once nothing names
     it, remove it, so rebuilds do not pile up images. Looking before the build, not after,
@@ -90,7 +96,7 @@ def retire(api: docker.APIClient, project: Project, name: str, previous: dict[st
     listing images costs the engine time in proportion to every image it holds."""
     if previous is None or previous["Id"] == image_id:
         return
-    prefix = project.inputs_ref(name)
+    prefix = project.inputs_ref(name, builder_mark(kind))
     for ref in previous.get("RepoTags") or []:
         # `keep` is the record just given to the new image (a --no-cache rebuild of the
         # same inputs has the same name): removing the name would remove it from there.

@@ -95,9 +95,14 @@ class Session:
         if self.builder == "classic":
             units = [Unit(s.name, (s,), s.depends_on) for s in needed]
             jobs = self.settings.jobs
-        else:  # a stage with a tag needs an image of its own: a solve of its own
-            tagged = [s.name for s in needed if self.settings.tags.get(s.name)]
-            units = [Unit(t, graph.needs(t), ()) for t in dict.fromkeys([*tagged, *targets])]
+        else:
+            # A stage with a tag needs an image of its own: a solve of its own, after the
+            # target's whose cache then holds it (the same image, for a fraction of the time).
+            goals = list(dict.fromkeys(targets))
+            tagged = [s.name for s in needed if self.settings.tags.get(s.name) and s.name not in goals]
+            units = [Unit(t, graph.needs(t), ()) for t in goals]
+            units += [Unit(t, graph.needs(t), tuple(g for g in goals if t in {s.name for s in graph.needs(g)}))
+                      for t in tagged]
             jobs = len(units)
         by_name = {u.name: u for u in units}
         try:
@@ -220,7 +225,7 @@ class Session:
         reuse.record(self.api, self.project, stage.name, digest, image_id, names)
         if found is None:
             keep = self.project.inputs_ref(stage.name, digest) if digest else None
-            reuse.retire(self.api, self.project, stage.name, previous, image_id, keep)
+            reuse.retire(self.api, self.project, stage.name, previous, image_id, keep, self.builder)
         self._apply_tags(stage.name, image_id)
         if size < 0:
             size = engine.image_size(self.api, image_id)
@@ -264,10 +269,13 @@ class Session:
                 tag=self.project.local_ref(stage.name))
             return image_id, {}
         mine: list[str] = []
+        # A solve after another of this run (`unit.needs`) reads that one's fresh results
+        # from the cache even under --no-cache: they were made now, and it must be the same image.
+        no_cache = self.settings.no_cache and not unit.needs
         outcome = buildkit_builder.solve(
             self.api, target=stage.name, lowered=plan.lowered, archive=archive,
             dockerfile=context.DOCKERFILE_IN_CONTEXT, build_args=args,
-            no_cache=self.settings.no_cache, network=self.settings.network, cache_from=self.settings.cache_from,
+            no_cache=no_cache, network=self.settings.network, cache_from=self.settings.cache_from,
             reporter=self.reporter, where=where, line=stage.line,
             running=lambda build_id: self._note_running(build_id, mine), tags=[self.project.local_ref(stage.name)])
         return outcome.image_id, outcome.stage_seconds
