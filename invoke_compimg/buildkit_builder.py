@@ -18,6 +18,7 @@ import docker
 
 from . import buildkit, engine
 from .errors import EngineError
+from .lowering import CONTEXT_PREFIX
 
 if TYPE_CHECKING:
     from .lowering import Lowered, Step
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 # Instructions that become a BuildKit step (and so count in `[stage i/n]`).
 _STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
-CONTEXT_PREFIX = "ctx/"
 _PARSE_ERROR_LINE = re.compile(r"(?:dockerfile parse error )?line (\d+): ")
 _PREFIXED_PATH = re.compile(r'(?<=["\s/])/?' + re.escape(CONTEXT_PREFIX))
 

@@ -18,7 +18,7 @@ from typing import IO
 
 import docker
 
-from . import buildkit, buildkit_builder, classic, context, engine, lowering, reuse, scheduler
+from . import context, engine, lowering, reuse, scheduler
 from .errors import Interrupted, UserError
 from .graph import PREDEFINED_ARGS, Copy, Instruction, Run, Stage
 from .progress import Reporter, Row
@@ -156,6 +156,8 @@ class Session:
         if engine.kind(self.api).podman:
             return ("interrupted: Podman has no API to cancel a build, so the step it is running finishes "
                     "on its own and nothing is tagged; temporary containers and folders of this run were removed")
+        from . import buildkit
+
         with self._lock:
             running = list(self._running)
         for build_id in running:
@@ -253,12 +255,15 @@ class Session:
             return Plan(lowering.fill_placeholders(lowered.text, ids), lowered, paths, images, "", ids)
         # The ONBUILD triggers of an external base image read the context as the user laid
         # it out, so a unit with such triggers is sent without the `ctx/` folder.
-        prefix = "" if any(self._external_triggers(s) for s in unit.stages) else buildkit_builder.CONTEXT_PREFIX
+        prefix = "" if any(self._external_triggers(s) for s in unit.stages) else lowering.CONTEXT_PREFIX
         lowered = lowering.multi_stage(self.project.graph, unit.stages, context_prefix=prefix)
         return Plan(lowered.text, lowered, paths, images, prefix, {})
 
     def _send(self, unit: Unit, plan: Plan, archive: IO[bytes],
               args: Mapping[str, str]) -> tuple[str, dict[str, float]]:
+        # Each builder's module is imported when it sends: a warm no-op sends nothing.
+        from . import buildkit_builder, classic
+
         stage = unit.stages[-1]
         where = str(self.project.dockerfile)
         if self.builder == "classic":
