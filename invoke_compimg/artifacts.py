@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TextIO
 
-import docker
-
 from . import engine
 from .errors import UserError
-from .names import short_id
+from .names import normalise_ref, short_id
 from .safe_extract import Extracted, extract
 
 if TYPE_CHECKING:
+    import docker
+
     from .progress import Reporter
     from .project import Project
 
@@ -46,6 +46,7 @@ def clean(project: Project, api: docker.APIClient, out: TextIO) -> tuple[int, in
     kept = {i: found.get("RepoTags") or [] for i in images if (found := engine.inspect(api, i)) is not None}
     out.write(f"removed {containers} container(s) and {len(images) - len(kept)} image(s) of {project.repository}\n")
     for image_id, names in sorted(kept.items()):
-        held = f"still named {', '.join(names)}" if names else "still used by another image or container"
+        held = (f"still named {', '.join(normalise_ref(n) for n in names)}" if names
+                else "still used by another image or container")
         out.write(f"untagged {short_id(image_id)}, kept: {held}\n")
     return containers, len(images) - len(kept)

@@ -14,20 +14,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-import docker
-
 from . import buildkit, engine
-from .errors import EngineError
+from .errors import EngineError, one_line
 from .lowering import CONTEXT_PREFIX
 
 if TYPE_CHECKING:
+    import docker
+
     from .lowering import Lowered, Step
     from .progress import Reporter
 
 # Instructions that become a BuildKit step (and so count in `[stage i/n]`).
 _STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
 _PARSE_ERROR_LINE = re.compile(r"(?:dockerfile parse error )?line (\d+): ")
-_PREFIXED_PATH = re.compile(r'(?<=["\s/])/?' + re.escape(CONTEXT_PREFIX))
+# Our folder at the start of a path in an engine message (`"/ctx/a"`, `ctx/a`), never a
+# `ctx` inside the user's own path (`sub/ctx/b`).
+_PREFIXED_PATH = re.compile(r'(?<=["\s])/?' + re.escape(CONTEXT_PREFIX))
 
 
 def _keyword(text: str) -> str:
@@ -40,11 +42,6 @@ def _is_step(step: Step) -> bool:
     if step.source.keyword == "FROM" and getattr(step.source, "stage", None):
         return False
     return _keyword(step.text) in _STEP_KEYWORDS
-
-
-def short_text(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def plain_paths(text: str) -> str:
@@ -89,7 +86,7 @@ class _View:
             return None  # context transfer, metadata: BuildKit's own bookkeeping
         stage, source = self.source(step)
         if source is not None:
-            text = f"[{stage} {step.index}/{step.total}] {short_text(source.source.text, 200)}"
+            text = f"[{stage} {step.index}/{step.total}] {one_line(source.source.text, 200)}"
         else:
             text = plain_paths(event.name)
         self.titles[event.vertex] = (stage, text)
@@ -125,20 +122,45 @@ class _View:
             sent = self.lowered.lines[int(parse_error.group(1))]
             stage = next((name for name, steps in self.lowered.stages.items() if sent in steps), self.target)
             message = _PARSE_ERROR_LINE.sub("", plain_paths(_reason(error or "")))
-            return EngineError(f"stage '{stage}' failed at {short_text(sent.source.text)}: "
-                               f"{short_text(message, 300)}; fix that line", where=where, line=sent.source.line)
+            return EngineError(f"stage '{stage}' failed at {one_line(sent.source.text)}: "
+                               f"{one_line(message, 300)}; fix that line", where=where, line=sent.source.line)
         for vertex in self.progress.failed():
             step = buildkit.parse_name(vertex.name)
             if step.stage == "internal":
+                found = self._base_image_failure(step.text, vertex.error or error or "failed", where)
+                if found is not None:
+                    return found
                 continue
             stage, source = self.source(step)
             if source is not None:
                 message = plain_paths(_reason(vertex.error or error or "failed"))
-                return EngineError(f"stage '{stage}' failed at {short_text(source.source.text)}: "
-                                   f"{short_text(message, 300)}", where=where, line=source.source.line)
+                return EngineError(f"stage '{stage}' failed at {one_line(source.source.text)}: "
+                                   f"{one_line(message, 300)}", where=where, line=source.source.line)
         message = plain_paths(_reason(error or "the solve ended without an image"))
-        return EngineError(f"stage '{self.target}' failed: {short_text(message, 300)}", where=where,
+        return EngineError(f"stage '{self.target}' failed: {one_line(message, 300)}", where=where,
                            line=fallback_line)
+
+
+    def _base_image_failure(self, text: str, message: str, where: str) -> EngineError | None:
+        """`[internal] load metadata for docker.io/library/x:y` failed: the stage whose FROM
+        names that image, at its line (not the target's)."""
+        if not text.startswith("load metadata for "):
+            return None
+        wanted = _plain_image(text[len("load metadata for "):])
+        for stage, steps in self.lowered.stages.items():
+            base = steps[0].source if steps else None
+            if base is not None and _plain_image(str(getattr(base, "image", ""))) == wanted:
+                return EngineError(f"stage '{stage}' failed at {one_line(base.text)}: "
+                                   f"{one_line(plain_paths(_reason(message)), 300)}; check the image name and tag",
+                                   where=where, line=base.line)
+        return None
+
+
+def _plain_image(ref: str) -> str:
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if ref.startswith(prefix):
+            ref = ref[len(prefix):]
+    return ref if ":" in ref.rsplit("/", 1)[-1] or "@" in ref else ref + ":latest"
 
 
 def _reason(text: str) -> str:
@@ -167,7 +189,7 @@ def solve(api: docker.APIClient, *, target: str, lowered: Lowered, archive: IO[b
                                     build_id=build_id, on_status=view.feed, tags=tags)
     except buildkit.BuildRejected as exc:
         raise EngineError(f"stage '{target}': the engine refused the build: "
-                          f"{short_text(plain_paths(_reason(exc.engine_message)), 300)}",
+                          f"{one_line(plain_paths(_reason(exc.engine_message)), 300)}",
                           where=where, line=line) from exc
     finally:
         running(None)

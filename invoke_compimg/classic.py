@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import IO
-
-import docker
+from typing import IO, TYPE_CHECKING
 
 from . import engine
-from .errors import EngineError
+from .errors import EngineError, one_line
 from .lowering import Lowered
 from .progress import Reporter, clean_lines
+
+if TYPE_CHECKING:
+    import docker
 
 _STEP_RE = re.compile(r"^(?:Step|STEP) (\d+)/(\d+) ?: ")
 # Engine bookkeeping lines that name its own container and layer IDs, not the user's build.
 _NOISE_RE = re.compile(r"^( ---> (?!Using cache)|Removing intermediate container |Successfully built |"
-                       r"Successfully tagged |COMMIT|--> )")
-
-
-def short_text(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+                       r"Successfully tagged |COMMIT|--> |[0-9a-f]{64}$)")  # the last: Podman's image ID
 
 
 class _Stream:
@@ -57,7 +53,7 @@ class _Stream:
             self.step, self.cached = int(match.group(1)), False
             steps = self.lowered.steps
             source = steps[self.step - 1].source.text if 0 < self.step <= len(steps) else line[match.end():]
-            self.step_text = f"[{self.stage} {self.step}/{match.group(2)}] {short_text(source, 200)}"
+            self.step_text = f"[{self.stage} {self.step}/{match.group(2)}] {one_line(source, 200)}"
             self.reporter.step(self.stage, self.step_text)
         elif line.strip() == "---> Using cache":
             self.cached = True
@@ -76,7 +72,7 @@ class _Stream:
             self.partial = ""
 
 
-def build(api: docker.APIClient, *, stage: str, lowered: Lowered, ids: Mapping[str, str],
+def build(api: docker.APIClient, *, stage: str, lowered: Lowered, ids: Mapping[str, str], dockerfile: str,
           archive: IO[bytes], build_args: Mapping[str, str], no_cache: bool, network: str | None,
           cache_from: tuple[str, ...], reporter: Reporter, where: str, line: int, tag: str | None = None) -> str:
     """Build stage `stage` from `archive` (its lowered Dockerfile with the placeholders
@@ -95,7 +91,7 @@ def build(api: docker.APIClient, *, stage: str, lowered: Lowered, ids: Mapping[s
 
     try:
         with engine.engine_errors(f"stage '{stage}'", where=where, line=line):
-            image_id = engine.build(api, archive, build_args=build_args, no_cache=no_cache,
+            image_id = engine.build(api, archive, dockerfile=dockerfile, build_args=build_args, no_cache=no_cache,
                                     network=network, cache_from=cache_from, tag=tag, on_event=on_event)
     finally:
         stream.close()
@@ -103,11 +99,11 @@ def build(api: docker.APIClient, *, stage: str, lowered: Lowered, ids: Mapping[s
         at, instruction = line, ""
         if 0 < stream.step <= len(lowered.steps):
             source = lowered.steps[stream.step - 1].source
-            at, instruction = source.line, " at " + short_text(source.text)
+            at, instruction = source.line, " at " + one_line(source.text)
         reason = stream.errors[-1] if stream.errors else "the engine's stream ended without an image ID"
         for name, image_id in ids.items():
             reason = reason.replace(image_id, f"stage '{name}'").replace(image_id.split(":")[-1], name)
-        raise EngineError(f"stage '{stage}' failed{instruction}: {short_text(reason, 300)}", where=where, line=at)
+        raise EngineError(f"stage '{stage}' failed{instruction}: {one_line(reason, 300)}", where=where, line=at)
     stream.finish_step()
     return image_id
 

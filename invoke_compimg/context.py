@@ -18,9 +18,8 @@ import tempfile
 from collections.abc import Iterable
 from typing import IO
 
-from docker.utils.build import exclude_paths
-
 from .errors import UserError
+from .sdk import docker
 
 _WILDCARDS = set("*?[")
 DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"  # the lowered Dockerfile's name in what we send
@@ -120,6 +119,12 @@ def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[s
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
+        if prefix and not any(info.name == prefix.rstrip("/") for info, _ in infos):
+            # The folder itself, even when no file of the context is read: a COPY of a missing
+            # path then says "not found", not that our folder is missing.
+            folder = tarfile.TarInfo(prefix.rstrip("/"))
+            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+            archive.addfile(folder)
         for info, full in infos:
             if info.isfile():
                 try:
@@ -129,6 +134,18 @@ def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[s
                     raise UserError(f"cannot read {full} for the build context ({exc.strerror})") from exc
             else:
                 archive.addfile(info)
+
+
+def _ignores_itself(patterns: list[str]) -> bool:
+    """Does `.dockerignore` exclude `.dockerignore`? Docker's rule: the last pattern that
+    matches decides, `!` re-includes; `*` matches dot files (Go's filepath.Match)."""
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        clean = _normalise(pattern.lstrip("!"))
+        if fnmatch.fnmatchcase(".dockerignore", clean) or clean in ("", "**"):
+            ignored = not negated
+    return ignored
 
 
 def _normalise(source: str) -> str:
@@ -163,7 +180,10 @@ def files_read(context: str, sources: Iterable[str]) -> list[str]:
     root = os.path.abspath(context)
     # exclude_paths always keeps the Dockerfile it is given (by default the user's own, even
     # when .dockerignore drops it, which Docker does not do): name ours, which is never there.
-    candidates = exclude_paths(root, dockerignore_patterns(context), dockerfile=DOCKERFILE_IN_CONTEXT)
+    patterns = dockerignore_patterns(context)
+    candidates = docker.utils.build.exclude_paths(root, list(patterns), dockerfile=DOCKERFILE_IN_CONTEXT)
+    if ".dockerignore" in candidates and _ignores_itself(patterns):
+        candidates.discard(".dockerignore")  # the SDK's matcher never lets `*` match a dot file
     if "" in normalised:
         return sorted(candidates)
     chosen: set[str] = set()

@@ -17,15 +17,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-import docker
-import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
-from .context import DOCKERFILE_IN_CONTEXT
 from .errors import EngineError
 from .names import normalise_ref
 from .procs import owner, owner_gone
+from .sdk import docker, has_paramiko, load_paramiko
 
 LABEL_PROJECT = "compimg.project"  # the project an image or container belongs to
 LABEL_TEMPORARY = "compimg.temporary"  # containers we create only to copy files out or
@@ -51,11 +49,19 @@ def connect(version: str = "auto") -> docker.APIClient:
     url = str(params.get("base_url") or "")
     if url.startswith("ssh://"):
         params["use_ssh_client"] = use_ssh_client()
+        if not params["use_ssh_client"]:
+            load_paramiko()
         if params["use_ssh_client"]:
             _probe_ssh(url)  # ssh's own complaint, as our one line (the SDK lets it reach stderr)
     try:
-        api = docker.APIClient(version=version, **params)
-    except docker.errors.DockerException as exc:
+        # Asked "auto", the SDK asks the engine's /version and throws the answer away; we ask
+        # once ourselves and keep it (`kind`): one request fewer on every command.
+        api = docker.APIClient(version=version if version != "auto" else MINIMUM_API_VERSION, **params)
+        if version == "auto":
+            found = api.version(api_version=False)
+            api._version = str(found["ApiVersion"])
+            _kinds[api.base_url] = _kind_of(found)
+    except (docker.errors.DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
         if url.startswith("ssh://"):
             raise EngineError(f"cannot reach the Docker engine at {address()} through ssh ({_reason(exc)}); "
                               f"check that `ssh {_ssh_target(url)} docker version` works") from exc
@@ -70,27 +76,22 @@ def connect(version: str = "auto") -> docker.APIClient:
     return api
 
 
+MINIMUM_API_VERSION = "1.24"  # the SDK's own minimum; replaced by the engine's at once
+
+
 def use_ssh_client() -> bool:
     """Which ssh transport: see `connect`."""
     chosen = os.environ.get(SSH_CLIENT_VARIABLE, "").strip().lower()
     if chosen in ("1", "true", "yes", "on"):
         return True
     if chosen in ("0", "false", "no", "off"):
-        if not _has_paramiko():
+        if not has_paramiko():
             raise EngineError(f"{SSH_CLIENT_VARIABLE}={chosen} asks for paramiko, which is not installed; "
                               f"pip install paramiko, or set {SSH_CLIENT_VARIABLE}=1 to use the ssh command")
         return False
     if chosen:
         raise EngineError(f"{SSH_CLIENT_VARIABLE} {chosen!r}: write 1 (the ssh command) or 0 (paramiko)")
-    return not _has_paramiko()
-
-
-def _has_paramiko() -> bool:
-    try:
-        import paramiko  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return not has_paramiko()
 
 
 def _ssh_target(url: str) -> str:
@@ -225,12 +226,15 @@ _kinds: dict[str, EngineKind] = {}
 def kind(api: docker.APIClient) -> EngineKind:
     if api.base_url not in _kinds:
         with engine_errors("asking the engine its version"):
-            found = api.version()
-        components = {c.get("Name", ""): c for c in found.get("Components") or []}
-        podman = "Podman Engine" in components
-        version = str((components.get("Podman Engine") or {}).get("Version") or found.get("Version") or "?")
-        _kinds[api.base_url] = EngineKind(podman, str(found.get("Os") or "linux").lower(), version)
+            _kinds[api.base_url] = _kind_of(api.version())
     return _kinds[api.base_url]
+
+
+def _kind_of(found: Mapping[str, Any]) -> EngineKind:
+    components = {c.get("Name", ""): c for c in found.get("Components") or []}
+    podman = "Podman Engine" in components
+    version = str((components.get("Podman Engine") or {}).get("Version") or found.get("Version") or "?")
+    return EngineKind(podman, str(found.get("Os") or "linux").lower(), version)
 
 
 def pull(api: docker.APIClient, ref: str, on_event: Callable[[BuildEvent], None]) -> None:
@@ -254,7 +258,7 @@ class BuildEvent:
     text: str
 
 
-def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str, str],
+def build(api: docker.APIClient, archive: IO[bytes], *, dockerfile: str, build_args: Mapping[str, str],
           no_cache: bool, network: str | None, cache_from: tuple[str, ...] = (), tag: str | None = None,
           on_event: Callable[[BuildEvent], None]) -> str | None:
     """Send one single-stage build; return the image ID from the `aux` message, or None
@@ -263,7 +267,7 @@ def build(api: docker.APIClient, archive: IO[bytes], *, build_args: Mapping[str,
     cache_from = ensure_cache_sources(api, cache_from, on_event)
     archive.seek(0)
     stream = api.build(
-        fileobj=archive, custom_context=True, dockerfile=DOCKERFILE_IN_CONTEXT,
+        fileobj=archive, custom_context=True, dockerfile=dockerfile,
         rm=True, forcerm=True, decode=True, nocache=no_cache, pull=False,
         buildargs=dict(build_args), network_mode=network, cache_from=list(cache_from) or None, tag=tag,
     )

@@ -33,6 +33,12 @@ class EngineError(UserError):
 class Interrupted(UserError):
     """Ctrl-C: exit 130 after cleaning up."""
 
-    def __init__(self, message: str = "interrupted: running builds are cancelled by the engine; "
+    def __init__(self, message: str = "interrupted: running builds were cancelled on the engine; "
                                       "temporary containers and folders of this run were removed") -> None:
         super().__init__(message, code=130)
+
+
+def one_line(text: str, limit: int = 120) -> str:
+    """`text` (an instruction, an engine message) folded to one line of at most `limit`."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

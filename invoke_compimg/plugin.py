@@ -201,8 +201,9 @@ def build(c: Context, target: str | None = None, tag: list[str] | None = None,
           build_arg: list[str] | None = None, no_cache: bool = False, push: bool = False,
           jobs: int | None = None, builder: str | None = None, progress: str | None = None,
           pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
-          push_all: bool = False, *, dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
-          key: str = "compimg", base: str | Path | None = None, prefix: str | None = None) -> dict[str, str]:
+          push_all: bool = False, network: str | None = None, *, dockerfile: str | Path = "Dockerfile",
+          context: str | Path = ".", key: str = "compimg", base: str | Path | None = None,
+          prefix: str | None = None) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
     p = _bound_project(locals())
     target = target or configured(c.config.get(key), "target", _env_prefix(c, key))
@@ -211,7 +212,7 @@ def build(c: Context, target: str | None = None, tag: list[str] | None = None,
     settings = _settings(c, key, p, target=goal, tags=_strings(tag), build_args=_strings(build_arg),
                          no_cache=no_cache or None, push=push or None, jobs=jobs, builder=builder,
                          progress=progress, pull=pull or None, cache_from=_strings(cache_from),
-                         cache_to=cache_to, prefix=prefix)
+                         cache_to=cache_to, network=network, prefix=prefix)
     _check_tags(p, settings, goal, _strings(tag), "build --target")
     return _run_build(c, p, settings, goal, push_all=push_all)
 
@@ -261,7 +262,7 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
             refs = pushing.plan(settings.tags, ids, goal, push_all, skipped=reporter.warning)
             if not refs:
                 reporter.warning(f"--push: no tag for '{goal}' to push; add --tag REF")
-            pushing.push(session.api, refs, reporter, layers=reporter.__class__.__name__ == "LiveReporter")
+            pushing.push(session.api, refs, reporter, layers=reporter.live)
         reporter.result(ids[goal])
         return ids
     finally:
@@ -284,7 +285,7 @@ def build_stage(c: Context, stage: str, tag: list[str] | None = None, build_arg:
 
 
 @interruptible
-def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None, *,
+def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None, progress: str | None = None, *,
              dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
              base: str | Path | None = None, prefix: str | None = None) -> str:
     """Build the final (or named) stage from its prerequisites' existing images."""
@@ -295,7 +296,7 @@ def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None,
     if outside:
         raise UserError(f"--tag {outside[0]}: assemble builds only '{goal}'; write --tag REF, "
                         f"or `{_prefix(key, prefix)}assemble --stage {outside[0].partition('=')[0]}`")
-    settings = _settings(c, key, p, target=goal, tags=tags, prefix=prefix)
+    settings = _settings(c, key, p, target=goal, tags=tags, prefix=prefix, progress=progress)
     if _dry(c):
         print(f"would assemble {goal} from the images of {', '.join(p.graph.stage(goal).depends_on) or 'no stage'}"
               + (f"; tag it as {', '.join(settings.tags[goal])}" if settings.tags.get(goal) else ""))
@@ -315,7 +316,8 @@ def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None,
 
 
 @interruptible
-def extract_artifact(c: Context, artifact: str, dest: str = ".", *, dockerfile: str | Path = "Dockerfile",
+def extract_artifact(c: Context, artifact: str, dest: str = ".", progress: str | None = None, *,
+                     dockerfile: str | Path = "Dockerfile",
                      context: str | Path = ".", key: str = "compimg", base: str | Path | None = None,
                      prefix: str | None = None) -> list[str]:
     """Copy STAGE:/PATH out of a stage's image onto the host (like `docker cp`)."""
@@ -325,7 +327,7 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", *, dockerfile: 
     if not colon or not path.startswith("/"):
         raise UserError(f"'{artifact}': write STAGE:/ABSOLUTE/PATH, e.g. build:/go/bin/app")
     goal = p.stage(stage_name, flag="extract-artifact").name
-    settings = _settings(c, key, p, target=goal, prefix=prefix)
+    settings = _settings(c, key, p, target=goal, prefix=prefix, progress=progress)
     if _dry(c):
         print(f"would build {goal} and copy {path} into {dest}")
         return []
@@ -339,7 +341,7 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", *, dockerfile: 
         image_id = session.build([goal])[goal]
         result = copy_out(session.api, p, goal, image_id, path, dest, reporter, shell_task=settings.task("shell"))
         reporter.note(f"extracted {artifact} -> {', '.join(str(Path(dest) / n) for n in result.names)}"
-                      f" ({result.files} entries)")
+                      f" ({result.files} {'entry' if result.files == 1 else 'entries'})")
         for skipped in result.skipped:
             reporter.warning(f"skipped special file {skipped} (devices and FIFOs are never extracted)")
     finally:
@@ -348,16 +350,14 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", *, dockerfile: 
 
 
 @interruptible
-def shell(c: Context, stage: str, cmd: str = "sh", *, dockerfile: str | Path = "Dockerfile",
-          context: str | Path = ".", key: str = "compimg", base: str | Path | None = None,
-          prefix: str | None = None) -> None:
+def shell(c: Context, stage: str, cmd: str = "sh", progress: str | None = None, *,
+          dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
+          base: str | Path | None = None, prefix: str | None = None) -> None:
     """Open a shell (or run --cmd) in a stage's image, for debugging that stage."""
-    import shlex
-
     p = _bound_project(locals())
     _positional(stage, "a STAGE", "shell", _prefix(key, prefix))
     goal = p.stage(stage).name
-    settings = _settings(c, key, p, target=goal, prefix=prefix)
+    settings = _settings(c, key, p, target=goal, prefix=prefix, progress=progress)
     if _dry(c):
         print(f"would build {goal} and run `{cmd}` in it")
         return
@@ -372,9 +372,21 @@ def shell(c: Context, stage: str, cmd: str = "sh", *, dockerfile: str | Path = "
     finally:
         reporter.close()
     engine.reap_leftovers(session.api, p.slug)
-    status = terminal.run_shell(session.api, image_id, shlex.split(cmd), p.slug)
+    status = terminal.run_shell(session.api, image_id, command_words(cmd), p.slug)
     if status:
         raise UserError(f"`{cmd}` in stage '{goal}' exited with status {status}", code=status)
+
+
+def command_words(cmd: str) -> list[str]:
+    """`--cmd` as `docker run IMAGE ...` would take it from a shell: plain words run as they
+    are (an image without a shell works), and shell syntax (`;`, `&&`, `|`, `$`, `exit 3`)
+    runs through `sh -c`."""
+    import shlex
+
+    words = shlex.split(cmd)
+    if re.search(r"[;&|<>$`(){}*?~]", cmd) or (words and words[0] in ("exit", "cd", "export", "set", ".")):
+        return ["sh", "-c", cmd]
+    return words
 
 
 @interruptible
@@ -413,14 +425,19 @@ HELP: dict[str, dict[str, str]] = {
               "progress": "auto (default), plain, tty or quiet",
               "pull": "pull external base images even when they are present",
               "cache-from": "REF of an image to use as a cache source; repeatable",
-              "cache-to": "'inline': embed cache metadata in the built images (for --cache-from)"},
+              "cache-to": "'inline': embed cache metadata in the built images (for --cache-from)",
+              "network": "network of RUN steps: default, none or host (BuildKit); any network (classic)"},
     "build-stage": {"stage": "the stage to build", "tag": "REF to tag the stage with; repeatable",
                     "build-arg": "KEY=VALUE build argument; repeatable",
                     "no-cache": "do not use the engine's cache", "progress": "auto, plain, tty or quiet"},
     "extract-artifact": {"artifact": "STAGE:/PATH to copy out (a file or a directory)",
-                         "dest": "folder to copy into (default: current folder)"},
-    "assemble": {"stage": "stage to assemble (default: the final stage)", "tag": "REF to tag it with"},
-    "shell": {"stage": "stage whose image to open", "cmd": "command to run instead of `sh`"},
+                         "dest": "folder to copy into (default: current folder)",
+                         "progress": "auto, plain, tty or quiet"},
+    "assemble": {"stage": "stage to assemble (default: the final stage)", "tag": "REF to tag it with",
+                 "progress": "auto, plain, tty or quiet"},
+    "shell": {"stage": "stage whose image to open",
+              "cmd": "command to run instead of `sh` (shell syntax runs through sh -c)",
+              "progress": "auto, plain, tty or quiet (the build before the shell)"},
     "clean": {},
 }
 ITERABLE = {"build": ["tag", "build_arg", "cache_from"], "build-stage": ["tag", "build_arg"],

@@ -53,6 +53,8 @@ class Row:
 
 
 class Reporter(Protocol):
+    live: bool  # a live terminal view (per-layer push progress is shown only there)
+
     def stage_started(self, stage: str) -> None: ...
     def step(self, stage: str, text: str) -> None: ...
     def step_done(self, stage: str, text: str, seconds: float | None, cached: bool) -> None: ...
@@ -163,6 +165,8 @@ class _StepNumbers:
 class PlainReporter:
     """Whole lines, each prefixed with its stage; safe for CI logs."""
 
+    live = False  # no live view: per-layer push progress would only fill the log
+
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self.out, self.err = out, err
         self._lock = threading.RLock()
@@ -227,6 +231,8 @@ class PlainReporter:
 
 class QuietReporter:
     """Errors on stderr, with the failed step's last output lines; the image ID on stdout."""
+
+    live = False
 
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self.out, self.err = out, err
@@ -299,6 +305,8 @@ class LiveReporter:
 
     Lock order: never call rich while holding `self._lock`; rich's refresh thread holds its own
     lock and then takes ours (in `_render`), so the opposite order would deadlock."""
+
+    live = True  # a terminal: per-layer progress is worth showing
 
     def __init__(self, out: TextIO, err: TextIO) -> None:
         from rich.console import Console  # lazy: only a live view pays for rich

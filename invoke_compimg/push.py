@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-
-import docker
+from typing import TYPE_CHECKING
 
 from . import engine
 from .errors import UserError
 from .progress import Reporter
+
+if TYPE_CHECKING:
+    import docker
 
 
 def plan(tags: Mapping[str, Sequence[str]], built: Mapping[str, str], target: str,

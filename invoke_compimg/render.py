@@ -28,8 +28,10 @@ def _sources(stage: Stage) -> list[tuple[str, str, int]]:
 
 def as_text(graph: Graph) -> str:
     out = [f"{graph.path}: {len(graph.stages)} stage(s), final: {graph.final.name}"]
-    for stage in graph.needs():
-        mark = "  (final)" if stage is graph.final else ""
+    final_needs = {s.name for s in graph.needs()}
+    for stage in graph.stages:
+        mark = ("  (final)" if stage is graph.final else "" if stage.name in final_needs
+                else "  (not needed by the final stage)")
         out.append(f"{stage.name}  line {stage.line}  FROM {base_label(stage)}{mark}")
         for copy in stage.copies:
             out.append(f"    line {copy.line}: COPY {copy.stage}:{' '.join(copy.paths)} -> {copy.dest}")

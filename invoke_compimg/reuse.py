@@ -14,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import docker
+from typing import TYPE_CHECKING, Any
 
 from . import engine
 from .context import fingerprint
 from .names import normalise_ref
 from .project import Project
+
+if TYPE_CHECKING:
+    import docker
 
 
 class ExternalImages:
@@ -92,17 +93,30 @@ def retire(api: docker.APIClient, project: Project, name: str, previous: dict[st
     """`previous` (what the unit's local name pointed to before this build started) is
     superseded by `image_id`, now named: drop its inputs records and, once nothing names
     it, remove it, so rebuilds do not pile up images. Looking before the build, not after,
-    keeps images of runs going on at the same time out of this. Only inspects, never lists:
-    listing images costs the engine time in proportion to every image it holds."""
+    keeps images of runs going on at the same time out of this. Inspects, and lists only
+    when the builder changed: listing images costs the engine time in proportion to every
+    image it holds (0.12 s with 900 images)."""
     if previous is None or previous["Id"] == image_id:
         return
-    prefix = project.inputs_ref(name, builder_mark(kind))
-    for ref in previous.get("RepoTags") or []:
+    mine = project.inputs_ref(name, builder_mark(kind))
+    names = [normalise_ref(ref) for ref in previous.get("RepoTags") or []]
+    if any(n.startswith(mine) for n in names) or not any(n.startswith(project.inputs_ref(name)) for n in names):
+        _retire_image(api, previous["Id"], previous.get("RepoTags") or [], mine, keep)
+        return
+    # The name pointed at the other builder's image, which stays reusable: this builder's
+    # own superseded image is found by its records.
+    for old_id, ref in engine.tags_in_repository(api, project.repository):
+        if old_id != image_id and normalise_ref(ref).startswith(mine) and normalise_ref(ref) != keep:
+            _retire_image(api, old_id, [ref], mine, keep)
+
+
+def _retire_image(api: docker.APIClient, image_id: str, refs: Iterable[str], prefix: str, keep: str | None) -> None:
+    for ref in refs:
         # `keep` is the record just given to the new image (a --no-cache rebuild of the
         # same inputs has the same name): removing the name would remove it from there.
         plain = normalise_ref(ref)
         if plain.startswith(prefix) and plain != keep:
             engine.untag(api, ref)
-    now = engine.inspect(api, previous["Id"])
+    now = engine.inspect(api, image_id)
     if now is not None and not now.get("RepoTags"):
-        engine.remove_unnamed(api, previous["Id"])
+        engine.remove_unnamed(api, image_id)

@@ -14,16 +14,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
-
-import docker
+from typing import IO, TYPE_CHECKING
 
 from . import context, engine, lowering, reuse, scheduler
-from .errors import Interrupted, UserError
+from .errors import EngineError, Interrupted, UserError
 from .graph import PREDEFINED_ARGS, Copy, Instruction, Run, Stage
 from .progress import Reporter, Row
 from .project import Project, StageResult
 from .settings import Settings
+from .syntax import parse_file, parse_text
+
+if TYPE_CHECKING:
+    import docker
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,12 @@ class Session:
         self.project = project
         self.settings = settings
         self.reporter = reporter
+        # A build arg that sets a global ARG can change a FROM (`FROM golang:${GO}`, or even
+        # which stage a stage builds on): then the file is read again with it, so the images
+        # pulled, pinned in the inputs digest and named in messages are the ones built from.
+        overrides = {k: v for k, v in settings.build_args.items() if k in project.graph.global_arg_names}
+        self.graph = (parse_file(project.dockerfile, overrides, context=project.context) if overrides
+                      else project.graph)
         self.results: dict[str, StageResult] = {}
         self.images = reuse.ExternalImages()
         self._main_api = api
@@ -77,7 +85,7 @@ class Session:
         """The builder that runs: `auto` takes BuildKit where the engine offers it."""
         kind = engine.kind(self.api)
         if self.settings.builder == "auto":
-            return "buildkit" if kind.buildkit and not classic_only(self.project.graph.stages) else "classic"
+            return "buildkit" if kind.buildkit and not classic_only(self.graph.stages) else "classic"
         if self.settings.builder == "buildkit" and not kind.buildkit:
             raise UserError(f"--builder buildkit: {kind.name} at {engine.address()} offers no BuildKit; "
                             "use --builder classic (or auto)")
@@ -88,7 +96,7 @@ class Session:
         """Build `targets` (stage names) and every stage they need; {stage: image ID}. The
         classic builder makes one request per stage; BuildKit one solve per target, the
         solves running side by side and sharing the engine's cache."""
-        graph = self.project.graph
+        graph = self.graph
         needed = [s for s in graph.stages if s.name in {n.name for t in targets for n in graph.needs(t)}]
         self.check_features(needed)
         self._warn_unused_args(needed)
@@ -117,7 +125,7 @@ class Session:
         already have (BuildKit builds them in the same solve, from its cache)."""
         self.check_features([stage])
         needs = stage.depends_on if self.builder == "classic" else ()
-        stages = (stage,) if self.builder == "classic" else self.project.graph.needs(stage.name)
+        stages = (stage,) if self.builder == "classic" else self.graph.needs(stage.name)
         try:
             return self._build_unit(Unit(stage.name, stages, needs), {}, lambda _: None)
         except (KeyboardInterrupt, Interrupted):  # `compimg` raises Interrupted from its SIGINT handler
@@ -178,7 +186,7 @@ class Session:
     def args_for(self, stages: Sequence[Stage]) -> dict[str, str]:
         """The build args these stages consume: their own ARGs, the global ARGs, and
         Docker's predefined proxy args. Others are not sent (Docker would warn)."""
-        names = set(self.project.graph.global_arg_names) | PREDEFINED_ARGS
+        names = set(self.graph.global_arg_names) | PREDEFINED_ARGS
         for stage in stages:
             names.update(stage.args)
         args = {k: v for k, v in self.settings.build_args.items() if k in names}
@@ -225,10 +233,12 @@ class Session:
             ready(image_id)
             size, names, how = -1, [self.project.local_ref(stage.name)], "built"
         reuse.record(self.api, self.project, stage.name, digest, image_id, names)
+        # Your tags move to the new image first, so the superseded one is unnamed when it is
+        # retired, and goes.
+        self._apply_tags(stage.name, image_id)
         if found is None:
             keep = self.project.inputs_ref(stage.name, digest) if digest else None
             reuse.retire(self.api, self.project, stage.name, previous, image_id, keep, self.builder)
-        self._apply_tags(stage.name, image_id)
         if size < 0:
             size = engine.image_size(self.api, image_id)
         elapsed = time.monotonic() - started
@@ -251,12 +261,12 @@ class Session:
         images = tuple(dict.fromkeys(ref for s in unit.stages for ref in s.images))
         if self.builder == "classic":
             ids = {name: self._dependency_id(stage, name, known) for name in stage.depends_on}
-            lowered = lowering.per_stage(self.project.graph, stage.name)
+            lowered = lowering.per_stage(self.graph, stage.name)
             return Plan(lowering.fill_placeholders(lowered.text, ids), lowered, paths, images, "", ids)
         # The ONBUILD triggers of an external base image read the context as the user laid
         # it out, so a unit with such triggers is sent without the `ctx/` folder.
         prefix = "" if any(self._external_triggers(s) for s in unit.stages) else lowering.CONTEXT_PREFIX
-        lowered = lowering.multi_stage(self.project.graph, unit.stages, context_prefix=prefix)
+        lowered = lowering.multi_stage(self.graph, unit.stages, context_prefix=prefix)
         return Plan(lowered.text, lowered, paths, images, prefix, {})
 
     def _send(self, unit: Unit, plan: Plan, archive: IO[bytes],
@@ -268,7 +278,8 @@ class Session:
         where = str(self.project.dockerfile)
         if self.builder == "classic":
             image_id = classic.build(
-                self.api, stage=stage.name, lowered=plan.lowered, ids=plan.ids, archive=archive, build_args=args,
+                self.api, stage=stage.name, lowered=plan.lowered, ids=plan.ids,
+                dockerfile=context.DOCKERFILE_IN_CONTEXT, archive=archive, build_args=args,
                 no_cache=self.settings.no_cache, network=self._classic_network(),
                 cache_from=self.settings.cache_from, reporter=self.reporter, where=where, line=stage.line,
                 tag=self.project.local_ref(stage.name))
@@ -294,12 +305,18 @@ class Session:
     def _ensure_images(self, stages: Sequence[Stage]) -> None:
         """Pull the external images these stages read that the engine lacks (all of them
         with --pull), one line each: BuildKit cannot pull without a session of its own."""
-        for ref in dict.fromkeys(r for s in stages for r in s.images):
+        wanted = {ref: stage for stage in reversed(stages) for ref in stage.images}  # first reader wins
+        for ref, stage in reversed(list(wanted.items())):
             if ref == "scratch":
                 continue
             if self.settings.pull or self.images.inspect(self.api, ref) is None:
-                self.reporter.note(f"pulling {ref}")
-                engine.pull(self.api, ref, lambda event: None)
+                self.reporter.note(f"pulling {ref}", stage.name)
+                try:
+                    engine.pull(self.api, ref, lambda event: None)
+                except EngineError as exc:  # the user's line: the FROM (or --from) that names it
+                    line = next((i.line for i in stage.instructions if ref in i.value), stage.line)
+                    raise EngineError(f"stage '{stage.name}': {exc}", where=str(self.project.dockerfile),
+                                      line=line) from exc
                 self.images.forget(ref)
 
     def _external_triggers(self, stage: Stage) -> tuple[str, ...]:
@@ -326,7 +343,7 @@ class Session:
             return built[-1].image_id
         found = engine.image_id_of(self.api, self.project.local_ref(name))
         if found is None:
-            task = self.project.graph.stage(name).task_name
+            task = self.graph.stage(name).task_name
             raise UserError(f"stage '{stage.name}' needs stage '{name}', which has not been "
                             f"built; run `{self.settings.task('stage.' + task)}` or "
                             f"`{self.settings.task('build')}` first",
@@ -350,7 +367,7 @@ class Session:
 
     # --- after the build ----------------------------------------------------------------
     def rows(self) -> list[Row]:
-        order = {stage.name: stage.index for stage in self.project.graph.stages}
+        order = {stage.name: stage.index for stage in self.graph.stages}
         return [Row(r.name, r.image_id, r.size, r.seconds, r.how, r.builder)
                 for r in sorted(self.results.values(), key=lambda r: order[r.name])]
 
@@ -361,8 +378,6 @@ class Session:
 def trigger_sources(triggers: Sequence[str]) -> list[str]:
     """Context paths that ONBUILD triggers (`COPY . /go/src/app`) read. A trigger we cannot
     read counts as reading the whole context."""
-    from .syntax import parse_text
-
     try:
         graph = parse_text("FROM scratch\n" + "\n".join(triggers) + "\n", "ONBUILD")
     except UserError:
@@ -378,7 +393,7 @@ def buildkit_only(instruction: Instruction) -> str | None:
         return "RUN --mount"
     if isinstance(instruction, Copy):
         for flag in ("chmod", "link", "parents", "exclude"):
-            if instruction.flag(flag) is not None or any(k == flag for k, _ in instruction.flags):
+            if any(key == flag for key, _ in instruction.flags):
                 return f"{instruction.keyword} --{flag}"
     return None
 

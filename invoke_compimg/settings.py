@@ -113,9 +113,9 @@ def parse_tags(values: Iterable[str], default_stage: str, graph: Graph,
         if not eq:
             stage, ref = default_stage, value
         name = stage_named(graph, stage, f"{source} {value}")
-        from docker.utils.build import match_tag  # the SDK's own rule, imported only to build
+        from .sdk import docker  # the SDK's own rule, imported only to build
 
-        if not match_tag(ref):
+        if not docker.utils.build.match_tag(ref):
             raise UserError(f"{source} {value}: '{ref}' is not a valid image reference; "
                             "use lower-case name[:tag]")
         tags.setdefault(name, []).append(ref)

@@ -68,8 +68,8 @@ def read_dockerfile(path: str | Path) -> str:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise UserError(f"no such file; pass the Dockerfile's path (cwd is {Path.cwd()})",
-                        where=where) from None
+        raise UserError(f"no such file; give the Dockerfile's path (in tasks.py: collection('path/to/Dockerfile'); "
+                        f"compimg: -f PATH) (cwd is {Path.cwd()})", where=where) from None
     except IsADirectoryError:
         raise UserError("is a directory; pass the Dockerfile inside it", where=where) from None
     except OSError as exc:

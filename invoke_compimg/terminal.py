@@ -9,11 +9,9 @@ import threading
 import uuid
 from collections.abc import Iterator
 
-import docker
-from docker.utils.socket import STDERR, frames_iter
-
 from .engine import LABEL_PROJECT, LABEL_TEMPORARY, engine_errors, remove_container
 from .procs import owner
+from .sdk import docker
 
 
 def run_shell(api: docker.APIClient, image_id: str, command: list[str], project: str) -> int:
@@ -36,8 +34,8 @@ def run_shell(api: docker.APIClient, image_id: str, command: list[str], project:
             # Input on a thread of its own; the SDK's frames_iter splits the output (the
             # engine multiplexes stdout and stderr when there is no TTY).
             threading.Thread(target=_forward_input, args=(stdin_fd, sock), daemon=True).start()
-            for stream, payload in frames_iter(socket_io, interactive):
-                target = sys.stderr if stream == STDERR else sys.stdout
+            for stream, payload in docker.utils.socket.frames_iter(socket_io, interactive):
+                target = sys.stderr if stream == docker.utils.socket.STDERR else sys.stdout
                 target.buffer.write(payload)
                 target.buffer.flush()
         with engine_errors("waiting for the shell"):

@@ -51,12 +51,15 @@ def run_image(api: Any, image: str, command: list[str] | None = None) -> tuple[i
         api.remove_container(container, force=True)
 
 
-def count_containers(api: Any, project: Any = None) -> int:
-    """Containers on the engine; with `project`, only those our code made for it (by label),
-    so the count holds while anything else uses the engine."""
-    if project is None:
-        return len(api.containers(all=True))
-    return len(api.containers(all=True, filters={"label": f"compimg.project={project.slug}"}))
+def count_containers(api: Any, project: Any = None, marker: str | None = None) -> int:
+    """Containers of this test only, so the count holds while anything else uses the engine:
+    those our code made for `project` (by label), and the engine's build containers whose
+    command holds `marker` (a unique word the test put in its RUN lines)."""
+    found = {c["Id"] for c in api.containers(all=True, filters={"label": f"compimg.project={project.slug}"})} \
+        if project is not None else set()
+    if marker is not None:
+        found |= {c["Id"] for c in api.containers(all=True) if marker in (c.get("Command") or "")}
+    return len(found)
 
 
 def build_native(api: Any, project: Any, tag: str) -> None:
@@ -111,3 +114,21 @@ def extract_artifact(project: Any, builder: Builder, spec: str, dest: str) -> An
     name = project.stage(stage).name
     image_id = builder.build(name)[name]
     return artifacts.copy_out(builder.api, project, name, image_id, path, dest, builder.session.reporter)
+
+
+def processes_with(marker: str) -> list[str]:
+    """Command lines on this machine that contain `marker` (the test's own processes left
+    out): BuildKit runs a RUN step as a child of dockerd, not as a container, so /proc is
+    where a step that outlived its build would show."""
+    import glob
+
+    found = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(path, "rb") as handle:
+                line = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in line and "pytest" not in line and "invoke_compimg.cli" not in line:
+            found.append(line)
+    return found

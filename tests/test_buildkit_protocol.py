@@ -7,7 +7,6 @@ tests/buildkit_capture.py) and need no engine; tests marked `engine` run real so
 from __future__ import annotations
 
 import base64
-import glob
 import io
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_helpers import processes_with
 
 from invoke_compimg import buildkit as bk
 from invoke_compimg.context import context_tar
@@ -404,21 +404,6 @@ def test_a_refused_request_is_one_engine_error(api: Any) -> None:
     assert caught.value.status_code == 500
     assert caught.value.engine_message == 'network mode "my-network" not supported by buildkit'
     assert str(caught.value) == 'the engine refused the build: network mode "my-network" not supported by buildkit'
-
-
-def processes_with(marker: str) -> list[str]:
-    """Command lines (on this machine) that contain `marker`: a RUN step runs as a child of
-    dockerd, not in a docker container."""
-    found = []
-    for path in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(path, "rb") as handle:
-                line = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in line and "pytest" not in line:
-            found.append(line)
-    return found
 
 
 def run_until_sleeping(api: Any, marker: str, build_id: str, when_sleeping: Any) -> tuple[float, float]:

@@ -48,10 +48,10 @@ def _wait_for(process: subprocess.Popen[str], marker: str, timeout: float = 120)
     raise AssertionError(f"never saw {marker!r}; output so far:\n{seen}")
 
 
-def _settles(api, count: int, timeout: float = 10) -> bool:  # type: ignore[no-untyped-def]
+def _settles(api, count: int, project=None, marker=None, timeout: float = 10) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if count_containers(api) <= count:
+        if count_containers(api, project, marker) <= count:
             return True
         time.sleep(0.2)
     return False
@@ -64,15 +64,15 @@ def _interrupt(process: subprocess.Popen[str]) -> tuple[int, str, float]:
     return process.returncode, err, time.monotonic() - started
 
 
-def test_ctrl_c_mid_run(make_project, api) -> None:  # type: ignore[no-untyped-def]
-    project = make_project("NAME slow\nFROM busybox\nRUN echo started && sleep 60\n")
-    before = count_containers(api)
+def test_ctrl_c_mid_run(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    project = make_project(f"NAME slow\nFROM busybox\nRUN echo started && sleep 60 # {unique}\n")
+    before = count_containers(api, project, unique)
     process = _start(["build", "--no-cache"], project.context)
     _wait_for(process, "[slow] started")
     code, err, seconds = _interrupt(process)
     assert code == 130 and seconds < 5, err
     assert err.strip().splitlines() == [err.strip()] and err.startswith("interrupted:")
-    assert _settles(api, before), "the RUN container outlived the interrupted build"
+    assert before == 0 and _settles(api, 0, project, unique), "the RUN container outlived the interrupted build"
 
 
 def test_ctrl_c_mid_extraction_leaves_destination_as_it_was(make_project, api, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -82,7 +82,7 @@ def test_ctrl_c_mid_extraction_leaves_destination_as_it_was(make_project, api, t
     dest.mkdir()
     (dest / "out").mkdir()
     (dest / "out/old").write_text("old\n")
-    before = count_containers(api)
+    before = count_containers(api, project)
     process = _start(["extract-artifact", "big:/out", "--dest", str(dest)], project.context)
     _wait_for(process, "copying big:/out")
     time.sleep(0.3)
@@ -90,7 +90,7 @@ def test_ctrl_c_mid_extraction_leaves_destination_as_it_was(make_project, api, t
     assert code == 130, err
     assert sorted(p.name for p in dest.iterdir()) == ["out"]  # no staging folder left
     assert [p.name for p in (dest / "out").iterdir()] == ["old"]
-    assert _settles(api, before)
+    assert before == 0 and _settles(api, 0, project)
 
 
 def test_ctrl_c_while_parsing(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -185,12 +185,12 @@ class CuttingProxy:
         self.cut()
 
 
-def test_engine_lost_mid_build_then_next_run_works(make_project, api, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_engine_lost_mid_build_then_next_run_works(make_project, api, tmp_path, monkeypatch, unique) -> None:  # type: ignore[no-untyped-def]
     if os.environ.get("DOCKER_HOST"):
         pytest.skip("needs the local unix socket")
-    project = make_project("NAME slow\nFROM busybox\nRUN echo started && sleep 5 && echo done > /x\n")
+    project = make_project(f"NAME slow\nFROM busybox\nRUN echo started && sleep 5 && echo done > /x # {unique}\n")
     proxy = CuttingProxy(tmp_path / "engine.sock")
-    before = count_containers(api)
+    before = count_containers(api, project, unique)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{proxy.path}")
     out = io.StringIO()
     errors: list[BaseException] = []
@@ -214,7 +214,7 @@ def test_engine_lost_mid_build_then_next_run_works(make_project, api, tmp_path, 
     assert message.startswith(f"{project.dockerfile}:1: stage 'slow': lost the Docker engine at unix://")
     assert "\n" not in message
     monkeypatch.delenv("DOCKER_HOST")
-    assert _settles(api, before)
+    assert before == 0 and _settles(api, 0, project, unique)
     ids = Builder(Project(project.dockerfile, project.context), Settings(), out=io.StringIO()).build()
     assert ids["slow"].startswith("sha256:")
 
@@ -273,9 +273,9 @@ def test_hostile_imported_image_and_an_image_without_cmd(make_project, api, uniq
 
 
 def test_concurrent_builds_of_one_project_with_different_tags(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
-    project = make_project("NAME build\nFROM busybox\nRUN echo built > /x\nNAME run\nFROM busybox\n"
+    project = make_project(f"NAME build\nFROM busybox\nRUN echo built > /x # {unique}\nNAME run\nFROM busybox\n"
                            "COPY build:/x /x\nCMD [\"cat\", \"/x\"]\n")
-    before = count_containers(api)
+    before = count_containers(api, project, unique)
     runs = [_start(["build", f"--tag={unique}-{n}"], project.context) for n in range(3)]
     for run in runs:
         _, err = run.communicate(timeout=300)
@@ -284,7 +284,7 @@ def test_concurrent_builds_of_one_project_with_different_tags(make_project, api,
 
     for n in range(3):  # each run's own result, tagged as that run asked
         assert run_image(api, f"{unique}-{n}") == (0, "built\n")
-    assert count_containers(api) == before
+    assert count_containers(api, project, unique) == before == 0
     # A fourth run works too (a record that a concurrent run superseded costs a rebuild,
     # never a wrong result).
     again = subprocess.run([*COMPIMG, "build", f"--tag={unique}-again"], cwd=project.context,

@@ -67,7 +67,8 @@ def test_a_broken_dockerfile_leaves_the_users_tasks_alone(tmp_path: Path, breaka
                  "put FROM right after NAME")
     else:
         (project / "Dockerfile").unlink()
-        error = f"{project}/Dockerfile: no such file; pass the Dockerfile's path (cwd is {project})"
+        error = (f"{project}/Dockerfile: no such file; give the Dockerfile's path (in tasks.py: "
+                 f"collection('path/to/Dockerfile'); compimg: -f PATH) (cwd is {project})")
 
     listing = run_invoke(["--list"], project, NO_ENGINE)
     assert listing.returncode == 0

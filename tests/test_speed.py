@@ -34,7 +34,7 @@ class Spy:
         def build(api, archive, **kwargs):  # type: ignore[no-untyped-def]
             archive.seek(0)
             with tarfile.open(fileobj=archive) as tar:
-                text = tar.extractfile(engine.DOCKERFILE_IN_CONTEXT).read().decode()  # type: ignore[union-attr]
+                text = tar.extractfile(context_module.DOCKERFILE_IN_CONTEXT).read().decode()  # type: ignore[union-attr]
             started = time.monotonic()
             try:
                 return real_build(api, archive, **kwargs)
@@ -149,7 +149,7 @@ def test_unread_context_file_is_not_sent(make_project, monkeypatch) -> None:  # 
     build_archive, run_archive = spy.archives
     assert "big.bin" not in build_archive and "src/b.h" not in build_archive
     assert {"src/a.c", "inc/x.h"} <= set(build_archive)
-    assert set(run_archive) == {engine.DOCKERFILE_IN_CONTEXT, ".dockerignore"}
+    assert set(run_archive) == {context_module.DOCKERFILE_IN_CONTEXT, ".dockerignore"}
     from engine_helpers import run_image
 
     listing = run_image(project_api(), ids["run"], ["cat", "/listing"])[1]
