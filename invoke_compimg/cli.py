@@ -16,15 +16,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from invoke import Argument, Program
+from invoke import Argument, Config, Program
+from invoke.exceptions import UncastableEnvVar
 
-from .errors import Interrupted
+from .errors import Interrupted, UserError
 
 # Invoke's options that mean nothing for image builds are accepted but not shown.
 _SHOWN = ("help", "version", "list", "file", "context", "dry", "debug")
 # Bool flags of our tasks: the word after them is not their value.
 _BOOL_FLAGS = {"no-cache", "push", "push-all", "pull", "lowered", "list", "help", "debug", "dry",
                "version", "l", "h", "d", "V"}
+
+
+class CompimgConfig(Config):  # type: ignore[misc]
+    """Invoke casts an INVOKE_* environment string by the type of the value a config file
+    gave that key (`jobs: 2` then makes INVOKE_COMPIMG_JOBS=abc a ValueError traceback):
+    here that is one line, as every other bad setting is."""
+
+    def load_shell_env(self) -> None:
+        try:
+            super().load_shell_env()
+        except (UncastableEnvVar, ValueError) as exc:
+            raise UserError(f"an INVOKE_* environment variable does not fit the type its config file gives it "
+                            f"({exc}); give it a value of that type, or unset it") from None
 
 
 class CompimgProgram(Program):  # type: ignore[misc]
@@ -78,7 +92,7 @@ class CompimgProgram(Program):  # type: ignore[misc]
         self.config.load_project()
 
 
-program = CompimgProgram(name="compimg", binary="compimg")
+program = CompimgProgram(name="compimg", binary="compimg", config_class=CompimgConfig)
 _positional_context: str | None = None
 
 

@@ -370,3 +370,14 @@ def test_live_view_on_a_terminal(make_project, unique: str, builder: str) -> Non
     assert re.search(r"✔ slow\s+\d+\.\ds\s+built" + own_image, text), text
     assert re.search(r"✔ run\s+\d+\.\ds\s+built [0-9a-f]{12}", text), text
     assert "stopped" not in text  # a stage of a successful build is never left "stopped"
+
+
+def test_an_env_setting_of_the_wrong_type_for_a_config_file_is_one_line(tmp_path: Path) -> None:
+    """`jobs: 2` in invoke.yaml makes Invoke cast INVOKE_COMPIMG_JOBS to int itself."""
+    (tmp_path / "Dockerfile").write_text("FROM busybox AS run\n")
+    (tmp_path / "invoke.yaml").write_text("compimg:\n  jobs: 2\n  tags: {run: [a, b]}\n")
+    for variable, value in (("INVOKE_COMPIMG_JOBS", "abc"), ("INVOKE_COMPIMG_TAGS_RUN", "c")):
+        result = compimg(["build"], tmp_path, {**NO_ENGINE, variable: value})
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("an INVOKE_* environment variable does not fit the type"), lines[0]
