@@ -24,6 +24,11 @@ PREDEFINED_ARGS = frozenset({
 })
 
 
+def _value(pairs: tuple[tuple[str, str | None], ...] | tuple[tuple[str, str], ...], name: str) -> str | None:
+    """The value of the first `name` in (key, value) pairs, as Docker reads flags."""
+    return next((value for key, value in pairs if key == name), None)
+
+
 def task_name_for(stage_name: str) -> str:
     """The Invoke task name of a stage: `.` separates collections and Invoke turns `_`
     into `-`, so both become `-`; colliding stage names are rejected by the parser."""
@@ -106,10 +111,7 @@ class Copy(Instruction):
         return tuple(g.origin.stage for g in self.groups if g.origin.stage)
 
     def flag(self, name: str) -> str | None:
-        for key, value in self.flags:
-            if key == name:
-                return value
-        return None
+        return _value(self.flags, name)
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,7 @@ class Mount:
     origin: Origin  # `from=` (a stage or an image), else the context (bind) or nothing
 
     def option(self, name: str) -> str | None:
-        for key, value in self.options:
-            if key == name:
-                return value
-        return None
+        return _value(self.options, name)
 
 
 @dataclass(frozen=True)
