@@ -25,6 +25,12 @@ _NOISE_RE = re.compile(r"^( ---> (?!Using cache)|Removing intermediate container
                        r"Successfully tagged |COMMIT|--> |[0-9a-f]{64}$)")  # the last: Podman's image ID
 
 
+def network_for(requested: str | None, podman: bool) -> str | None:
+    """The network mode to send: Podman's compatible API ignores `none` (a RUN step still
+    sees the host's interfaces); its word for no network is NetworkDisabled."""
+    return "NetworkDisabled" if requested == "none" and podman else requested
+
+
 class _Stream:
     """Turns one stage's classic build stream into reporter events."""
 

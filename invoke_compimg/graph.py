@@ -10,6 +10,7 @@ knows of Invoke, the engine or scheduling.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -321,3 +322,22 @@ def edit_distance(a: str, b: str) -> int:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
         previous = current
     return previous[-1]
+
+
+def buildkit_only(instruction: Instruction) -> str | None:
+    """The BuildKit-only feature an instruction uses, if any (the classic builder refuses
+    these, or silently ignores them)."""
+    if isinstance(instruction, Run) and instruction.mounts:
+        return "RUN --mount"
+    if isinstance(instruction, Copy):
+        for flag in ("chmod", "link", "parents", "exclude"):
+            if any(key == flag for key, _ in instruction.flags):
+                return f"{instruction.keyword} --{flag}"
+    return None
+
+
+def classic_only(stages: Iterable[Stage]) -> list[Instruction]:
+    """Instructions only the classic builder runs right: an inherited ONBUILD trigger that
+    reads another stage (BuildKit of Docker 20.10 resolves its `--from` wrongly), reported
+    at the stage that runs it (its FROM)."""
+    return [stage.from_ for stage in stages if any(t.stages for t in stage.inherited)]

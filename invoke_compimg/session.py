@@ -18,11 +18,11 @@ from typing import IO, TYPE_CHECKING
 
 from . import context, engine, lowering, reuse, scheduler
 from .errors import EngineError, Interrupted, UserError
-from .graph import PREDEFINED_ARGS, Copy, Instruction, Run, Stage
+from .graph import PREDEFINED_ARGS, Stage, buildkit_only, classic_only
 from .progress import Reporter, Row
 from .project import Project, StageResult
 from .settings import Settings
-from .syntax import parse_file, parse_text
+from .syntax import onbuild_sources, parse_file
 
 if TYPE_CHECKING:
     import docker
@@ -280,7 +280,8 @@ class Session:
             image_id = classic.build(
                 self.api, stage=stage.name, lowered=plan.lowered, ids=plan.ids,
                 dockerfile=context.DOCKERFILE_IN_CONTEXT, archive=archive, build_args=args,
-                no_cache=self.settings.no_cache, network=self._classic_network(),
+                no_cache=self.settings.no_cache,
+                network=classic.network_for(self.settings.network, engine.kind(self.api).podman),
                 cache_from=self.settings.cache_from, reporter=self.reporter, where=where, line=stage.line,
                 tag=self.project.local_ref(stage.name))
             return image_id, {}
@@ -295,12 +296,6 @@ class Session:
             reporter=self.reporter, where=where, line=stage.line,
             running=lambda build_id: self._note_running(build_id, mine), tags=[self.project.local_ref(stage.name)])
         return outcome.image_id, outcome.stage_seconds
-
-    def _classic_network(self) -> str | None:
-        """Podman's compatible API ignores `none`; its word for no network is NetworkDisabled."""
-        if self.settings.network == "none" and engine.kind(self.api).podman:
-            return "NetworkDisabled"
-        return self.settings.network
 
     def _ensure_images(self, stages: Sequence[Stage]) -> None:
         """Pull the external images these stages read that the engine lacks (all of them
@@ -326,7 +321,7 @@ class Session:
         """Context paths the stage reads: its own COPY/ADD/bind mounts, and those of the
         ONBUILD triggers of its base image, which run in it (`FROM golang:onbuild`)."""
         triggers = self._external_triggers(stage)
-        return [*stage.context_sources, *(trigger_sources(triggers) if triggers else [])]
+        return [*stage.context_sources, *(onbuild_sources(triggers) if triggers else [])]
 
     def _done(self, result: StageResult) -> StageResult:
         with self._lock:
@@ -373,33 +368,3 @@ class Session:
 
     def summary(self, shipped: str | None) -> None:
         self.reporter.table(self.rows(), shipped)
-
-
-def trigger_sources(triggers: Sequence[str]) -> list[str]:
-    """Context paths that ONBUILD triggers (`COPY . /go/src/app`) read. A trigger we cannot
-    read counts as reading the whole context."""
-    try:
-        graph = parse_text("FROM scratch\n" + "\n".join(triggers) + "\n", "ONBUILD")
-    except UserError:
-        return ["."]
-    return list(graph.final.context_sources)
-
-
-
-def buildkit_only(instruction: Instruction) -> str | None:
-    """The BuildKit-only feature an instruction uses, if any (the classic builder refuses
-    these, or silently ignores them)."""
-    if isinstance(instruction, Run) and instruction.mounts:
-        return "RUN --mount"
-    if isinstance(instruction, Copy):
-        for flag in ("chmod", "link", "parents", "exclude"):
-            if any(key == flag for key, _ in instruction.flags):
-                return f"{instruction.keyword} --{flag}"
-    return None
-
-
-def classic_only(stages: Sequence[Stage]) -> list[Instruction]:
-    """Instructions only the classic builder runs right: an inherited ONBUILD trigger that
-    reads another stage (BuildKit of Docker 20.10 resolves its `--from` wrongly), reported
-    at the stage that runs it (its FROM)."""
-    return [stage.from_ for stage in stages if any(t.stages for t in stage.inherited)]

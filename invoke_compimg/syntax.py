@@ -14,7 +14,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -510,3 +510,13 @@ def parse_file(path: str | Path, build_args: Mapping[str, str] | None = None,
     are checked against it for misspelt stage names (see `parse_text`)."""
     return parse_text(read_dockerfile(path), str(path), build_args,
                       context_lookup(context) if context is not None else None)
+
+
+def onbuild_sources(triggers: Sequence[str]) -> list[str]:
+    """Context paths that ONBUILD triggers (`COPY . /go/src/app`) read. A trigger we cannot
+    read counts as reading the whole context."""
+    try:
+        found = parse_text("FROM scratch\n" + "\n".join(triggers) + "\n", "ONBUILD")
+    except UserError:
+        return ["."]
+    return list(found.final.context_sources)
