@@ -493,3 +493,46 @@ def test_push_plan_says_what_it_does_not_push() -> None:
     assert len(lines) == 1 and "r/app:old" in lines[0]
     with pytest.raises(UserError, match="stage 'old' is not part of this build"):
         plan(tags, built, "run", True)
+
+
+# --- found in review: build args in FROM, builders side by side, our folder in messages -------
+
+@pytest.mark.engine
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_a_build_arg_that_changes_from_is_what_is_built_and_reused(builder: str, base_images: Any,
+                                                                   make_project: Any, api: Any,
+                                                                   unique: str) -> None:
+    base_images("FROM busybox\nRUN echo one > /marker\n", f"{unique}-base:v1")
+    base_images("FROM busybox\nRUN echo two > /marker\n", f"{unique}-base:v2")
+    project = user_project(make_project, f"ARG TAG=v1\nFROM {unique}-base:${{TAG}}\nRUN cat /marker\n", builder)
+    code, out, err = invoke(project, "compimg.build", "--builder", builder, "--build-arg", "TAG=v2")
+    assert code == 0 and "[stage-0] two" in out, out + err
+    # The same build arg, but v2 is now another image: the old result must not be reused.
+    base_images("FROM busybox\nRUN echo three > /marker\n", f"{unique}-base:v2")
+    code, out, err = invoke(project, "compimg.build", "--builder", builder, "--build-arg", "TAG=v2")
+    assert code == 0 and "(reused)" not in out and "[stage-0] three" in out, out + err
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("builder", ["both"])  # each build names its builder
+def test_switching_builders_keeps_one_image_per_builder(builder: str, make_project: Any, api: Any) -> None:
+    project = user_project(make_project, "FROM busybox AS a\nCOPY a.txt /a\nFROM busybox\nCOPY --from=a /a /b\n",
+                           "auto", files={"a.txt": "0"})
+    counts = []
+    for n in range(3):
+        (project.context / "a.txt").write_text(str(n + 1))
+        for builder in ("buildkit", "classic"):
+            code, out, err = invoke(project, "compimg.build", "--builder", builder)
+            assert code == 0, out + err
+        counts.append(len({i["Id"] for i in api.images(name=project.repository)}))
+    # classic: a and stage-1; BuildKit: stage-1. Superseded ones go, whichever builder ran last.
+    assert counts == [3, 3, 3], counts
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("builder", ["buildkit"])
+def test_buildkit_messages_never_show_our_context_folder(builder: str, make_project: Any) -> None:
+    project = user_project(make_project, "FROM busybox\nCOPY missing.txt /x\n", builder, files={"sub/ctx/b": "b"})
+    code, _, err = invoke(project, "compimg.build", "--builder", builder)
+    assert code == 1 and err.strip().endswith('"/missing.txt" not found: not found'), err
+    assert "ctx" not in err
