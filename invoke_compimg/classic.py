@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING
 
 from . import engine
 from .errors import EngineError, one_line
-from .lowering import Lowered
+from .lowering import PLACEHOLDER_RE, Lowered, Step
 from .progress import Reporter, clean_lines
 
 if TYPE_CHECKING:
@@ -31,6 +31,18 @@ def network_for(requested: str | None, podman: bool) -> str | None:
     return "NetworkDisabled" if requested == "none" and podman else requested
 
 
+def _keyword(text: str) -> str:
+    return text.split(" ", 1)[0].upper()
+
+
+def _same(sent: str, shown: str) -> bool:
+    """Is `shown` (a step line's text) the line we sent (spaces folded; a stage reference,
+    sent as a placeholder, shown as an image ID)?"""
+    a, b = (PLACEHOLDER_RE.sub("", " ".join(t.split())) for t in (sent, shown))
+    b = re.sub(r"sha256:[0-9a-f]{64}", "", b)
+    return a == b
+
+
 class _Stream:
     """Turns one stage's classic build stream into reporter events."""
 
@@ -38,7 +50,7 @@ class _Stream:
         self.stage = stage
         self.lowered = lowered
         self.reporter = reporter
-        self.step = 0
+        self.sent: Step | None = None  # the lowered line running now
         self.step_text = ""
         self.cached = False
         self.partial = ""  # the engine splits long lines across messages
@@ -56,16 +68,32 @@ class _Stream:
         match = _STEP_RE.match(line)
         if match:
             self.finish_step()
-            self.step, self.cached = int(match.group(1)), False
-            steps = self.lowered.steps
-            source = steps[self.step - 1].source.text if 0 < self.step <= len(steps) else line[match.end():]
-            self.step_text = f"[{self.stage} {self.step}/{match.group(2)}] {one_line(source, 200)}"
+            self.cached = False
+            self.sent = self.find(int(match.group(1)), line[match.end():])
+            source = (self.sent.text if self.sent and "ONBUILD trigger" in self.sent.text
+                      else self.sent.source.text if self.sent else line[match.end():])
+            self.step_text = f"[{self.stage} {match.group(1)}/{match.group(2)}] {one_line(source, 200)}"
             self.reporter.step(self.stage, self.step_text)
         elif line.strip() == "---> Using cache":
             self.cached = True
         elif not _NOISE_RE.match(line) and line.strip():
             self.tail = (self.tail + clean_lines(line))[-10:]
             self.reporter.output(self.stage, line)
+
+    def find(self, number: int, text: str) -> Step | None:
+        """The lowered line that step `number` runs. Docker numbers the lines of the file;
+        Podman also counts the base image's ONBUILD triggers, so when the numbered line is not
+        the instruction shown, the one whose text it is wins."""
+        steps = self.lowered.steps
+        candidate = steps[number - 1] if 0 < number <= len(steps) else None
+        if candidate is not None and _keyword(candidate.text) == _keyword(text):
+            return candidate
+        matching = [s for s in steps if _same(s.text, text)]
+        if len(matching) == 1:
+            return matching[0]
+        # None of ours: a trigger of the base image, which the stage's FROM brought in.
+        base = next((s for s in steps if _keyword(s.text) == "FROM"), None)
+        return Step(f"{base.source.text} (its ONBUILD trigger {text})", base.source) if base else candidate
 
     def finish_step(self) -> None:
         if self.step_text:
@@ -103,9 +131,10 @@ def build(api: docker.APIClient, *, stage: str, lowered: Lowered, ids: Mapping[s
         stream.close()
     if stream.errors or image_id is None:
         at, instruction = line, ""
-        if 0 < stream.step <= len(lowered.steps):
-            source = lowered.steps[stream.step - 1].source
-            at, instruction = source.line, " at " + one_line(source.text)
+        if stream.sent is not None:
+            source = stream.sent.source
+            shown = stream.sent.text if "ONBUILD trigger" in stream.sent.text else source.text
+            at, instruction = source.line, " at " + one_line(shown)
         reason = stream.errors[-1] if stream.errors else "the engine's stream ended without an image ID"
         for name, image_id in ids.items():
             reason = reason.replace(image_id, f"stage '{name}'").replace(image_id.split(":")[-1], name)

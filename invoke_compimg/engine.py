@@ -346,6 +346,19 @@ def inspect(api: docker.APIClient, ref: str) -> dict[str, Any] | None:
             return None
 
 
+def onbuild_history(api: docker.APIClient, image_id: str) -> tuple[str, ...]:
+    """ONBUILD triggers recorded in an image's history, oldest first."""
+    with engine_errors(f"reading the history of {image_id[:19]}"):
+        history = api.history(image_id)
+    found = []
+    for entry in reversed(history or []):
+        created = str(entry.get("CreatedBy") or "")
+        _, marker, trigger = created.partition("ONBUILD ")
+        if marker and "#(nop)" in created[: created.find("ONBUILD")]:
+            found.append(trigger.strip())
+    return tuple(found)
+
+
 def image_size(api: docker.APIClient, image_id: str) -> int:
     with engine_errors(f"inspecting {image_id[:19]}"):
         return int(api.inspect_image(image_id)["Size"])

@@ -46,9 +46,14 @@ class ExternalImages:
             self._found.pop(ref, None)
 
     def triggers(self, api: docker.APIClient, ref: str) -> tuple[str, ...]:
-        """The image's ONBUILD triggers (`Config.OnBuild`), which run in a stage built on it."""
+        """The image's ONBUILD triggers (`Config.OnBuild`), which run in a stage built on it.
+        Podman's inspect always says none: there its history's `ONBUILD` entries stand in (an
+        ancestor's triggers that were already run count too: more context is sent, never less)."""
         found = self.inspect(api, ref)
-        return tuple((found or {}).get("Config", {}).get("OnBuild") or ())
+        config = (found or {}).get("Config") or {}
+        if found is None or config.get("OnBuild") or not engine.kind(api).podman:
+            return tuple(config.get("OnBuild") or ())
+        return engine.onbuild_history(api, str(found["Id"]))
 
 
 def inputs_digest(api: docker.APIClient, images: ExternalImages, *, kind: str, name: str, text: str,

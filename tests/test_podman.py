@@ -205,3 +205,23 @@ def test_ctrl_c_mid_run(podman_service: peers.PodmanPeer, tmp_path: Path, runner
     assert peer.podman("ps", "--all", "--external", "--quiet").stdout == ""
     repository = _repository(project)
     assert not [n for n in _names(peer) if n.startswith(("pm-interrupted", repository))]
+
+
+def test_onbuild_base_image_reads_the_context(podman_service: peers.PodmanPeer, tmp_path: Path) -> None:
+    """Podman's inspect shows no ONBUILD triggers: compimg reads them from the history, sends
+    the file the trigger copies, and names the user's failing line despite Podman counting
+    the triggers as steps."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "Dockerfile").write_text("FROM busybox\nONBUILD COPY only.txt /x\n")
+    # Docker format: the OCI format has no ONBUILD (Podman drops the triggers)
+    built = podman_service.podman("build", "--format", "docker", "--network", "none", "-t", "localhost/compimg-onb:1",
+                                  str(base))
+    assert built.returncode == 0, built.stderr
+    project = _project(tmp_path, "NAME app\nFROM localhost/compimg-onb:1\nRUN cat /x\nRUN exit 4\n")
+    (project / "only.txt").write_text("from the trigger\n")
+    result = _run([*COMPIMG, "build", "--progress", "plain"], project, podman_service)
+    assert "from the trigger" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"{project / 'Dockerfile'}:4: stage 'app' failed at RUN exit 4"), \
+        result.stderr
