@@ -203,7 +203,7 @@ def build(c: Context, target: str | None = None, tag: list[str] | None = None,
           pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
           push_all: bool = False, network: str | None = None, *, dockerfile: str | Path = "Dockerfile",
           context: str | Path = ".", key: str = "compimg", base: str | Path | None = None,
-          prefix: str | None = None) -> dict[str, str]:
+          prefix: str | None = None, echo: bool = False) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
     p = _bound_project(locals())
     target = target or configured(c.config.get(key), "target", _env_prefix(c, key))
@@ -214,7 +214,7 @@ def build(c: Context, target: str | None = None, tag: list[str] | None = None,
                          progress=progress, pull=pull or None, cache_from=_strings(cache_from),
                          cache_to=cache_to, network=network, prefix=prefix)
     _check_tags(p, settings, goal, _strings(tag), "build --target")
-    return _run_build(c, p, settings, goal, push_all=push_all)
+    return _run_build(c, p, settings, goal, push_all=push_all, echo=echo)
 
 
 def _strings(values: Any) -> list[str]:
@@ -239,7 +239,8 @@ def _check_tags(p: Project, settings: Settings, goal: str, flags: list[str], how
                         f"run `{settings.task(how)} {outside[0]}`, or drop that tag")
 
 
-def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_all: bool = False) -> dict[str, str]:
+def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_all: bool = False,
+               echo: bool = False) -> dict[str, str]:
     needed = [s.name for s in p.graph.needs(goal)]
     if _dry(c):
         tags = {s: r for s, r in settings.tags.items() if s in needed}
@@ -263,7 +264,8 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
             if not refs:
                 reporter.warning(f"--push: no tag for '{goal}' to push; add --tag REF")
             pushing.push(session.api, refs, reporter, layers=reporter.live)
-        reporter.result(ids[goal])
+        if echo:  # the task prints the ID when quiet (`docker build -q`); the Python API returns it
+            reporter.result(ids[goal])
         return ids
     finally:
         reporter.close()
@@ -273,7 +275,7 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
 def build_stage(c: Context, stage: str, tag: list[str] | None = None, build_arg: list[str] | None = None,
                 no_cache: bool = False, progress: str | None = None, *,
                 dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
-                base: str | Path | None = None, prefix: str | None = None) -> dict[str, str]:
+                base: str | Path | None = None, prefix: str | None = None, echo: bool = False) -> dict[str, str]:
     """Build one stage and only the stages it needs (for debugging)."""
     p = _bound_project(locals())
     _positional(stage, "a STAGE", "build-stage", _prefix(key, prefix))
@@ -281,13 +283,13 @@ def build_stage(c: Context, stage: str, tag: list[str] | None = None, build_arg:
     settings = _settings(c, key, p, target=goal, tags=_strings(tag), build_args=_strings(build_arg),
                          no_cache=no_cache or None, progress=progress, push=False, prefix=prefix)
     _check_tags(p, settings, goal, _strings(tag), "build-stage")
-    return _run_build(c, p, settings, goal)
+    return _run_build(c, p, settings, goal, echo=echo)
 
 
 @interruptible
 def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None, progress: str | None = None, *,
              dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
-             base: str | Path | None = None, prefix: str | None = None) -> str:
+             base: str | Path | None = None, prefix: str | None = None, echo: bool = False) -> str:
     """Build the final (or named) stage from its prerequisites' existing images."""
     p = _bound_project(locals())
     goal = p.stage(stage, flag="--stage").name if stage else p.graph.final.name
@@ -309,7 +311,8 @@ def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None,
         session = Session(p, settings, reporter)
         result = session.build_stage(p.graph.stage(goal))
         session.summary(None)
-        reporter.result(result.image_id)
+        if echo:
+            reporter.result(result.image_id)
         return result.image_id
     finally:
         reporter.close()
@@ -501,8 +504,8 @@ def _collection(p: Project | None, name: str, bound: dict[str, Any]) -> Collecti
     ns = Collection(name)
     ns.configure({name: dict(CONFIG_DEFAULTS)})
     for task_name, operation in OPERATIONS.items():
-        # The parse task prints what it shows; the API function may stay quiet.
-        extra = {"echo": True} if operation is parse else {}
+        # Tasks print what they show (the image ID when quiet); the API functions stay quiet.
+        extra = {"echo": True} if operation in (parse, build, build_stage, assemble) else {}
         ns.add_task(_bind(operation, task_name, {**bound, **extra}), default=task_name == "build")
     if p is not None:
         ns.add_collection(_stage_collection(p, name, bound["prefix"]))

@@ -381,3 +381,16 @@ def test_an_env_setting_of_the_wrong_type_for_a_config_file_is_one_line(tmp_path
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1, result.stderr
         assert lines[0].startswith("an INVOKE_* environment variable does not fit the type"), lines[0]
+
+
+@pytest.mark.engine
+def test_a_quiet_build_prints_the_id_as_a_task_and_nothing_through_the_api(make_project) -> None:  # type: ignore[no-untyped-def]
+    tasks = ("from invoke import Collection, task\nimport invoke_compimg\n\n"
+             "@task\ndef api(c):\n    ids = invoke_compimg.build(c)\n    print('API-IDS', len(ids))\n\n"
+             "ns = Collection(api)\nns.add_collection(invoke_compimg.collection())\n")
+    project = make_project("FROM busybox\nRUN true\n", {"tasks.py": tasks})
+    quiet = {"INVOKE_COMPIMG_PROGRESS": "quiet"}
+    task = run_invoke(["compimg.build"], project.context, quiet)
+    assert task.returncode == 0 and re.fullmatch(r"sha256:[0-9a-f]{64}\n", task.stdout), task.stdout + task.stderr
+    api = run_invoke(["api"], project.context, quiet)
+    assert api.returncode == 0 and api.stdout == "API-IDS 1\n", api.stdout + api.stderr
