@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING
 
 from . import buildkit, engine
 from .errors import EngineError, one_line
-from .lowering import CONTEXT_PREFIX
+from .lowering import CONTEXT_PREFIX, keyword
 
 if TYPE_CHECKING:
     import docker
@@ -32,16 +32,12 @@ _PARSE_ERROR_LINE = re.compile(r"(?:dockerfile parse error )?line (\d+): ")
 _PREFIXED_PATH = re.compile(r'(?<=["\s])/?' + re.escape(CONTEXT_PREFIX))
 
 
-def _keyword(text: str) -> str:
-    return text.split(" ", 1)[0].upper()
-
-
 def _is_step(step: Step) -> bool:
     """Does BuildKit count this line in `[stage i/n]`? Instructions that make a build step
     do, except a FROM of an earlier stage, which continues that stage's state."""
     if step.source.keyword == "FROM" and getattr(step.source, "stage", None):
         return False
-    return _keyword(step.text) in _STEP_KEYWORDS
+    return keyword(step.text) in _STEP_KEYWORDS
 
 
 def plain_paths(text: str) -> str:
@@ -71,7 +67,7 @@ class _View:
         found = self.steps.get(stage, [])
         if step.index is not None and 0 < step.index <= len(found):
             candidate = found[step.index - 1]
-            if _keyword(candidate.text) == _keyword(step.text):
+            if keyword(candidate.text) == keyword(step.text):
                 return stage, candidate
         # Counted differently than we think (a BuildKit version's own rule): match the text.
         same = [s for s in found if " ".join(s.text.split()) == " ".join(step.text.split())]

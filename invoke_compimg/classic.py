@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING
 
 from . import engine
 from .errors import EngineError, one_line
-from .lowering import PLACEHOLDER_RE, Lowered, Step
+from .lowering import PLACEHOLDER_RE, Lowered, Step, keyword
 from .progress import Reporter, clean_lines
 
 if TYPE_CHECKING:
@@ -29,10 +29,6 @@ def network_for(requested: str | None, podman: bool) -> str | None:
     """The network mode to send: Podman's compatible API ignores `none` (a RUN step still
     sees the host's interfaces); its word for no network is NetworkDisabled."""
     return "NetworkDisabled" if requested == "none" and podman else requested
-
-
-def _keyword(text: str) -> str:
-    return text.split(" ", 1)[0].upper()
 
 
 def _same(sent: str, shown: str) -> bool:
@@ -86,13 +82,13 @@ class _Stream:
         the instruction shown, the one whose text it is wins."""
         steps = self.lowered.steps
         candidate = steps[number - 1] if 0 < number <= len(steps) else None
-        if candidate is not None and _keyword(candidate.text) == _keyword(text):
+        if candidate is not None and keyword(candidate.text) == keyword(text):
             return candidate
         matching = [s for s in steps if _same(s.text, text)]
         if len(matching) == 1:
             return matching[0]
         # None of ours: a trigger of the base image, which the stage's FROM brought in.
-        base = next((s for s in steps if _keyword(s.text) == "FROM"), None)
+        base = next((s for s in steps if keyword(s.text) == "FROM"), None)
         return Step(f"{base.source.text} (its ONBUILD trigger {text})", base.source) if base else candidate
 
     def finish_step(self) -> None:

@@ -100,8 +100,9 @@ def _mentions_stage_tasks(argv: list[str]) -> bool:
     """Could this command line run or show a `stage.<name>` task? Without one, the stage
     tasks are left out: a 6,000-stage file parses in a few milliseconds, while Invoke's
     parser spends about a second on 6,000 tasks it would never run."""
-    return any(word.startswith("stage.") or re.fullmatch(r"--(list|help|complete)(=.*)?|-[lh]\S*", word)
-               for word in argv)
+    from .plugin import lists_tasks
+
+    return lists_tasks(argv) or any(word.startswith(("stage.", "--complete")) for word in argv)
 
 
 def split_context(argv: list[str]) -> tuple[list[str], str | None]:

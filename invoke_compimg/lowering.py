@@ -33,6 +33,11 @@ def fill_placeholders(text: str, image_ids: Mapping[str, str]) -> str:
     return PLACEHOLDER_RE.sub(lambda m: image_ids[m.group(1)], text)
 
 
+def keyword(line: str) -> str:
+    """The instruction a Dockerfile line (or an engine's step line) holds: `RUN`, `COPY`..."""
+    return line.split(" ", 1)[0].upper()
+
+
 @dataclass(frozen=True)
 class Step:
     text: str  # one line as sent to the engine

@@ -481,12 +481,12 @@ def collection(dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
         raise Interrupted() from None
     except UserError as exc:
         p = None
-        if report if report is not None else _listing(sys.argv[1:]):
+        if report if report is not None else lists_tasks(sys.argv[1:]):
             print(f"{exc} (the {name} tasks report this when run)", file=sys.stderr)
     return _collection(p if stages else None, name, bound)
 
 
-def _listing(argv: list[str]) -> bool:
+def lists_tasks(argv: list[str]) -> bool:
     """Does this command line list tasks (`--list`, `-l`, `--help`, `-h`, bare or with a
     value)? Then a broken Dockerfile is worth a line now; for any other task it is not."""
     return any(re.fullmatch(r"--(list|help)(=.*)?|-[lh]\S*", word) for word in argv)

@@ -42,13 +42,14 @@ TAIL_RUNNING = 3  # output lines shown under a running stage in the live view, r
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the end-of-build table."""
+    """What building one stage gave: one line of the end-of-build table, and what a build
+    remembers of it. `image_id` is empty for a stage BuildKit built inside another's solve."""
 
     stage: str
     image_id: str  # "sha256:…"; shown as 12 hex
     size: int  # bytes, -1 unknown
     seconds: float
-    how: str  # "built", "reused" (inputs unchanged, no request), "cached" (engine cache hit)
+    how: str  # "built", "reused" (inputs unchanged, no request), "memo" (built earlier in this process)
     builder: str  # "buildkit" | "classic"
 
 

@@ -7,25 +7,16 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .graph import Graph, Stage
 from .names import normalise_ref
 from .syntax import parse_file
 
-
-@dataclass(frozen=True)
-class StageResult:
-    """What building one unit (a stage, or a BuildKit target) gave."""
-
-    name: str
-    image_id: str
-    size: int
-    seconds: float
-    how: str = "built"  # "built", "reused" (inputs unchanged: no request) or "memo" (this process)
-    builder: str = "classic"
+if TYPE_CHECKING:
+    from .progress import Row
 
 
 class Project:
@@ -37,7 +28,7 @@ class Project:
         self.graph = graph if graph is not None else parse_file(self.dockerfile, context=self.context)
         self.slug = project_slug(self.dockerfile, self.context)
         # Images built in this process, keyed by what changes the result (see session).
-        self.memo: dict[object, StageResult] = {}
+        self.memo: dict[object, Row] = {}
         self.memo_lock = threading.Lock()
 
     @property

@@ -30,6 +30,7 @@ class ExternalImages:
 
     def __init__(self) -> None:
         self._found: dict[str, dict[str, Any] | None] = {}
+        self._history: dict[str, tuple[str, ...]] = {}  # Podman: ONBUILD triggers by ref
         self._lock = threading.Lock()
 
     def inspect(self, api: docker.APIClient, ref: str) -> dict[str, Any] | None:
@@ -44,6 +45,7 @@ class ExternalImages:
     def forget(self, ref: str) -> None:
         with self._lock:
             self._found.pop(ref, None)
+            self._history.pop(ref, None)
 
     def triggers(self, api: docker.APIClient, ref: str) -> tuple[str, ...]:
         """The image's ONBUILD triggers (`Config.OnBuild`), which run in a stage built on it.
@@ -53,7 +55,13 @@ class ExternalImages:
         config = (found or {}).get("Config") or {}
         if found is None or config.get("OnBuild") or not engine.kind(api).podman:
             return tuple(config.get("OnBuild") or ())
-        return engine.onbuild_history(api, str(found["Id"]))
+        with self._lock:
+            known = self._history.get(ref)
+        if known is None:  # asked for each stage on the image, by planning and by the context
+            known = engine.onbuild_history(api, str(found["Id"]))
+            with self._lock:
+                self._history[ref] = known
+        return known
 
 
 def inputs_digest(api: docker.APIClient, images: ExternalImages, *, kind: str, name: str, text: str,

@@ -20,7 +20,7 @@ from . import context, engine, lowering, reuse, scheduler
 from .errors import EngineError, Interrupted, UserError
 from .graph import PREDEFINED_ARGS, Stage, buildkit_only, classic_only
 from .progress import Reporter, Row
-from .project import Project, StageResult
+from .project import Project
 from .settings import Settings
 from .syntax import onbuild_sources, parse_file
 
@@ -59,7 +59,7 @@ class Session:
         overrides = {k: v for k, v in settings.build_args.items() if k in project.graph.global_arg_names}
         self.graph = (parse_file(project.dockerfile, overrides, context=project.context) if overrides
                       else project.graph)
-        self.results: dict[str, StageResult] = {}
+        self.results: dict[str, Row] = {}
         self.images = reuse.ExternalImages()
         self._main_api = api
         self._local = threading.local()
@@ -113,23 +113,19 @@ class Session:
                       for t in tagged]
             jobs = len(units)
         by_name = {u.name: u for u in units}
-        try:
+        with self._cancelled_on_interrupt():
             ids = scheduler.run(units, lambda u: [by_name[n] for n in u.needs], self._build_unit, jobs=jobs,
                                 on_failure=lambda exc: self.reporter.warning(f"also failed: {exc}"))
-        except (KeyboardInterrupt, Interrupted):  # `compimg` raises Interrupted from its SIGINT handler
-            raise Interrupted(self._cancel_running()) from None
         return {unit.name: image_id for unit, image_id in ids.items()}
 
-    def build_stage(self, stage: Stage) -> StageResult:
+    def build_stage(self, stage: Stage) -> Row:
         """Build one stage; with the classic builder from the images its prerequisites
         already have (BuildKit builds them in the same solve, from its cache)."""
         self.check_features([stage])
         needs = stage.depends_on if self.builder == "classic" else ()
         stages = (stage,) if self.builder == "classic" else self.graph.needs(stage.name)
-        try:
+        with self._cancelled_on_interrupt():
             return self._build_unit(Unit(stage.name, stages, needs), {}, lambda _: None)
-        except (KeyboardInterrupt, Interrupted):  # `compimg` raises Interrupted from its SIGINT handler
-            raise Interrupted(self._cancel_running()) from None
 
     def check_features(self, stages: Sequence[Stage]) -> None:
         """Refuse, before any request, what the chosen builder cannot do."""
@@ -158,6 +154,15 @@ class Session:
         if unused:
             self.reporter.warning(f"build arg(s) {', '.join(unused)} declared by no stage this build uses "
                                   f"(no ARG {unused[0]}); check the name, or add the ARG")
+
+    @contextlib.contextmanager
+    def _cancelled_on_interrupt(self) -> Iterator[None]:
+        """Ctrl-C (`compimg` raises Interrupted from its SIGINT handler, `invoke` a
+        KeyboardInterrupt) cancels what the engine builds for us, and says so truly."""
+        try:
+            yield
+        except (KeyboardInterrupt, Interrupted):
+            raise Interrupted(self._cancel_running()) from None
 
     def _cancel_running(self) -> str:
         """Ctrl-C: cancel what the engine is building for us; the line to show."""
@@ -197,7 +202,7 @@ class Session:
     def _memo_key(self, unit: Unit, args: Mapping[str, str]) -> tuple[str, str, tuple[tuple[str, str], ...], bool]:
         return (unit.name, self.builder, tuple(sorted(args.items())), self.settings.no_cache)
 
-    def _build_unit(self, unit: Unit, known: Mapping[Unit, str], ready: Callable[[str], None]) -> StageResult:
+    def _build_unit(self, unit: Unit, known: Mapping[Unit, str], ready: Callable[[str], None]) -> Row:
         stage = unit.stages[-1]
         args = self.args_for(unit.stages)
         key = self._memo_key(unit, args)
@@ -206,7 +211,7 @@ class Session:
         if memo is not None and engine.image_id_of(self.api, memo.image_id) == memo.image_id:
             ready(memo.image_id)
             self._apply_tags(stage.name, memo.image_id)
-            return self._done(StageResult(stage.name, memo.image_id, memo.size, 0.0, "memo", self.builder))
+            return self._done(Row(stage.name, memo.image_id, memo.size, 0.0, "memo", self.builder))
         started = time.monotonic()
         self.reporter.stage_started(stage.name)
         self._ensure_images(unit.stages)
@@ -242,11 +247,11 @@ class Session:
         if size < 0:
             size = engine.image_size(self.api, image_id)
         elapsed = time.monotonic() - started
-        result = StageResult(stage.name, image_id, size, elapsed, how, self.builder)
+        result = Row(stage.name, image_id, size, elapsed, how, self.builder)
         for other in unit.stages[:-1]:  # stages BuildKit built inside this solve: their time
             if other.name in seconds and other.name not in self.results:
                 self.reporter.stage_finished(other.name, "", seconds[other.name], how)
-                self._done(StageResult(other.name, "", -1, seconds[other.name], how, self.builder))
+                self._done(Row(other.name, "", -1, seconds[other.name], how, self.builder))
         self.reporter.stage_finished(stage.name, image_id, result.seconds, how)
         with self.project.memo_lock:
             self.project.memo[key] = result
@@ -323,9 +328,9 @@ class Session:
         triggers = self._external_triggers(stage)
         return [*stage.context_sources, *(onbuild_sources(triggers) if triggers else [])]
 
-    def _done(self, result: StageResult) -> StageResult:
+    def _done(self, result: Row) -> Row:
         with self._lock:
-            self.results[result.name] = result
+            self.results[result.stage] = result
         return result
 
     def _dependency_id(self, stage: Stage, name: str, known: Mapping[str, str]) -> str:
@@ -363,8 +368,7 @@ class Session:
     # --- after the build ----------------------------------------------------------------
     def rows(self) -> list[Row]:
         order = {stage.name: stage.index for stage in self.graph.stages}
-        return [Row(r.name, r.image_id, r.size, r.seconds, r.how, r.builder)
-                for r in sorted(self.results.values(), key=lambda r: order[r.name])]
+        return sorted(self.results.values(), key=lambda r: order[r.stage])
 
     def summary(self, shipped: str | None) -> None:
         self.reporter.table(self.rows(), shipped)
