@@ -16,7 +16,7 @@ import time
 
 START = time.perf_counter()
 
-from invoke_compimg import buildkit  # noqa: E402
+from invoke_compimg.engine import buildkit  # noqa: E402
 
 marks: dict[str, float] = {}
 real_solve = buildkit.solve
@@ -34,7 +34,7 @@ buildkit.solve = timed_solve
 
 
 def main() -> None:
-    from invoke_compimg.cli import main as compimg
+    from invoke_compimg.tasks.cli import main as compimg
 
     sys.argv = ["compimg", "build", "--builder", "buildkit", "--progress", "quiet", *sys.argv[1:]]
     with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .building.project import Project
 from .errors import EngineError, UserError
-from .plugin import (
+from .tasks.plugin import (
     assemble,
     build,
     build_stage,
@@ -31,7 +32,6 @@ from .plugin import (
     project,
     shell,
 )
-from .project import Project
 
 extract = extract_artifact  # the name of the first release's API
 

@@ -1,16 +1,16 @@
-"""The one error type users see: a single line, exit status 1, no traceback.
+"""The error types users see: a single line, an exit status, no traceback.
 
-It *is* Invoke's ``Exit``, so whether it escapes from a task, the console script or a
-user's own task body, Invoke prints the message and exits with its code.
+Pure: nothing here knows Invoke. The glue (`tasks/`) hands every one of these that leaves an
+operation to Invoke as its ``Exit`` as well (`tasks.exits.as_exit`), so Invoke prints the
+line and exits with its code, from a task, the console script or a user's own task body.
 """
 
 from __future__ import annotations
 
-from invoke.exceptions import Exit
 
-
-class UserError(Exit):
-    """A mistake the user can fix: ``where: what is wrong; what to do``."""
+class UserError(Exception):
+    """A mistake the user can fix: ``where: what is wrong; what to do``. `code` is the
+    exit status (1; 130 for Ctrl-C)."""
 
     def __init__(self, message: str, *, where: str | None = None, line: int | None = None,
                  code: int = 1) -> None:
@@ -20,7 +20,9 @@ class UserError(Exit):
         self.line = line
         full = f"{location}: {message}" if location else message
         # Invoke prints ``message`` to stderr itself; keep it one line.
-        super().__init__(message=" ".join(full.splitlines()), code=code)
+        self.message = " ".join(full.splitlines())
+        self.code = code
+        super().__init__(self.message)
 
     def __str__(self) -> str:
         return str(self.message)

@@ -22,8 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from invoke_compimg import buildkit
-from invoke_compimg.context import context_tar
+from invoke_compimg.building.context import context_tar
+from invoke_compimg.engine import buildkit
 
 DATA = Path(__file__).resolve().parent / "data" / "buildkit"
 

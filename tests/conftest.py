@@ -78,8 +78,8 @@ def make_project(tmp_path: Path, api, unique: str) -> Iterator[Callable[..., obj
     """Write a Dockerfile (and files) into a fresh folder and return its Project; every
     image and container the project's builds made, and every tag starting with the test's
     unique name, is removed afterwards."""
-    from invoke_compimg.artifacts import clean
-    from invoke_compimg.project import Project
+    from invoke_compimg.building.project import Project
+    from invoke_compimg.host.artifacts import clean
 
     made: list[Project] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from invoke_compimg import engine
+from invoke_compimg.engine import client as engine
 
 Entry = tuple[str, str, int, int, int, str]  # name, type, mode, uid, gid, link or sha256
 
@@ -64,7 +64,7 @@ def count_containers(api: Any, project: Any = None, marker: str | None = None) -
 
 def build_native(api: Any, project: Any, tag: str) -> None:
     """The peer: the engine's own multi-stage build of `compimg.parse --format native`."""
-    from invoke_compimg import render
+    from invoke_compimg.dockerfile import render
 
     (project.context / "Dockerfile.native").write_text(render.as_native(project.graph))
     for message in api.build(path=str(project.context), dockerfile="Dockerfile.native", tag=tag,
@@ -80,9 +80,9 @@ class Builder:
         import os
         from dataclasses import replace
 
+        from invoke_compimg.building.session import Session
+        from invoke_compimg.building.settings import Settings
         from invoke_compimg.progress import PlainReporter
-        from invoke_compimg.session import Session
-        from invoke_compimg.settings import Settings
 
         self.project = project
         self.out = out if out is not None else io.StringIO()
@@ -108,7 +108,7 @@ class Builder:
 
 
 def extract_artifact(project: Any, builder: Builder, spec: str, dest: str) -> Any:
-    from invoke_compimg import artifacts
+    from invoke_compimg.host import artifacts
 
     stage, _, path = spec.partition(":")
     name = project.stage(stage).name
@@ -129,6 +129,6 @@ def processes_with(marker: str) -> list[str]:
                 line = handle.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in line and "pytest" not in line and "invoke_compimg.cli" not in line:
+        if marker in line and "pytest" not in line and "invoke_compimg.tasks.cli" not in line:
             found.append(line)
     return found

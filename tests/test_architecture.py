@@ -1,6 +1,7 @@
-"""The package's shape, checked: dependencies point one way (no cycle among our modules),
-no module but the glue imports more than four of ours, and importing the package the way
-a tasks.py does pulls in neither the Docker SDK nor rich. No engine."""
+"""The package's shape, checked: the layers are packages, and imports point down only;
+no cycle among our modules; no module but the glue imports more than a few of ours;
+nothing below the glue imports Invoke, nothing pure imports the Docker SDK; importing the
+package the way a tasks.py does pulls in neither the Docker SDK nor rich. No engine."""
 
 from __future__ import annotations
 
@@ -10,36 +11,112 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "invoke_compimg"
-# Composition roots: the Invoke glue (tasks, the command, the package's API) and a build's
-# session, which puts the builders, reuse, scheduler and reporter together.
-GLUE = {"plugin", "cli", "__init__", "session"}
-MOST_IMPORTS = 4
+
+# Bottom to top. A module may import its own package and the layers below it, never above.
+# The foundation (errors, names, procs) is the package's top-level modules.
+LAYERS = ["", "dockerfile", "progress", "engine", "host", "builders", "building", "tasks"]
+# The package's API (`invoke_compimg/__init__.py`) re-exports the glue.
+API = "__init__"
+PURE = ("", "dockerfile")  # know nothing of the Docker SDK or of Invoke
+# Composition roots, which put the others together: the Invoke glue and one build's session.
+GLUE = {"tasks", "building.session"}
+MOST_IMPORTS = 5
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """Our modules that `path` imports at run time (lazy imports inside functions count;
-    imports only for type checking do not)."""
+def module_name(path: Path) -> str:
+    """`invoke_compimg/engine/client.py` -> `engine.client`; a package's `__init__` is the package."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> str:
+    head = module.split(".")[0]
+    return head if head in LAYERS else ""
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py") if "_pb2" not in p.name}
+
+
+def _resolve(current: str, is_package: bool, level: int, target: str | None) -> str:
+    parts = current.split(".")
+    base = parts if is_package else parts[:-1]
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join([*base, *([target] if target else [])]).strip(".")
+
+
+def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
+    """Our modules that `module` imports at run time (lazy imports inside functions count;
+    imports only for type checking do not). `from . import a` counts module `a`."""
     found: set[str] = set()
+    is_package = path.name == "__init__.py"
 
     class Visitor(ast.NodeVisitor):
         def visit_If(self, node: ast.If) -> None:
             if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                for child in node.orelse:
+                    self.visit(child)
                 return
             self.generic_visit(node)
 
         def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-            if node.level == 1:
-                found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-            elif node.module and node.module.startswith("invoke_compimg."):
-                found.add(node.module.split(".")[1])
+            if node.level:
+                base = _resolve(module if module != API else "", is_package or module == API, node.level, node.module)
+            elif node.module and node.module.startswith("invoke_compimg"):
+                base = node.module.partition(".")[2]
+            else:
+                return
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}".strip(".")
+                found.add(candidate if candidate in known else base)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            for alias in node.names:
+                if alias.name.startswith("invoke_compimg."):
+                    found.add(alias.name.partition(".")[2])
 
     Visitor().visit(ast.parse(path.read_text()))
-    return (found & modules) - {path.stem}
+    return {m for m in found if m in known} - {module}
 
 
 def graph() -> dict[str, set[str]]:
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    return {p.stem: imports_of(p, modules) for p in PACKAGE.glob("*.py")}
+    known = modules()
+    names = set(known) | {""}
+    return {m: imports_of(m, p, names) for m, p in known.items()}
+
+
+def third_party(path: Path) -> set[str]:
+    """Top-level names of what `path` imports from outside the package, at any depth."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_imports_point_down_the_layers() -> None:
+    wrong = []
+    for module, deps in graph().items():
+        if module in (API, ""):
+            continue
+        mine = LAYERS.index(layer_of(module))
+        for dep in deps:
+            theirs = LAYERS.index(layer_of(dep))
+            if theirs > mine:
+                wrong.append(f"{module} -> {dep}")
+    assert wrong == []
+
+
+def test_the_model_knows_nothing_of_the_engine() -> None:
+    deps = graph()
+    for module in deps:
+        if layer_of(module) == "dockerfile":
+            assert not {d for d in deps[module] if layer_of(d) not in ("", "dockerfile")}, module
 
 
 def test_no_cycle_among_our_modules() -> None:
@@ -52,7 +129,7 @@ def test_no_cycle_among_our_modules() -> None:
         if state.get(module) == 2:
             return
         state[module] = 1
-        for dep in sorted(deps[module]):
+        for dep in sorted(deps.get(module, ())):
             visit(dep, [*path, module])
         state[module] = 2
 
@@ -61,18 +138,25 @@ def test_no_cycle_among_our_modules() -> None:
 
 
 def test_no_hub_outside_the_glue() -> None:
-    too_many = {m: sorted(d) for m, d in graph().items() if m not in GLUE and len(d) > MOST_IMPORTS}
+    def glue(module: str) -> bool:
+        return module == API or module in GLUE or layer_of(module) in GLUE
+
+    too_many = {m: sorted(d) for m, d in graph().items() if not glue(m) and len(d) > MOST_IMPORTS}
     assert too_many == {}
 
 
-def test_the_pure_modules_know_nothing_of_docker_or_invoke() -> None:
-    for module in ("graph", "syntax", "lowering", "render", "scheduler", "names", "procs"):
-        text = (PACKAGE / f"{module}.py").read_text()
-        assert "import docker" not in text and "from invoke" not in text, module
+def test_nothing_below_the_glue_imports_invoke() -> None:
+    below = {m: p for m, p in modules().items() if layer_of(m) != "tasks" and m != API}
+    assert sorted(m for m, p in below.items() if "invoke" in third_party(p)) == []
+
+
+def test_the_pure_layers_know_nothing_of_docker() -> None:
+    pure = {m: p for m, p in modules().items() if layer_of(m) in PURE and m != API}
+    assert sorted(m for m, p in pure.items() if third_party(p) & {"docker", "requests", "urllib3"}) == []
 
 
 def test_importing_the_package_loads_no_engine_sdk_and_no_rich() -> None:
     code = ("import sys, invoke_compimg; invoke_compimg.collection; "
-            "print(sorted(m for m in ('docker', 'requests', 'rich') if m in sys.modules))")
+            "print(sorted(m for m in ('docker', 'requests', 'rich', 'grpc') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

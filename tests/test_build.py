@@ -8,8 +8,8 @@ import pytest
 from conftest import ROOT
 from engine_helpers import Builder, build_native, config_of, image_listing, run_image
 
+from invoke_compimg.building.settings import Settings
 from invoke_compimg.errors import EngineError, UserError
-from invoke_compimg.settings import Settings
 
 pytestmark = pytest.mark.engine
 
@@ -44,7 +44,7 @@ def test_hello_go(make_project, api, unique, builder) -> None:  # type: ignore[n
 def test_unnamed_last_section_with_seed_tags(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     text = HELLO.replace("NAME run\n", "")
     project = make_project(text, HELLO_FILES)
-    from invoke_compimg.settings import parse_tags
+    from invoke_compimg.building.settings import parse_tags
 
     tags = parse_tags([f"build={unique}-build", unique], project.graph.final.name, project.graph)
     ids, _, _ = build(project, tags=tags)
@@ -128,7 +128,7 @@ def test_from_an_earlier_stage_and_native_syntax(make_project, api, builder) -> 
     listing = image_listing(api, ids["stage-2"])
     assert {"got/base", "got/tool", "again"} <= set(listing)
     # `tool` is a child image of `base`: clean must still remove all three.
-    from invoke_compimg.artifacts import clean
+    from invoke_compimg.host.artifacts import clean
 
     assert clean(project, api, io.StringIO()) == (0, 3 if builder == "classic" else 1)
     assert api.images(name=project.repository) == []  # every name of ours is gone

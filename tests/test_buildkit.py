@@ -3,7 +3,7 @@ solve per target, progress, errors, external images, warm no-ops, Ctrl-C, BuildK
 features and fidelity against the engine's own `DOCKER_BUILDKIT=1 docker build`.
 
 Pinned to BuildKit (INVOKE_COMPIMG_BUILDER=buildkit) except where a test says otherwise.
-Solves are counted by wrapping `invoke_compimg.buildkit.solve` in-process: the wrapper
+Solves are counted by wrapping `invoke_compimg.engine.buildkit.solve` in-process: the wrapper
 calls the real function, so the engine still does every build."""
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ import peers
 import pytest
 from engine_helpers import Builder, config_of, image_listing, processes_with, run_image
 
-from invoke_compimg import buildkit
+from invoke_compimg.building.project import Project
+from invoke_compimg.building.settings import Settings
+from invoke_compimg.engine import buildkit
 from invoke_compimg.errors import EngineError, Interrupted
-from invoke_compimg.project import Project
-from invoke_compimg.settings import Settings
 
 pytestmark = pytest.mark.engine
 registry = peers.registry  # the suite's local registry (module fixture)
 
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 INVOKE = [sys.executable, "-m", "invoke"]
 DOCKER_2010 = "/usr/bin/docker"  # Debian's 20.10 client: BuildKit without buildx
 TASKS_PY = "from invoke import Collection\nimport invoke_compimg\n\nns = Collection()\n" \
@@ -199,7 +199,7 @@ def test_each_stage_a_task_needs_gets_its_own_solve(make_project: Any, monkeypat
     from invoke import Config, Context, Executor
 
     import invoke_compimg
-    from invoke_compimg import plugin
+    from invoke_compimg.tasks import plugin
 
     project = make_project(CHAIN)
     monkeypatch.setenv("INVOKE_COMPIMG_NO_CACHE", "true")  # every task really builds
@@ -596,7 +596,7 @@ def test_bind_mount_from_a_stage_is_a_dependency(make_project: Any, api: Any, sp
         {"from": "tool", "type": "bind", "target": "/m"}]
     listed = run([*INVOKE, "--help", "compimg.stage.final"], project.context)
     assert listed.returncode == 0
-    from invoke_compimg import plugin
+    from invoke_compimg.tasks import plugin
 
     assert [t.name for t in plugin.make_collection(project).collections["stage"]["final"].pre] == ["tool"]
     ids, _, _ = build(project)
@@ -629,7 +629,7 @@ def fidelity_file() -> str:
 
 def test_fidelity_against_docker_buildkit_build_of_the_native_file(make_project: Any, api: Any,
                                                                    unique: str) -> None:
-    from invoke_compimg import render
+    from invoke_compimg.dockerfile import render
 
     project = make_project(fidelity_file(), {"context.txt": "from the context\n"})
     ids, _, _ = build(project)

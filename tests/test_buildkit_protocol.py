@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from engine_helpers import processes_with
 
-from invoke_compimg import buildkit as bk
-from invoke_compimg.context import context_tar
+from invoke_compimg.building.context import context_tar
+from invoke_compimg.engine import buildkit as bk
 from invoke_compimg.errors import UserError
 
 DATA = Path(__file__).resolve().parent / "data" / "buildkit"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke_compimg.context import files_read
+from invoke_compimg.building.context import files_read
 
 
 def test_files_read(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_a_dockerignore_that_is_not_utf8_is_read_as_bytes(tmp_path: Path) -> Non
     """Docker reads .dockerignore as bytes; a Latin-1 file must not become a traceback."""
     import tarfile
 
-    from invoke_compimg.context import archive
+    from invoke_compimg.building.context import archive
 
     (tmp_path / ".dockerignore").write_bytes(b"caf\xe9.txt\n# \xff comment\n")
     (tmp_path / "caf\udce9.txt".encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")).write_text("x")

@@ -435,7 +435,7 @@ def test_normalise_ref() -> None:
 
 
 def test_project_owns_podman_spellings(tmp_path: Path) -> None:
-    from invoke_compimg.project import Project
+    from invoke_compimg.building.project import Project
 
     (tmp_path / "Dockerfile").write_text("NAME build\nFROM busybox\n")
     project = Project(tmp_path / "Dockerfile", tmp_path)
@@ -456,9 +456,9 @@ class FakeReporter:
 def test_step_lines_map_to_the_users_instruction(step: str) -> None:
     """Docker's `Step 2/3 : ...` and Podman's `STEP 2/3: ...` name the lowered line; the
     user sees their own instruction, never the image ID that replaced the stage's name."""
-    from invoke_compimg.classic import _Stream
-    from invoke_compimg.lowering import per_stage
-    from invoke_compimg.syntax import parse_text
+    from invoke_compimg.builders.classic import _Stream
+    from invoke_compimg.dockerfile.lowering import per_stage
+    from invoke_compimg.dockerfile.parse import parse_text
 
     graph = parse_text("NAME build\nFROM busybox\nNAME run\nFROM busybox\nCOPY build:/x /y\nRUN echo done\n")
     reporter = FakeReporter()
@@ -477,7 +477,7 @@ def test_step_lines_map_to_the_users_instruction(step: str) -> None:
 # --- the push plan (no engine needed) ----------------------------------------------------------
 
 def test_push_plan_says_what_it_does_not_push() -> None:
-    from invoke_compimg.push import plan
+    from invoke_compimg.building.push import plan
 
     tags = {"build": ("r/app:build",), "run": ("r/app:1", "r/app:latest"), "old": ("r/app:old",)}
     built = {"build": "sha256:b", "run": "sha256:r"}

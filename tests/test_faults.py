@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 from engine_helpers import Builder, count_containers, extract_artifact
 
-from invoke_compimg import engine, procs
+from invoke_compimg import procs
+from invoke_compimg.building.project import Project
+from invoke_compimg.building.settings import Settings
+from invoke_compimg.engine import client as engine
 from invoke_compimg.errors import EngineError, UserError
-from invoke_compimg.project import Project
-from invoke_compimg.settings import Settings
 
 pytestmark = pytest.mark.engine
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
@@ -319,10 +320,10 @@ def test_permission_denied_on_the_socket_is_one_line() -> None:
         root = Path(__file__).resolve().parent.parent
         as_nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", python, "-c"]
         env = {"HOME": str(folder), "PATH": os.environ["PATH"], "PYTHONPATH": f"{root}:{site}"}
-        if subprocess.run([*as_nobody, "import invoke_compimg.cli, docker"], cwd=folder, env=env,
+        if subprocess.run([*as_nobody, "import invoke_compimg.tasks.cli, docker"], cwd=folder, env=env,
                           capture_output=True).returncode:
             pytest.skip(f"nobody cannot read the checkout or the venv ({root})")
-        result = subprocess.run([*as_nobody, "from invoke_compimg.cli import main; main()", "build"],
+        result = subprocess.run([*as_nobody, "from invoke_compimg.tasks.cli import main; main()", "build"],
                                 cwd=folder, capture_output=True, text=True, timeout=60, env=env)
     finally:
         shutil.rmtree(folder)

@@ -16,7 +16,7 @@ from conftest import ROOT, run_invoke
 
 EXAMPLE = ROOT / "examples/app-with-tasks"
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent"}
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 
 # The example's tasks.py, with the host-side tasks made to run anywhere (no Go on the host).
 TASKS = (EXAMPLE / "tasks.py").read_text().replace(

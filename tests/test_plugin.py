@@ -10,7 +10,7 @@ from invoke.executor import Executor
 
 import invoke_compimg
 from invoke_compimg.errors import UserError
-from invoke_compimg.plugin import _settings
+from invoke_compimg.tasks.plugin import _settings
 
 TEXT = "NAME build\nFROM busybox\nNAME tool_x\nFROM busybox\nNAME run\nFROM busybox\nCOPY build:/a tool_x:/b /c/\n"
 
@@ -68,3 +68,18 @@ def test_bad_tags_are_one_line(tmp_path: Path, bad: str) -> None:
     with pytest.raises(UserError) as caught:
         _settings(c, "compimg", project, target="run", tags=[bad])
     assert "\n" not in str(caught.value) and caught.value.code == 1
+
+
+def test_an_error_leaving_an_operation_is_an_invoke_exit_and_ours(tmp_path: Path) -> None:
+    """The layers below the glue know nothing of Invoke; what the API raises is both."""
+    from invoke.exceptions import Exit
+
+    from invoke_compimg.errors import UserError as Plain
+
+    collection = _collection(tmp_path)
+    c = Context(config=Config(defaults=collection.configuration()))
+    with pytest.raises(Exit) as caught:
+        invoke_compimg.build(c, target="nope", dockerfile=tmp_path / "a/Dockerfile", context=tmp_path / "a")
+    assert isinstance(caught.value, Plain) and isinstance(caught.value, UserError)
+    assert caught.value.code == 1 and "unknown stage 'nope'" in caught.value.message
+    assert not isinstance(Plain("x"), Exit)

@@ -23,8 +23,8 @@ import peers
 import pytest
 from conftest import ROOT
 
+from invoke_compimg.building.project import Project
 from invoke_compimg.names import normalise_ref
-from invoke_compimg.project import Project
 
 pytestmark = pytest.mark.engine
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.engine
 podman_service = peers.podman_service
 registry = peers.registry
 
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 INVOKE = [sys.executable, "-m", "invoke"]
 TASKS = "from invoke import Collection\nimport invoke_compimg\n\nns = Collection()\n" \
         "ns.add_collection(invoke_compimg.collection())\n"

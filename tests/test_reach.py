@@ -23,7 +23,7 @@ registry = peers.registry
 second_engine = peers.second_engine
 
 pytestmark = pytest.mark.engine
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 HELLO = (ROOT / "examples/hello-go/Dockerfile").read_text()
 
 

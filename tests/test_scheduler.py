@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from invoke_compimg import scheduler
+from invoke_compimg.building import scheduler
 
 GRAPH = {"a": [], "b": [], "c": ["a", "b"], "d": ["c"], "e": ["a"]}
 

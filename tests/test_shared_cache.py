@@ -26,7 +26,7 @@ pytestmark = pytest.mark.engine
 registry = peers.registry
 second_engine = peers.second_engine
 
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 # Slow RUN steps (5 s of sleep in all) that say when they run; `{token}` keeps A from
 # reusing its own cache of earlier runs.
 DOCKERFILE = """\
@@ -126,6 +126,6 @@ def test_cache_from_a_registry_on_another_engine(second_engine: str, registry: s
 
 
 def _slug(folder: Path) -> str:
-    from invoke_compimg.project import project_slug
+    from invoke_compimg.building.project import project_slug
 
     return project_slug(folder / "Dockerfile", folder)

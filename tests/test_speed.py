@@ -12,11 +12,11 @@ import time
 import pytest
 from engine_helpers import Builder
 
-from invoke_compimg import context as context_module
-from invoke_compimg import engine
+from invoke_compimg.building import context as context_module
+from invoke_compimg.building.project import Project
+from invoke_compimg.building.settings import Settings
+from invoke_compimg.engine import client as engine
 from invoke_compimg.errors import EngineError
-from invoke_compimg.project import Project
-from invoke_compimg.settings import Settings
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("classic_only")]
 

@@ -16,14 +16,14 @@ import peers
 import pytest
 from conftest import ROOT
 
-from invoke_compimg.project import Project
+from invoke_compimg.building.project import Project
 
 pytestmark = pytest.mark.engine
 
 # The peers' fixtures, bound here so pytest finds them (a plain import would read as unused).
 sshd_engine = peers.sshd_engine
 
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 TRANSPORTS = [pytest.param("0", id="paramiko"), pytest.param("1", id="ssh-client")]
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from invoke_compimg import render
+from invoke_compimg.dockerfile import render
+from invoke_compimg.dockerfile.lowering import fill_placeholders, multi_stage, per_stage
+from invoke_compimg.dockerfile.model import Graph
+from invoke_compimg.dockerfile.parse import parse_text
 from invoke_compimg.errors import UserError
-from invoke_compimg.graph import Graph
-from invoke_compimg.lowering import fill_placeholders, multi_stage, per_stage
-from invoke_compimg.syntax import parse_text
 
 SEED = (Path(__file__).resolve().parent.parent / "examples/hello-go/Dockerfile").read_text()
 

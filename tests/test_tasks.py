@@ -124,7 +124,7 @@ def test_composition_api_config_and_seed_tags(make_project, api, unique) -> None
 @pytest.mark.engine
 def test_console_script_hello(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     project = make_project(HELLO, HELLO_FILES)
-    compimg = [sys.executable, "-c", "from invoke_compimg.cli import main; main()"]
+    compimg = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
     result = subprocess.run([*compimg, "build", f"--tag=build={unique}-build", f"--tag=run={unique}"],
                             cwd=project.context, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -182,7 +182,7 @@ def test_interactive_shell_on_a_terminal(make_project, api) -> None:  # type: ig
     pid, fd = pty.fork()
     if pid == 0:  # the child: compimg shell on a real terminal
         os.chdir(project.context)
-        os.execv(sys.executable, [sys.executable, "-c", "from invoke_compimg.cli import main; main()",
+        os.execv(sys.executable, [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()",
                                   "shell", "run"])
     seen = b""
 

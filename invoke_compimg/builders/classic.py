@@ -11,10 +11,10 @@ import re
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING
 
-from . import engine
-from .errors import EngineError, one_line
-from .lowering import PLACEHOLDER_RE, Lowered, Step, keyword
-from .progress import Reporter, clean_lines
+from ..dockerfile.lowering import PLACEHOLDER_RE, Lowered, Step, keyword
+from ..engine import client as engine
+from ..errors import EngineError, one_line
+from ..progress import Reporter, clean_lines
 
 if TYPE_CHECKING:
     import docker

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .graph import Copy, Graph, Instruction, Mount, Onbuild, Origin, Run, Stage
+from .model import Copy, Graph, Instruction, Mount, Onbuild, Origin, Run, Stage
 
 CONTEXT_PREFIX = "ctx/"  # BuildKit: the folder the context's files are sent under (multi_stage)
 PLACEHOLDER_RE = re.compile(r"\{\{stage:([a-z][a-z0-9_.-]*)\}\}")

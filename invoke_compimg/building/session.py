@@ -16,13 +16,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-from . import context, engine, lowering, reuse, scheduler
-from .errors import EngineError, Interrupted, UserError
-from .graph import PREDEFINED_ARGS, Stage, buildkit_only, classic_only
-from .progress import Reporter, Row
+from ..dockerfile import lowering
+from ..dockerfile.model import PREDEFINED_ARGS, Stage, buildkit_only, classic_only
+from ..dockerfile.parse import onbuild_sources, parse_file
+from ..engine import client as engine
+from ..errors import EngineError, Interrupted, UserError
+from ..progress import Reporter, Row
+from . import context, reuse, scheduler
 from .project import Project
 from .settings import Settings
-from .syntax import onbuild_sources, parse_file
 
 if TYPE_CHECKING:
     import docker
@@ -169,7 +171,7 @@ class Session:
         if engine.kind(self.api).podman:
             return ("interrupted: Podman has no API to cancel a build, so the step it is running finishes "
                     "on its own and nothing is tagged; temporary containers and folders of this run were removed")
-        from . import buildkit
+        from ..engine import buildkit
 
         with self._lock:
             running = list(self._running)
@@ -277,7 +279,8 @@ class Session:
     def _send(self, unit: Unit, plan: Plan, archive: IO[bytes],
               args: Mapping[str, str]) -> tuple[str, dict[str, float]]:
         # Each builder's module is imported when it sends: a warm no-op sends nothing.
-        from . import buildkit_builder, classic
+        from ..builders import buildkit as buildkit_builder
+        from ..builders import classic
 
         stage = unit.stages[-1]
         where = str(self.project.dockerfile)

@@ -19,7 +19,8 @@ from typing import Any
 from invoke import Argument, Config, Program
 from invoke.exceptions import UncastableEnvVar
 
-from .errors import Interrupted, UserError
+from ..errors import Interrupted, UserError
+from .exits import as_exit
 
 # Invoke's options that mean nothing for image builds are accepted but not shown.
 _SHOWN = ("help", "version", "list", "file", "context", "dry", "debug")
@@ -37,8 +38,8 @@ class CompimgConfig(Config):  # type: ignore[misc]
         try:
             super().load_shell_env()
         except (UncastableEnvVar, ValueError) as exc:
-            raise UserError(f"an INVOKE_* environment variable does not fit the type its config file gives it "
-                            f"({exc}); give it a value of that type, or unset it") from None
+            raise as_exit(UserError(f"an INVOKE_* environment variable does not fit the type its config file gives it "
+                            f"({exc}); give it a value of that type, or unset it")) from None
 
 
 class CompimgProgram(Program):  # type: ignore[misc]
@@ -120,7 +121,7 @@ def split_context(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def _interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted()
+    raise as_exit(Interrupted())
 
 
 def main() -> None:
@@ -128,7 +129,7 @@ def main() -> None:
     # Invoke turns Ctrl-C outside a task body into exit status 1; ours is 130 everywhere.
     signal.signal(signal.SIGINT, _interrupted)
     argv, _positional_context = split_context(list(sys.argv))
-    from . import __getattr__ as package_attr
+    from .. import __getattr__ as package_attr
 
     program.version = package_attr("__version__")
     try:

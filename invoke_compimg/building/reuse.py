@@ -16,9 +16,9 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import engine
+from ..engine import client as engine
+from ..names import normalise_ref
 from .context import fingerprint
-from .names import normalise_ref
 from .project import Project
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserError
-from .graph import Graph
+from ..dockerfile.model import Graph
+from ..errors import UserError
 from .project import stage_named
 
 BUILDERS = ("auto", "buildkit", "classic")
@@ -113,7 +113,7 @@ def parse_tags(values: Iterable[str], default_stage: str, graph: Graph,
         if not eq:
             stage, ref = default_stage, value
         name = stage_named(graph, stage, f"{source} {value}")
-        from .sdk import docker  # the SDK's own rule, imported only to build
+        from ..engine.sdk import docker  # the SDK's own rule, imported only to build
 
         if not docker.utils.build.match_tag(ref):
             raise UserError(f"{source} {value}: '{ref}' is not a valid image reference; "

@@ -10,13 +10,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UserError
-from .graph import Graph, Stage
-from .names import normalise_ref
-from .syntax import parse_file
+from ..dockerfile.model import Graph, Stage
+from ..dockerfile.parse import parse_file
+from ..errors import UserError
+from ..names import normalise_ref
 
 if TYPE_CHECKING:
-    from .progress import Row
+    from ..progress import Row
 
 
 class Project:

@@ -9,27 +9,26 @@ collection's key, then defaults. Pre-tasks get no flags, so they read config onl
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from invoke import Argument, Collection, Context, Task
 
-from .errors import Interrupted, UserError
-from .names import short_id
-from .project import Project
-from .render import FORMATS
-from .settings import CONFIG_DEFAULTS, Settings, configured, resolve
+from ..building.project import Project
+from ..building.settings import CONFIG_DEFAULTS, Settings, configured, resolve
+from ..dockerfile.render import FORMATS
+from ..errors import Interrupted, UserError
+from ..names import short_id
+from .exits import as_exit, exits
 
 # The engine modules (and so the Docker SDK) are imported by the operations that talk to
 # the engine, when they run: a tasks.py that adds our collection keeps `invoke --list` and
 # the user's other tasks quick.
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CompimgTask(Task):  # type: ignore[misc]
@@ -119,19 +118,6 @@ def _bound_project(kw: dict[str, Any]) -> Project:
                     (root / kw.get("context", ".")).resolve())
 
 
-def interruptible(func: F) -> F:
-    """Ctrl-C becomes one line and exit status 130, after the `finally` blocks below have
-    removed what this run made (temporary containers, staging folders)."""
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise Interrupted() from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _settings(c: Context, key: str, project: Project, *, target: str, tags: Any = (),
               build_args: Any = (), prefix: str | None = None, **flags: Any) -> Settings:
     return resolve(project.graph, c.config.get(key), target=target, tags=list(tags or []),
@@ -169,12 +155,12 @@ def _dry(c: Context) -> bool:
 
 # --- operations: the tasks' bodies and the Python API -------------------------------------
 
-@interruptible
+@exits
 def parse(c: Context, format: str = "text", stage: str | None = None, lowered: bool = False, *,
           dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
           base: str | Path | None = None, prefix: str | None = None, echo: bool | None = None) -> str:
     """Show the stage graph (text, json, dot, mermaid, native) or a lowered stage."""
-    from .lowering import per_stage
+    from ..dockerfile.lowering import per_stage
 
     p = _bound_project(locals())
     task = _prefix(key, prefix) + "parse"
@@ -196,7 +182,7 @@ def parse(c: Context, format: str = "text", stage: str | None = None, lowered: b
     return text
 
 
-@interruptible
+@exits
 def build(c: Context, target: str | None = None, tag: list[str] | None = None,
           build_arg: list[str] | None = None, no_cache: bool = False, push: bool = False,
           jobs: int | None = None, builder: str | None = None, progress: str | None = None,
@@ -230,7 +216,7 @@ def _strings(values: Any) -> list[str]:
 def _check_tags(p: Project, settings: Settings, goal: str, flags: list[str], how: str) -> None:
     """A `--tag STAGE=REF` for a stage this build does not build would be a silent no-op.
     (Config tags name every stage a project has: those of stages not built are left.)"""
-    from .settings import parse_tags
+    from ..building.settings import parse_tags
 
     needed = {s.name for s in p.graph.needs(goal)}
     outside = sorted(set(parse_tags(flags, goal, p.graph)) - needed)
@@ -248,9 +234,9 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
               + "".join(f"; tag {s} as {', '.join(r)}" for s, r in tags.items())
               + ("; no cache" if settings.no_cache else "") + ("; push" if settings.push else ""))
         return {}
-    from . import push as pushing
-    from .progress import make_reporter
-    from .session import Session
+    from ..building import push as pushing
+    from ..building.session import Session
+    from ..progress import make_reporter
 
     reporter = make_reporter(settings.progress)
     try:
@@ -271,7 +257,7 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
         reporter.close()
 
 
-@interruptible
+@exits
 def build_stage(c: Context, stage: str, tag: list[str] | None = None, build_arg: list[str] | None = None,
                 no_cache: bool = False, progress: str | None = None, *,
                 dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
@@ -286,7 +272,7 @@ def build_stage(c: Context, stage: str, tag: list[str] | None = None, build_arg:
     return _run_build(c, p, settings, goal, echo=echo)
 
 
-@interruptible
+@exits
 def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None, progress: str | None = None, *,
              dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
              base: str | Path | None = None, prefix: str | None = None, echo: bool = False) -> str:
@@ -303,8 +289,8 @@ def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None,
         print(f"would assemble {goal} from the images of {', '.join(p.graph.stage(goal).depends_on) or 'no stage'}"
               + (f"; tag it as {', '.join(settings.tags[goal])}" if settings.tags.get(goal) else ""))
         return ""
-    from .progress import make_reporter
-    from .session import Session
+    from ..building.session import Session
+    from ..progress import make_reporter
 
     reporter = make_reporter(settings.progress)
     try:
@@ -318,7 +304,7 @@ def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None,
         reporter.close()
 
 
-@interruptible
+@exits
 def extract_artifact(c: Context, artifact: str, dest: str = ".", progress: str | None = None, *,
                      dockerfile: str | Path = "Dockerfile",
                      context: str | Path = ".", key: str = "compimg", base: str | Path | None = None,
@@ -334,9 +320,9 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", progress: str |
     if _dry(c):
         print(f"would build {goal} and copy {path} into {dest}")
         return []
-    from .artifacts import copy_out
-    from .progress import make_reporter
-    from .session import Session
+    from ..building.session import Session
+    from ..host.artifacts import copy_out
+    from ..progress import make_reporter
 
     reporter = make_reporter(settings.progress)
     try:
@@ -352,7 +338,7 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", progress: str |
     return result.names
 
 
-@interruptible
+@exits
 def shell(c: Context, stage: str, cmd: str = "sh", progress: str | None = None, *,
           dockerfile: str | Path = "Dockerfile", context: str | Path = ".", key: str = "compimg",
           base: str | Path | None = None, prefix: str | None = None) -> None:
@@ -364,9 +350,10 @@ def shell(c: Context, stage: str, cmd: str = "sh", progress: str | None = None, 
     if _dry(c):
         print(f"would build {goal} and run `{cmd}` in it")
         return
-    from . import engine, terminal
-    from .progress import make_reporter
-    from .session import Session
+    from ..building.session import Session
+    from ..engine import client as engine
+    from ..host import terminal
+    from ..progress import make_reporter
 
     reporter = make_reporter(settings.progress)
     try:
@@ -392,7 +379,7 @@ def command_words(cmd: str) -> list[str]:
     return words
 
 
-@interruptible
+@exits
 def clean(c: Context, *, dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
           key: str = "compimg", base: str | Path | None = None, prefix: str | None = None) -> None:
     """Remove the images and temporary containers this project's builds made, nothing else."""
@@ -402,8 +389,8 @@ def clean(c: Context, *, dockerfile: str | Path = "Dockerfile", context: str | P
     if _dry(c):
         print(f"would remove the images of {p.repository} and this project's temporary containers")
         return
-    from . import engine
-    from .artifacts import clean as clean_project
+    from ..engine import client as engine
+    from ..host.artifacts import clean as clean_project
 
     quiet = _settings(c, key, p, target=p.graph.final.name).progress == "quiet"
     clean_project(p, engine.connect(), io.StringIO() if quiet else sys.stdout)
@@ -478,7 +465,7 @@ def collection(dockerfile: str | Path = "Dockerfile", context: str | Path = ".",
     try:
         p: Project | None = _project(*paths)
     except KeyboardInterrupt:
-        raise Interrupted() from None
+        raise as_exit(Interrupted()) from None
     except UserError as exc:
         p = None
         if report if report is not None else lists_tasks(sys.argv[1:]):
@@ -515,7 +502,7 @@ def _collection(p: Project | None, name: str, bound: dict[str, Any]) -> Collecti
 def _stage_collection(p: Project, key: str, prefix: str) -> Collection:
     """`stage.<name>`: one task per stage whose pre-tasks are exactly the stages it uses.
     The graph is already checked (no cycles: stages only look backwards)."""
-    from .render import base_label
+    from ..dockerfile.render import base_label
 
     stages = Collection("stage")
     tasks: dict[str, CompimgTask] = {}
@@ -529,14 +516,14 @@ def _stage_collection(p: Project, key: str, prefix: str) -> Collection:
 
 
 def _stage_body(p: Project, key: str, stage_name: str, prefix: str) -> Callable[[Context], str]:
-    @interruptible
+    @exits
     def body(c: Context) -> str:
         settings = _settings(c, key, p, target=stage_name, prefix=prefix)
         if _dry(c):
             print(f"would build stage {stage_name} from the images of its prerequisites")
             return ""
-        from .progress import make_reporter
-        from .session import Session
+        from ..building.session import Session
+        from ..progress import make_reporter
 
         reporter = make_reporter(settings.progress)
         try:

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .procs import alive
+from ..errors import UserError
+from ..procs import alive
 
 STAGING_PREFIX = ".compimg-extract-"
 

@@ -14,15 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-from . import buildkit, engine
-from .errors import EngineError, one_line
-from .lowering import CONTEXT_PREFIX, keyword
+from ..dockerfile.lowering import CONTEXT_PREFIX, keyword
+from ..engine import buildkit
+from ..engine import client as engine
+from ..errors import EngineError, one_line
 
 if TYPE_CHECKING:
     import docker
 
-    from .lowering import Lowered, Step
-    from .progress import Reporter
+    from ..dockerfile.lowering import Lowered, Step
+    from ..progress import Reporter
 
 # Instructions that become a BuildKit step (and so count in `[stage i/n]`).
 _STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})

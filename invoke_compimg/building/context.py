@@ -18,8 +18,8 @@ import tempfile
 from collections.abc import Iterable
 from typing import IO
 
-from .errors import UserError
-from .sdk import docker
+from ..engine.sdk import docker
+from ..errors import UserError
 
 _WILDCARDS = set("*?[")
 DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"  # the lowered Dockerfile's name in what we send

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from .graph import Graph, Stage
 from .lowering import multi_stage
+from .model import Graph, Stage
 
 
 def base_label(stage: Stage) -> str:

@@ -20,9 +20,9 @@ from typing import IO, Any
 import requests.exceptions
 import urllib3.exceptions
 
-from .errors import EngineError
-from .names import normalise_ref
-from .procs import owner, owner_gone
+from ..errors import EngineError
+from ..names import normalise_ref
+from ..procs import owner, owner_gone
 from .sdk import docker, has_paramiko, load_paramiko
 
 LABEL_PROJECT = "compimg.project"  # the project an image or container belongs to

@@ -9,9 +9,9 @@ import threading
 import uuid
 from collections.abc import Iterator
 
-from .engine import LABEL_PROJECT, LABEL_TEMPORARY, engine_errors, remove_container
-from .procs import owner
-from .sdk import docker
+from ..engine.client import LABEL_PROJECT, LABEL_TEMPORARY, engine_errors, remove_container
+from ..engine.sdk import docker
+from ..procs import owner
 
 
 def run_shell(api: docker.APIClient, image_id: str, command: list[str], project: str) -> int:

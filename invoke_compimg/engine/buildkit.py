@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import IO, Any, Literal
 
-from .errors import EngineError, UserError
+from ..errors import EngineError, UserError
 
 # --- protobuf wire format ------------------------------------------------------------------
 

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from .errors import UserError
-from .names import short_id
+from ..errors import UserError
+from ..names import short_id
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

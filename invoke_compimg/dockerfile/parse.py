@@ -21,8 +21,8 @@ from pathlib import Path
 from dockerfile_parse import DockerfileParser
 from dockerfile_parse.util import WordSplitter
 
-from .errors import UserError
-from .graph import (
+from ..errors import UserError
+from .model import (
     CONTEXT,
     NOWHERE,
     STAGE_NAME_MAX,

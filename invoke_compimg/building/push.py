@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from . import engine
-from .errors import UserError
-from .progress import Reporter
+from ..engine import client as engine
+from ..errors import UserError
+from ..progress import Reporter
 
 if TYPE_CHECKING:
     import docker

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TextIO
 
-from . import engine
-from .errors import UserError
-from .names import normalise_ref, short_id
+from ..engine import client as engine
+from ..errors import UserError
+from ..names import normalise_ref, short_id
 from .safe_extract import Extracted, extract
 
 if TYPE_CHECKING:
     import docker
 
-    from .progress import Reporter
-    from .project import Project
+    from ..building.project import Project
+    from ..progress import Reporter
 
 
 def copy_out(api: docker.APIClient, project: Project, stage: str, image_id: str, path: str, dest: str,
