@@ -80,15 +80,15 @@ class Builder:
         import os
         from dataclasses import replace
 
-        from invoke_compimg.building.session import Session
         from invoke_compimg.building.settings import Settings
         from invoke_compimg.progress import PlainReporter
+        from invoke_compimg.run import BuildRun
 
         self.project = project
         self.out = out if out is not None else io.StringIO()
         builder = builder or os.environ.get("INVOKE_COMPIMG_BUILDER", "classic")
         settings = replace(settings or Settings(), builder=builder)
-        self.session = Session(project, settings, PlainReporter(self.out, self.out))
+        self.session = BuildRun(project, settings, PlainReporter(self.out, self.out))
 
     @property
     def api(self) -> Any:

@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "invoke_compimg"
 
 # Bottom to top. A module may import its own package and the layers below it, never above.
 # The foundation (errors, names, procs) is the package's top-level modules.
-LAYERS = ["", "dockerfile", "progress", "engine", "host", "builders", "building", "tasks"]
+LAYERS = ["", "dockerfile", "progress", "engine", "host", "building", "builders", "run", "tasks"]
 # The package's API (`invoke_compimg/__init__.py`) re-exports the glue.
 API = "__init__"
 PURE = ("", "dockerfile")  # know nothing of the Docker SDK or of Invoke
-# Composition roots, which put the others together: the Invoke glue and one build's session.
-GLUE = {"tasks", "building.session"}
+# Composition roots, which put the others together: the Invoke glue and one run of a build.
+GLUE = {"tasks", "run"}
 MOST_IMPORTS = 5
 
 

@@ -28,7 +28,7 @@ def as_exit(error: UserError) -> UserError:
         _KINDS[kind] = type(kind.__name__, (kind, Exit), {"__module__": kind.__module__})
     exit_error = _KINDS[kind].__new__(_KINDS[kind])
     exit_error.__dict__.update({k: v for k, v in error.__dict__.items() if k != "code"})
-    Exit.__init__(exit_error, message=error.message, code=error.code)  # Exit's `code` is a property
+    Exit.__init__(exit_error, message=error.message, code=error.code)  # type: ignore[arg-type]  # `code` is a property
     exit_error.args = error.args
     exit_error.__cause__, exit_error.__traceback__ = error.__cause__, error.__traceback__
     return exit_error

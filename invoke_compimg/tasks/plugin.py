@@ -235,12 +235,12 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
               + ("; no cache" if settings.no_cache else "") + ("; push" if settings.push else ""))
         return {}
     from ..building import push as pushing
-    from ..building.session import Session
     from ..progress import make_reporter
+    from ..run import BuildRun
 
     reporter = make_reporter(settings.progress)
     try:
-        session = Session(p, settings, reporter)
+        session = BuildRun(p, settings, reporter)
         ids = session.build([goal])
         session.summary(goal if goal == p.graph.final.name else None)
         if settings.push:
@@ -289,12 +289,12 @@ def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None,
         print(f"would assemble {goal} from the images of {', '.join(p.graph.stage(goal).depends_on) or 'no stage'}"
               + (f"; tag it as {', '.join(settings.tags[goal])}" if settings.tags.get(goal) else ""))
         return ""
-    from ..building.session import Session
     from ..progress import make_reporter
+    from ..run import BuildRun
 
     reporter = make_reporter(settings.progress)
     try:
-        session = Session(p, settings, reporter)
+        session = BuildRun(p, settings, reporter)
         result = session.build_stage(p.graph.stage(goal))
         session.summary(None)
         if echo:
@@ -320,13 +320,13 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", progress: str |
     if _dry(c):
         print(f"would build {goal} and copy {path} into {dest}")
         return []
-    from ..building.session import Session
     from ..host.artifacts import copy_out
     from ..progress import make_reporter
+    from ..run import BuildRun
 
     reporter = make_reporter(settings.progress)
     try:
-        session = Session(p, settings, reporter)
+        session = BuildRun(p, settings, reporter)
         image_id = session.build([goal])[goal]
         result = copy_out(session.api, p, goal, image_id, path, dest, reporter, shell_task=settings.task("shell"))
         reporter.note(f"extracted {artifact} -> {', '.join(str(Path(dest) / n) for n in result.names)}"
@@ -350,14 +350,14 @@ def shell(c: Context, stage: str, cmd: str = "sh", progress: str | None = None, 
     if _dry(c):
         print(f"would build {goal} and run `{cmd}` in it")
         return
-    from ..building.session import Session
     from ..engine import client as engine
     from ..host import terminal
     from ..progress import make_reporter
+    from ..run import BuildRun
 
     reporter = make_reporter(settings.progress)
     try:
-        session = Session(p, settings, reporter)
+        session = BuildRun(p, settings, reporter)
         image_id = session.build([goal])[goal]
     finally:
         reporter.close()
@@ -522,12 +522,12 @@ def _stage_body(p: Project, key: str, stage_name: str, prefix: str) -> Callable[
         if _dry(c):
             print(f"would build stage {stage_name} from the images of its prerequisites")
             return ""
-        from ..building.session import Session
         from ..progress import make_reporter
+        from ..run import BuildRun
 
         reporter = make_reporter(settings.progress)
         try:
-            result = Session(p, settings, reporter).build_stage(p.graph.stage(stage_name))
+            result = BuildRun(p, settings, reporter).build_stage(p.graph.stage(stage_name))
             reporter.note(f"{result.how} {short_id(result.image_id)} ({result.size / 1e6:.1f} MB) "
                           f"as {p.local_ref(stage_name)}", stage_name)
         finally:

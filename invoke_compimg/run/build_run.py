@@ -16,15 +16,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+from ..building import context, reuse, scheduler
+from ..building.project import Project
+from ..building.settings import Settings
 from ..dockerfile import lowering
 from ..dockerfile.model import PREDEFINED_ARGS, Stage, buildkit_only, classic_only
 from ..dockerfile.parse import onbuild_sources, parse_file
 from ..engine import client as engine
 from ..errors import EngineError, Interrupted, UserError
 from ..progress import Reporter, Row
-from . import context, reuse, scheduler
-from .project import Project
-from .settings import Settings
 
 if TYPE_CHECKING:
     import docker
@@ -47,7 +47,7 @@ class Unit:
     needs: tuple[str, ...]  # units that must exist first (classic: the stages it reads)
 
 
-class Session:
+class BuildRun:
     """Builds stages of one project, reporting to `reporter`."""
 
     def __init__(self, project: Project, settings: Settings, reporter: Reporter,
