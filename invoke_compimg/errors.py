@@ -44,3 +44,13 @@ def one_line(text: str, limit: int = 120) -> str:
     """`text` (an instruction, an engine message) folded to one line of at most `limit`."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class BuildRejected(EngineError):
+    """The engine refused a build request before any progress (HTTP 4xx/5xx): a Dockerfile
+    it cannot parse, an unknown target, a bad option. `engine_message` is its text, unchanged."""
+
+    def __init__(self, engine_message: str, status_code: int | None) -> None:
+        self.engine_message = engine_message
+        self.status_code = status_code
+        super().__init__(f"the engine refused the build: {engine_message}")

@@ -20,3 +20,12 @@ def normalise_ref(ref: str) -> str:
 def short_id(image_id: str) -> str:
     """`sha256:0d2745efe275…` -> `0d2745efe275`, as `docker images` shows it."""
     return image_id.split(":")[-1][:12]
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """`host:5000/repo:tag` -> (`host:5000/repo`, `tag`); no tag -> ""; digests are not tags."""
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash and "@" not in ref[slash + 1:colon]:
+        return ref[:colon], ref[colon + 1:]
+    return ref, ""

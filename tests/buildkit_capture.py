@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from invoke_compimg.building.context import context_tar
 from invoke_compimg.engine import buildkit
+from invoke_compimg.engine.client import Engine
 
 DATA = Path(__file__).resolve().parent / "data" / "buildkit"
 
@@ -54,33 +56,46 @@ SCENARIOS: dict[str, tuple[str, bool]] = {  # name -> (Dockerfile, no_cache)
 }
 
 
-def record(api: Any, dockerfile: str, path: Path, *, no_cache: bool, tag: str) -> buildkit.SolveResult:
+class RecordingEngine(Engine):
+    """An Engine that keeps every JSON message of the streams it reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[dict[str, Any]] = []
+
+    def json_stream(self, response: Any) -> Iterator[Any]:
+        for message in super().json_stream(response):
+            if isinstance(message, dict):
+                self.messages.append(message)
+            yield message
+
+
+def record(engine: RecordingEngine, dockerfile: str, path: Path, *, no_cache: bool, tag: str) -> buildkit.SolveResult:
     """Run one solve of `dockerfile` (context: tool.sh) and write its raw messages to `path`."""
-    messages: list[dict[str, Any]] = []
+    engine.messages.clear()
     with tempfile.TemporaryDirectory() as folder:
         tool = Path(folder, "tool.sh")
         tool.write_text("#!/bin/sh\necho tool\n")
         tool.chmod(0o644)
         context = context_tar(folder, ["tool.sh"], [("Dockerfile", dockerfile)])
         with context:
-            result = buildkit.solve(api, context, dockerfile="Dockerfile", tags=[tag], no_cache=no_cache,
-                                    network=buildkit.network_for(api, None), on_message=messages.append)
+            result = buildkit.solve(engine, context, dockerfile="Dockerfile", tags=[tag], no_cache=no_cache,
+                                    network=buildkit.network_for(engine, None))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as out:
-        for message in messages:
+        for message in engine.messages:
             out.write(json.dumps(message, sort_keys=True) + "\n")
     return result
 
 
 def main(names: list[str]) -> None:
-    import docker
-
-    api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+    engine = RecordingEngine()
+    api = engine.api
     tag = f"compimg-capture-{uuid.uuid4().hex[:8]}:latest"
     try:
         for name in names or list(SCENARIOS):
             dockerfile, no_cache = SCENARIOS[name]
-            result = record(api, dockerfile, DATA / f"{name}.jsonl", no_cache=no_cache, tag=tag)
+            result = record(engine, dockerfile, DATA / f"{name}.jsonl", no_cache=no_cache, tag=tag)
             size = os.path.getsize(DATA / f"{name}.jsonl")
             print(f"{name}: {size} bytes, image {result.image_id}, error {result.error}")
     finally:

@@ -67,6 +67,15 @@ def api():  # type: ignore[no-untyped-def]
     return docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
 
 
+@pytest.fixture(scope="session")
+def engine():  # type: ignore[no-untyped-def]
+    """The engine as our code talks to it (`invoke_compimg.engine.client.Engine`)."""
+    from invoke_compimg.engine.client import Engine
+
+    with Engine() as found:
+        yield found
+
+
 @pytest.fixture
 def unique() -> str:
     """A name no other test (or run) uses, valid as an image repository."""
@@ -74,7 +83,7 @@ def unique() -> str:
 
 
 @pytest.fixture
-def make_project(tmp_path: Path, api, unique: str) -> Iterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
+def make_project(tmp_path: Path, api, engine, unique: str) -> Iterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
     """Write a Dockerfile (and files) into a fresh folder and return its Project; every
     image and container the project's builds made, and every tag starting with the test's
     unique name, is removed afterwards."""
@@ -102,7 +111,7 @@ def make_project(tmp_path: Path, api, unique: str) -> Iterator[Callable[..., obj
     import io
 
     for project in made:
-        clean(project, api, io.StringIO())
+        clean(project, engine, io.StringIO())
     for image in api.images():
         for ref in image.get("RepoTags") or []:
             if ref.startswith(unique):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from invoke_compimg.engine import client as engine
+from invoke_compimg.engine import containers
+from invoke_compimg.engine.client import Engine
 
 Entry = tuple[str, str, int, int, int, str]  # name, type, mode, uid, gid, link or sha256
 
@@ -14,8 +15,8 @@ def image_listing(api: Any, image: str, under: str = "") -> dict[str, Entry]:
     """Every entry of the image's filesystem (below `under`): type, mode, owner, link target
     or content hash. The container is created, never started, and removed."""
     listing: dict[str, Entry] = {}
-    with engine.stopped_container(api, image, "tests") as container, \
-            engine.open_tar_stream(api.export(container)) as archive:
+    with containers.stopped_container(Engine(), image, "tests") as container, \
+            containers.open_tar_stream(api.export(container)) as archive:
         for member in archive:
             name = member.name.lstrip("./")
             if under and not (name == under or name.startswith(under + "/")):
@@ -113,7 +114,7 @@ def extract_artifact(project: Any, builder: Builder, spec: str, dest: str) -> An
     stage, _, path = spec.partition(":")
     name = project.stage(stage).name
     image_id = builder.build(name)[name]
-    return artifacts.copy_out(builder.api, project, name, image_id, path, dest, builder.session.reporter)
+    return artifacts.copy_out(builder.session.engine, project, name, image_id, path, dest, builder.session.reporter)
 
 
 def processes_with(marker: str) -> list[str]:

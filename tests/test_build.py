@@ -117,7 +117,7 @@ def test_native_format_builds_the_same_hello(make_project, api, unique) -> None:
     assert config_of(api, ids["run"]) == config_of(api, unique)
 
 
-def test_from_an_earlier_stage_and_native_syntax(make_project, api, builder) -> None:  # type: ignore[no-untyped-def]
+def test_from_an_earlier_stage_and_native_syntax(make_project, api, engine, builder) -> None:  # type: ignore[no-untyped-def]
     project = make_project(
         "FROM busybox AS base\nRUN echo base > /base\n"
         "FROM base AS tool\nRUN echo tool > /tool\n"
@@ -130,7 +130,7 @@ def test_from_an_earlier_stage_and_native_syntax(make_project, api, builder) -> 
     # `tool` is a child image of `base`: clean must still remove all three.
     from invoke_compimg.host.artifacts import clean
 
-    assert clean(project, api, io.StringIO()) == (0, 3 if builder == "classic" else 1)
+    assert clean(project, engine, io.StringIO()) == (0, 3 if builder == "classic" else 1)
     assert api.images(name=project.repository) == []  # every name of ours is gone
 
 

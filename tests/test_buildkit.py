@@ -361,7 +361,7 @@ def test_refused_request_http_500_is_one_line(make_project: Any, monkeypatch: py
     with pytest.raises(EngineError) as caught:
         build(project, network="my-network")
     message = str(caught.value)
-    assert message == (f"{project.dockerfile}:1: stage 'build': the engine refused the build: "
+    assert message == (f"{project.dockerfile}:1: stage 'build' failed: the engine refused the build: "
                        'network mode "my-network" not supported by buildkit')
     assert spy.targets == ["build"]
 

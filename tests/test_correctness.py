@@ -15,7 +15,6 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import peers
@@ -434,14 +433,14 @@ def test_normalise_ref() -> None:
     assert short_id("sha256:0d2745efe275aaaa") == "0d2745efe275"
 
 
-def test_project_owns_podman_spellings(tmp_path: Path) -> None:
-    from invoke_compimg.building.project import Project
+def test_split_ref() -> None:
+    from invoke_compimg.names import split_ref
 
-    (tmp_path / "Dockerfile").write_text("NAME build\nFROM busybox\n")
-    project = Project(tmp_path / "Dockerfile", tmp_path)
-    assert project.owns(f"docker.io/{project.local_ref('build')}")
-    assert project.owns(f"localhost/{project.local_ref('build')}")
-    assert not project.owns("docker.io/compimg/other-00000000:build")
+    assert split_ref("busybox") == ("busybox", "")
+    assert split_ref("busybox:1.36") == ("busybox", "1.36")
+    assert split_ref("127.0.0.1:5000/app") == ("127.0.0.1:5000/app", "")
+    assert split_ref("127.0.0.1:5000/app:v1") == ("127.0.0.1:5000/app", "v1")
+    assert split_ref("app@sha256:" + "a" * 64) == ("app@sha256:" + "a" * 64, "")
 
 
 class FakeReporter:

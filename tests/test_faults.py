@@ -23,7 +23,8 @@ from engine_helpers import Builder, count_containers, extract_artifact
 from invoke_compimg import procs
 from invoke_compimg.building.project import Project
 from invoke_compimg.building.settings import Settings
-from invoke_compimg.engine import client as engine
+from invoke_compimg.engine import containers
+from invoke_compimg.engine.client import Engine
 from invoke_compimg.errors import EngineError, UserError
 
 pytestmark = pytest.mark.engine
@@ -116,7 +117,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(make_project, api, tmp_pa
     time.sleep(0.2)
     process.kill()
     process.wait()
-    label = f"{engine.LABEL_PROJECT}={project.slug}"
+    label = f"{containers.LABEL_PROJECT}={project.slug}"
     assert len(api.containers(all=True, filters={"label": label})) == 1  # the killed run's
     assert any(p.name.startswith(".compimg-extract-") for p in dest.iterdir())
     result = subprocess.run([*COMPIMG, "extract-artifact", "big:/out", "--dest", str(dest)],
@@ -131,16 +132,16 @@ def test_clean_removes_a_killed_runs_container(make_project, api) -> None:  # ty
     project = make_project("FROM busybox\n")
     ids = Builder(project, Settings(), out=io.StringIO()).build()
     dead = api.create_container(ids["stage-0"], command=["x"], labels={
-        engine.LABEL_TEMPORARY: f"{socket.gethostname()}:999999999", engine.LABEL_PROJECT: project.slug})
+        containers.LABEL_TEMPORARY: f"{socket.gethostname()}:999999999", containers.LABEL_PROJECT: project.slug})
     live = api.create_container(ids["stage-0"], command=["x"], labels={
-        engine.LABEL_TEMPORARY: procs.owner(), engine.LABEL_PROJECT: project.slug})
+        containers.LABEL_TEMPORARY: procs.owner(), containers.LABEL_PROJECT: project.slug})
     try:
-        assert engine.reap_leftovers(api, project.slug) == 1
-        left = api.containers(all=True, filters={"label": f"{engine.LABEL_PROJECT}={project.slug}"})
+        assert containers.reap_leftovers(Engine(), project.slug) == 1
+        left = api.containers(all=True, filters={"label": f"{containers.LABEL_PROJECT}={project.slug}"})
         assert [c["Id"] for c in left] == [live["Id"]]
     finally:
         api.remove_container(live, force=True)
-        engine.remove_container(api, dead["Id"])
+        containers.remove(Engine(), dead["Id"])
 
 
 class CuttingProxy:

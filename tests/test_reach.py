@@ -106,7 +106,7 @@ def test_ctrl_c_mid_push(registry, make_project, api) -> None:  # type: ignore[n
                 assert "v1" not in (json.load(response).get("tags") or [])
         except urllib.error.HTTPError as exc:
             assert exc.code == 404
-        assert api.containers(all=True, filters={"label": "compimg.temporary"}) == []
+        assert api.containers(all=True, filters={"label": f"compimg.project={project.slug}"}) == []
     finally:
         process.kill()
         api.remove_image(ref)

@@ -15,7 +15,9 @@ from engine_helpers import Builder
 from invoke_compimg.building import context as context_module
 from invoke_compimg.building.project import Project
 from invoke_compimg.building.settings import Settings
-from invoke_compimg.engine import client as engine
+from invoke_compimg.engine import classic as engine_classic
+from invoke_compimg.engine import images
+from invoke_compimg.engine.client import Engine
 from invoke_compimg.errors import EngineError
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("classic_only")]
@@ -29,15 +31,15 @@ class Spy:
         self.builds: list[tuple[str, float, float]] = []  # (first line, start, end)
         self.archives: list[list[str]] = []
         self._lock = threading.Lock()
-        real_build, real_archive = engine.build, context_module.archive
+        real_build, real_archive = engine_classic.build, context_module.archive
 
-        def build(api, archive, **kwargs):  # type: ignore[no-untyped-def]
+        def build(engine, archive, **kwargs):  # type: ignore[no-untyped-def]
             archive.seek(0)
             with tarfile.open(fileobj=archive) as tar:
                 text = tar.extractfile(context_module.DOCKERFILE_IN_CONTEXT).read().decode()  # type: ignore[union-attr]
             started = time.monotonic()
             try:
-                return real_build(api, archive, **kwargs)
+                return real_build(engine, archive, **kwargs)
             finally:
                 with self._lock:
                     self.builds.append((text, started, time.monotonic()))
@@ -49,7 +51,7 @@ class Spy:
             archive.seek(0)
             return archive
 
-        monkeypatch.setattr(engine, "build", build)
+        monkeypatch.setattr(engine_classic, "build", build)
         monkeypatch.setattr(context_module, "archive", context_archive)
 
     def stages_sent(self) -> list[str]:
@@ -124,7 +126,7 @@ def test_unchanged_stage_is_not_sent_again_and_changed_file_is(make_project, mon
 
 
 def project_api():  # type: ignore[no-untyped-def]
-    return engine.connect()
+    return Engine().api
 
 
 def test_build_args_are_inputs(make_project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -164,4 +166,4 @@ def test_superseded_images_do_not_pile_up(make_project, api) -> None:  # type: i
         built.append(_builder(Project(project.dockerfile, project.context)).build()["stage-0"])
     records = [t for i in api.images(name=project.repository) for t in i["RepoTags"] if "--I-" in t]
     assert len(records) == 1
-    assert [engine.inspect(api, image_id) is not None for image_id in built] == [False, False, False, True]
+    assert [images.inspect(Engine(), image_id) is not None for image_id in built] == [False, False, False, True]

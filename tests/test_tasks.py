@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,8 +139,11 @@ def test_console_script_hello(make_project, api, unique) -> None:  # type: ignor
 
 
 @pytest.mark.engine
-def test_extract_assemble_shell_and_clean_tasks(make_project, api, tmp_path, builder) -> None:  # type: ignore[no-untyped-def]
-    project, folder = _project(make_project, HELLO, HELLO_FILES)
+def test_extract_assemble_shell_and_clean_tasks(make_project, api, tmp_path, builder, unique) -> None:  # type: ignore[no-untyped-def]
+    # Images of its own (a label per stage): another project building the same file at the same
+    # time would otherwise share them, and clean would rightly keep them for it.
+    text = re.sub(r"^(FROM .*)$", rf"\1\nLABEL compimg.test={unique}", HELLO, flags=re.M)
+    project, folder = _project(make_project, text, HELLO_FILES)
     dest = tmp_path / "out"
     result = run_invoke(["compimg.extract-artifact", "build:/go/bin/app", "--dest", str(dest)], folder)
     assert result.returncode == 0, result.stderr

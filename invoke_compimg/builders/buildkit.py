@@ -1,5 +1,5 @@
 """The BuildKit builder: one solve of every stage a target needs, through the engine's own
-BuildKit (`buildkit.solve`), with its progress shown in the user's terms.
+BuildKit (`engine.buildkit.solve`), with its progress shown in the user's terms.
 
 BuildKit names each step `[stage i/n] INSTRUCTION`, counting only the instructions that
 make a build step (FROM, RUN, COPY, ADD, WORKDIR); `Step.source` of the lowered stage
@@ -8,26 +8,30 @@ then gives the user's own instruction and line, for progress and for errors.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..dockerfile.lowering import CONTEXT_PREFIX, keyword
-from ..engine import buildkit
-from ..engine import client as engine
-from ..errors import EngineError, one_line
+from ..building import context
+from ..dockerfile.lowering import CONTEXT_PREFIX, keyword, multi_stage
+from ..dockerfile.model import From, Instruction, Run, Stage, classic_only
+from ..engine import buildkit as engine_buildkit
+from ..engine.buildkit import Progress, ProgressEvent, StatusResponse, StepName, parse_name
+from ..errors import BuildRejected, EngineError, one_line
+from ..names import normalise_ref
+from .base import Builder, Plan, Sent, Unit, step_failed
 
 if TYPE_CHECKING:
-    import docker
-
     from ..dockerfile.lowering import Lowered, Step
     from ..progress import Reporter
 
 # Instructions that become a BuildKit step (and so count in `[stage i/n]`).
 _STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
 _PARSE_ERROR_LINE = re.compile(r"(?:dockerfile parse error )?line (\d+): ")
+_EXECUTOR_FAILED = re.compile(r"executor failed running \[(.*)\]: ", re.DOTALL)
 # Our folder at the start of a path in an engine message (`"/ctx/a"`, `ctx/a`), never a
 # `ctx` inside the user's own path (`sub/ctx/b`).
 _PREFIXED_PATH = re.compile(r'(?<=["\s])/?' + re.escape(CONTEXT_PREFIX))
@@ -46,24 +50,18 @@ def plain_paths(text: str) -> str:
     return _PREFIXED_PATH.sub(lambda m: "/" if m.group(0).startswith("/") else "", text)
 
 
-@dataclass
-class Outcome:
-    image_id: str
-    stage_seconds: dict[str, float]
-
-
-class _View:
+class SolveView:
     """BuildKit progress -> reporter events, in the user's words."""
 
     def __init__(self, target: str, lowered: Lowered, reporter: Reporter) -> None:
         self.target = target
         self.lowered = lowered
         self.reporter = reporter
-        self.progress = buildkit.Progress()
+        self.progress = Progress()
         self.steps = {stage: [s for s in steps if _is_step(s)] for stage, steps in lowered.stages.items()}
         self.titles: dict[str, tuple[str, str]] = {}  # vertex digest -> (stage, title)
 
-    def source(self, step: buildkit.StepName) -> tuple[str, Step | None]:
+    def source(self, step: StepName) -> tuple[str, Step | None]:
         stage = step.stage if step.stage and step.stage in self.steps else self.target
         found = self.steps.get(stage, [])
         if step.index is not None and 0 < step.index <= len(found):
@@ -74,7 +72,7 @@ class _View:
         same = [s for s in found if " ".join(s.text.split()) == " ".join(step.text.split())]
         return stage, same[0] if len(same) == 1 else None
 
-    def title(self, event: buildkit.ProgressEvent) -> tuple[str, str] | None:
+    def title(self, event: ProgressEvent) -> tuple[str, str] | None:
         if event.vertex in self.titles:
             return self.titles[event.vertex]
         step = event.step
@@ -89,11 +87,11 @@ class _View:
         self.titles[event.vertex] = (stage, text)
         return stage, text
 
-    def feed(self, status: buildkit.StatusResponse) -> None:
+    def feed(self, status: StatusResponse) -> None:
         for event in self.progress.feed(status):
             self.show(event)
 
-    def show(self, event: buildkit.ProgressEvent) -> None:
+    def show(self, event: ProgressEvent) -> None:
         found = self.title(event)
         if found is None:
             return
@@ -112,52 +110,57 @@ class _View:
             self.show(event)
 
     def failure(self, error: str | None, where: str, fallback_line: int) -> EngineError:
-        """The failed step as `Dockerfile:LINE: stage 'x' failed at INSTRUCTION: message`.
-        A frontend error names a line of the file we sent: it is mapped to the user's."""
+        """The failed step at the user's line. A frontend error names a line of the file we
+        sent: it is mapped to the user's."""
         parse_error = _PARSE_ERROR_LINE.search(error or "")
         if parse_error and int(parse_error.group(1)) in self.lowered.lines:
             sent = self.lowered.lines[int(parse_error.group(1))]
             stage = next((name for name, steps in self.lowered.stages.items() if sent in steps), self.target)
             message = _PARSE_ERROR_LINE.sub("", plain_paths(_reason(error or "")))
-            return EngineError(f"stage '{stage}' failed at {one_line(sent.source.text)}: "
-                               f"{one_line(message, 300)}; fix that line", where=where, line=sent.source.line)
+            return step_failed(stage, message, where=where, line=sent.source.line, instruction=sent.source.text,
+                               advice="fix that line")
         for vertex in self.progress.failed():
-            step = buildkit.parse_name(vertex.name)
+            step = parse_name(vertex.name)
+            message = plain_paths(_reason(vertex.error or error or "failed"))
             if step.stage == "internal":
-                found = self._base_image_failure(step.text, vertex.error or error or "failed", where)
+                found = self._base_image_failure(step.text, message, where)
                 if found is not None:
                     return found
                 continue
             stage, source = self.source(step)
             if source is not None:
-                message = plain_paths(_reason(vertex.error or error or "failed"))
-                return EngineError(f"stage '{stage}' failed at {one_line(source.source.text)}: "
-                                   f"{one_line(message, 300)}", where=where, line=source.source.line)
+                return step_failed(stage, message, where=where, line=source.source.line,
+                                   instruction=source.source.text)
         message = plain_paths(_reason(error or "the solve ended without an image"))
-        return EngineError(f"stage '{self.target}' failed: {one_line(message, 300)}", where=where,
-                           line=fallback_line)
+        # The failed vertex's last status can be lost when the solve ends (seen on a busy engine):
+        # the executor's message still names the command, which names the step.
+        ran = _EXECUTOR_FAILED.search(error or "")
+        ran_step = self._run_step(ran.group(1)) if ran else None
+        if ran_step is not None:
+            stage, run = ran_step
+            return step_failed(stage, message, where=where, line=run.line, instruction=run.text)
+        return step_failed(self.target, message, where=where, line=fallback_line)
 
+    def _run_step(self, command: str) -> tuple[str, Run] | None:
+        """The stage and RUN instruction whose command the executor ran (`/bin/sh -c CMD`)."""
+        for stage, steps in self.lowered.stages.items():
+            for step in steps:
+                if isinstance(step.source, Run) and command.endswith(" ".join(step.source.command.split())):
+                    return stage, step.source
+        return None
 
     def _base_image_failure(self, text: str, message: str, where: str) -> EngineError | None:
         """`[internal] load metadata for docker.io/library/x:y` failed: the stage whose FROM
         names that image, at its line (not the target's)."""
         if not text.startswith("load metadata for "):
             return None
-        wanted = _plain_image(text[len("load metadata for "):])
+        wanted = normalise_ref(text[len("load metadata for "):])
         for stage, steps in self.lowered.stages.items():
             base = steps[0].source if steps else None
-            if base is not None and _plain_image(str(getattr(base, "image", ""))) == wanted:
-                return EngineError(f"stage '{stage}' failed at {one_line(base.text)}: "
-                                   f"{one_line(plain_paths(_reason(message)), 300)}; check the image name and tag",
-                                   where=where, line=base.line)
+            if isinstance(base, From) and not base.stage and normalise_ref(base.image) == wanted:
+                return step_failed(stage, message, where=where, line=base.line, instruction=base.text,
+                                   advice="check the image name and tag")
         return None
-
-
-def _plain_image(ref: str) -> str:
-    for prefix in ("docker.io/library/", "docker.io/"):
-        if ref.startswith(prefix):
-            ref = ref[len(prefix):]
-    return ref if ":" in ref.rsplit("/", 1)[-1] or "@" in ref else ref + ":latest"
 
 
 def _reason(text: str) -> str:
@@ -168,30 +171,89 @@ def _reason(text: str) -> str:
     return text.strip()
 
 
-def solve(api: docker.APIClient, *, target: str, lowered: Lowered, archive: IO[bytes], dockerfile: str,
-          build_args: Mapping[str, str], no_cache: bool, network: str | None,
-          cache_from: Sequence[str], reporter: Reporter, where: str, line: int,
-          running: Callable[[str | None], None], tags: Sequence[str] = ()) -> Outcome:
-    """One solve of `lowered` (every stage `target` needs) with `target` as its result.
-    `dockerfile` is its name in the archive. `running(build_id)` hears the solve's ID while
-    it runs and None after, so that Ctrl-C can cancel it on the engine."""
-    view = _View(target, lowered, reporter)
-    build_id = f"compimg-{uuid.uuid4().hex}"
-    running(build_id)
-    try:
-        with engine.engine_errors(f"stage '{target}'", where=where, line=line):
-            result = buildkit.solve(api, archive, dockerfile=dockerfile, target=target,
-                                    build_args=build_args, no_cache=no_cache,
-                                    network=buildkit.network_for(api, network), cache_from=cache_from,
-                                    build_id=build_id, on_status=view.feed, tags=tags)
-    except buildkit.BuildRejected as exc:
-        raise EngineError(f"stage '{target}': the engine refused the build: "
-                          f"{one_line(plain_paths(_reason(exc.engine_message)), 300)}",
-                          where=where, line=line) from exc
-    finally:
-        running(None)
-        view.finish()
-    if result.image_id is None:
-        raise view.failure(result.error, where, line)
-    return Outcome(result.image_id, view.progress.stage_seconds())
+class BuildKitBuilder(Builder):
+    """One solve per requested target, of every stage it needs, through the engine's own
+    BuildKit (`POST /build?version=2`, no session); a tagged stage gets a solve of its own."""
 
+    name = "buildkit"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._running: set[str] = set()  # build IDs of the solves going on
+
+    def units(self, needed: Sequence[Stage], targets: Sequence[str]) -> list[Unit]:
+        # A stage with a tag needs an image of its own: a solve of its own, after the target's,
+        # whose cache then holds it (the same image, for a fraction of the time).
+        graph = self.graph
+        goals = list(dict.fromkeys(targets))
+        tagged = [s.name for s in needed if self.settings.tags.get(s.name) and s.name not in goals]
+        units = [Unit(t, graph.needs(t), ()) for t in goals]
+        units += [Unit(t, graph.needs(t), tuple(g for g in goals if t in {s.name for s in graph.needs(g)}))
+                  for t in tagged]
+        return units
+
+    def unit_for(self, stage: Stage) -> Unit:
+        return Unit(stage.name, self.graph.needs(stage.name), ())
+
+    def refuses(self, stage: Stage, instruction: Instruction) -> str | None:
+        if instruction in classic_only([stage]):
+            return ("ONBUILD with a stage reference (`COPY --from=<stage>` in a trigger) is not run correctly "
+                    "by this engine's BuildKit; build with --builder classic (auto does)")
+        for mount in getattr(instruction, "mounts", ()):
+            if mount.type in ("secret", "ssh"):
+                return (f"RUN --mount=type={mount.type} is not supported yet (it needs a BuildKit session); "
+                        "pass what it needs as a build arg or a file in the context for now")
+        return None
+
+    def args_for(self, stages: Sequence[Stage]) -> dict[str, str]:
+        args = super().args_for(stages)
+        if self.settings.cache_to == "inline":
+            args["BUILDKIT_INLINE_CACHE"] = "1"  # BuildKit's way of embedding cache metadata
+        return args
+
+    def plan(self, unit: Unit, known: Mapping[str, str]) -> Plan:
+        # The ONBUILD triggers of an external base image read the context as the user laid
+        # it out, so a unit with such triggers is sent without the `ctx/` folder.
+        prefix = "" if any(self.external_triggers(s) for s in unit.stages) else CONTEXT_PREFIX
+        lowered = multi_stage(self.graph, unit.stages, context_prefix=prefix)
+        return Plan(lowered.text, lowered, self.context_paths(unit), self.images_read(unit), context_prefix=prefix)
+
+    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
+        target = unit.stage
+        view = SolveView(target.name, plan.lowered, self.reporter)
+        build_id = f"compimg-{uuid.uuid4().hex}"
+        # A solve after another of this run (`unit.needs`) reads that one's fresh results
+        # from the cache even under --no-cache: they were made now, and it must be the same image.
+        no_cache = self.settings.no_cache and not unit.needs
+        with self.reading_context(target):
+            archive = context.archive(str(self.project.context), plan.text, plan.paths, prefix=plan.context_prefix)
+        with self._lock:
+            self._running.add(build_id)
+        try:
+            with self.engine.errors(f"stage '{target.name}'", where=self.where, line=target.line):
+                result = engine_buildkit.solve(
+                    self.engine, archive, dockerfile=context.DOCKERFILE_IN_CONTEXT, target=target.name,
+                    build_args=args, no_cache=no_cache,
+                    network=engine_buildkit.network_for(self.engine, self.settings.network),
+                    cache_from=self.settings.cache_from, build_id=build_id, on_status=view.feed,
+                    tags=[self.project.local_ref(target.name)])
+        except BuildRejected as exc:
+            raise step_failed(target.name, "the engine refused the build: " + plain_paths(_reason(exc.engine_message)),
+                              where=self.where, line=target.line) from exc
+        finally:
+            with self._lock:
+                self._running.discard(build_id)
+            archive.close()
+            view.finish()
+        if result.image_id is None:
+            raise view.failure(result.error, self.where, target.line)
+        return Sent(result.image_id, view.progress.stage_seconds())
+
+    def cancel(self) -> str:
+        with self._lock:
+            running = list(self._running)
+        for build_id in running:
+            with contextlib.suppress(Exception):  # the connection closing cancels it too
+                engine_buildkit.cancel(self.engine, build_id)
+        return super().cancel()

@@ -8,16 +8,17 @@ maps it back to the user's instruction, so errors and progress quote the user's 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import IO, TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
-from ..dockerfile.lowering import PLACEHOLDER_RE, Lowered, Step, keyword
-from ..engine import client as engine
-from ..errors import EngineError, one_line
+from ..building import context
+from ..dockerfile.lowering import PLACEHOLDER_RE, Lowered, Step, fill_placeholders, keyword, per_stage
+from ..dockerfile.model import Instruction, Stage, buildkit_only
+from ..engine import classic as classic_api
+from ..engine import images
+from ..engine.classic import BuildEvent
+from ..errors import EngineError, UserError, one_line
 from ..progress import Reporter, clean_lines
-
-if TYPE_CHECKING:
-    import docker
+from .base import Builder, Plan, Sent, Unit, step_failed
 
 _STEP_RE = re.compile(r"^(?:Step|STEP) (\d+)/(\d+) ?: ")
 # Engine bookkeeping lines that name its own container and layer IDs, not the user's build.
@@ -102,39 +103,87 @@ class _Stream:
             self.partial = ""
 
 
-def build(api: docker.APIClient, *, stage: str, lowered: Lowered, ids: Mapping[str, str], dockerfile: str,
-          archive: IO[bytes], build_args: Mapping[str, str], no_cache: bool, network: str | None,
-          cache_from: tuple[str, ...], reporter: Reporter, where: str, line: int, tag: str | None = None) -> str:
-    """Build stage `stage` from `archive` (its lowered Dockerfile with the placeholders
-    filled from `ids`, and the context files it reads); return the image ID. A failure is
-    one EngineError line, `Dockerfile:LINE: stage 'x' failed at INSTRUCTION: message`, with
-    the user's line and instruction, and stage names where the engine said image IDs.
-    `tag` names the image as it is made, so it is never an unnamed image that a prune
-    running at the same moment could take."""
-    stream = _Stream(stage, lowered, reporter)
+class ClassicBuilder(Builder):
+    """One build request per stage; the stages it reads by exact image ID."""
 
-    def on_event(event: engine.BuildEvent) -> None:
-        if event.kind == "error":
-            stream.errors.append(event.text.strip())
-        else:
-            stream.log(event.text)
+    name = "classic"
 
-    try:
-        with engine.engine_errors(f"stage '{stage}'", where=where, line=line):
-            image_id = engine.build(api, archive, dockerfile=dockerfile, build_args=build_args, no_cache=no_cache,
-                                    network=network, cache_from=cache_from, tag=tag, on_event=on_event)
-    finally:
-        stream.close()
-    if stream.errors or image_id is None:
-        at, instruction = line, ""
+    def units(self, needed: Sequence[Stage], targets: Sequence[str]) -> list[Unit]:
+        return [self.unit_for(stage) for stage in needed]
+
+    def unit_for(self, stage: Stage) -> Unit:
+        return Unit(stage.name, (stage,), stage.depends_on)
+
+    def refuses(self, stage: Stage, instruction: Instruction) -> str | None:
+        need = buildkit_only(instruction)
+        if need:
+            return (f"{need} needs BuildKit, and this build uses the classic builder ({self.engine.kind.name}); "
+                    "build with --builder buildkit")
+        return None
+
+    def plan(self, unit: Unit, known: Mapping[str, str]) -> Plan:
+        stage = unit.stage
+        ids = {name: self._stage_id(stage, name, known) for name in stage.depends_on}
+        lowered = per_stage(self.graph, stage.name)
+        return Plan(fill_placeholders(lowered.text, ids), lowered, self.context_paths(unit), self.images_read(unit),
+                    stage_ids=ids)
+
+    def _stage_id(self, stage: Stage, name: str, known: Mapping[str, str]) -> str:
+        """The image of stage `name` that `stage` reads: built in this run, else earlier in this
+        process, else the one its local name holds."""
+        found = known.get(name) or self.project.latest(name, self.name) or images.image_id_of(
+            self.engine, self.project.local_ref(name))
+        if found is None:
+            task = self.graph.stage(name).task_name
+            raise UserError(f"stage '{stage.name}' needs stage '{name}', which has not been "
+                            f"built; run `{self.settings.task('stage.' + task)}` or "
+                            f"`{self.settings.task('build')}` first", where=self.where, line=stage.line)
+        return found
+
+    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
+        stage = unit.stage
+        stream = _Stream(stage.name, plan.lowered, self.reporter)
+
+        def on_event(event: BuildEvent) -> None:
+            if event.kind == "error":
+                stream.errors.append(event.text.strip())
+            else:
+                stream.log(event.text)
+
+        with self.reading_context(stage):
+            archive = context.archive(str(self.project.context), plan.text, plan.paths)
+        try:
+            with self.engine.errors(f"stage '{stage.name}'", where=self.where, line=stage.line):
+                cache_from = images.usable_cache_sources(self.engine, self.settings.cache_from,
+                                                         lambda line: stream.log(line + "\n"))
+                image_id = classic_api.build(
+                    self.engine, archive, dockerfile=context.DOCKERFILE_IN_CONTEXT, build_args=args,
+                    no_cache=self.settings.no_cache,
+                    network=network_for(self.settings.network, self.engine.kind.podman), cache_from=cache_from,
+                    tag=self.project.local_ref(stage.name), on_event=on_event)
+        finally:
+            stream.close()
+            archive.close()
+        if stream.errors or image_id is None:
+            raise self._failure(stage, stream, plan.stage_ids)
+        stream.finish_step()
+        return Sent(image_id)
+
+    def _failure(self, stage: Stage, stream: _Stream, ids: Mapping[str, str]) -> EngineError:
+        """The failed step at the user's line, with stage names where the engine said image IDs."""
+        at, instruction = stage.line, None
         if stream.sent is not None:
             source = stream.sent.source
-            shown = stream.sent.text if "ONBUILD trigger" in stream.sent.text else source.text
-            at, instruction = source.line, " at " + one_line(shown)
+            at = source.line
+            instruction = stream.sent.text if "ONBUILD trigger" in stream.sent.text else source.text
         reason = stream.errors[-1] if stream.errors else "the engine's stream ended without an image ID"
         for name, image_id in ids.items():
             reason = reason.replace(image_id, f"stage '{name}'").replace(image_id.split(":")[-1], name)
-        raise EngineError(f"stage '{stage}' failed{instruction}: {one_line(reason, 300)}", where=where, line=at)
-    stream.finish_step()
-    return image_id
+        return step_failed(stage.name, reason, where=self.where, line=at, instruction=instruction)
 
+    def cancel(self) -> str:
+        if self.engine.kind.podman:
+            return ("interrupted: Podman has no API to cancel a build, so the step it is running finishes "
+                    "on its own and nothing is tagged; temporary containers and folders of this run were removed")
+        # Docker cancels a classic build when its connection closes, which leaving the process does.
+        return super().cancel()

@@ -8,6 +8,7 @@ whole-stage skips, and packs them with the Dockerfile we send (after docker-py, 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import io
@@ -15,7 +16,7 @@ import os
 import posixpath
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 from ..engine.sdk import docker
@@ -23,6 +24,16 @@ from ..errors import UserError
 
 _WILDCARDS = set("*?[")
 DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"  # the lowered Dockerfile's name in what we send
+
+
+@contextlib.contextmanager
+def reading(who: str, folder: str | os.PathLike[str], *, where: str, line: int) -> Iterator[None]:
+    """The file system's errors while reading the build context, as one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"{who} cannot read its build context {folder} ({exc}); check that folder's files "
+                        "and permissions", where=where, line=line) from exc
 
 
 def read_dockerignore(context: str) -> str | None:

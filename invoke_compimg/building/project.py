@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 from ..dockerfile.model import Graph, Stage
 from ..dockerfile.parse import parse_file
 from ..errors import UserError
-from ..names import normalise_ref
 
 if TYPE_CHECKING:
     from ..progress import Row
@@ -27,9 +26,9 @@ class Project:
         self.context = Path(context)
         self.graph = graph if graph is not None else parse_file(self.dockerfile, context=self.context)
         self.slug = project_slug(self.dockerfile, self.context)
-        # Images built in this process, keyed by what changes the result (see session).
-        self.memo: dict[object, Row] = {}
-        self.memo_lock = threading.Lock()
+        # Images built in this process, keyed by what changes the result (see run.BuildRun).
+        self._memo: dict[tuple[object, ...], Row] = {}
+        self._memo_lock = threading.Lock()
 
     @property
     def repository(self) -> str:
@@ -46,9 +45,20 @@ class Project:
         `inputs_ref(stage)` is a prefix that only that stage's records have."""
         return f"{self.repository}:{stage[:80]}--I-{digest}"
 
-    def owns(self, ref: str) -> bool:
-        """Is `ref` (in any engine's spelling) a name in this project's repository?"""
-        return normalise_ref(ref).startswith(self.repository + ":")
+    def recall(self, key: tuple[object, ...]) -> Row | None:
+        """What was built in this process for `key` (unit, builder, args, ...), if anything."""
+        with self._memo_lock:
+            return self._memo.get(key)
+
+    def remember(self, key: tuple[object, ...], result: Row) -> None:
+        with self._memo_lock:
+            self._memo[key] = result
+
+    def latest(self, stage: str, builder: str) -> str | None:
+        """The image last built in this process for `stage` by `builder` (keys start with both)."""
+        with self._memo_lock:
+            found = [r for k, r in self._memo.items() if k[:2] == (stage, builder)]
+        return found[-1].image_id if found else None
 
     def stage(self, name: str, *, flag: str = "stage") -> Stage:
         return self.graph.stage(stage_named(self.graph, name, flag))

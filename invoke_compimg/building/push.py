@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from ..engine import client as engine
+from ..engine import images
 from ..errors import UserError
 from ..progress import Reporter
 
 if TYPE_CHECKING:
-    import docker
+    from ..engine.client import Engine
 
 
 def plan(tags: Mapping[str, Sequence[str]], built: Mapping[str, str], target: str,
@@ -38,23 +38,23 @@ def plan(tags: Mapping[str, Sequence[str]], built: Mapping[str, str], target: st
     return chosen
 
 
-def push(api: docker.APIClient, refs: Sequence[tuple[str, str, str]], reporter: Reporter,
+def push(engine: Engine, refs: Sequence[tuple[str, str, str]], reporter: Reporter,
          *, layers: bool) -> list[tuple[str, str]]:
     """Push each ref, checking first that it still names the image this run made (another
     run may have moved it since). One line per ref with its digest; per-layer progress
     only when `layers` (a terminal). Returns (ref, digest)."""
     pushed = []
     for stage, ref, image_id in refs:
-        if engine.image_id_of(api, ref) != image_id:
+        if images.image_id_of(engine, ref) != image_id:
             raise UserError(f"--push: {ref} no longer names the image this run built for stage "
                             f"'{stage}' (another build moved it); run the build again")
 
-        def show(event: engine.BuildEvent, stage: str = stage) -> None:
+        def show(line: str, stage: str = stage) -> None:
             if layers:
-                reporter.note(event.text, stage)
+                reporter.note(line, stage)
 
         reporter.note(f"pushing {ref}", stage)
-        digest = engine.push(api, ref, show)
+        digest = images.push(engine, ref, show)
         reporter.note(f"pushed {ref}@{digest}" if digest else f"pushed {ref}", stage)
         pushed.append((ref, digest))
     return pushed

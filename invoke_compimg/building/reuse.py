@@ -16,13 +16,13 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..engine import client as engine
+from ..engine import images as engine_images
 from ..names import normalise_ref
 from .context import fingerprint
 from .project import Project
 
 if TYPE_CHECKING:
-    import docker
+    from ..engine.client import Engine
 
 
 class ExternalImages:
@@ -33,11 +33,11 @@ class ExternalImages:
         self._history: dict[str, tuple[str, ...]] = {}  # Podman: ONBUILD triggers by ref
         self._lock = threading.Lock()
 
-    def inspect(self, api: docker.APIClient, ref: str) -> dict[str, Any] | None:
+    def inspect(self, engine: Engine, ref: str) -> dict[str, Any] | None:
         with self._lock:
             if ref in self._found:
                 return self._found[ref]
-        found = engine.inspect(api, ref)
+        found = engine_images.inspect(engine, ref)
         with self._lock:
             self._found[ref] = found
         return found
@@ -47,31 +47,31 @@ class ExternalImages:
             self._found.pop(ref, None)
             self._history.pop(ref, None)
 
-    def triggers(self, api: docker.APIClient, ref: str) -> tuple[str, ...]:
+    def triggers(self, engine: Engine, ref: str) -> tuple[str, ...]:
         """The image's ONBUILD triggers (`Config.OnBuild`), which run in a stage built on it.
         Podman's inspect always says none: there its history's `ONBUILD` entries stand in (an
         ancestor's triggers that were already run count too: more context is sent, never less)."""
-        found = self.inspect(api, ref)
+        found = self.inspect(engine, ref)
         config = (found or {}).get("Config") or {}
-        if found is None or config.get("OnBuild") or not engine.kind(api).podman:
+        if found is None or config.get("OnBuild") or not engine.kind.podman:
             return tuple(config.get("OnBuild") or ())
         with self._lock:
             known = self._history.get(ref)
         if known is None:  # asked for each stage on the image, by planning and by the context
-            known = engine.onbuild_history(api, str(found["Id"]))
+            known = engine_images.onbuild_history(engine, str(found["Id"]))
             with self._lock:
                 self._history[ref] = known
         return known
 
 
-def inputs_digest(api: docker.APIClient, images: ExternalImages, *, kind: str, name: str, text: str,
+def inputs_digest(engine: Engine, images: ExternalImages, *, kind: str, name: str, text: str,
                   image_refs: Iterable[str], args: Mapping[str, str], context: str,
                   paths: list[str]) -> str | None:
     """The digest of a unit's inputs, or None when something cannot be pinned (an image
     that is not on the engine yet: the build will pull it)."""
     digest = hashlib.sha256(f"compimg-inputs-2\0{kind}\0{name}\0{text}\0".encode())
     for ref in image_refs:
-        found = images.inspect(api, ref)
+        found = images.inspect(engine, ref)
         if found is None:
             return None
         digest.update(f"{ref}={found['Id']}\0".encode())
@@ -80,28 +80,29 @@ def inputs_digest(api: docker.APIClient, images: ExternalImages, *, kind: str, n
     digest.update(fingerprint(context, paths).encode())
     # The builder's initial leads the record: each builder retires only its own records, so
     # switching between them does not throw the other's reusable images away.
-    return kind[0] + digest.hexdigest()[:39]
+    return builder_mark(kind) + digest.hexdigest()[:39]
 
 
 def builder_mark(kind: str) -> str:
+    """The letter that leads a builder's records."""
     return kind[0]
 
 
-def find(api: docker.APIClient, project: Project, name: str, digest: str | None) -> dict[str, Any] | None:
+def find(engine: Engine, project: Project, name: str, digest: str | None) -> dict[str, Any] | None:
     """The image recorded for `digest`, if the engine still has it."""
-    return engine.inspect(api, project.inputs_ref(name, digest)) if digest else None
+    return engine_images.inspect(engine, project.inputs_ref(name, digest)) if digest else None
 
 
-def record(api: docker.APIClient, project: Project, name: str, digest: str | None, image_id: str,
+def record(engine: Engine, project: Project, name: str, digest: str | None, image_id: str,
            names: Iterable[str] = ()) -> None:
     """Name `image_id` as the unit's latest image and as the record of `digest`."""
     have = {normalise_ref(n) for n in names}
     for ref in (project.inputs_ref(name, digest) if digest else None, project.local_ref(name)):
         if ref and ref not in have:
-            engine.tag(api, image_id, ref)
+            engine_images.tag(engine, image_id, ref)
 
 
-def retire(api: docker.APIClient, project: Project, name: str, previous: dict[str, Any] | None,
+def retire(engine: Engine, project: Project, name: str, previous: dict[str, Any] | None,
            image_id: str, keep: str | None, kind: str) -> None:
     """`previous` (what the unit's local name pointed to before this build started) is
     superseded by `image_id`, now named: drop its inputs records and, once nothing names
@@ -114,22 +115,22 @@ def retire(api: docker.APIClient, project: Project, name: str, previous: dict[st
     mine = project.inputs_ref(name, builder_mark(kind))
     names = [normalise_ref(ref) for ref in previous.get("RepoTags") or []]
     if any(n.startswith(mine) for n in names) or not any(n.startswith(project.inputs_ref(name)) for n in names):
-        _retire_image(api, previous["Id"], previous.get("RepoTags") or [], mine, keep)
+        _retire_image(engine, previous["Id"], previous.get("RepoTags") or [], mine, keep)
         return
     # The name pointed at the other builder's image, which stays reusable: this builder's
     # own superseded image is found by its records.
-    for old_id, ref in engine.tags_in_repository(api, project.repository):
+    for old_id, ref in engine_images.tags_in_repository(engine, project.repository):
         if old_id != image_id and normalise_ref(ref).startswith(mine) and normalise_ref(ref) != keep:
-            _retire_image(api, old_id, [ref], mine, keep)
+            _retire_image(engine, old_id, [ref], mine, keep)
 
 
-def _retire_image(api: docker.APIClient, image_id: str, refs: Iterable[str], prefix: str, keep: str | None) -> None:
+def _retire_image(engine: Engine, image_id: str, refs: Iterable[str], prefix: str, keep: str | None) -> None:
     for ref in refs:
         # `keep` is the record just given to the new image (a --no-cache rebuild of the
         # same inputs has the same name): removing the name would remove it from there.
         plain = normalise_ref(ref)
         if plain.startswith(prefix) and plain != keep:
-            engine.untag(api, ref)
-    now = engine.inspect(api, image_id)
+            engine_images.untag(engine, ref)
+    now = engine_images.inspect(engine, image_id)
     if now is not None and not now.get("RepoTags"):
-        engine.remove_unnamed(api, image_id)
+        engine_images.remove_unnamed(engine, image_id)

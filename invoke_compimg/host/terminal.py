@@ -6,42 +6,29 @@ import contextlib
 import os
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from ..engine.client import LABEL_PROJECT, LABEL_TEMPORARY, engine_errors, remove_container
-from ..engine.sdk import docker
-from ..procs import owner
+from ..engine import containers
+
+if TYPE_CHECKING:
+    from ..engine.client import Engine
 
 
-def run_shell(api: docker.APIClient, image_id: str, command: list[str], project: str) -> int:
+def run_shell(engine: Engine, image_id: str, command: list[str], project: str) -> int:
     """Run `command` in a throwaway container of `image_id` with this terminal attached
     (raw mode when stdin is a terminal); return its exit status. Always removed after."""
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    with engine_errors("starting the shell"):
-        container = api.create_container(
-            image_id, command=command, entrypoint=[], tty=interactive, stdin_open=True,
-            labels={LABEL_TEMPORARY: owner(), LABEL_PROJECT: project},
-            name=f"compimg-shell-{uuid.uuid4().hex[:12]}",
-        )["Id"]
-    try:
-        with engine_errors("starting the shell"):
-            socket_io = api.attach_socket(container, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-            api.start(container)
-        sock = getattr(socket_io, "_sock", socket_io)
+    with containers.attached(engine, image_id, command, project, tty=interactive) as shell:
         stdin_fd = sys.stdin.fileno()
         with _raw_terminal(stdin_fd if interactive else None):
-            # Input on a thread of its own; the SDK's frames_iter splits the output (the
-            # engine multiplexes stdout and stderr when there is no TTY).
-            threading.Thread(target=_forward_input, args=(stdin_fd, sock), daemon=True).start()
-            for stream, payload in docker.utils.socket.frames_iter(socket_io, interactive):
-                target = sys.stderr if stream == docker.utils.socket.STDERR else sys.stdout
+            # Input on a thread of its own: the output loop below waits on the container.
+            threading.Thread(target=_forward_input, args=(stdin_fd, shell.input), daemon=True).start()
+            for is_stderr, payload in shell.output():
+                target = sys.stderr if is_stderr else sys.stdout
                 target.buffer.write(payload)
                 target.buffer.flush()
-        with engine_errors("waiting for the shell"):
-            return int(api.wait(container)["StatusCode"])
-    finally:
-        remove_container(api, container)
+        return shell.wait()
 
 
 def _forward_input(fd: int, sock: object) -> None:

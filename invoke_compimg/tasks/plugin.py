@@ -249,7 +249,7 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
             refs = pushing.plan(settings.tags, ids, goal, push_all, skipped=reporter.warning)
             if not refs:
                 reporter.warning(f"--push: no tag for '{goal}' to push; add --tag REF")
-            pushing.push(session.api, refs, reporter, layers=reporter.live)
+            pushing.push(session.engine, refs, reporter, layers=reporter.live)
         if echo:  # the task prints the ID when quiet (`docker build -q`); the Python API returns it
             reporter.result(ids[goal])
         return ids
@@ -328,7 +328,7 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", progress: str |
     try:
         session = BuildRun(p, settings, reporter)
         image_id = session.build([goal])[goal]
-        result = copy_out(session.api, p, goal, image_id, path, dest, reporter, shell_task=settings.task("shell"))
+        result = copy_out(session.engine, p, goal, image_id, path, dest, reporter, shell_task=settings.task("shell"))
         reporter.note(f"extracted {artifact} -> {', '.join(str(Path(dest) / n) for n in result.names)}"
                       f" ({result.files} {'entry' if result.files == 1 else 'entries'})")
         for skipped in result.skipped:
@@ -350,7 +350,7 @@ def shell(c: Context, stage: str, cmd: str = "sh", progress: str | None = None, 
     if _dry(c):
         print(f"would build {goal} and run `{cmd}` in it")
         return
-    from ..engine import client as engine
+    from ..engine import containers
     from ..host import terminal
     from ..progress import make_reporter
     from ..run import BuildRun
@@ -361,8 +361,8 @@ def shell(c: Context, stage: str, cmd: str = "sh", progress: str | None = None, 
         image_id = session.build([goal])[goal]
     finally:
         reporter.close()
-    engine.reap_leftovers(session.api, p.slug)
-    status = terminal.run_shell(session.api, image_id, command_words(cmd), p.slug)
+    containers.reap_leftovers(session.engine, p.slug)
+    status = terminal.run_shell(session.engine, image_id, command_words(cmd), p.slug)
     if status:
         raise UserError(f"`{cmd}` in stage '{goal}' exited with status {status}", code=status)
 
@@ -389,11 +389,11 @@ def clean(c: Context, *, dockerfile: str | Path = "Dockerfile", context: str | P
     if _dry(c):
         print(f"would remove the images of {p.repository} and this project's temporary containers")
         return
-    from ..engine import client as engine
+    from ..engine.client import Engine
     from ..host.artifacts import clean as clean_project
 
     quiet = _settings(c, key, p, target=p.graph.final.name).progress == "quiet"
-    clean_project(p, engine.connect(), io.StringIO() if quiet else sys.stdout)
+    clean_project(p, Engine(), io.StringIO() if quiet else sys.stdout)
 
 
 OPERATIONS: dict[str, Callable[..., Any]] = {
