@@ -125,7 +125,8 @@ def run_invoke(args: list[str], cwd: Path, env: dict[str, str] | None = None,
                           capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-_container_counts: dict[str, int] = {}
+_containers_before: set[str] = set()
+_leaked: list[str] = []
 _dangling_before: set[str] = set()
 
 
@@ -134,31 +135,48 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         import docker
 
         api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
-        _container_counts["before"] = len(api.containers(all=True))
+        _containers_before.update(c["Id"] for c in api.containers(all=True))
         _dangling_before.update(api.images(filters={"dangling": True}, quiet=True))
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if "before" in _container_counts:
-        import docker
+def _our_projects(session: pytest.Session) -> set[str]:
+    """The 8-hex Dockerfile-path digests ending the project names of every Dockerfile this
+    run's tests wrote (under pytest's base temp folder): other runs' containers are not ours."""
+    import hashlib
 
-        api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
-        _container_counts["after"] = len(api.containers(all=True))
-        # Peer builds (`docker build` of native files) leave untagged stage images, as
-        # docker build does; remove the ones this run made, nothing older.
-        for image in api.images(filters={"dangling": True}, quiet=True):
-            if image not in _dangling_before:
-                with contextlib.suppress(docker.errors.APIError):
-                    api.remove_image(image, force=False, noprune=False)
-        if _container_counts["after"] > _container_counts["before"] and exitstatus == 0:
-            session.exitstatus = 1  # a leak fails the run
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    base = factory.getbasetemp() if factory is not None else None
+    if base is None or not base.exists():
+        return set()
+    return {hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+            for path in base.rglob("*Dockerfile*") if path.is_file()}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _engine_unavailable() is not None:
+        return
+    import docker
+
+    api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+    ours = _our_projects(session)
+    for container in api.containers(all=True, filters={"label": "compimg.project"}):
+        project = (container.get("Labels") or {}).get("compimg.project", "")
+        if container["Id"] not in _containers_before and project.rsplit("-", 1)[-1] in ours:
+            _leaked.append(f"{container['Names'][0]} ({project})")
+    # Peer builds (`docker build` of native files) leave untagged stage images, as
+    # docker build does; remove the ones this run made, nothing older.
+    for image in api.images(filters={"dangling": True}, quiet=True):
+        if image not in _dangling_before:
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_image(image, force=False, noprune=False)
+    if _leaked and exitstatus == 0:
+        session.exitstatus = 1  # a leak fails the run
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
-    if "after" in _container_counts:
-        before, after = _container_counts["before"], _container_counts["after"]
-        verdict = "ok" if after <= before else "LEAK"
-        terminalreporter.write_line(f"engine containers before the suite: {before}, after: {after} ({verdict})")
+    if _engine_unavailable() is None:
+        verdict = f"LEAK: {', '.join(_leaked)}" if _leaked else "ok"
+        terminalreporter.write_line(f"containers of this run's projects left on the engine: {len(_leaked)} ({verdict})")
 
 
 @pytest.fixture
