@@ -448,7 +448,7 @@ def test_unchanged_build_sends_no_request(make_project: Any, spy: SolveSpy) -> N
     again = Project(project.dockerfile, project.context)  # a new process would parse it again
     ids_again, _, builder = build(again)
     assert spy.calls == [] and ids_again == ids
-    assert [r.how for r in builder.results] == ["reused"]
+    assert [r.outcome for r in builder.results] == ["reused"]
     (project.context / "unread.txt").write_text("changed, but no stage reads it\n")
     build(Project(project.dockerfile, project.context))
     assert spy.calls == []

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from invoke_compimg.errors import UserError
-from invoke_compimg.progress import LiveReporter, PlainReporter, QuietReporter, Row, format_table, make_reporter
+from invoke_compimg.progress import LiveReporter, PlainReporter, QuietReporter, StageResult, format_table, make_reporter
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_ID = "sha256:" + "0123456789ab" + "c" * 52
@@ -150,7 +150,7 @@ def test_quiet_prints_the_image_id_and_only_errors() -> None:
         r.output("build", f"make line {i}")
     r.note("pulling golang:1.22")
     r.stage_finished("other", RUN_ID, 0.1, "cached")
-    r.table([Row("build", BUILD_ID, 10, 1.0, "built", "buildkit")], None)
+    r.table([StageResult("build", BUILD_ID, 10, 1.0, "built", "buildkit")], None)
     r.stage_failed("build", "stage 'build' failed at RUN make: exit code 2")
     r.result(RUN_ID)
     r.close()
@@ -172,9 +172,9 @@ def test_warnings_go_to_stderr_in_every_mode() -> None:
 # --- the table ------------------------------------------------------------------------------
 
 ROWS = [
-    Row("build", BUILD_ID, 462_000_000, 12.345, "built", "buildkit"),
-    Row("assets", "sha256:" + "a" * 64, -1, 0.0, "reused", "classic"),
-    Row("run", RUN_ID, 3_810_000, 0.3, "cached", "buildkit"),
+    StageResult("build", BUILD_ID, 462_000_000, 12.345, "built", "buildkit"),
+    StageResult("assets", "sha256:" + "a" * 64, -1, 0.0, "reused", "classic"),
+    StageResult("run", RUN_ID, 3_810_000, 0.3, "cached", "buildkit"),
 ]
 
 
@@ -262,7 +262,7 @@ def test_forced_live_view_off_a_terminal() -> None:
 
 CHILD = """
 import sys, time
-from invoke_compimg.progress import Row, make_reporter
+from invoke_compimg.progress import StageResult, make_reporter
 
 r = make_reporter("auto")
 BUILD = "sha256:" + "0123456789ab" + "c" * 52
@@ -282,7 +282,7 @@ def scripted():
     time.sleep(0.5)
     r.stage_failed("test", "stage 'test' failed at RUN go test ./...: exit code 1")
     r.note("tagged my-app:1.0 (sha256:0123456789ab)")
-    r.table([Row("build", BUILD, 462_000_000, 2.1, "built", "buildkit")], None)
+    r.table([StageResult("build", BUILD, 462_000_000, 2.1, "built", "buildkit")], None)
 
 def forever():
     r.stage_started("build")

@@ -107,7 +107,7 @@ def test_unchanged_stage_is_not_sent_again_and_changed_file_is(make_project, mon
     fresh = Project(project.dockerfile, project.context)  # a new process: no in-memory state
     warm = _builder(fresh)
     warm.build()
-    assert spy.builds == [] and all(r.how in ('reused', 'memo') for r in warm.results)
+    assert spy.builds == [] and all(r.outcome in ('reused', 'memo') for r in warm.results)
     (project.context / "unrelated.txt").write_text("changed, but no stage reads it\n")
     _builder(Project(project.dockerfile, project.context)).build()
     assert spy.builds == []

@@ -15,7 +15,7 @@ from ..dockerfile.parse import parse_file
 from ..errors import UserError
 
 if TYPE_CHECKING:
-    from ..progress import Row
+    from ..progress import StageResult
 
 
 class Project:
@@ -27,7 +27,7 @@ class Project:
         self.graph = graph if graph is not None else parse_file(self.dockerfile, context=self.context)
         self.slug = project_slug(self.dockerfile, self.context)
         # Images built in this process, keyed by what changes the result (see run.BuildRun).
-        self._memo: dict[tuple[object, ...], Row] = {}
+        self._memo: dict[tuple[object, ...], StageResult] = {}
         self._memo_lock = threading.Lock()
 
     @property
@@ -45,12 +45,12 @@ class Project:
         `inputs_ref(stage)` is a prefix that only that stage's records have."""
         return f"{self.repository}:{stage[:80]}--I-{digest}"
 
-    def recall(self, key: tuple[object, ...]) -> Row | None:
+    def recall(self, key: tuple[object, ...]) -> StageResult | None:
         """What was built in this process for `key` (unit, builder, args, ...), if anything."""
         with self._memo_lock:
             return self._memo.get(key)
 
-    def remember(self, key: tuple[object, ...], result: Row) -> None:
+    def remember(self, key: tuple[object, ...], result: StageResult) -> None:
         with self._memo_lock:
             self._memo[key] = result
 

@@ -17,10 +17,11 @@ from typing import Any
 
 from ..dockerfile.model import Graph
 from ..errors import UserError
+from ..progress.base import MODES
+from ..words import yes_or_no
 from .project import stage_named
 
 BUILDERS = ("auto", "buildkit", "classic")
-PROGRESS = ("auto", "plain", "tty", "quiet")
 
 DEFAULTS: dict[str, Any] = {
     "tags": {},  # stage -> ref or [refs]
@@ -68,12 +69,10 @@ class Settings:
 def _bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise UserError(f"{name} {value!r}: write true or false")
+    found = yes_or_no(str(value)) if str(value).strip() else False
+    if found is None:
+        raise UserError(f"{name} {value!r}: write true or false")
+    return found
 
 
 def _positive(value: Any, name: str) -> int:
@@ -210,7 +209,7 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
         push=_bool(pick("push"), source("push")),
         jobs=_positive(pick("jobs"), source("jobs")),
         builder=_choice(pick("builder"), source("builder"), BUILDERS),
-        progress=_choice(pick("progress"), source("progress"), PROGRESS),
+        progress=_choice(pick("progress"), source("progress"), MODES),
         pull=_bool(pick("pull"), source("pull")),
         cache_from=tuple(dict.fromkeys([*_list(configured(section, "cache_from", env_prefix)),
                                         *_list(flags.get("cache_from"))])),

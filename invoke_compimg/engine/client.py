@@ -22,6 +22,7 @@ import requests.exceptions
 import urllib3.exceptions
 
 from ..errors import EngineError
+from ..words import yes_or_no
 from .sdk import docker, has_paramiko, load_paramiko
 
 if TYPE_CHECKING:
@@ -189,9 +190,10 @@ class Engine:
         ~/.ssh/config, known_hosts and the usual keys, refuses unknown hosts).
         COMPIMG_SSH_CLIENT=1 picks the command, 0 paramiko; unset, paramiko when installed."""
         chosen = self._ssh_client.strip().lower()
-        if chosen in ("1", "true", "yes", "on"):
+        wanted = yes_or_no(chosen)
+        if wanted:
             return True
-        if chosen in ("0", "false", "no", "off"):
+        if wanted is False:
             if not has_paramiko():
                 raise EngineError(f"{SSH_CLIENT_VARIABLE}={chosen} asks for paramiko, which is not installed; "
                                   f"pip install paramiko, or set {SSH_CLIENT_VARIABLE}=1 to use the ssh command")

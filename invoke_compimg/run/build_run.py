@@ -23,7 +23,7 @@ from ..dockerfile.parse import parse_file
 from ..engine import images
 from ..engine.client import Engine
 from ..errors import EngineError, Interrupted
-from ..progress import Reporter, Row
+from ..progress import Reporter, StageResult
 
 
 class BuildRun:
@@ -40,7 +40,7 @@ class BuildRun:
         self.graph = (parse_file(project.dockerfile, overrides, context=project.context) if overrides
                       else project.graph)
         self.engine = engine if engine is not None else Engine()
-        self.results: dict[str, Row] = {}
+        self.results: dict[str, StageResult] = {}
         self.images = reuse.ExternalImages()
         self._lock = threading.Lock()
 
@@ -69,7 +69,7 @@ class BuildRun:
                                 on_failure=lambda exc: self.reporter.warning(f"also failed: {exc}"))
         return {unit.name: image_id for unit, image_id in ids.items()}
 
-    def build_stage(self, stage: Stage) -> Row:
+    def build_stage(self, stage: Stage) -> StageResult:
         """Build one stage; with the classic builder from the images its prerequisites
         already have (BuildKit builds them in the same solve, from its cache)."""
         self.builder.check([stage])
@@ -97,7 +97,7 @@ class BuildRun:
     def _memo_key(self, unit: Unit, args: Mapping[str, str]) -> tuple[object, ...]:
         return (unit.name, self.builder.name, tuple(sorted(args.items())), self.settings.no_cache)
 
-    def _build_unit(self, unit: Unit, known: Mapping[Unit, str], ready: Callable[[str], None]) -> Row:
+    def _build_unit(self, unit: Unit, known: Mapping[Unit, str], ready: Callable[[str], None]) -> StageResult:
         stage = unit.stage
         builder = self.builder
         args = builder.args_for(unit.stages)
@@ -106,7 +106,7 @@ class BuildRun:
         if memo is not None and images.image_id_of(self.engine, memo.image_id) == memo.image_id:
             ready(memo.image_id)
             self._apply_tags(stage.name, memo.image_id)
-            return self._done(Row(stage.name, memo.image_id, memo.size, 0.0, "memo", builder.name))
+            return self._done(StageResult(stage.name, memo.image_id, memo.size, 0.0, "memo", builder.name))
         started = time.monotonic()
         self.reporter.stage_started(stage.name)
         self._ensure_images(unit.stages)
@@ -117,7 +117,7 @@ class BuildRun:
         found = None if self.settings.no_cache else reuse.find(self.engine, self.project, stage.name, digest)
         seconds: Mapping[str, float] = {}
         if found is not None:
-            image_id, size, names, how = str(found["Id"]), int(found["Size"]), found.get("RepoTags") or [], "reused"
+            image_id, size, names, outcome = str(found["Id"]), int(found["Size"]), found.get("RepoTags") or [], "reused"
             ready(image_id)
         else:
             previous = images.inspect(self.engine, self.project.local_ref(stage.name))
@@ -128,7 +128,7 @@ class BuildRun:
                 raise
             image_id, seconds = sent.image_id, sent.stage_seconds
             ready(image_id)
-            size, names, how = -1, [self.project.local_ref(stage.name)], "built"
+            size, names, outcome = -1, [self.project.local_ref(stage.name)], "built"
         reuse.record(self.engine, self.project, stage.name, digest, image_id, names)
         # Your tags move to the new image first, so the superseded one is unnamed when it is
         # retired, and goes.
@@ -138,12 +138,12 @@ class BuildRun:
             reuse.retire(self.engine, self.project, stage.name, previous, image_id, keep, builder.name)
         if size < 0:
             size = images.image_size(self.engine, image_id)
-        result = Row(stage.name, image_id, size, time.monotonic() - started, how, builder.name)
+        result = StageResult(stage.name, image_id, size, time.monotonic() - started, outcome, builder.name)
         for other in unit.stages[:-1]:  # stages BuildKit built inside this solve: their time
             if other.name in seconds and other.name not in self.results:
-                self.reporter.stage_finished(other.name, "", seconds[other.name], how)
-                self._done(Row(other.name, "", -1, seconds[other.name], how, builder.name))
-        self.reporter.stage_finished(stage.name, image_id, result.seconds, how)
+                self.reporter.stage_finished(other.name, "", seconds[other.name], outcome)
+                self._done(StageResult(other.name, "", -1, seconds[other.name], outcome, builder.name))
+        self.reporter.stage_finished(stage.name, image_id, result.seconds, outcome)
         self.project.remember(key, result)
         return self._done(result)
 
@@ -164,7 +164,7 @@ class BuildRun:
                                       line=line) from exc
                 self.images.forget(ref)
 
-    def _done(self, result: Row) -> Row:
+    def _done(self, result: StageResult) -> StageResult:
         with self._lock:
             self.results[result.stage] = result
         return result
@@ -175,7 +175,7 @@ class BuildRun:
             self.reporter.note(f"tagged {ref} ({image_id})", stage)
 
     # --- after the build ----------------------------------------------------------------
-    def rows(self) -> list[Row]:
+    def rows(self) -> list[StageResult]:
         order = {stage.name: stage.index for stage in self.graph.stages}
         return sorted(self.results.values(), key=lambda r: order[r.stage])
 

@@ -528,7 +528,7 @@ def _stage_body(p: Project, key: str, stage_name: str, prefix: str) -> Callable[
         reporter = make_reporter(settings.progress)
         try:
             result = BuildRun(p, settings, reporter).build_stage(p.graph.stage(stage_name))
-            reporter.note(f"{result.how} {short_id(result.image_id)} ({result.size / 1e6:.1f} MB) "
+            reporter.note(f"{result.outcome} {short_id(result.image_id)} ({result.size / 1e6:.1f} MB) "
                           f"as {p.local_ref(stage_name)}", stage_name)
         finally:
             reporter.close()

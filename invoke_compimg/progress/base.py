@@ -1,0 +1,40 @@
+"""What every reporter is, and what building one stage gave."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+MODES = ("auto", "plain", "tty", "quiet")
+TAIL_ON_FAILURE = 10  # output lines of a failed step shown with its error (quiet and tty)
+TAIL_RUNNING = 3  # output lines shown under a running stage in the live view, room permitting
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What building one stage gave: one line of the end-of-build table, and what a build
+    remembers of it. `image_id` is empty for a stage BuildKit built inside another's solve."""
+
+    stage: str
+    image_id: str  # "sha256:…"; shown as 12 hex
+    size: int  # bytes, -1 unknown
+    seconds: float
+    outcome: str  # "built", "reused" (inputs unchanged, no request), "memo" (built earlier in this process)
+    builder: str  # "buildkit" | "classic"
+
+
+class Reporter(Protocol):
+    live: bool  # a live terminal view (per-layer push progress is shown only there)
+
+    def stage_started(self, stage: str) -> None: ...
+    def step(self, stage: str, text: str) -> None: ...
+    def step_done(self, stage: str, text: str, seconds: float | None, cached: bool) -> None: ...
+    def output(self, stage: str, line: str) -> None: ...
+    def stage_finished(self, stage: str, image_id: str, seconds: float, outcome: str) -> None: ...
+    def stage_failed(self, stage: str, message: str) -> None: ...
+    def note(self, text: str, stage: str | None = None) -> None: ...
+    def warning(self, text: str) -> None: ...
+    def table(self, rows: Sequence[StageResult], final: str | None) -> None: ...
+    def result(self, image_id: str) -> None: ...
+    def close(self) -> None: ...

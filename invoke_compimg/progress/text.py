@@ -1,0 +1,84 @@
+"""Text shared by the reporters: printable lines, sizes, the end-of-build table."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from ..names import short_id
+from .base import StageResult
+
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_lines(text: str) -> list[str]:
+    """`text` as printable lines: escape codes dropped, and of a line redrawn with carriage
+    returns (progress bars) only what a terminal would leave visible. Blank lines are dropped."""
+    lines = []
+    for raw in _ESCAPE.sub("", text).split("\n"):
+        parts = [part for part in raw.split("\r") if part.strip()]
+        line = _CONTROL.sub("", parts[-1]).rstrip() if parts else ""
+        if line.strip():
+            lines.append(line)
+    return lines
+
+
+def megabytes(size: int) -> str:
+    return "?" if size < 0 else f"{size / 1e6:.1f} MB"
+
+
+def format_table(rows: Sequence[StageResult], final: str | None) -> str:
+    """The end-of-build table; for a final target, a line comparing it with the largest stage."""
+    cells = [("stage", "image", "size", "seconds", "builder")]
+    for row in rows:
+        seconds = f"{row.seconds:.2f}" + (f" ({row.outcome})" if row.outcome != "built" else "")
+        cells.append((row.stage, short_id(row.image_id), megabytes(row.size), seconds, row.builder))
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+                     for line in cells)
+    shipped = next((row for row in rows if row.stage == final), None)
+    others = [row for row in rows if row.stage != final and row.size >= 0]
+    if shipped is not None and shipped.size > 0 and others:
+        largest = max(others, key=lambda row: row.size)
+        ratio = largest.size / shipped.size
+        versus = f"{ratio:.0f}x larger" if ratio >= 1 else "smaller than the final image"
+        text += (f"\nfinal image '{shipped.stage}': {megabytes(shipped.size)}; largest build stage "
+                 f"'{largest.stage}': {megabytes(largest.size)} ({versus})")
+    return text + "\n"
+
+
+def isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def finished_words(outcome: str, image_id: str) -> str:
+    if not image_id:  # built inside another stage's BuildKit solve: no image of its own
+        return outcome
+    words = f"{outcome} {short_id(image_id)}"
+    return words + " (inputs unchanged)" if outcome == "reused" else words
+
+
+class StepNumbers:
+    """BuildKit-style `#N` step numbers, unique in one build, so a DONE line names its step even
+    when steps of one stage run side by side. Callers hold their own lock."""
+
+    def __init__(self) -> None:
+        self._numbers: dict[tuple[str, str], int] = {}
+        self._last: dict[str, int] = {}
+        self._next = 1
+
+    def begin(self, stage: str, text: str) -> int:
+        number = self._numbers[(stage, text)] = self._last[stage] = self._next
+        self._next += 1
+        return number
+
+    def find(self, stage: str, text: str) -> int | None:
+        """The number of a started step (an empty `text` means the stage's latest), else None."""
+        if not text:
+            return self._last.get(stage)
+        return self._numbers.get((stage, text))
