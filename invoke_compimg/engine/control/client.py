@@ -263,12 +263,12 @@ class Control:
 def _read_status(call: Any, events: queue.Queue[tuple[str, Any]]) -> None:
     try:
         for payload in call:
-            events.put(("status", decode_status(payload)))
+            try:
+                events.put(("status", decode_status(payload)))
+            except ValueError:  # ProtocolError: an unreadable update is left out, the build goes on
+                continue
     except grpc.RpcError:
         pass  # cancelled after the solve, or the solve failed: its own error says why
-    except ValueError as exc:  # ProtocolError
-        events.put(("status", StatusResponse()))
-        del exc
     finally:
         events.put(("status-over", None))
 
