@@ -112,7 +112,8 @@ class Session:
     ssh: Mapping[str, str] | None = None
     registries: Registries | None = field(default_factory=Registries)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    transfers: list[Transfer] = field(default_factory=list)
+    transfers: list[Transfer] = field(default_factory=list)  # every FileSync.DiffCopy served
+    health_checks: int = 0  # answered so far
 
     def __post_init__(self) -> None:
         self._dirs = {d.name: d for d in self.dirs}
@@ -172,13 +173,17 @@ class Session:
             PATHS["ssh_forward"]: grpc.stream_stream_rpc_method_handler(
                 self._ssh_forward, request_deserializer=sshforward_pb2.BytesMessage.FromString,
                 response_serializer=sshforward_pb2.BytesMessage.SerializeToString),
-            HEALTH_CHECK: grpc.unary_unary_rpc_method_handler(lambda request, context: HEALTH_SERVING),
+            HEALTH_CHECK: grpc.unary_unary_rpc_method_handler(self._health),
         }
         if self.registries is not None:
             methods[PATHS["credentials"]] = grpc.unary_unary_rpc_method_handler(
                 self._credentials, request_deserializer=auth_pb2.CredentialsRequest.FromString,
                 response_serializer=auth_pb2.CredentialsResponse.SerializeToString)
         return _Handler(methods)
+
+    def _health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.health_checks += 1
+        return HEALTH_SERVING
 
     def _filesync(self, incoming: Iterable[fsutil_pb2.Packet], context: grpc.ServicerContext) -> Iterator[Any]:
         meta = _metadata(context)
