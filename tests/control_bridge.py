@@ -6,6 +6,7 @@ prints its port, then serves until killed."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import ssl
 import sys
@@ -34,10 +35,8 @@ def serve(client: socket.socket, api: docker.APIClient) -> None:
 
     def close_both() -> None:
         for closer in (client.close, engine.close):
-            try:
+            with contextlib.suppress(OSError):
                 closer()
-            except OSError:
-                pass
 
     threading.Thread(target=pipe, args=(client.recv, engine.sendall, close_both), daemon=True).start()
     threading.Thread(target=pipe, args=(engine.read, client.sendall, close_both), daemon=True).start()

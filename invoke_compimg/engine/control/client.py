@@ -121,11 +121,12 @@ def dockerfile_attrs(*, filename: str = "Dockerfile", target: str | None = None,
 
 
 class SolveFailed(EngineError):
-    """The daemon ended the solve with an error; `details` is BuildKit's message, as is."""
+    """The daemon ended the solve with an error; `details` is BuildKit's message, as is, and
+    `grpc_code` the gRPC status name (UNKNOWN for a failed step, CANCELED, ...)."""
 
-    def __init__(self, details: str, code: str) -> None:
+    def __init__(self, details: str, grpc_code: str) -> None:
         self.details = details
-        self.code = code
+        self.grpc_code = grpc_code
         super().__init__(f"BuildKit: {details}")
 
 

@@ -143,9 +143,10 @@ class Receiver:
             return False
         if stat.linkname:  # a hard link to a file sent before
             first = _check_path(stat.linkname)
-            if not os.path.isfile(os.path.join(self.staging, first)) or os.path.islink(os.path.join(self.staging, first)):
+            source = os.path.join(self.staging, first)
+            if not os.path.isfile(source) or os.path.islink(source):
                 raise ExportRefused(f"refusing the export: '{path}' is a hard link to '{first}', which was not sent")
-            os.link(os.path.join(self.staging, first), target, follow_symlinks=False)
+            os.link(source, target, follow_symlinks=False)
             return False
         self.files[index] = (path, mode & 0o777, stat.modTime)
         self.open[index] = open(target, "xb")  # noqa: SIM115  # closed when its last packet comes
@@ -248,7 +249,8 @@ def receive_into(incoming: Iterable[Packet], dest: str | os.PathLike[str], what:
         try:
             merge_into(new, dest_path, aside)
         except OSError as exc:
-            raise ExportRefused(f"cannot put {what} into {dest} ({exc.strerror}); the destination is as it was") from None
+            raise ExportRefused(f"cannot put {what} into {dest} ({exc.strerror}); "
+                                "the destination is as it was") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

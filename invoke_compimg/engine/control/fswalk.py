@@ -244,9 +244,8 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
                 continue
             if include is not None and not include.keep(path, is_dir):
                 continue
-            if excluder is not None and excluder.matches(path):
-                if not (is_dir and excluder.may_hold_exception(path)):
-                    continue
+            if excluder is not None and excluder.matches(path) and not (is_dir and excluder.may_hold_exception(path)):
+                continue
             entry = _entry(path, info, source, root, links)
             if entry is None:
                 continue

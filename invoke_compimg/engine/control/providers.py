@@ -171,9 +171,9 @@ class Credentials:
 def docker_credentials(host: str) -> Credentials:
     """The user's login for `host` as the Docker SDK finds it (docker config and
     credential helpers); empty credentials when there is none."""
-    from ..sdk import docker
-
     import docker.auth
+
+    from ..sdk import docker
 
     registry = DOCKER_HUB_KEY if host in DOCKER_HUB_HOSTS else host
     try:

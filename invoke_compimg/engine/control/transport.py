@@ -28,9 +28,10 @@ from typing import Any
 from ...errors import EngineError
 
 CONNECT_TIMEOUT = 10.0
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
-                   # one connection, never shared with another of our channels
-                   ("grpc.use_local_subchannel_pool", 1)]
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.use_local_subchannel_pool", 1),  # one connection of our own, never shared with another channel
+]
 
 
 class Upgraded:
