@@ -458,3 +458,57 @@ def test_nothing_is_left_running(api: Any, tmp_path: Path) -> None:
     left = {t.name for t in threading.enumerate()} - before
     assert not [n for n in left if n.startswith("compimg")], left
     assert not any(os.path.exists(f) for f in folders)
+
+
+def test_ctrl_c_in_the_caller_cancels_the_solve(control: client.Control, tmp_path: Path) -> None:
+    import signal
+
+    marker = f"compimg-ctrlc-{uuid.uuid4().hex[:8]}"
+    context = tmp_path / "ctx"
+    context.mkdir()
+    dockerfile = f"FROM busybox:latest\nRUN sleep 60 && echo {marker}\n"
+    interrupted_at: list[float] = []
+
+    def interrupt_once_running() -> None:
+        deadline = time.monotonic() + 60
+        while not _running(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        interrupted_at.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: KeyboardInterrupt in the thread that called solve
+
+    threading.Thread(target=interrupt_once_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        build(control, context, dockerfile, None)
+    while _running(marker) and time.monotonic() - interrupted_at[0] < 5:
+        time.sleep(0.02)
+    assert time.monotonic() - interrupted_at[0] < 1.0
+
+
+def test_several_solves_share_one_session(control: client.Control, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    write(context, {"a.txt": "alpha", "b.txt": "beta"})
+    first = "FROM busybox:latest\nCOPY a.txt /\nRUN sleep 1 && cat /a.txt\n"
+    second = "FROM busybox:latest\nCOPY b.txt /\nRUN sleep 1 && cat /b.txt\n"
+    session = Session(shared_key=f"test-{context}", dirs=[
+        Dir("context", str(context)),
+        Dir("one", None, files={"Dockerfile": VirtualFile(first.encode())}),
+        Dir("two", None, files={"Dockerfile": VirtualFile(second.encode())})])
+    logs: dict[str, list[bytes]] = {"one": [], "two": []}
+    failures: list[BaseException] = []
+
+    def solve(dockerfile_dir: str) -> None:
+        try:
+            control.solve(session=session, frontend_attrs=client.dockerfile_attrs(
+                network="none", no_cache=True, dockerfile=dockerfile_dir),
+                on_status=lambda s: logs[dockerfile_dir].extend(log.msg for log in s.logs))
+        except BaseException as exc:
+            failures.append(exc)
+
+    with control.attach(session):
+        threads = [threading.Thread(target=solve, args=(name,)) for name in ("one", "two")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert failures == []
+    assert b"alpha" in b"".join(logs["one"]) and b"beta" in b"".join(logs["two"])

@@ -407,3 +407,64 @@ def test_a_tar_export_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     assert TarFile(target).receive(iter([b"a" * 10, b"b" * 5])) == 15
     assert target.read_bytes() == b"a" * 10 + b"b" * 5
     assert os.listdir(tmp_path) == ["image.tar"]
+
+
+# --- registry credentials ------------------------------------------------------------------
+
+
+def test_credentials_only_for_the_host_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import json
+
+    from invoke_compimg.engine.control.providers import Credentials, Registries, docker_credentials
+
+    config = {"auths": {
+        "registry.example:5000": {"auth": base64.b64encode(b"alice:pw-a").decode()},
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"bob:pw-hub").decode()},
+        "tokens.example": {"identitytoken": "tok-1"}}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    assert docker_credentials("registry.example:5000") == Credentials("alice", "pw-a")
+    assert docker_credentials("registry-1.docker.io") == Credentials("bob", "pw-hub")  # Docker Hub's key
+    assert docker_credentials("tokens.example") == Credentials("", "tok-1")
+    assert docker_credentials("elsewhere.example") == Credentials()
+    asked: list[str] = []
+
+    def lookup(host: str) -> Credentials:
+        asked.append(host)
+        return Credentials("u", "p")
+
+    only = Registries(lookup, hosts=["registry.example:5000"])
+    assert only.credentials("other.example") == Credentials() and asked == []
+    assert only.credentials("registry.example:5000") == Credentials("u", "p") and asked == ["registry.example:5000"]
+
+
+def test_an_engine_without_the_grpc_api_is_one_line() -> None:
+    """An engine (or proxy) that does not switch protocols on POST /grpc, e.g. Podman."""
+    import http.server
+    import socketserver
+
+    from invoke_compimg.engine.control.transport import upgrade
+    from invoke_compimg.engine.sdk import docker
+    from invoke_compimg.errors import EngineError
+
+    class NoGrpc(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = b'{"message":"page not found"}'
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), NoGrpc) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            api = docker.APIClient(base_url=f"tcp://127.0.0.1:{server.server_address[1]}", version="1.41")
+            with pytest.raises(EngineError, match=r"does not serve BuildKit's gRPC API \(POST /grpc answered 404"):
+                upgrade(api)
+        finally:
+            server.shutdown()

@@ -20,6 +20,7 @@ import json
 import queue
 import secrets as random
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ SOLVE = method_path(_CONTROL, "Solve")
 STATUS = method_path(_CONTROL, "Status")
 LIST_WORKERS = method_path(_CONTROL, "ListWorkers")
 STATUS_DRAIN_SECONDS = 3.0  # after the solve, as BuildKit's client waits for the last statuses
+POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -204,27 +206,23 @@ class Control:
         solve_call.add_done_callback(lambda call: events.put(("solved", call)))
         solved: Any = None
         status_over = False
+        drain_until = 0.0
         try:
-            while solved is None or not status_over:
-                try:
-                    kind, value = events.get(timeout=0.1 if cancel is not None else STATUS_DRAIN_SECONDS)
+            while solved is None or (not status_over and time.monotonic() < drain_until):
+                if cancel is not None and cancel.is_set() and solved is None:
+                    raise Cancelled()
+                try:  # short waits: a Ctrl-C or a cancel is seen within POLL_SECONDS
+                    kind, value = events.get(timeout=POLL_SECONDS)
                 except queue.Empty:
-                    if cancel is not None and cancel.is_set():
-                        solve_call.cancel()
-                        raise Cancelled() from None
-                    if solved is not None:
-                        break  # the status stream outstays the solve: stop waiting for it
                     continue
                 if kind == "status":
                     if on_status is not None:
                         on_status(value)
                 elif kind == "solved":
                     solved = value
+                    drain_until = time.monotonic() + STATUS_DRAIN_SECONDS
                 else:
                     status_over = True
-                if cancel is not None and cancel.is_set() and solved is None:
-                    solve_call.cancel()
-                    raise Cancelled()
         except BaseException:
             solve_call.cancel()  # KeyboardInterrupt, a callback's error, Cancelled: the daemon stops the build
             raise

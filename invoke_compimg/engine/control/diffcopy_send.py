@@ -24,7 +24,7 @@ from .fswalk import Entry
 from .proto import fsutil_pb2
 
 Packet = fsutil_pb2.Packet
-CHUNK = 32 * 1024  # fsutil's buffer size
+CHUNK = 1 << 20  # fsutil sends 32 KiB; 1 MiB packets halve our CPU per byte (the daemon takes up to 4 MiB)
 
 
 class Refused(Exception):
