@@ -451,13 +451,19 @@ def test_nothing_is_left_running(api: Any, tmp_path: Path) -> None:
     ctl = client.connect(api=api)
     context = tmp_path / "ctx"
     write(context, {"a.txt": "x"})
-    build(ctl, context, "FROM scratch\nCOPY a.txt /\n", client.Exporter.local(str(tmp_path / "dest")))
-    folders = [ctl._closers[0].__self__.folder]  # type: ignore[attr-defined]
+    dockerfile = "FROM scratch\nCOPY a.txt /\n"
+    session = session_for(context, dockerfile)
+    with ctl.attach(session) as attached:
+        ctl.solve(session=session, frontend_attrs=client.dockerfile_attrs(network="none"),
+                  exporter=client.Exporter.local(str(tmp_path / "dest")))
+        folders = [attached.folder, ctl._closers[0].__self__.folder]  # type: ignore[attr-defined]
+        assert all(os.path.isdir(f) and os.stat(f).st_mode & 0o777 == 0o700 for f in folders)
     ctl.close()
     time.sleep(0.2)
     left = {t.name for t in threading.enumerate()} - before
     assert not [n for n in left if n.startswith("compimg")], left
     assert not any(os.path.exists(f) for f in folders)
+    assert os.listdir(tmp_path / "dest") == ["a.txt"]
 
 
 def test_ctrl_c_in_the_caller_cancels_the_solve(control: client.Control, tmp_path: Path) -> None:
