@@ -300,8 +300,9 @@ def _stat(path: str, mode: int, **more: object) -> Packet:
 
 
 def _export(packets_before_data: list[Packet], contents: dict[int, bytes], dest: Path, *,
-            cut_short: bool = False) -> list[Packet]:
-    """Play the daemon: send stats, answer REQs from `contents`, FIN."""
+            cut_short: bool = False, at_fin: list[list[str]] | None = None) -> list[Packet]:
+    """Play the daemon: send stats, answer REQs from `contents`, FIN. `at_fin` gets what
+    `dest` holds when our FIN comes (the daemon ends the solve on it)."""
     requests: list[int] = []
     answers: list[Packet] = []
     done = threading.Event()
@@ -326,6 +327,9 @@ def _export(packets_before_data: list[Packet], contents: dict[int, bytes], dest:
         if packet.type == Packet.PACKET_REQ:
             requests.append(packet.ID)
         elif packet.type == Packet.PACKET_FIN:
+            if at_fin is not None:
+                at_fin.append(sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
+                                     if not p.relative_to(dest).parts[0].startswith(".compimg-export-")))
             done.set()
     return answers
 
@@ -340,8 +344,10 @@ def test_local_export_merges_into_the_folder(tmp_path: Path) -> None:
     (dest / "bin" / "app").write_text("old app")
     stats = [_stat("bin", DIR | 0o755), _stat("bin/app", 0o4755, modTime=1_000_000_000_000_000_000),
              _stat("bin/tool", 0o644), _stat("link", (1 << 27) | 0o777, linkname="bin/app")]
-    answers = _export(stats, {1: b"new app", 2: b"tool"}, dest)
+    at_fin: list[list[str]] = []
+    answers = _export(stats, {1: b"new app", 2: b"tool"}, dest, at_fin=at_fin)
     assert answers[-1].type == Packet.PACKET_FIN
+    assert at_fin == [["bin", "bin/app", "bin/mine", "bin/tool", "link"]]  # in place before FIN
     assert (dest / "bin" / "mine").read_text() == "the user's"  # merged, not replaced
     assert (dest / "bin" / "app").read_text() == "new app"
     assert stat.S_IMODE((dest / "bin" / "app").stat().st_mode) == 0o755  # no setuid

@@ -27,7 +27,7 @@ import shutil
 import stat as st
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -72,8 +72,10 @@ class Receiver:
         self.dir_times: list[tuple[str, int, int]] = []  # (path, mode, mtime), applied at the end
         self.written = 0
 
-    def run(self, incoming: Iterable[Packet]) -> Iterator[Packet]:
-        """The packets to send (REQ..., FIN) given the daemon's. Raises ExportRefused."""
+    def run(self, incoming: Iterable[Packet], complete: Callable[[], None]) -> Iterator[Packet]:
+        """The packets to send (REQ..., FIN) given the daemon's. `complete` runs once every
+        file is in, before our FIN: the daemon takes FIN as "written" and ends the solve,
+        so the files must be in place by then. Raises ExportRefused."""
         outgoing: queue.Queue[Packet | BaseException | None] = queue.Queue()
         worker = threading.Thread(target=self._consume, args=(incoming, outgoing), name="compimg-export-read",
                                   daemon=True)
@@ -85,6 +87,9 @@ class Receiver:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                if item.type == Packet.PACKET_FIN:
+                    self._finish_folders()
+                    complete()
                 yield item
         finally:
             worker.join(timeout=5)
@@ -111,7 +116,6 @@ class Receiver:
                 elif packet.type == Packet.PACKET_ERR:
                     raise ExportRefused(f"the export failed on the engine: {packet.data.decode('utf-8', 'replace')}")
                 if stats_over and not self.pending and not fin_sent:
-                    self._finish_folders()
                     outgoing.put(Packet(type=Packet.PACKET_FIN))
                     fin_sent = True
             if not fin_sent:
@@ -242,15 +246,18 @@ def receive_into(incoming: Iterable[Packet], dest: str | os.PathLike[str], what:
         os.mkdir(new, 0o700)
         os.mkdir(aside, 0o700)
         receiver = Receiver(new)
+
+        def merge() -> None:
+            try:
+                merge_into(new, dest_path, aside)
+            except OSError as exc:
+                raise ExportRefused(f"cannot put {what} into {dest} ({exc.strerror}); "
+                                    "the destination is as it was") from None
+
         try:
-            yield from receiver.run(incoming)
+            yield from receiver.run(incoming, merge)
         except OSError as exc:
             raise ExportRefused(f"cannot write {what} into {dest} ({exc.strerror}); nothing was written") from None
-        try:
-            merge_into(new, dest_path, aside)
-        except OSError as exc:
-            raise ExportRefused(f"cannot put {what} into {dest} ({exc.strerror}); "
-                                "the destination is as it was") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
