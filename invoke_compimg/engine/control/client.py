@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 
 from ...errors import EngineError, Interrupted
-from ..buildkit import StatusResponse, decode_status
+from ..buildkit.wire import StatusResponse, decode_status
 from .proto import control_pb2
 from .session import PATHS, Attached, Export, LocalExport, Session, TarExport, method_path
 from .transport import TLS, EngineBridge, channel_for, upgrade, wait_ready
