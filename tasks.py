@@ -49,6 +49,15 @@ def bench(c: Context, runs: int = 3, only: str = "") -> None:
     c.run(f"{sys.executable} benchmarks/bench.py --runs {runs}" + (f" --only '{only}'" if only else ""))
 
 
-ns = Collection(demo, test, lint, bench)
+@task
+def protos(c: Context) -> None:
+    """Regenerate invoke_compimg/engine/control/proto/*_pb2.py(i) from our .proto files (grpcio-tools)."""
+    import glob
+
+    files = " ".join(sorted(glob.glob("invoke_compimg/engine/control/proto/*.proto")))
+    c.run(f"{sys.executable} -m grpc_tools.protoc -I . --python_out=. --pyi_out=. {files}")
+
+
+ns = Collection(demo, test, lint, bench, protos)
 ns.add_collection(compimg)
 ns.configure({"compimg": {"tags": {"build": "hello-go-build", "run": "hello-go"}}})

@@ -1,0 +1,322 @@
+"""The Control client: list workers, attach sessions, solve with progress, cancel.
+
+A solve (moby/buildkit client/solve.go at v0.8) is two calls with the same random `Ref`:
+`Control.Solve` (the SolveRequest: frontend `dockerfile.v0` and its attrs, one exporter and
+its attrs, cache imports/exports, the session id, entitlements), which returns when the
+build is over with the exporter's response (the `moby` exporter names the image ID
+`containerimage.digest`), and `Control.Status`, a stream of StatusResponses for that ref,
+which ends after the solve. Cancelling the Solve call cancels the build on the daemon: the
+running step's process is killed.
+
+Progress is handed over as `engine.buildkit.StatusResponse`s, decoded by the same decoder the
+`/build` API path uses, on the caller's thread (so the callback needs no locking and Ctrl-C
+reaches the caller).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import secrets as random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from ...errors import EngineError, Interrupted
+from ..buildkit.wire import StatusResponse, decode_status
+from .proto import control_pb2
+from .session import PATHS, Attached, Export, LocalExport, Session, TarExport, method_path
+from .transport import TLS, EngineBridge, channel_for, upgrade, wait_ready
+
+_CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"]
+SOLVE = method_path(_CONTROL, "Solve")
+STATUS = method_path(_CONTROL, "Status")
+LIST_WORKERS = method_path(_CONTROL, "ListWorkers")
+STATUS_DRAIN_SECONDS = 3.0  # after the solve, as BuildKit's client waits for the last statuses
+POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass(frozen=True)
+class Worker:
+    id: str
+    platforms: tuple[Platform, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One exporter and its attrs. Use the constructors: `image` (`moby` on a Docker engine,
+    `image` on buildkitd), `local`, `tar`."""
+
+    type: str
+    attrs: Mapping[str, str] = field(default_factory=dict)
+    output: Export | None = None
+
+    @classmethod
+    def image(cls, names: Sequence[str] = (), *, push: bool = False, engine: bool = True) -> Exporter:
+        """Store the image (on a Docker engine: in its image store, exporter `moby`);
+        `push` pushes `names` (buildkitd's `image` exporter)."""
+        attrs = {"name": ",".join(names)} if names else {}
+        if push:
+            attrs["push"] = "true"
+        return cls("moby" if engine and not push else "image", attrs)
+
+    @classmethod
+    def local(cls, dest: str) -> Exporter:
+        return cls("local", {}, LocalExport(str(dest)))
+
+    @classmethod
+    def tar(cls, path: str) -> Exporter:
+        return cls("tar", {}, TarExport(str(path)))
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A cache import or export: `type` registry, local, inline; attrs like `ref`, `mode`."""
+
+    type: str
+    attrs: Mapping[str, str] = field(default_factory=dict)
+
+
+def dockerfile_attrs(*, filename: str = "Dockerfile", target: str | None = None,
+                     build_args: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+                     no_cache: bool = False, platform: str | None = None, network: str | None = None,
+                     cache_from: Sequence[str] = (), context: str = "context",
+                     dockerfile: str = "dockerfile") -> dict[str, str]:
+    """The `dockerfile.v0` frontend's attrs (frontend/dockerfile/builder/build.go):
+    `context`/`dockerfile` name the session dirs it reads (`contextkey`/`dockerfilekey`)."""
+    attrs = {"filename": filename}
+    if target:
+        attrs["target"] = target
+    for key, value in (build_args or {}).items():
+        attrs[f"build-arg:{key}"] = value
+    for key, value in (labels or {}).items():
+        attrs[f"label:{key}"] = value
+    if no_cache:
+        attrs["no-cache"] = ""
+    if platform:
+        attrs["platform"] = platform
+    if network:
+        attrs["force-network-mode"] = network
+    if cache_from:
+        attrs["cache-from"] = ",".join(cache_from)
+    if context != "context":
+        attrs["contextkey"] = context
+    if dockerfile != "dockerfile":
+        attrs["dockerfilekey"] = dockerfile
+    return attrs
+
+
+class SolveFailed(EngineError):
+    """The daemon ended the solve with an error; `details` is BuildKit's message, as is, and
+    `grpc_code` the gRPC status name (UNKNOWN for a failed step, CANCELED, ...)."""
+
+    def __init__(self, details: str, grpc_code: str) -> None:
+        self.details = details
+        self.grpc_code = grpc_code
+        super().__init__(f"BuildKit: {details}")
+
+
+class Cancelled(Interrupted):
+    """The solve was cancelled through its `cancel` event."""
+
+    def __init__(self) -> None:
+        super().__init__("the build was cancelled; BuildKit stopped it")
+
+
+class Control:
+    """A connection to a Control service (see `connect`). Thread-safe: several solves may
+    run at once, each on its own thread."""
+
+    def __init__(self, channel: grpc.Channel, address: str, closers: Sequence[Callable[[], None]] = ()) -> None:
+        self.channel = channel
+        self.address = address
+        self._closers = list(closers)
+        self._solve = channel.unary_unary(SOLVE, request_serializer=control_pb2.SolveRequest.SerializeToString,
+                                          response_deserializer=control_pb2.SolveResponse.FromString)
+        self._status = channel.unary_stream(STATUS, request_serializer=control_pb2.StatusRequest.SerializeToString,
+                                            response_deserializer=None)
+        self._list_workers = channel.unary_unary(
+            LIST_WORKERS, request_serializer=control_pb2.ListWorkersRequest.SerializeToString,
+            response_deserializer=control_pb2.ListWorkersResponse.FromString)
+
+    def list_workers(self) -> list[Worker]:
+        try:
+            answer = self._list_workers(control_pb2.ListWorkersRequest(), timeout=30)
+        except grpc.RpcError as exc:
+            raise self._error("listing BuildKit's workers", exc) from exc
+        return [Worker(r.ID, tuple(Platform(p.OS, p.Architecture, p.Variant) for p in r.platforms), dict(r.Labels))
+                for r in answer.record]
+
+    def attach(self, session: Session) -> Attached:
+        """Serve `session` to the daemon until the returned object is closed (a context
+        manager). Solves name it by `session.id`."""
+        return Attached(session, self.channel)
+
+    def solve(self, *, session: Session | None, frontend: str = "dockerfile.v0",
+              frontend_attrs: Mapping[str, str] | None = None, exporter: Exporter | None = None,
+              cache_imports: Sequence[CacheEntry] = (), cache_exports: Sequence[CacheEntry] = (),
+              entitlements: Sequence[str] = (), on_status: Callable[[StatusResponse], object] | None = None,
+              cancel: threading.Event | None = None, ref: str | None = None) -> dict[str, str]:
+        """Run one solve and return the exporter's response. `session` must be attached
+        (`attach`) for the solve to read files, secrets or write a local/tar export.
+        `on_status` gets every StatusResponse on this thread. Setting `cancel` (or Ctrl-C
+        here) cancels the solve on the daemon: raises Cancelled (KeyboardInterrupt goes on)."""
+        ref = ref or random.token_hex(13)
+        attrs = dict(frontend_attrs or {})
+        if cache_imports:
+            attrs["cache-imports"] = json.dumps([{"Type": c.type, "Attrs": dict(c.attrs)} for c in cache_imports])
+        request = control_pb2.SolveRequest(
+            Ref=ref, Frontend=frontend, FrontendAttrs=attrs, Session=session.id if session else "",
+            Exporter=exporter.type if exporter else "", ExporterAttrs=dict(exporter.attrs) if exporter else {},
+            Cache=control_pb2.CacheOptions(
+                Imports=[control_pb2.CacheOptionsEntry(Type=c.type, Attrs=dict(c.attrs)) for c in cache_imports],
+                Exports=[control_pb2.CacheOptionsEntry(Type=c.type, Attrs=dict(c.attrs)) for c in cache_exports]),
+            Entitlements=list(entitlements))
+        output = exporter.output if exporter else None
+        if output is not None and session is None:
+            raise ValueError(f"a {exporter.type if exporter else ''} export needs a session")
+        exporting = session.exporting(output) if session is not None else contextlib.nullcontext()
+        with exporting:
+            return self._run(request, on_status, cancel)
+
+    def _run(self, request: control_pb2.SolveRequest, on_status: Callable[[StatusResponse], object] | None,
+             cancel: threading.Event | None) -> dict[str, str]:
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        status_call = self._status(control_pb2.StatusRequest(Ref=request.Ref))
+        reader = threading.Thread(target=_read_status, args=(status_call, events), name="compimg-buildkit-status",
+                                  daemon=True)
+        reader.start()
+        solve_call = self._solve.future(request)
+        solve_call.add_done_callback(lambda call: events.put(("solved", call)))
+        solved: Any = None
+        status_over = False
+        drain_until = 0.0
+        try:
+            while solved is None or (not status_over and time.monotonic() < drain_until):
+                if cancel is not None and cancel.is_set() and solved is None:
+                    raise Cancelled()
+                try:  # short waits: a Ctrl-C or a cancel is seen within POLL_SECONDS
+                    kind, value = events.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if kind == "status":
+                    if on_status is not None:
+                        on_status(value)
+                elif kind == "solved":
+                    solved = value
+                    drain_until = time.monotonic() + STATUS_DRAIN_SECONDS
+                else:
+                    status_over = True
+        except BaseException:
+            solve_call.cancel()  # KeyboardInterrupt, a callback's error, Cancelled: the daemon stops the build
+            raise
+        finally:
+            status_call.cancel()
+            reader.join(5)
+        try:
+            answer = solved.result()
+        except grpc.FutureCancelledError:
+            raise Cancelled() from None
+        except grpc.RpcError as exc:
+            raise self._error("the solve", exc) from exc
+        return dict(answer.ExporterResponse)
+
+    def _error(self, what: str, exc: grpc.RpcError) -> EngineError:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = (exc.details() if hasattr(exc, "details") else "") or str(exc)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return EngineError(f"lost BuildKit at {self.address} during {what} ({details})")
+        if what == "the solve":
+            return SolveFailed(details, code.name if code else "UNKNOWN")
+        return EngineError(f"{what} at {self.address}: {details}")
+
+    def close(self) -> None:
+        self.channel.close()
+        for closer in reversed(self._closers):
+            closer()
+        self._closers = []
+
+    def __enter__(self) -> Control:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_status(call: Any, events: queue.Queue[tuple[str, Any]]) -> None:
+    try:
+        for payload in call:
+            try:
+                events.put(("status", decode_status(payload)))
+            except ValueError:  # ProtocolError: an unreadable update is left out, the build goes on
+                continue
+    except grpc.RpcError:
+        pass  # cancelled after the solve, or the solve failed: its own error says why
+    finally:
+        events.put(("status-over", None))
+
+
+def connect(address: str | None = None, *, api: Any = None, tls: TLS | None = None,
+            timeout: float = 10.0) -> Control:
+    """A Control client: through the Docker engine of `api` (an SDK `APIClient`), or to a
+    buildkitd at `address` (`unix://PATH`, `tcp://HOST:PORT`, with `tls` files). Connects
+    at once; an unreachable address or a TLS mismatch is one EngineError line."""
+    if (address is None) == (api is None):
+        raise ValueError("give either address or api")
+    if api is not None:
+        first = upgrade(api)  # proves the engine serves /grpc, and serves the first connection
+        bridge = EngineBridge(api, first)
+        channel = grpc.insecure_channel(bridge.target, options=_options())
+        where = f"the Docker engine ({getattr(api, 'base_url', 'api')})"
+        try:
+            wait_ready(channel, "unix://" + bridge.path, None, timeout)
+        except EngineError:
+            channel.close()
+            bridge.close()
+            raise EngineError(f"cannot talk to BuildKit through {where}: the upgraded /grpc connection did not "
+                              "answer HTTP/2") from None
+        return Control(channel, where, [bridge.close])
+    assert address is not None
+    channel, _ = channel_for(address, tls)
+    try:
+        wait_ready(channel, address, tls, timeout)
+    except EngineError:
+        channel.close()
+        raise
+    return Control(channel, address)
+
+
+def _options() -> list[tuple[str, Any]]:
+    from .transport import CHANNEL_OPTIONS
+
+    return list(CHANNEL_OPTIONS)
+
+
+@contextlib.contextmanager
+def attached(control: Control, session: Session) -> Iterator[Attached]:
+    """`with attached(control, session): control.solve(session=session, ...)`."""
+    handle = control.attach(session)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+__all__ = ["PATHS", "CacheEntry", "Cancelled", "Control", "Exporter", "Platform", "SolveFailed", "Worker",
+           "attached", "connect", "dockerfile_attrs"]

@@ -1,0 +1,303 @@
+"""fsutil's diff-copy, receive side: a `local` export written into a folder of the user's.
+
+The protocol (tonistiigi/fsutil receive.go), with the daemon sending: it sends STAT packets
+in walk order and an empty STAT at the end; for each regular file we want we send REQ with
+the file's index among the stats; it answers DATA packets of that ID, an empty one ending
+the file. When every requested file is complete and the stats are over, we send FIN, the
+daemon answers FIN and closes the stream.
+
+What reaches the host follows the rules of `host/safe_extract.py` (which this layer may
+not import): every path must be clean and relative (no '..', no absolute path, entries in
+order under folders already sent); symlinks whose target is absolute or climbs out of the
+destination are refused; device files, FIFOs and sockets are left out; setuid, setgid and
+sticky bits are dropped; files are owned by us. Everything is written into a staging folder
+inside the destination and only then moved in, entry by entry: the export **merges** into
+the folder (an existing file the build does not write stays, as `docker cp` does), an
+existing folder is entered only if it is a real folder (never through a symlink), and a
+failure or interruption puts back what was replaced and leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import queue
+import shutil
+import stat as st
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ...errors import UserError
+from ...procs import alive
+from .fswalk import GO_DIR, GO_SYMLINK, GO_TYPE
+from .patterns import clean
+from .proto import fsutil_pb2
+
+Packet = fsutil_pb2.Packet
+STAGING_PREFIX = ".compimg-export-"
+
+
+class ExportRefused(UserError):
+    """The export holds something we do not write to the host, or cannot be written."""
+
+
+def _check_path(path: str) -> str:
+    if not path or path.startswith("/") or clean(path) != path or path == ".." or path.startswith("../"):
+        raise ExportRefused(f"refusing the export: '{path}' is not a clean relative path")
+    return path
+
+
+def _check_link(path: str, target: str) -> None:
+    if target.startswith("/"):
+        raise ExportRefused(f"refusing the export: '{path}' is a link to the absolute path '{target}'")
+    resolved = clean(posixpath.join(posixpath.dirname(path), target))
+    if resolved == ".." or resolved.startswith("../"):
+        raise ExportRefused(f"refusing the export: '{path}' is a link that points outside the destination")
+
+
+class Receiver:
+    """Receives one export into `staging` (a fresh folder); `merge_into` then moves it in."""
+
+    def __init__(self, staging: str) -> None:
+        self.staging = staging
+        self.folders = {""}
+        self.files: dict[int, tuple[str, int, int]] = {}  # index -> (path, mode, mtime)
+        self.open: dict[int, BinaryIO] = {}
+        self.pending: set[int] = set()
+        self.skipped: list[str] = []
+        self.dir_times: list[tuple[str, int, int]] = []  # (path, mode, mtime), applied at the end
+        self.written = 0
+
+    def run(self, incoming: Iterable[Packet], complete: Callable[[], None]) -> Iterator[Packet]:
+        """The packets to send (REQ..., FIN) given the daemon's. `complete` runs once every
+        file is in, before our FIN: the daemon takes FIN as "written" and ends the solve,
+        so the files must be in place by then. Raises ExportRefused."""
+        outgoing: queue.Queue[Packet | BaseException | None] = queue.Queue()
+        worker = threading.Thread(target=self._consume, args=(incoming, outgoing), name="compimg-export-read",
+                                  daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = outgoing.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if item.type == Packet.PACKET_FIN:
+                    self._finish_folders()
+                    complete()
+                yield item
+        finally:
+            worker.join(timeout=5)
+            for file in self.open.values():
+                file.close()
+
+    def _consume(self, incoming: Iterable[Packet], outgoing: queue.Queue[Packet | BaseException | None]) -> None:
+        index = 0
+        stats_over = fin_sent = False
+        try:
+            for packet in incoming:
+                if packet.type == Packet.PACKET_STAT:
+                    if not packet.HasField("stat"):
+                        stats_over = True
+                    else:
+                        if self._stat(index, packet.stat):
+                            self.pending.add(index)
+                            outgoing.put(Packet(type=Packet.PACKET_REQ, ID=index))
+                        index += 1
+                elif packet.type == Packet.PACKET_DATA:
+                    self._data(packet.ID, packet.data)
+                elif packet.type == Packet.PACKET_FIN:
+                    break
+                elif packet.type == Packet.PACKET_ERR:
+                    raise ExportRefused(f"the export failed on the engine: {packet.data.decode('utf-8', 'replace')}")
+                if stats_over and not self.pending and not fin_sent:
+                    outgoing.put(Packet(type=Packet.PACKET_FIN))
+                    fin_sent = True
+            if not fin_sent:
+                raise ExportRefused("the export stream ended before it was complete; nothing was written")
+            outgoing.put(None)
+        except BaseException as exc:  # handed to the sending side, which raises it
+            outgoing.put(exc)
+
+    def _stat(self, index: int, stat: fsutil_pb2.Stat) -> bool:
+        """Create what a stat describes (folders and links at once); True if its data is wanted."""
+        path = _check_path(stat.path)
+        parent = posixpath.dirname(path)
+        if parent not in self.folders:
+            raise ExportRefused(f"refusing the export: '{path}' comes before its folder")
+        target = os.path.join(self.staging, path)
+        mode = stat.mode
+        if mode & GO_DIR:
+            os.mkdir(target, 0o700)  # writable by us until the end, whatever its mode
+            self.folders.add(path)
+            self.dir_times.append((path, mode & 0o777, stat.modTime))
+            return False
+        if mode & GO_SYMLINK:
+            _check_link(path, stat.linkname)
+            os.symlink(stat.linkname, target)
+            os.utime(target, ns=(stat.modTime, stat.modTime), follow_symlinks=False)
+            return False
+        if mode & GO_TYPE:  # devices, pipes, sockets
+            self.skipped.append(path)
+            return False
+        if stat.linkname:  # a hard link to a file sent before
+            first = _check_path(stat.linkname)
+            source = os.path.join(self.staging, first)
+            if not os.path.isfile(source) or os.path.islink(source):
+                raise ExportRefused(f"refusing the export: '{path}' is a hard link to '{first}', which was not sent")
+            os.link(source, target, follow_symlinks=False)
+            return False
+        self.files[index] = (path, mode & 0o777, stat.modTime)
+        self.open[index] = open(target, "xb")  # noqa: SIM115  # closed when its last packet comes
+        return True
+
+    def _data(self, index: int, data: bytes) -> None:
+        file = self.open.get(index)
+        if file is None or index not in self.pending:
+            raise ExportRefused(f"refusing the export: data for unknown file {index}")
+        if data:
+            file.write(data)
+            self.written += len(data)
+            return
+        file.close()
+        del self.open[index]
+        self.pending.discard(index)
+        path, mode, mtime = self.files[index]
+        target = os.path.join(self.staging, path)
+        os.chmod(target, mode)
+        os.utime(target, ns=(mtime, mtime))
+
+    def _finish_folders(self) -> None:
+        for path, mode, mtime in reversed(self.dir_times):  # deepest first: a change inside moves the parent's time
+            target = os.path.join(self.staging, path)
+            os.chmod(target, mode | 0o700)
+            os.utime(target, ns=(mtime, mtime))
+
+
+def staging_folder(dest: Path) -> str:
+    """A fresh staging folder inside `dest` (made if missing); staging folders of killed
+    exports (their process is gone) are removed first."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportRefused(f"cannot create the export destination {dest} ({exc.strerror})") from None
+    if dest.is_symlink() or not dest.is_dir():
+        raise ExportRefused(f"the export destination {dest} is not a folder")
+    for entry in dest.iterdir():
+        name = entry.name
+        if name.startswith(STAGING_PREFIX) and not entry.is_symlink() and entry.is_dir():
+            pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dest)
+
+
+def merge_into(staged: str, dest: Path, aside: str) -> list[str]:
+    """Move everything under `staged` into `dest`, merging folders; what it replaces goes to
+    `aside` and is put back if a move fails. Returns the top-level names written."""
+    moves: list[tuple[str, str, str | None]] = []  # (new path in dest, staged path, set-aside path)
+    counter = [0]
+
+    def merge(source_dir: str, target_dir: str) -> None:
+        for name in sorted(os.listdir(source_dir)):
+            source = os.path.join(source_dir, name)
+            target = os.path.join(target_dir, name)
+            new_is_dir = os.path.isdir(source) and not os.path.islink(source)
+            try:
+                old = os.lstat(target)
+            except FileNotFoundError:
+                old = None
+            if new_is_dir and old is not None and st.S_ISDIR(old.st_mode):
+                merge(source, target)  # a real folder (lstat: never through a symlink); its mode stays the user's
+                continue
+            set_aside = None
+            if old is not None:
+                counter[0] += 1
+                set_aside = os.path.join(aside, str(counter[0]))
+                os.rename(target, set_aside)
+            moves.append((target, source, set_aside))
+            os.rename(source, target)
+
+    try:
+        merge(staged, str(dest))
+    except BaseException:
+        for target, source, set_aside in reversed(moves):
+            if os.path.lexists(target) and not os.path.lexists(source):
+                os.rename(target, source)
+            if set_aside is not None:
+                os.rename(set_aside, target)
+        raise
+    return sorted(os.listdir(staged)) if os.path.isdir(staged) else []
+
+
+def receive_into(incoming: Iterable[Packet], dest: str | os.PathLike[str], what: str) -> Iterator[Packet]:
+    """The whole `local` export: receive into a staging folder inside `dest`, then merge in.
+    Yields the packets to send to the daemon."""
+    dest_path = Path(dest)
+    staging = staging_folder(dest_path)
+    try:
+        new = os.path.join(staging, "new")
+        aside = os.path.join(staging, "old")
+        os.mkdir(new, 0o700)
+        os.mkdir(aside, 0o700)
+        receiver = Receiver(new)
+
+        def merge() -> None:
+            try:
+                merge_into(new, dest_path, aside)
+            except OSError as exc:
+                raise ExportRefused(f"cannot put {what} into {dest} ({exc.strerror}); "
+                                    "the destination is as it was") from None
+
+        try:
+            yield from receiver.run(incoming, merge)
+        except OSError as exc:
+            raise ExportRefused(f"cannot write {what} into {dest} ({exc.strerror}); nothing was written") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class TarFile:
+    """A `tar` export written to `path`: the bytes go to a hidden file next to it, renamed
+    into place when the stream ends well and removed otherwise."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def receive(self, chunks: Iterable[bytes]) -> int:
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", suffix=".tar", dir=folder)
+        except OSError as exc:
+            raise ExportRefused(f"cannot write the export to {self.path} ({exc.strerror})") from None
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as file:
+                for chunk in chunks:
+                    file.write(chunk)
+                    size += len(chunk)
+            os.chmod(temporary, 0o666 & ~_umask())
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return size
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

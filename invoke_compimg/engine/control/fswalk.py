@@ -1,0 +1,357 @@
+"""What a FileSync dir sends: its entries, in the order and with the stat fsutil sends.
+
+Facts of fsutil's send side (tonistiigi/fsutil walker.go, stat.go, send.go) relied on:
+- order is Go's `filepath.Walk`: depth first, each folder's names sorted bytewise, a folder
+  before its contents (so `a.txt` comes after everything in `a/`); every entry's parent
+  folder is sent before it, or the receiver refuses the stream;
+- `mode` holds Go's `os.FileMode` bits (folder 1<<31, symlink 1<<27, ...), not `st_mode`;
+- `modTime` is nanoseconds; a symlink carries its target as written in `linkname`; the second
+  path of a hard link carries the first path in `linkname` and size 0;
+- only regular files (no type bits) have data that may be requested, by their index in
+  the walk;
+- `include-patterns` (and `followpaths`, resolved through symlinks first) keep a path when a
+  pattern matches it or, cut to its depth, a folder on the way; `exclude-patterns` are
+  .dockerignore patterns, and an excluded folder is still walked when an exception pattern
+  lies below it.
+
+Narrowness (the session is a door into the user's machine): nothing outside the dir's root
+is listed or opened. Symlinks are never followed (a `followpaths` link is resolved inside the
+root, as if the root were `/`); files are opened component by component with O_NOFOLLOW
+and must still be regular files when opened. Sockets are left out.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as st
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .patterns import BadPattern, Matcher, clean, match_prefix
+
+# Go's os.FileMode bits (io/fs)
+GO_DIR = 1 << 31
+GO_SYMLINK = 1 << 27
+GO_DEVICE = 1 << 26
+GO_NAMED_PIPE = 1 << 25
+GO_SOCKET = 1 << 24
+GO_SETUID = 1 << 23
+GO_SETGID = 1 << 22
+GO_CHAR_DEVICE = 1 << 21
+GO_STICKY = 1 << 20
+GO_IRREGULAR = 1 << 19
+GO_TYPE = GO_DIR | GO_SYMLINK | GO_NAMED_PIPE | GO_SOCKET | GO_DEVICE | GO_CHAR_DEVICE | GO_IRREGULAR
+
+
+def go_mode(mode: int) -> int:
+    """`st_mode` as Go's os.FileMode (what `fi.Mode()` gives for an lstat)."""
+    bits = mode & 0o777
+    kind = st.S_IFMT(mode)
+    if kind == st.S_IFDIR:
+        bits |= GO_DIR
+    elif kind == st.S_IFLNK:
+        bits |= GO_SYMLINK
+    elif kind == st.S_IFBLK:
+        bits |= GO_DEVICE
+    elif kind == st.S_IFCHR:
+        bits |= GO_DEVICE | GO_CHAR_DEVICE
+    elif kind == st.S_IFIFO:
+        bits |= GO_NAMED_PIPE
+    elif kind == st.S_IFSOCK:
+        bits |= GO_SOCKET
+    elif kind != st.S_IFREG:
+        bits |= GO_IRREGULAR
+    if mode & st.S_ISUID:
+        bits |= GO_SETUID
+    if mode & st.S_ISGID:
+        bits |= GO_SETGID
+    if mode & st.S_ISVTX:
+        bits |= GO_STICKY
+    return bits
+
+
+def requestable(go: int) -> bool:
+    """fsutil's fileCanRequestData: only entries without type bits have data."""
+    return go & GO_TYPE == 0
+
+
+@dataclass(frozen=True)
+class VirtualFile:
+    """A file that exists only in memory (our generated Dockerfile), sent as if it were in
+    the dir's root."""
+
+    data: bytes
+    mode: int = 0o644
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Dir:
+    """A folder the daemon may read, under `name` (`context`, `dockerfile`).
+
+    `root`: the folder (None: only `files`). `allow`: if given, only these relative paths
+    (files or folders, with everything below a folder) and the folders leading to them
+    are ever listed; the caller computes it from what the build reads. `files`: virtual
+    files at the top of the dir (`Dockerfile` -> VirtualFile); they hide a file of the same
+    name in `root`."""
+
+    name: str
+    root: str | None = None
+    allow: Sequence[str] | None = None
+    files: Mapping[str, VirtualFile] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.files:
+            if not name or "/" in name or name in (".", ".."):
+                raise ValueError(f"virtual file {name!r}: only plain names at the top of a dir")
+        for path in self.allow or ():
+            if _escapes(path):
+                raise ValueError(f"allowed path {path!r} is not inside the dir")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry as fsutil's Stat describes it; `source` is where its data comes from
+    (a path relative to the root, or the bytes of a virtual file; None: no data)."""
+
+    path: str
+    mode: int  # Go os.FileMode bits
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    source: str | bytes | None = None
+
+    @property
+    def requestable(self) -> bool:
+        return requestable(self.mode) and self.source is not None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the daemon asked for in its gRPC metadata."""
+
+    include: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    follow: Sequence[str] | None = None
+
+
+def _escapes(path: str) -> bool:
+    cleaned = clean(path)
+    return cleaned.startswith("/") or cleaned == ".." or cleaned.startswith("../")
+
+
+def _resolve_follow(root: str | None, path: str) -> list[str]:
+    """`path` and, where a component is a symlink, where it leads inside the root (absolute
+    targets are taken from the root, as a chroot would). Paths leaving the root are
+    dropped; links are read, never followed on the host."""
+    if _escapes(path):
+        return []
+    found: list[str] = []
+    pending = [clean(path)]
+    seen: set[str] = set()
+    while pending and len(seen) < 256:  # a loop of links ends here
+        current = pending.pop()
+        if current in seen or current == ".":
+            continue
+        seen.add(current)
+        found.append(current)
+        if root is None:
+            continue
+        parts = current.split("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            try:
+                info = os.lstat(os.path.join(root, prefix))
+            except OSError:
+                break
+            if st.S_ISLNK(info.st_mode):
+                try:
+                    target = os.readlink(os.path.join(root, prefix))
+                except OSError:
+                    break
+                base = "" if target.startswith("/") else os.path.dirname(prefix)
+                resolved = clean("/" + os.path.join(base, target)).lstrip("/")
+                rest = "/".join(parts[i:])
+                joined = clean(os.path.join(resolved, rest)) if resolved else clean(rest or ".")
+                if not _escapes(joined):
+                    pending.append(joined)
+                found.append(prefix)
+                break
+            if not st.S_ISDIR(info.st_mode):
+                break
+    return sorted(set(found))
+
+
+class _Includes:
+    """fsutil's include test with its "everything below a fully matched folder" memory."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns = patterns
+        self.last_dir = ""
+
+    def keep(self, path: str, is_dir: bool) -> bool:
+        if self.last_dir and path.startswith(self.last_dir + "/"):
+            return True
+        matched = False
+        partial = True
+        for pattern in self.patterns:
+            hit, cut = match_prefix(pattern, path)
+            if hit:
+                matched = True
+                if not cut:
+                    partial = False
+                    break
+        if matched and not partial and is_dir:
+            self.last_dir = path
+        return matched
+
+
+def _allowed(path: str, allow: Sequence[str] | None, is_dir: bool) -> bool:
+    if allow is None:
+        return True
+    for item in allow:
+        item = clean(item)
+        if item == "." or path == item or path.startswith(item + "/"):
+            return True
+        if is_dir and item.startswith(path + "/"):
+            return True
+    return False
+
+
+def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
+    """The entries of `directory` the daemon's `request` selects, in fsutil's order.
+    A folder left out is not descended into (Walk's SkipDir), unless an exception pattern
+    may bring back something below it. Raises BadPattern for patterns Docker rejects."""
+    root = os.path.realpath(directory.root) if directory.root is not None else None
+    includes = None if request.include is None else [clean(p) for p in request.include]
+    targets = [t for p in request.follow or () for t in _resolve_follow(root, p)]
+    if targets:
+        includes = sorted(set((includes or []) + targets))
+    include = _Includes(includes) if includes is not None else None
+    excluder = Matcher(list(request.exclude)) if request.exclude else None
+    entries: list[Entry] = []
+    links: dict[tuple[int, int], str] = {}
+
+    def visit(prefix: str) -> None:
+        for path, info, source in _children(root, directory, prefix):
+            is_dir = info is not None and st.S_ISDIR(info.st_mode)
+            if not isinstance(source, VirtualFile) and not _allowed(path, directory.allow, is_dir):
+                continue
+            if include is not None and not include.keep(path, is_dir):
+                continue
+            if excluder is not None and excluder.matches(path) and not (is_dir and excluder.may_hold_exception(path)):
+                continue
+            entry = _entry(path, info, source, root, links)
+            if entry is None:
+                continue
+            entries.append(entry)
+            if is_dir:
+                visit(path)
+
+    visit("")
+    return entries
+
+
+def _children(root: str | None, directory: Dir,
+              prefix: str) -> Iterator[tuple[str, os.stat_result | None, str | VirtualFile]]:
+    """(relative path, lstat, source) of one folder's entries, sorted bytewise by name;
+    virtual files (at the top) come with no lstat."""
+    names: dict[bytes, tuple[str, bool]] = {}
+    if root is not None:
+        try:
+            with os.scandir(os.path.join(root, prefix) if prefix else root) as scan:
+                for item in scan:
+                    names[os.fsencode(item.name)] = (item.name, False)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    if not prefix:
+        for name in directory.files:
+            names[os.fsencode(name)] = (name, True)
+    for key in sorted(names):
+        name, virtual = names[key]
+        path = f"{prefix}/{name}" if prefix else name
+        if virtual:
+            yield path, None, directory.files[name]
+            continue
+        assert root is not None
+        try:
+            info = os.lstat(os.path.join(root, path))
+        except OSError:
+            continue  # gone since the listing, as fsutil skips it
+        yield path, info, path
+
+
+def _entry(path: str, info: os.stat_result | None, source: str | VirtualFile, root: str | None,
+           links: dict[tuple[int, int], str]) -> Entry | None:
+    if isinstance(source, VirtualFile):
+        return Entry(path, source.mode & 0o777, os.getuid(), os.getgid(), len(source.data), source.mtime_ns,
+                     source=source.data)
+    assert info is not None
+    mode = go_mode(info.st_mode)
+    if mode & GO_SOCKET:
+        return None
+    absolute = os.path.join(root or "", path)
+    linkname = ""
+    size = 0 if st.S_ISDIR(info.st_mode) else info.st_size
+    devmajor = devminor = 0
+    data: str | None = path if requestable(mode) else None
+    if st.S_ISLNK(info.st_mode):
+        try:
+            linkname = os.readlink(absolute)
+        except OSError:
+            return None
+    elif st.S_ISBLK(info.st_mode) or st.S_ISCHR(info.st_mode):
+        devmajor, devminor = os.major(info.st_rdev), os.minor(info.st_rdev)
+    elif st.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        first = links.setdefault((info.st_dev, info.st_ino), path)
+        if first != path:
+            linkname, size, data = first, 0, None
+    return Entry(path, mode, info.st_uid, info.st_gid, size, info.st_mtime_ns, linkname, devmajor, devminor,
+                 _xattrs(absolute), data)
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    values = {}
+    for name in names:
+        try:
+            values[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return values
+
+
+def open_beneath(root: str, path: str) -> int:
+    """A read-only descriptor of the regular file `path` inside `root`, opened one component
+    at a time without following any symlink (so a file swapped for a link since the walk
+    cannot lead out of the root). Raises OSError otherwise."""
+    if _escapes(path):
+        raise PermissionError(f"{path!r} is outside the dir")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    current = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        parts = clean(path).split("/")
+        for part in parts[:-1]:
+            following = os.open(part, flags | os.O_DIRECTORY, dir_fd=current)
+            os.close(current)
+            current = following
+        # O_NONBLOCK: opening a FIFO that replaced the file must not hang
+        fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=current)
+    finally:
+        os.close(current)
+    if not st.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PermissionError(f"{path!r} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+__all__ = ["BadPattern", "Dir", "Entry", "Request", "VirtualFile", "go_mode", "open_beneath", "requestable", "walk"]
