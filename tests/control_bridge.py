@@ -12,8 +12,8 @@ import ssl
 import sys
 import threading
 
+from invoke_compimg.engine.client import Engine
 from invoke_compimg.engine.control.transport import upgrade
-from invoke_compimg.engine.sdk import docker
 
 
 def pipe(read, write, done) -> None:  # type: ignore[no-untyped-def]
@@ -26,9 +26,9 @@ def pipe(read, write, done) -> None:  # type: ignore[no-untyped-def]
         done()
 
 
-def serve(client: socket.socket, api: docker.APIClient) -> None:
+def serve(client: socket.socket, engine_api: Engine) -> None:
     try:
-        engine = upgrade(api)
+        engine = upgrade(engine_api)
     except Exception:
         client.close()
         return
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--cert")
     parser.add_argument("--key")
     args = parser.parse_args()
-    api = docker.APIClient(version="1.41", **docker.utils.kwargs_from_env())
+    api = Engine()
     context = None
     if args.cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

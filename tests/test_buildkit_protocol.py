@@ -548,7 +548,7 @@ def test_a_long_first_member_is_not_an_archive_to_the_engine(api: Any, engine: A
 def test_a_failed_run_whose_last_status_was_lost_is_still_named_by_its_command() -> None:
     """On a busy engine the failed vertex's final status can miss the stream; the executor's
     message still names the command, so the error is at the user's RUN line."""
-    from invoke_compimg.builders.buildkit import SolveView
+    from invoke_compimg.builders.solve_view import SolveView
     from invoke_compimg.dockerfile.lowering import multi_stage
     from invoke_compimg.dockerfile.parse import parse_text
     from invoke_compimg.progress import QuietReporter

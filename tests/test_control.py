@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from invoke_compimg.engine.buildkit import StatusResponse
+from invoke_compimg.engine.client import Engine
 from invoke_compimg.engine.control import client
 from invoke_compimg.engine.control.fswalk import Dir, VirtualFile
 from invoke_compimg.engine.control.providers import Secret
@@ -30,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def control(api: Any) -> Iterator[client.Control]:
-    ctl = client.connect(api=api)
+def control(engine: Any) -> Iterator[client.Control]:
+    ctl = client.connect(engine=engine)
     yield ctl
     ctl.close()
 
@@ -448,7 +449,7 @@ def socket_port() -> Iterator[int]:
 
 def test_nothing_is_left_running(api: Any, tmp_path: Path) -> None:
     before = {t.name for t in threading.enumerate()}
-    ctl = client.connect(api=api)
+    ctl = client.connect(engine=Engine())
     context = tmp_path / "ctx"
     write(context, {"a.txt": "x"})
     dockerfile = "FROM scratch\nCOPY a.txt /\n"

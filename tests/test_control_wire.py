@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from invoke_compimg.engine.control import fswalk, patterns
+from invoke_compimg import patterns
+from invoke_compimg.engine.control import fswalk
 from invoke_compimg.engine.control.diffcopy_receive import ExportRefused, TarFile, receive_into
 from invoke_compimg.engine.control.diffcopy_send import Refused, Sender
 from invoke_compimg.engine.control.proto import fsutil_pb2
@@ -450,11 +451,19 @@ def test_an_engine_without_the_grpc_api_is_one_line() -> None:
     import http.server
     import socketserver
 
+    from invoke_compimg.engine.client import Engine
     from invoke_compimg.engine.control.transport import upgrade
-    from invoke_compimg.engine.sdk import docker
     from invoke_compimg.errors import EngineError
 
     class NoGrpc(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # /version: an engine of some kind
+            body = b'{"ApiVersion": "1.41", "Version": "0.0", "Os": "linux"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_POST(self) -> None:
             body = b'{"message":"page not found"}'
             self.send_response(404)
@@ -469,8 +478,8 @@ def test_an_engine_without_the_grpc_api_is_one_line() -> None:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
-            api = docker.APIClient(base_url=f"tcp://127.0.0.1:{server.server_address[1]}", version="1.41")
-            with pytest.raises(EngineError, match=r"does not serve BuildKit's gRPC API \(POST /grpc answered 404"):
-                upgrade(api)
+            engine = Engine({"DOCKER_HOST": f"tcp://127.0.0.1:{server.server_address[1]}"})
+            with pytest.raises(EngineError, match=r"does not serve POST /grpc \(it answered 404"):
+                upgrade(engine)
         finally:
             server.shutdown()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..building.project import Project
     from ..building.reuse import ExternalImages
     from ..building.settings import Settings
+    from ..building.specs import OutputSpec
     from ..dockerfile.lowering import Lowered
     from ..dockerfile.model import Graph
     from ..engine.client import Engine
@@ -122,8 +123,23 @@ class Builder(ABC):
         """What one request sends; `known` has the image IDs of units built in this run."""
 
     @abstractmethod
-    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
-        """Send one request and follow it to its image; a failure is `step_failed`'s line."""
+    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None) -> Sent:
+        """Send one request and follow it to its image (or, with `output`, to files written
+        there, and no image); a failure is `step_failed`'s line."""
+
+    @property
+    def exports(self) -> bool:
+        """Can `send` write an `output` (files instead of an image)?"""
+        return False
+
+    def extract(self, image_ref: str, path: str, dest: str) -> list[str] | None:
+        """Copy `path` of the image `image_ref` into the folder `dest` (merged in, as `docker cp`
+        does) and return the names written there; None when this builder has no way of its
+        own (the caller then copies out of a container)."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - most builders hold nothing
+        """After the run: release what the builder holds (a BuildKit session)."""
 
     def cancel(self) -> str:
         """Ctrl-C: cancel what the engine builds for us; the line to show."""

@@ -1,186 +1,47 @@
-"""The BuildKit builder: one solve of every stage a target needs, through the engine's own
-BuildKit (`engine.buildkit.solve`), with its progress shown in the user's terms.
-
-BuildKit names each step `[stage i/n] INSTRUCTION`, counting only the instructions that
-make a build step (FROM, RUN, COPY, ADD, WORKDIR); `Step.source` of the lowered stage
-then gives the user's own instruction and line, for progress and for errors.
-"""
+"""The BuildKit builder: one solve of every stage a target needs, with a session through
+BuildKit's Control API (or, on an engine without it, `POST /build` with a tar), its progress
+shown in the user's terms (`solve_view`)."""
 
 from __future__ import annotations
 
 import contextlib
-import re
+import hashlib
+import os
+import posixpath
+import socket
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..building import context
-from ..dockerfile.lowering import CONTEXT_PREFIX, keyword, multi_stage
-from ..dockerfile.model import From, Instruction, Run, Stage, classic_only
+from ..building.specs import OutputSpec
+from ..dockerfile.lowering import CONTEXT_PREFIX, extraction, multi_stage
+from ..dockerfile.model import Instruction, Stage, classic_only
 from ..engine import buildkit as engine_buildkit
-from ..engine.buildkit import Progress, ProgressEvent, StatusResponse, StepName, parse_name
-from ..errors import BuildRejected, EngineError, one_line
-from ..names import normalise_ref
+from ..errors import BuildRejected, EngineError, Interrupted
 from .base import Builder, Plan, Sent, Unit, step_failed
-
-if TYPE_CHECKING:
-    from ..dockerfile.lowering import Lowered, Step
-    from ..progress import Reporter
-
-# Instructions that become a BuildKit step (and so count in `[stage i/n]`).
-_STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
-_PARSE_ERROR_LINE = re.compile(r"(?:dockerfile parse error )?line (\d+): ")
-_EXECUTOR_FAILED = re.compile(r"executor failed running \[(.*)\]: ", re.DOTALL)
-# Our folder at the start of a path in an engine message (`"/ctx/a"`, `ctx/a`), never a
-# `ctx` inside the user's own path (`sub/ctx/b`).
-_PREFIXED_PATH = re.compile(r'(?<=["\s])/?' + re.escape(CONTEXT_PREFIX))
-
-
-def _is_step(step: Step) -> bool:
-    """Does BuildKit count this line in `[stage i/n]`? Instructions that make a build step
-    do, except a FROM of an earlier stage, which continues that stage's state."""
-    if step.source.keyword == "FROM" and getattr(step.source, "stage", None):
-        return False
-    return keyword(step.text) in _STEP_KEYWORDS
-
-
-def plain_paths(text: str) -> str:
-    """An engine message with our `ctx/` folder taken out of its paths."""
-    return _PREFIXED_PATH.sub(lambda m: "/" if m.group(0).startswith("/") else "", text)
-
-
-class SolveView:
-    """BuildKit progress -> reporter events, in the user's words."""
-
-    def __init__(self, target: str, lowered: Lowered, reporter: Reporter) -> None:
-        self.target = target
-        self.lowered = lowered
-        self.reporter = reporter
-        self.progress = Progress()
-        self.steps = {stage: [s for s in steps if _is_step(s)] for stage, steps in lowered.stages.items()}
-        self.titles: dict[str, tuple[str, str]] = {}  # vertex digest -> (stage, title)
-
-    def source(self, step: StepName) -> tuple[str, Step | None]:
-        stage = step.stage if step.stage and step.stage in self.steps else self.target
-        found = self.steps.get(stage, [])
-        if step.index is not None and 0 < step.index <= len(found):
-            candidate = found[step.index - 1]
-            if keyword(candidate.text) == keyword(step.text):
-                return stage, candidate
-        # Counted differently than we think (a BuildKit version's own rule): match the text.
-        same = [s for s in found if " ".join(s.text.split()) == " ".join(step.text.split())]
-        return stage, same[0] if len(same) == 1 else None
-
-    def title(self, event: ProgressEvent) -> tuple[str, str] | None:
-        if event.vertex in self.titles:
-            return self.titles[event.vertex]
-        step = event.step
-        if step.stage == "internal" or (step.index is None and step.stage is None
-                                        and not event.name.startswith("exporting")):
-            return None  # context transfer, metadata: BuildKit's own bookkeeping
-        stage, source = self.source(step)
-        if source is not None:
-            text = f"[{stage} {step.index}/{step.total}] {one_line(source.source.text, 200)}"
-        else:
-            text = plain_paths(event.name)
-        self.titles[event.vertex] = (stage, text)
-        return stage, text
-
-    def feed(self, status: StatusResponse) -> None:
-        for event in self.progress.feed(status):
-            self.show(event)
-
-    def show(self, event: ProgressEvent) -> None:
-        found = self.title(event)
-        if found is None:
-            return
-        stage, text = found
-        if event.kind == "start":
-            self.reporter.step(stage, text)
-        elif event.kind == "log":
-            self.reporter.output(stage, event.text)
-        elif event.kind in ("cached", "done"):
-            self.reporter.step_done(stage, text, event.seconds, event.kind == "cached")
-        elif event.kind == "warning":
-            self.reporter.warning(f"[{stage}] {event.text}")
-
-    def finish(self) -> None:
-        for event in self.progress.finish():
-            self.show(event)
-
-    def failure(self, error: str | None, where: str, fallback_line: int) -> EngineError:
-        """The failed step at the user's line. A frontend error names a line of the file we
-        sent: it is mapped to the user's."""
-        parse_error = _PARSE_ERROR_LINE.search(error or "")
-        if parse_error and int(parse_error.group(1)) in self.lowered.lines:
-            sent = self.lowered.lines[int(parse_error.group(1))]
-            stage = next((name for name, steps in self.lowered.stages.items() if sent in steps), self.target)
-            message = _PARSE_ERROR_LINE.sub("", plain_paths(_reason(error or "")))
-            return step_failed(stage, message, where=where, line=sent.source.line, instruction=sent.source.text,
-                               advice="fix that line")
-        for vertex in self.progress.failed():
-            step = parse_name(vertex.name)
-            message = plain_paths(_reason(vertex.error or error or "failed"))
-            if step.stage == "internal":
-                found = self._base_image_failure(step.text, message, where)
-                if found is not None:
-                    return found
-                continue
-            stage, source = self.source(step)
-            if source is not None:
-                return step_failed(stage, message, where=where, line=source.source.line,
-                                   instruction=source.source.text)
-        message = plain_paths(_reason(error or "the solve ended without an image"))
-        # The failed vertex's last status can be lost when the solve ends (seen on a busy engine):
-        # the executor's message still names the command, which names the step.
-        ran = _EXECUTOR_FAILED.search(error or "")
-        ran_step = self._run_step(ran.group(1)) if ran else None
-        if ran_step is not None:
-            stage, run = ran_step
-            return step_failed(stage, message, where=where, line=run.line, instruction=run.text)
-        return step_failed(self.target, message, where=where, line=fallback_line)
-
-    def _run_step(self, command: str) -> tuple[str, Run] | None:
-        """The stage and RUN instruction whose command the executor ran (`/bin/sh -c CMD`)."""
-        for stage, steps in self.lowered.stages.items():
-            for step in steps:
-                if isinstance(step.source, Run) and command.endswith(" ".join(step.source.command.split())):
-                    return stage, step.source
-        return None
-
-    def _base_image_failure(self, text: str, message: str, where: str) -> EngineError | None:
-        """`[internal] load metadata for docker.io/library/x:y` failed: the stage whose FROM
-        names that image, at its line (not the target's)."""
-        if not text.startswith("load metadata for "):
-            return None
-        wanted = normalise_ref(text[len("load metadata for "):])
-        for stage, steps in self.lowered.stages.items():
-            base = steps[0].source if steps else None
-            if isinstance(base, From) and not base.stage and normalise_ref(base.image) == wanted:
-                return step_failed(stage, message, where=where, line=base.line, instruction=base.text,
-                                   advice="check the image name and tag")
-        return None
-
-
-def _reason(text: str) -> str:
-    """BuildKit wraps the cause in its own layers; keep the part a user acts on."""
-    for marker in ("failed to solve with frontend dockerfile.v0: ", "failed to solve: ",
-                   "failed to create LLB definition: "):
-        text = text.replace(marker, "")
-    return text.strip()
+from .solve_view import SolveView, plain_paths, reason
 
 
 class BuildKitBuilder(Builder):
-    """One solve per requested target, of every stage it needs, through the engine's own
-    BuildKit (`POST /build?version=2`, no session); a tagged stage gets a solve of its own."""
+    """One solve per requested target, of every stage it needs; a tagged stage gets a solve of
+    its own. On an engine that serves BuildKit's gRPC API (Docker 18.09 and later) the solve
+    goes through `Control.Solve` with a session that serves the context and the Dockerfile from
+    disk, secrets, ssh agents and outputs; elsewhere through `POST /build?version=2` with a tar
+    of the context, which can do none of those."""
 
     name = "buildkit"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
-        self._running: set[str] = set()  # build IDs of the solves going on
+        self._running: set[str] = set()  # build IDs of the tar solves going on
+        self._cancels: set[threading.Event] = set()  # one per session solve going on
+
+    @property
+    def with_session(self) -> bool:
+        return self.engine.kind.grpc
 
     def units(self, needed: Sequence[Stage], targets: Sequence[str]) -> list[Unit]:
         # A stage with a tag needs an image of its own: a solve of its own, after the target's,
@@ -201,9 +62,18 @@ class BuildKitBuilder(Builder):
             return ("ONBUILD with a stage reference (`COPY --from=<stage>` in a trigger) is not run correctly "
                     "by this engine's BuildKit; build with --builder classic (auto does)")
         for mount in getattr(instruction, "mounts", ()):
-            if mount.type in ("secret", "ssh"):
-                return (f"RUN --mount=type={mount.type} is not supported yet (it needs a BuildKit session); "
-                        "pass what it needs as a build arg or a file in the context for now")
+            if mount.type not in ("secret", "ssh"):
+                continue
+            if not self.with_session:
+                return (f"RUN --mount=type={mount.type} needs a BuildKit session, which {self.engine.kind.name} "
+                        "does not serve (Docker 18.09 or later does)")
+            wanted = mount.option("id") or ("default" if mount.type == "ssh" else mount.option("target") or "")
+            given = {s.id for s in (self.settings.secrets if mount.type == "secret" else self.settings.ssh)}
+            required = (mount.option("required") or "false").lower() in ("true", "1")
+            if required and wanted not in given:
+                flag = (f"--secret id={wanted},src=PATH" if mount.type == "secret"
+                        else f"--ssh {wanted}" if wanted == "default" else f"--ssh {wanted}=SOCKET")
+                return f"RUN --mount=type={mount.type},id={wanted} is required and this build has none; add {flag}"
         return None
 
     def args_for(self, stages: Sequence[Stage]) -> dict[str, str]:
@@ -213,13 +83,93 @@ class BuildKitBuilder(Builder):
         return args
 
     def plan(self, unit: Unit, known: Mapping[str, str]) -> Plan:
-        # The ONBUILD triggers of an external base image read the context as the user laid
-        # it out, so a unit with such triggers is sent without the `ctx/` folder.
-        prefix = "" if any(self.external_triggers(s) for s in unit.stages) else CONTEXT_PREFIX
+        prefix = ""
+        if not self.with_session and not any(self.external_triggers(s) for s in unit.stages):
+            # A tar context gets no .dockerignore from BuildKit: the context's files go under a
+            # folder of their own so that our Dockerfile is not part of `COPY . .` (the ONBUILD
+            # triggers of an external base image read the context as the user laid it out).
+            prefix = CONTEXT_PREFIX
         lowered = multi_stage(self.graph, unit.stages, context_prefix=prefix)
         return Plan(lowered.text, lowered, self.context_paths(unit), self.images_read(unit), context_prefix=prefix)
 
-    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
+    @property
+    def exports(self) -> bool:
+        return self.with_session
+
+    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None) -> Sent:
+        if self.with_session:
+            return self._solve_with_session(unit, plan, args, output)
+        assert output is None, "no export without a session"
+        return self._solve_with_tar(unit, plan, args)
+
+    def extract(self, image_ref: str, path: str, dest: str) -> list[str] | None:
+        """A local export of one path: `FROM scratch`, `COPY --from=IMAGE PATH /NAME`, solved
+        with the image already on the engine and its files merged into `dest`. No image is
+        made and no container."""
+        if not self.with_session:
+            return None
+        name = posixpath.basename(path.rstrip("/")) or "root"
+        stage, lowered = extraction(image_ref, path, "/" + name)
+        plan = Plan(lowered.text, lowered, [], ())
+        try:
+            self._solve_with_session(Unit(stage.name, (stage,), ()), plan, {}, OutputSpec("local", dest), quiet=True)
+        except EngineError as exc:
+            if "not found" in str(exc):
+                raise FileNotFoundError(path) from exc
+            raise
+        return [name]
+
+    # --- through Control.Solve, with a session ------------------------------------------------
+    def _solve_with_session(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None,
+                            *, quiet: bool = False) -> Sent:
+        from ..engine.control.client import CacheEntry, Exporter, SolveFailed, dockerfile_attrs, dockerfile_session
+
+        target = unit.stage
+        view = SolveView(target.name, plan.lowered, None if quiet else self.reporter)
+        if output is None:
+            exporter = Exporter.image([self.project.local_ref(target.name)])
+        else:
+            exporter = Exporter.local(output.dest) if output.type == "local" else Exporter.tar(output.dest)
+        # BuildKit 0.8 reads the context from `context` whatever `contextkey` says, so each solve
+        # has a session of its own; the shared key per folder and unit keeps their files apart.
+        session = dockerfile_session(
+            context=str(self.project.context), allow=plan.paths, dockerfile=plan.text.encode(),
+            shared_key=shared_key(str(self.project.context), unit.name),
+            secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
+            ssh={s.id: s.paths[0] for s in self.settings.ssh})
+        attrs = dockerfile_attrs(
+            target=target.name, build_args=args, no_cache=self.settings.no_cache and not unit.needs,
+            network=engine_buildkit.network_for(self.engine, self.settings.network))
+        cancel = threading.Event()
+        with self._lock:
+            self._cancels.add(cancel)
+        try:
+            with self.engine.errors(f"stage '{target.name}'", where=self.where, line=target.line), \
+                    self.engine.control().attach(session):
+                answer = self.engine.control().solve(
+                    session=session, frontend_attrs=attrs, exporter=exporter,
+                    cache_imports=[CacheEntry("registry", {"ref": ref}) for ref in self.settings.cache_from],
+                    entitlements=["network.host"] if self.settings.network == "host" else [],
+                    on_status=view.feed, cancel=cancel)
+        except SolveFailed as exc:
+            view.finish()
+            raise view.failure(exc.details, self.where, target.line) from exc
+        except EngineError as exc:
+            view.finish()
+            if isinstance(exc, Interrupted):
+                raise
+            raise step_failed(target.name, str(exc), where=self.where, line=target.line) from exc
+        finally:
+            with self._lock:
+                self._cancels.discard(cancel)
+        view.finish()
+        image_id = answer.get("containerimage.digest", "")
+        if not image_id and output is None:
+            raise step_failed(target.name, "BuildKit exported no image", where=self.where, line=target.line)
+        return Sent(image_id, view.progress.stage_seconds())
+
+    # --- through POST /build?version=2, with a tar of the context -----------------------------
+    def _solve_with_tar(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
         target = unit.stage
         view = SolveView(target.name, plan.lowered, self.reporter)
         build_id = f"compimg-{uuid.uuid4().hex}"
@@ -239,7 +189,7 @@ class BuildKitBuilder(Builder):
                     cache_from=self.settings.cache_from, build_id=build_id, on_status=view.feed,
                     tags=[self.project.local_ref(target.name)])
         except BuildRejected as exc:
-            raise step_failed(target.name, "the engine refused the build: " + plain_paths(_reason(exc.engine_message)),
+            raise step_failed(target.name, "the engine refused the build: " + plain_paths(reason(exc.engine_message)),
                               where=self.where, line=target.line) from exc
         finally:
             with self._lock:
@@ -252,8 +202,16 @@ class BuildKitBuilder(Builder):
 
     def cancel(self) -> str:
         with self._lock:
-            running = list(self._running)
+            running, cancels = list(self._running), list(self._cancels)
+        for event in cancels:
+            event.set()
         for build_id in running:
             with contextlib.suppress(Exception):  # the connection closing cancels it too
                 engine_buildkit.cancel(self.engine, build_id)
         return super().cancel()
+
+
+def shared_key(folder: str, unit: str) -> str:
+    """The session's shared key for a unit's context folder: the same on every run on this
+    machine, so BuildKit diffs against what it received last time and only changes travel."""
+    return hashlib.sha256(f"{socket.gethostname()}:{os.path.realpath(folder)}:{unit}".encode()).hexdigest()[:32]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ..building import context
 from ..dockerfile.lowering import PLACEHOLDER_RE, Lowered, Step, fill_placeholders, keyword, per_stage
@@ -19,6 +20,9 @@ from ..engine.classic import BuildEvent
 from ..errors import EngineError, UserError, one_line
 from ..progress import Reporter, clean_lines
 from .base import Builder, Plan, Sent, Unit, step_failed
+
+if TYPE_CHECKING:
+    from ..building.specs import OutputSpec
 
 _STEP_RE = re.compile(r"^(?:Step|STEP) (\d+)/(\d+) ?: ")
 # Engine bookkeeping lines that name its own container and layer IDs, not the user's build.
@@ -140,7 +144,8 @@ class ClassicBuilder(Builder):
                             f"`{self.settings.task('build')}` first", where=self.where, line=stage.line)
         return found
 
-    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
+    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None) -> Sent:
+        assert output is None, "the classic builder exports no files"
         stage = unit.stage
         stream = _Stream(stage.name, plan.lowered, self.reporter)
 

@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..progress.base import MODES
 from ..words import yes_or_no
 from .project import stage_named
+from .specs import OutputSpec, SecretSpec, SshSpec, parse_output, parse_secret, parse_ssh
 
 BUILDERS = ("auto", "buildkit", "classic")
 
@@ -36,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "pull": False,
     "cache_from": [],
     "cache_to": None,
+    "secrets": [],  # id=ID,src=PATH | id=ID,env=VAR (BuildKit)
+    "ssh": [],  # default | ID=SOCKET[,SOCKET] (BuildKit)
+    "output": None,  # DIR | type=local,dest=DIR | type=tar,dest=FILE (BuildKit)
 }
 # What goes into Invoke's config: None for scalars (see above), so env strings stay strings.
 CONFIG_DEFAULTS: dict[str, Any] = {k: ({} if isinstance(v, dict) else None) for k, v in DEFAULTS.items()}
@@ -55,6 +59,9 @@ class Settings:
     progress: str = "auto"
     pull: bool = False
     cache_from: tuple[str, ...] = ()
+    secrets: tuple[SecretSpec, ...] = ()
+    ssh: tuple[SshSpec, ...] = ()
+    output: OutputSpec | None = None
     cache_to: str | None = None
     # How the user types this collection's tasks, for hints: "compimg." (or the collection's
     # name) under `invoke`, "compimg " under the `compimg` command. See `task`.
@@ -98,6 +105,23 @@ def _list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [v for v in value.split(",") if v]
     return [str(v) for v in value]
+
+
+def _spec_list(value: Any) -> list[str]:
+    """Specs hold commas (`id=x,src=f`): a string is one spec, a list is several."""
+    if value is None or value == "":
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _secrets(values: list[str]) -> tuple[SecretSpec, ...]:
+    found = {spec.id: spec for spec in map(parse_secret, values)}  # a later one (a flag) replaces
+    return tuple(found.values())
+
+
+def _ssh(values: list[str]) -> tuple[SshSpec, ...]:
+    found = {spec.id: spec for spec in map(parse_ssh, values)}
+    return tuple(found.values())
 
 
 def parse_tags(values: Iterable[str], default_stage: str, graph: Graph,
@@ -214,5 +238,8 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
         cache_from=tuple(dict.fromkeys([*_list(configured(section, "cache_from", env_prefix)),
                                         *_list(flags.get("cache_from"))])),
         cache_to=cache_to or None,
+        secrets=_secrets([*_spec_list(configured(section, "secrets", env_prefix)), *_spec_list(flags.get("secrets"))]),
+        ssh=_ssh([*_spec_list(configured(section, "ssh", env_prefix)), *_spec_list(flags.get("ssh"))]),
+        output=parse_output(str(pick("output"))) if pick("output") else None,
         task_prefix=task_prefix,
     )

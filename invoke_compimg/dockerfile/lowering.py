@@ -169,3 +169,13 @@ def multi_stage(graph: Graph, stages: Iterable[Stage] | None = None, *, name_all
         entries += [("", None), *((s.text, s) for s in per[stage.name])]
     return Lowered.of(entries, tuple(s for steps in per.values() for s in steps), per)
 
+
+
+def extraction(image: str, path: str, dest: str) -> tuple[Stage, Lowered]:
+    """A one-stage Dockerfile that holds only `path` of the image named `image`, at `dest`
+    (`FROM scratch` + `COPY --from`): exported as files, it copies an artifact out."""
+    from .parse import parse_text  # the parser builds on the model, as this module does
+
+    text = f"FROM scratch\nCOPY --from={image} {json.dumps(path)} {json.dumps(dest)}\n"
+    graph = parse_text(text, "extract")
+    return graph.final, multi_stage(graph, name_all=False)

@@ -14,7 +14,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,8 @@ from .sdk import docker, has_paramiko, load_paramiko
 
 if TYPE_CHECKING:
     import requests
+
+    from .control.client import Control
 
 SSH_CLIENT_VARIABLE = "COMPIMG_SSH_CLIENT"
 MINIMUM_API_VERSION = "1.24"  # the SDK's own minimum; replaced by the engine's at once
@@ -49,6 +51,12 @@ class EngineKind:
         return not self.podman and self.os == "linux"
 
     @property
+    def grpc(self) -> bool:
+        """Does it serve BuildKit's own gRPC API (`POST /grpc`: Control, with sessions)?
+        Docker with BuildKit does from API 1.39 (18.09) on."""
+        return self.buildkit and _version_tuple(self.api_version) >= (1, 39)
+
+    @property
     def name(self) -> str:
         return f"Podman {self.version}" if self.podman else f"Docker {self.version} ({self.os})"
 
@@ -58,6 +66,13 @@ class EngineKind:
         podman = "Podman Engine" in components
         version = str((components.get("Podman Engine") or {}).get("Version") or found.get("Version") or "?")
         return EngineKind(podman, str(found.get("Os") or "linux").lower(), version, str(found.get("ApiVersion") or ""))
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return ()
 
 
 def _ssh_errors() -> tuple[type[BaseException], ...]:
@@ -128,9 +143,20 @@ class Engine:
                 self.notes[key] = value
             return value
 
+    def control(self) -> Control:
+        """BuildKit's Control service on this engine (`POST /grpc`), connected on first use
+        and closed with the Engine. gRPC is imported only here: only a build that is sent
+        pays for it."""
+        from .control.client import connect
+
+        return self.remember("control", lambda: connect(engine=self))  # type: ignore[no-any-return]
+
     def close(self) -> None:
         with self._lock:
             clients, self._clients = self._clients, []
+            control = self.notes.pop("control", None)
+        if control is not None:
+            control.close()
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
@@ -252,19 +278,70 @@ class Engine:
         api = self.api
         api._raise_for_status(api._post(api._url(path), params=dict(params)))
 
-    def upgrade(self, path: str, headers: Mapping[str, str]) -> socket.socket:
+    def upgrade(self, path: str, headers: Mapping[str, str]) -> Upgraded:
         """POST `path` asking to switch protocols (`Upgrade: h2c` for BuildKit's gRPC API) and
-        return the connection's socket once the engine answered 101, as the SDK's own
-        `attach_socket` takes it: over every transport the SDK has (unix, tcp, TLS, ssh)."""
+        return the connection once the engine answered 101, taken as the SDK's own
+        `attach_socket` takes it: over every transport the SDK has (unix, tcp, TLS, ssh).
+        Bytes the engine sent right after the 101 (an HTTP/2 server's SETTINGS) may already sit
+        in the HTTP client's buffer: `Upgraded.read` hands them on first."""
         api = self.api
-        response = api._post(api._url(path), headers={"Connection": "Upgrade", **headers}, stream=True)
+        with self.errors(f"POST {path}"):
+            response = api._post(api._url(path), headers={"Connection": "Upgrade", **headers}, stream=True,
+                                 timeout=None)
         if response.status_code != 101:
-            try:
-                api._raise_for_status(response)
-            finally:
-                response.close()
-            raise EngineError(f"{path}: the engine answered {response.status_code}, not 101 Switching Protocols")
-        return api._get_raw_response_socket(response)
+            text = " ".join(response.text.split())[:200]
+            response.close()
+            raise UpgradeRefused(path, response.status_code, text)
+        sock = api._get_raw_response_socket(response)
+        sock = getattr(sock, "_sock", sock)  # a unix socket comes as the SocketIO around it
+        with contextlib.suppress(OSError, AttributeError):
+            sock.settimeout(None)
+        fp = response.raw._fp.fp  # http.client's reader: may hold bytes past the 101
+        if hasattr(fp, "read1"):
+            return Upgraded(response, fp.read1, sock)
+        buffered = bytes(getattr(fp, "_rbuffer", b""))  # paramiko's ChannelFile
+        if buffered:
+            fp._rbuffer = b""
+
+        def read(size: int) -> bytes:
+            nonlocal buffered
+            if buffered:
+                data, buffered = buffered[:size], buffered[size:]
+                return data
+            return bytes(sock.recv(size))
+
+        return Upgraded(response, read, sock)
+
+
+class UpgradeRefused(EngineError):
+    """The engine did not switch protocols at `path` (an engine without that endpoint)."""
+
+    def __init__(self, path: str, status: int, text: str) -> None:
+        self.path, self.status = path, status
+        super().__init__(f"the Docker engine does not serve POST {path} (it answered {status} {text})".rstrip())
+
+
+class Upgraded:
+    """A connection the engine switched to another protocol: `read` (bytes already buffered
+    first; b"" at the end), `sendall`, `shutdown_write`, `close`."""
+
+    def __init__(self, response: requests.Response, reader: Callable[[int], bytes], sock: Any) -> None:
+        self.response = response  # kept alive: dropping it closes TLS sockets
+        self.read = reader
+        self.sock = sock
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def shutdown_write(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sock.close()
+        with contextlib.suppress(Exception):
+            self.response.close()
 
 
 def explanation(exc: docker.errors.APIError) -> str:

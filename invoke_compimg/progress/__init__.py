@@ -22,14 +22,16 @@ import sys
 from typing import TextIO
 
 from ..errors import UserError
-from .base import MODES, Reporter, StageResult
+from .base import MODES, QUIET, NullReporter, Reporter, StageResult
 from .live import LiveReporter
 from .plain import PlainReporter
 from .quiet import QuietReporter
 from .text import clean_lines, format_table, isatty
 
-__all__ = ["MODES", "LiveReporter", "PlainReporter", "QuietReporter", "Reporter", "StageResult", "clean_lines",
-           "format_table", "make_reporter"]
+__all__ = [
+    "MODES", "QUIET", "LiveReporter", "NullReporter", "PlainReporter", "QuietReporter", "Reporter", "StageResult",
+    "clean_lines", "format_table", "make_reporter",
+]
 
 
 def make_reporter(mode: str, out: TextIO | None = None, err: TextIO | None = None) -> Reporter:

@@ -38,3 +38,24 @@ class Reporter(Protocol):
     def table(self, rows: Sequence[StageResult], final: str | None) -> None: ...
     def result(self, image_id: str) -> None: ...
     def close(self) -> None: ...
+
+
+class NullReporter:
+    """Shows nothing: for work a user did not ask to watch (the solve behind an extraction)."""
+
+    live = False
+
+    def stage_started(self, stage: str) -> None: pass
+    def step(self, stage: str, text: str) -> None: pass
+    def step_done(self, stage: str, text: str, seconds: float | None, cached: bool) -> None: pass
+    def output(self, stage: str, line: str) -> None: pass
+    def stage_finished(self, stage: str, image_id: str, seconds: float, outcome: str) -> None: pass
+    def stage_failed(self, stage: str, message: str) -> None: pass
+    def note(self, text: str, stage: str | None = None) -> None: pass
+    def warning(self, text: str) -> None: pass
+    def table(self, rows: Sequence[StageResult], final: str | None) -> None: pass
+    def result(self, image_id: str) -> None: pass
+    def close(self) -> None: pass
+
+
+QUIET = NullReporter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,7 +23,7 @@ from ..dockerfile.model import Stage
 from ..dockerfile.parse import parse_file
 from ..engine import images
 from ..engine.client import Engine
-from ..errors import EngineError, Interrupted
+from ..errors import EngineError, Interrupted, UserError
 from ..progress import Reporter, StageResult
 
 
@@ -41,6 +42,7 @@ class BuildRun:
                       else project.graph)
         self.engine = engine if engine is not None else Engine()
         self.results: dict[str, StageResult] = {}
+        self._exporting: str | None = None  # the unit whose result goes to `settings.output`
         self.images = reuse.ExternalImages()
         self._lock = threading.Lock()
 
@@ -61,6 +63,8 @@ class BuildRun:
         needed = [s for s in graph.stages if s.name in wanted]
         self.builder.check(needed)
         self._warn_unused_args(needed)
+        if self.settings.output is not None:
+            self._check_output(targets[0])
         units = self.builder.units(needed, targets)
         by_name = {u.name: u for u in units}
         with self._cancelled_on_interrupt():
@@ -68,6 +72,19 @@ class BuildRun:
                                 jobs=self.builder.jobs,
                                 on_failure=lambda exc: self.reporter.warning(f"also failed: {exc}"))
         return {unit.name: image_id for unit, image_id in ids.items()}
+
+    def _check_output(self, target: str) -> None:
+        """`--output` writes the target's files instead of making its image."""
+        output = self.settings.output
+        assert output is not None
+        if not self.builder.exports:
+            raise UserError(f"--output {output.dest}: writing a build's files needs BuildKit with a session, and this "
+                            f"build uses the {self.builder.name} builder on {self.engine.kind.name}; "
+                            "drop --output and use extract-artifact")
+        if self.settings.tags.get(target):
+            raise UserError(f"--output {output.dest} writes stage '{target}' as files and makes no image to tag; "
+                            "drop its --tag, or build without --output")
+        self._exporting = target
 
     def build_stage(self, stage: Stage) -> StageResult:
         """Build one stage; with the classic builder from the images its prerequisites
@@ -101,6 +118,8 @@ class BuildRun:
         stage = unit.stage
         builder = self.builder
         args = builder.args_for(unit.stages)
+        if unit.name == self._exporting:
+            return self._export_unit(unit, args, ready)
         key = self._memo_key(unit, args)
         memo = self.project.recall(key)
         if memo is not None and images.image_id_of(self.engine, memo.image_id) == memo.image_id:
@@ -147,6 +166,41 @@ class BuildRun:
         self.project.remember(key, result)
         return self._done(result)
 
+    def _export_unit(self, unit: Unit, args: Mapping[str, str], ready: Callable[[str], None]) -> StageResult:
+        """The target of an `--output` build: solved every time, as `docker build -o` does
+        (BuildKit's cache makes an unchanged one quick), its files written, no image made."""
+        output = self.settings.output
+        assert output is not None
+        stage = unit.stage
+        started = time.monotonic()
+        self.reporter.stage_started(stage.name)
+        self._ensure_images(unit.stages)
+        plan = self.builder.plan(unit, {})
+        try:
+            self.builder.send(unit, plan, args, output)
+        except EngineError as exc:
+            self.reporter.stage_failed(stage.name, str(exc))
+            raise
+        ready("")
+        seconds = time.monotonic() - started
+        self.reporter.stage_finished(stage.name, "", seconds, "exported")
+        self.reporter.note(f"wrote {output.dest}" + (" (tar)" if output.type == "tar" else ""), stage.name)
+        return self._done(StageResult(stage.name, "", -1, seconds, "exported", self.builder.name))
+
+    def extract(self, stage: str, image_id: str, path: str, dest: str) -> list[str] | None:
+        """Copy `path` of `image_id` (stage `stage`'s image) into `dest` the builder's own way
+        (BuildKit: a local export, no container), or None when it has none. BuildKit reads
+        images by name only: the image gets a name of this process's for the while (another run
+        may move the stage's own name meanwhile), removed after, however it ends."""
+        if not self.builder.exports:
+            return None
+        ref = f"{self.project.repository}:{stage[:80]}--x-{os.getpid()}-{threading.get_ident()}"
+        images.tag(self.engine, image_id, ref)
+        try:
+            return self.builder.extract(ref, path, dest)
+        finally:
+            images.untag(self.engine, ref)
+
     def _ensure_images(self, stages: Sequence[Stage]) -> None:
         """Pull the external images these stages read that the engine lacks (all of them
         with --pull), one line each: BuildKit cannot pull without a session of its own."""
@@ -173,6 +227,19 @@ class BuildRun:
         for ref in self.settings.tags.get(stage, ()):
             images.tag(self.engine, image_id, ref)
             self.reporter.note(f"tagged {ref} ({image_id})", stage)
+
+    def close(self) -> None:
+        """Release the builder's session and the engine's connections (after the run, however
+        it ended)."""
+        if "builder" in self.__dict__:
+            self.builder.close()
+        self.engine.close()
+
+    def __enter__(self) -> BuildRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- after the build ----------------------------------------------------------------
     def rows(self) -> list[StageResult]:

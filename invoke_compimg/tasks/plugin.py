@@ -239,8 +239,8 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
     from ..run import BuildRun
 
     reporter = make_reporter(settings.progress)
+    session = BuildRun(p, settings, reporter)
     try:
-        session = BuildRun(p, settings, reporter)
         ids = session.build([goal])
         session.summary(goal if goal == p.graph.final.name else None)
         if settings.push:
@@ -255,6 +255,7 @@ def _run_build(c: Context, p: Project, settings: Settings, goal: str, *, push_al
         return ids
     finally:
         reporter.close()
+        session.close()
 
 
 @exits
@@ -293,8 +294,8 @@ def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None,
     from ..run import BuildRun
 
     reporter = make_reporter(settings.progress)
+    session = BuildRun(p, settings, reporter)
     try:
-        session = BuildRun(p, settings, reporter)
         result = session.build_stage(p.graph.stage(goal))
         session.summary(None)
         if echo:
@@ -302,6 +303,7 @@ def assemble(c: Context, stage: str | None = None, tag: list[str] | None = None,
         return result.image_id
     finally:
         reporter.close()
+        session.close()
 
 
 @exits
@@ -325,8 +327,8 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", progress: str |
     from ..run import BuildRun
 
     reporter = make_reporter(settings.progress)
+    session = BuildRun(p, settings, reporter)
     try:
-        session = BuildRun(p, settings, reporter)
         image_id = session.build([goal])[goal]
         result = copy_out(session.engine, p, goal, image_id, path, dest, reporter, shell_task=settings.task("shell"))
         reporter.note(f"extracted {artifact} -> {', '.join(str(Path(dest) / n) for n in result.names)}"
@@ -335,6 +337,7 @@ def extract_artifact(c: Context, artifact: str, dest: str = ".", progress: str |
             reporter.warning(f"skipped special file {skipped} (devices and FIFOs are never extracted)")
     finally:
         reporter.close()
+        session.close()
     return result.names
 
 
@@ -356,13 +359,17 @@ def shell(c: Context, stage: str, cmd: str = "sh", progress: str | None = None, 
     from ..run import BuildRun
 
     reporter = make_reporter(settings.progress)
+    session = BuildRun(p, settings, reporter)
     try:
-        session = BuildRun(p, settings, reporter)
         image_id = session.build([goal])[goal]
+    except BaseException:
+        session.close()
+        raise
     finally:
         reporter.close()
-    containers.reap_leftovers(session.engine, p.slug)
-    status = terminal.run_shell(session.engine, image_id, command_words(cmd), p.slug)
+    with session:
+        containers.reap_leftovers(session.engine, p.slug)
+        status = terminal.run_shell(session.engine, image_id, command_words(cmd), p.slug)
     if status:
         raise UserError(f"`{cmd}` in stage '{goal}' exited with status {status}", code=status)
 
@@ -527,7 +534,8 @@ def _stage_body(p: Project, key: str, stage_name: str, prefix: str) -> Callable[
 
         reporter = make_reporter(settings.progress)
         try:
-            result = BuildRun(p, settings, reporter).build_stage(p.graph.stage(stage_name))
+            with BuildRun(p, settings, reporter) as run:
+                result = run.build_stage(p.graph.stage(stage_name))
             reporter.note(f"{result.outcome} {short_id(result.image_id)} ({result.size / 1e6:.1f} MB) "
                           f"as {p.local_ref(stage_name)}", stage_name)
         finally:

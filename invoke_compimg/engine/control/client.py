@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -32,6 +32,9 @@ from ..buildkit.wire import StatusResponse, decode_status
 from .proto import control_pb2
 from .session import PATHS, Attached, Export, LocalExport, Session, TarExport, method_path
 from .transport import TLS, EngineBridge, channel_for, upgrade, wait_ready
+
+if TYPE_CHECKING:
+    from ..client import Engine
 
 _CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"]
 SOLVE = method_path(_CONTROL, "Solve")
@@ -259,6 +262,23 @@ class Control:
         self.close()
 
 
+def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile: bytes, shared_key: str,
+                       secrets: Sequence[tuple[str, str | None, str | None]] = (),
+                       ssh: Mapping[str, str] | None = None) -> Session:
+    """A session for one Dockerfile solve: the context folder (only `allow`, when given) as
+    dir `context`, `dockerfile` as the file `Dockerfile` of dir `dockerfile` (the names the
+    frontend reads), `secrets` as (id, file path, environment variable), `ssh` agent sockets
+    by id (None: `default` is $SSH_AUTH_SOCK when set)."""
+    from .fswalk import Dir, VirtualFile
+    from .providers import Secret
+
+    return Session(shared_key=shared_key,
+                   dirs=[Dir("context", context, allow=allow),
+                         Dir("dockerfile", None, files={"Dockerfile": VirtualFile(dockerfile)})],
+                   secrets=[Secret(secret_id, path=path, env=env) for secret_id, path, env in secrets],
+                   ssh=ssh)
+
+
 def _read_status(call: Any, events: queue.Queue[tuple[str, Any]]) -> None:
     try:
         for payload in call:
@@ -272,18 +292,18 @@ def _read_status(call: Any, events: queue.Queue[tuple[str, Any]]) -> None:
         events.put(("status-over", None))
 
 
-def connect(address: str | None = None, *, api: Any = None, tls: TLS | None = None,
+def connect(address: str | None = None, *, engine: Engine | None = None, tls: TLS | None = None,
             timeout: float = 10.0) -> Control:
-    """A Control client: through the Docker engine of `api` (an SDK `APIClient`), or to a
-    buildkitd at `address` (`unix://PATH`, `tcp://HOST:PORT`, with `tls` files). Connects
-    at once; an unreachable address or a TLS mismatch is one EngineError line."""
-    if (address is None) == (api is None):
-        raise ValueError("give either address or api")
-    if api is not None:
-        first = upgrade(api)  # proves the engine serves /grpc, and serves the first connection
-        bridge = EngineBridge(api, first)
+    """A Control client: through a Docker `engine` (its `POST /grpc`), or to a buildkitd at
+    `address` (`unix://PATH`, `tcp://HOST:PORT`, with `tls` files). Connects at once; an
+    unreachable address or a TLS mismatch is one EngineError line."""
+    if (address is None) == (engine is None):
+        raise ValueError("give either address or engine")
+    if engine is not None:
+        first = upgrade(engine)  # proves the engine serves /grpc, and serves the first connection
+        bridge = EngineBridge(engine, first)
         channel = grpc.insecure_channel(bridge.target, options=_options())
-        where = f"the Docker engine ({getattr(api, 'base_url', 'api')})"
+        where = f"the Docker engine at {engine.address}"
         try:
             wait_ready(channel, "unix://" + bridge.path, None, timeout)
         except EngineError:
@@ -319,4 +339,4 @@ def attached(control: Control, session: Session) -> Iterator[Attached]:
 
 
 __all__ = ["PATHS", "CacheEntry", "Cancelled", "Control", "Exporter", "Platform", "SolveFailed", "Worker",
-           "attached", "connect", "dockerfile_attrs"]
+           "attached", "connect", "dockerfile_attrs", "dockerfile_session"]

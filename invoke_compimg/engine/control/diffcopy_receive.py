@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ...errors import UserError
+from ...patterns import clean
 from ...procs import alive
 from .fswalk import GO_DIR, GO_SYMLINK, GO_TYPE
-from .patterns import clean
 from .proto import fsutil_pb2
 
 Packet = fsutil_pb2.Packet

@@ -22,12 +22,13 @@ and must still be regular files when opened. Sockets are left out.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat as st
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .patterns import BadPattern, Matcher, clean, match_prefix
+from ...patterns import BadPattern, Matcher, clean, match_prefix
 
 # Go's os.FileMode bits (io/fs)
 GO_DIR = 1 << 31
@@ -78,11 +79,18 @@ def requestable(go: int) -> bool:
 @dataclass(frozen=True)
 class VirtualFile:
     """A file that exists only in memory (our generated Dockerfile), sent as if it were in
-    the dir's root."""
+    the dir's root. Its modification time, unless given, comes from its content: the daemon
+    decides what changed since the last transfer by size and time, so two contents of the
+    same size must never share a time."""
 
     data: bytes
     mode: int = 0o644
     mtime_ns: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.mtime_ns:
+            digest = int.from_bytes(hashlib.sha256(self.data).digest()[:4], "big")
+            object.__setattr__(self, "mtime_ns", (1 << 60) + digest * 1_000_000_000)
 
 
 @dataclass(frozen=True)

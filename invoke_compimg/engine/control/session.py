@@ -117,6 +117,7 @@ class Session:
 
     def __post_init__(self) -> None:
         self._dirs = {d.name: d for d in self.dirs}
+        self._dirs_lock = threading.Lock()
         self._secrets = Secrets(self.secrets)
         self._agents = Agents(default_agents() if self.ssh is None else self.ssh)
         self._export: Export | None = None
@@ -136,6 +137,12 @@ class Session:
                 ("x-docker-expose-session-sharedkey", self.shared_key)]
         meta += [("x-docker-expose-session-grpc-method", m) for m in self.methods()]
         return meta
+
+    def add(self, directory: Dir) -> None:
+        """Serve one more dir (a solve names its dirs in its frontend attrs), or replace the
+        one of the same name."""
+        with self._dirs_lock:
+            self._dirs[directory.name] = directory
 
     # --- exports -------------------------------------------------------------------------
 
@@ -188,7 +195,8 @@ class Session:
     def _filesync(self, incoming: Iterable[fsutil_pb2.Packet], context: grpc.ServicerContext) -> Iterator[Any]:
         meta = _metadata(context)
         name = (meta.get("dir-name") or [""])[0]
-        directory = self._dirs.get(name)
+        with self._dirs_lock:
+            directory = self._dirs.get(name)
         if directory is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no access allowed to dir {name!r}")
         assert directory is not None

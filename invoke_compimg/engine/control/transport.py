@@ -23,9 +23,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError
+
+if TYPE_CHECKING:
+    from ..client import Engine, Upgraded
 
 CONNECT_TIMEOUT = 10.0
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -34,66 +37,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-class Upgraded:
-    """A hijacked engine connection: `read` (bytes already buffered first; b"" at the end),
-    `sendall`, `close`."""
-
-    def __init__(self, response: Any, reader: Callable[[int], bytes], sock: Any) -> None:
-        self.response = response  # kept alive: dropping it closes TLS sockets
-        self.read = reader
-        self.sock = sock
-
-    def sendall(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def shutdown_write(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            self.sock.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.sock.close()
-        with contextlib.suppress(Exception):
-            self.response.close()
-
-
-def upgrade(api: Any) -> Upgraded:
-    """`POST /grpc` upgraded to h2c through the SDK's `APIClient` (its transport adapters:
-    unix, tcp, TLS, ssh). Raises EngineError if the engine does not switch protocols."""
-    from ..sdk import docker
-
-    try:
-        response = api._post(api._url("/grpc"), headers={"Connection": "Upgrade", "Upgrade": "h2c"},
-                             stream=True, timeout=None)
-    except docker.errors.DockerException as exc:
-        raise EngineError(f"cannot open BuildKit's gRPC API on the Docker engine ({exc})") from exc
-    except OSError as exc:  # requests' ConnectionError is one
-        raise EngineError(f"cannot reach the Docker engine for BuildKit's gRPC API ({exc})") from exc
-    if response.status_code != 101:
-        text = " ".join(response.text.split())[:200] if response.status_code < 500 or response.text else ""
-        response.close()
-        raise EngineError(f"the Docker engine does not serve BuildKit's gRPC API (POST /grpc answered "
-                          f"{response.status_code} {text}); BuildKit builds need Docker 18.09 or later "
-                          "with BuildKit, or a buildkitd address")
-    sock = api._get_raw_response_socket(response)
-    sock = getattr(sock, "_sock", sock)  # a unix socket comes as the SocketIO around it
-    with contextlib.suppress(OSError, AttributeError):
-        sock.settimeout(None)
-    fp = response.raw._fp.fp  # http.client's reader: may hold bytes past the 101
-    if hasattr(fp, "read1"):
-        return Upgraded(response, fp.read1, sock)
-    buffered = bytes(getattr(fp, "_rbuffer", b""))  # paramiko's ChannelFile
-    if buffered:
-        fp._rbuffer = b""
-
-    def read(size: int) -> bytes:
-        nonlocal buffered
-        if buffered:
-            data, buffered = buffered[:size], buffered[size:]
-            return data
-        return sock.recv(size)
-
-    return Upgraded(response, read, sock)
+def upgrade(engine: Engine) -> Upgraded:
+    """`POST /grpc` upgraded to h2c (see `Engine.upgrade`): BuildKit's Control service."""
+    return engine.upgrade("/grpc", {"Upgrade": "h2c"})
 
 
 def _pipe(read: Callable[[int], bytes], write: Callable[[bytes], None], done: Callable[[], None]) -> None:
@@ -113,8 +59,8 @@ class EngineBridge:
     """A unix socket (in a private folder) whose every connection is piped into a fresh
     `upgrade` of the engine; `first` (an already made upgrade) serves the first one."""
 
-    def __init__(self, api: Any, first: Upgraded | None = None) -> None:
-        self.api = api
+    def __init__(self, engine: Engine, first: Upgraded | None = None) -> None:
+        self.engine = engine
         self.pending = first
         self.folder = tempfile.mkdtemp(prefix="compimg-grpc-")
         os.chmod(self.folder, 0o700)
@@ -145,7 +91,7 @@ class EngineBridge:
                     return
                 engine, self.pending = self.pending, None
             try:
-                engine = engine or upgrade(self.api)
+                engine = engine or upgrade(self.engine)
             except EngineError:
                 client.close()  # grpcio sees the connection fail and reports UNAVAILABLE
                 continue
@@ -275,4 +221,4 @@ def _probe(address: str) -> str | None:
     return None
 
 
-__all__ = ["TLS", "EngineBridge", "Upgraded", "channel_for", "upgrade", "wait_ready"]
+__all__ = ["TLS", "EngineBridge", "channel_for", "upgrade", "wait_ready"]

@@ -1,0 +1,168 @@
+"""BuildKit's progress in the user's terms: `[stage i/n] INSTRUCTION` steps mapped back to the
+user's instruction and line (through `lowering.Step`), and a failed solve as one line at the
+user's line (`step_failed`).
+
+BuildKit names each step `[stage i/n] INSTRUCTION`, counting only the instructions that
+make a build step (FROM, RUN, COPY, ADD, WORKDIR); `Step.source` of the lowered stage
+then gives the user's own instruction and line, for progress and for errors.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from ..dockerfile.lowering import CONTEXT_PREFIX, keyword
+from ..dockerfile.model import From, Run
+from ..engine.buildkit import Progress, ProgressEvent, StatusResponse, StepName, parse_name
+from ..errors import EngineError, one_line
+from ..names import normalise_ref
+from ..progress import QUIET
+from .base import step_failed
+
+if TYPE_CHECKING:
+    from ..dockerfile.lowering import Lowered, Step
+    from ..progress import Reporter
+
+
+# Instructions that become a BuildKit step (and so count in `[stage i/n]`).
+_STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
+_PARSE_ERROR_LINE = re.compile(r"(?:dockerfile parse error )?line (\d+): ")
+_EXECUTOR_FAILED = re.compile(r"executor failed running \[(.*)\]: ", re.DOTALL)
+# Our folder at the start of a path in an engine message (`"/ctx/a"`, `ctx/a`), never a
+# `ctx` inside the user's own path (`sub/ctx/b`).
+_PREFIXED_PATH = re.compile(r'(?<=["\s])/?' + re.escape(CONTEXT_PREFIX))
+
+
+def _is_step(step: Step) -> bool:
+    """Does BuildKit count this line in `[stage i/n]`? Instructions that make a build step
+    do, except a FROM of an earlier stage, which continues that stage's state."""
+    if step.source.keyword == "FROM" and getattr(step.source, "stage", None):
+        return False
+    return keyword(step.text) in _STEP_KEYWORDS
+
+
+def plain_paths(text: str) -> str:
+    """An engine message with our `ctx/` folder taken out of its paths."""
+    return _PREFIXED_PATH.sub(lambda m: "/" if m.group(0).startswith("/") else "", text)
+
+
+class SolveView:
+    """BuildKit progress -> reporter events, in the user's words."""
+
+    def __init__(self, target: str, lowered: Lowered, reporter: Reporter | None) -> None:
+        self.target = target
+        self.lowered = lowered
+        self.reporter = reporter if reporter is not None else QUIET  # None: show nothing
+        self.progress = Progress()
+        self.steps = {stage: [s for s in steps if _is_step(s)] for stage, steps in lowered.stages.items()}
+        self.titles: dict[str, tuple[str, str]] = {}  # vertex digest -> (stage, title)
+
+    def source(self, step: StepName) -> tuple[str, Step | None]:
+        stage = step.stage if step.stage and step.stage in self.steps else self.target
+        found = self.steps.get(stage, [])
+        if step.index is not None and 0 < step.index <= len(found):
+            candidate = found[step.index - 1]
+            if keyword(candidate.text) == keyword(step.text):
+                return stage, candidate
+        # Counted differently than we think (a BuildKit version's own rule): match the text.
+        same = [s for s in found if " ".join(s.text.split()) == " ".join(step.text.split())]
+        return stage, same[0] if len(same) == 1 else None
+
+    def title(self, event: ProgressEvent) -> tuple[str, str] | None:
+        if event.vertex in self.titles:
+            return self.titles[event.vertex]
+        step = event.step
+        if step.stage == "internal" or (step.index is None and step.stage is None
+                                        and not event.name.startswith("exporting")):
+            return None  # context transfer, metadata: BuildKit's own bookkeeping
+        stage, source = self.source(step)
+        if source is not None:
+            text = f"[{stage} {step.index}/{step.total}] {one_line(source.source.text, 200)}"
+        else:
+            text = plain_paths(event.name)
+        self.titles[event.vertex] = (stage, text)
+        return stage, text
+
+    def feed(self, status: StatusResponse) -> None:
+        for event in self.progress.feed(status):
+            self.show(event)
+
+    def show(self, event: ProgressEvent) -> None:
+        found = self.title(event)
+        if found is None:
+            return
+        stage, text = found
+        if event.kind == "start":
+            self.reporter.step(stage, text)
+        elif event.kind == "log":
+            self.reporter.output(stage, event.text)
+        elif event.kind in ("cached", "done"):
+            self.reporter.step_done(stage, text, event.seconds, event.kind == "cached")
+        elif event.kind == "warning":
+            self.reporter.warning(f"[{stage}] {event.text}")
+
+    def finish(self) -> None:
+        for event in self.progress.finish():
+            self.show(event)
+
+    def failure(self, error: str | None, where: str, fallback_line: int) -> EngineError:
+        """The failed step at the user's line. A frontend error names a line of the file we
+        sent: it is mapped to the user's."""
+        parse_error = _PARSE_ERROR_LINE.search(error or "")
+        if parse_error and int(parse_error.group(1)) in self.lowered.lines:
+            sent = self.lowered.lines[int(parse_error.group(1))]
+            stage = next((name for name, steps in self.lowered.stages.items() if sent in steps), self.target)
+            message = _PARSE_ERROR_LINE.sub("", plain_paths(reason(error or "")))
+            return step_failed(stage, message, where=where, line=sent.source.line, instruction=sent.source.text,
+                               advice="fix that line")
+        for vertex in self.progress.failed():
+            step = parse_name(vertex.name)
+            message = plain_paths(reason(vertex.error or error or "failed"))
+            if step.stage == "internal":
+                found = self._base_image_failure(step.text, message, where)
+                if found is not None:
+                    return found
+                continue
+            stage, source = self.source(step)
+            if source is not None:
+                return step_failed(stage, message, where=where, line=source.source.line,
+                                   instruction=source.source.text)
+        message = plain_paths(reason(error or "the solve ended without an image"))
+        # The failed vertex's last status can be lost when the solve ends (seen on a busy engine):
+        # the executor's message still names the command, which names the step.
+        ran = _EXECUTOR_FAILED.search(error or "")
+        ran_step = self._run_step(ran.group(1)) if ran else None
+        if ran_step is not None:
+            stage, run = ran_step
+            return step_failed(stage, message, where=where, line=run.line, instruction=run.text)
+        return step_failed(self.target, message, where=where, line=fallback_line)
+
+    def _run_step(self, command: str) -> tuple[str, Run] | None:
+        """The stage and RUN instruction whose command the executor ran (`/bin/sh -c CMD`)."""
+        for stage, steps in self.lowered.stages.items():
+            for step in steps:
+                if isinstance(step.source, Run) and command.endswith(" ".join(step.source.command.split())):
+                    return stage, step.source
+        return None
+
+    def _base_image_failure(self, text: str, message: str, where: str) -> EngineError | None:
+        """`[internal] load metadata for docker.io/library/x:y` failed: the stage whose FROM
+        names that image, at its line (not the target's)."""
+        if not text.startswith("load metadata for "):
+            return None
+        wanted = normalise_ref(text[len("load metadata for "):])
+        for stage, steps in self.lowered.stages.items():
+            base = steps[0].source if steps else None
+            if isinstance(base, From) and not base.stage and normalise_ref(base.image) == wanted:
+                return step_failed(stage, message, where=where, line=base.line, instruction=base.text,
+                                   advice="check the image name and tag")
+        return None
+
+
+def reason(text: str) -> str:
+    """BuildKit wraps the cause in its own layers; keep the part a user acts on."""
+    for marker in ("failed to solve with frontend dockerfile.v0: ", "failed to solve: ",
+                   "failed to create LLB definition: "):
+        text = text.replace(marker, "")
+    return text.strip()
