@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from invoke_compimg.building.context import files_read
 
@@ -36,3 +39,82 @@ def test_a_dockerignore_that_is_not_utf8_is_read_as_bytes(tmp_path: Path) -> Non
         assert "kept.txt" in tar.getnames()
         ignore = tar.extractfile(".dockerignore").read()  # type: ignore[union-attr]
         assert ignore.startswith(b"caf\xe9.txt\n")
+
+
+def _age(path, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_file_hashes_are_remembered_and_never_wrong(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An unchanged file is not read again; a changed one always is, even with its times put back."""
+    from invoke_compimg.building.context import fingerprint
+    from invoke_compimg.building.file_hashes import FileHashes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "a.txt").write_text("one")
+    (context / "b.txt").write_text("two")
+    for name in ("a.txt", "b.txt"):
+        _age(context / name)
+    first = FileHashes(str(context))
+    digest = fingerprint(str(context), ["a.txt", "b.txt"], first)
+    assert first.read == 2 and first.path.is_file()
+    again = FileHashes(str(context))
+    assert fingerprint(str(context), ["a.txt", "b.txt"], again) == digest and again.read == 0
+    # same size, times put back: the change time still moves, so it is read again
+    stat = os.stat(context / "a.txt")
+    (context / "a.txt").write_text("ONE")
+    os.utime(context / "a.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = FileHashes(str(context))
+    assert fingerprint(str(context), ["a.txt", "b.txt"], changed) != digest and changed.read == 1
+
+
+def test_a_file_changed_just_now_is_not_remembered(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """git's racy-clean rule: within the timestamp granularity a second write could keep the times."""
+    from invoke_compimg.building.context import fingerprint
+    from invoke_compimg.building.file_hashes import FileHashes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "fresh.txt").write_text("new")
+    fingerprint(str(tmp_path), ["fresh.txt"], FileHashes(str(tmp_path)))
+    later = FileHashes(str(tmp_path))
+    fingerprint(str(tmp_path), ["fresh.txt"], later)
+    assert later.read == 1
+
+
+def test_a_damaged_or_missing_hash_cache_is_only_slower(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from invoke_compimg.building.context import fingerprint
+    from invoke_compimg.building.file_hashes import FileHashes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "f").write_text("x")
+    _age(tmp_path / "f")
+    hashes = FileHashes(str(tmp_path))
+    digest = fingerprint(str(tmp_path), ["f"], hashes)
+    hashes.path.write_text("{not json")
+    assert fingerprint(str(tmp_path), ["f"], FileHashes(str(tmp_path))) == digest
+    hashes.path.unlink()
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/nowhere")  # cannot be written: no error
+    assert fingerprint(str(tmp_path), ["f"], FileHashes(str(tmp_path))) == digest
+
+
+@pytest.mark.parametrize("ignore, kept", [
+    ("*\n!keep/**\n", {"keep", "keep/a.txt", "keep/sub", "keep/sub/b.txt", "keep/sub/c.log"}),
+    ("**/*.log\n", {"keep", "keep/a.txt", "keep/sub", "keep/sub/b.txt", "top.txt", ".dockerignore"}),
+    ("keep\n!keep/sub/b.txt\n", {"keep/sub/b.txt", "top.txt", "x.log", ".dockerignore"}),
+    (".*\n", {"keep", "keep/a.txt", "keep/sub", "keep/sub/b.txt", "keep/sub/c.log", "top.txt", "x.log"}),
+])
+def test_dockerignore_as_docker_reads_it(tmp_path, ignore: str, kept: set[str]) -> None:  # type: ignore[no-untyped-def]
+    """`**`, `!` exceptions inside an excluded folder, and `*` matching dot files (Go's rules)."""
+    from invoke_compimg.building.context import files_read
+
+    for name in ("keep/a.txt", "keep/sub/b.txt", "keep/sub/c.log", "top.txt", "x.log"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    (tmp_path / ".dockerignore").write_text(ignore)
+    found = set(files_read(str(tmp_path), ["."]))
+    assert {p for p in found if not os.path.isdir(tmp_path / p)} == {p for p in kept if not os.path.isdir(tmp_path / p)}

@@ -1,6 +1,6 @@
 """Minimal build contexts: only the files a stage's own COPY/ADD read from the context.
 
-`.dockerignore` is applied by the Docker SDK's own `exclude_paths`; this module decides
+`.dockerignore` is applied as Docker applies it (`patterns.Matcher`); this module decides
 which of the remaining paths a stage's sources can match, fingerprints them for
 whole-stage skips, and packs them with the Dockerfile we send (after docker-py, where
 `utils/build.py` packs and `api/build.py` talks to the engine).
@@ -14,13 +14,15 @@ import hashlib
 import io
 import os
 import posixpath
+import stat as stat_module
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from ..engine.sdk import docker
+from .. import patterns
 from ..errors import UserError
+from .file_hashes import FileHashes
 
 _WILDCARDS = set("*?[")
 DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"  # the lowered Dockerfile's name in what we send
@@ -47,10 +49,31 @@ def read_dockerignore(context: str) -> str | None:
 
 
 def dockerignore_patterns(context: str) -> list[str]:
-    """`.dockerignore` lines the way the SDK's own `build(path=...)` reads them."""
-    text = read_dockerignore(context) or ""
-    lines = (line.strip() for line in text.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    """`.dockerignore` patterns, read as docker/cli reads them."""
+    return patterns.read_dockerignore(read_dockerignore(context) or "")
+
+
+def included(root: str, matcher: patterns.Matcher) -> set[str]:
+    """Every path of the context folder (files, folders, links; relative, '/'-separated)
+    that `.dockerignore` leaves in, walked as Docker walks it: an excluded folder is entered
+    only when an exception (`!`) may bring something inside it back."""
+    found: set[str] = set()
+
+    def walk(relative: str) -> None:
+        with os.scandir(os.path.join(root, relative)) as entries:
+            for entry in entries:
+                path = f"{relative}/{entry.name}" if relative else entry.name
+                folder = entry.is_dir(follow_symlinks=False)
+                if matcher.matches(path):
+                    if folder and matcher.may_hold_exception(path):
+                        walk(path)
+                    continue
+                found.add(path)
+                if folder:
+                    walk(path)
+
+    walk("")
+    return found
 
 
 def archive(context: str, dockerfile_text: str, paths: list[str], *, prefix: str = "") -> IO[bytes]:
@@ -147,18 +170,6 @@ def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[s
                 archive.addfile(info)
 
 
-def _ignores_itself(patterns: list[str]) -> bool:
-    """Does `.dockerignore` exclude `.dockerignore`? Docker's rule: the last pattern that
-    matches decides, `!` re-includes; `*` matches dot files (Go's filepath.Match)."""
-    ignored = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        clean = _normalise(pattern.lstrip("!"))
-        if fnmatch.fnmatchcase(".dockerignore", clean) or clean in ("", "**"):
-            ignored = not negated
-    return ignored
-
-
 def _normalise(source: str) -> str:
     path = posixpath.normpath("/" + source).lstrip("/")
     return "" if path == "." else path
@@ -189,12 +200,11 @@ def files_read(context: str, sources: Iterable[str]) -> list[str]:
         wanted = ["."]
     normalised = [_normalise(s) for s in wanted]
     root = os.path.abspath(context)
-    # exclude_paths always keeps the Dockerfile it is given (by default the user's own, even
-    # when .dockerignore drops it, which Docker does not do): name ours, which is never there.
-    patterns = dockerignore_patterns(context)
-    candidates = docker.utils.build.exclude_paths(root, list(patterns), dockerfile=DOCKERFILE_IN_CONTEXT)
-    if ".dockerignore" in candidates and _ignores_itself(patterns):
-        candidates.discard(".dockerignore")  # the SDK's matcher never lets `*` match a dot file
+    try:
+        matcher = patterns.Matcher(dockerignore_patterns(context))
+    except patterns.BadPattern as exc:
+        raise UserError(f"{os.path.join(root, '.dockerignore')}: {exc}; fix that pattern") from None
+    candidates = included(root, matcher)
     if "" in normalised:
         return sorted(candidates)
     chosen: set[str] = set()
@@ -208,19 +218,20 @@ def files_read(context: str, sources: Iterable[str]) -> list[str]:
     return sorted(p for p in chosen if p in candidates or os.path.isdir(os.path.join(root, p)))
 
 
-def fingerprint(context: str, paths: Iterable[str]) -> str:
-    """A digest of the paths' names, types, modes and contents (not their times)."""
+def fingerprint(context: str, paths: Iterable[str], hashes: FileHashes | None = None) -> str:
+    """A digest of the paths' names, types, modes and contents (not their times). `hashes`
+    remembers contents between runs (see `file_hashes`)."""
     digest = hashlib.sha256()
     root = os.path.abspath(context)
+    hashes = hashes if hashes is not None else FileHashes(root)
     for path in paths:
         full = os.path.join(root, path)
         stat = os.lstat(full)
         digest.update(f"{path}\0{stat.st_mode:o}\0".encode())
-        if os.path.islink(full):
+        if stat_module.S_ISLNK(stat.st_mode):
             digest.update(os.readlink(full).encode())
-        elif os.path.isfile(full):
-            with open(full, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+        elif stat_module.S_ISREG(stat.st_mode):
+            digest.update(hashes.sha256(path, stat).encode())
         digest.update(b"\0")
+    hashes.save()
     return digest.hexdigest()

@@ -69,7 +69,7 @@ def inputs_digest(engine: Engine, images: ExternalImages, *, kind: str, name: st
                   paths: list[str]) -> str | None:
     """The digest of a unit's inputs, or None when something cannot be pinned (an image
     that is not on the engine yet: the build will pull it)."""
-    digest = hashlib.sha256(f"compimg-inputs-2\0{kind}\0{name}\0{text}\0".encode())
+    digest = hashlib.sha256(f"compimg-inputs-3\0{kind}\0{name}\0{text}\0".encode())
     for ref in image_refs:
         found = images.inspect(engine, ref)
         if found is None:

@@ -11,6 +11,7 @@ keep the engine's own words, a lost connection says so and what to check.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import threading
@@ -75,19 +76,20 @@ def _version_tuple(text: str) -> tuple[int, ...]:
         return ()
 
 
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.RequestException, urllib3.exceptions.HTTPError, docker.errors.DockerException,
+    ConnectionError,
+)
+
+
 def _ssh_errors() -> tuple[type[BaseException], ...]:
-    """Paramiko's own exceptions, raised mid-request when an ssh:// connection drops."""
+    """Paramiko's own exceptions, raised mid-request when an ssh:// connection drops (asked
+    only for ssh:// engines: importing paramiko costs a command tens of milliseconds)."""
     try:
         import paramiko
     except ImportError:
         return ()
     return (paramiko.SSHException,)
-
-
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    requests.exceptions.RequestException, urllib3.exceptions.HTTPError, docker.errors.DockerException,
-    ConnectionError, *_ssh_errors(),
-)
 
 
 class Engine:
@@ -229,6 +231,10 @@ class Engine:
         return not has_paramiko()
 
     # --- the one seam for errors ----------------------------------------------------------
+    @functools.cached_property
+    def _transport_errors(self) -> tuple[type[BaseException], ...]:
+        return _TRANSPORT_ERRORS + (_ssh_errors() if self.address.startswith("ssh://") else ())
+
     @contextlib.contextmanager
     def errors(self, what: str, *, where: str | None = None, line: int | None = None) -> Iterator[None]:
         """SDK and transport errors raised inside the block, as one EngineError line
@@ -241,7 +247,7 @@ class Engine:
             raise EngineError(f"{what}: no such image ({explanation(exc)})", where=where, line=line) from exc
         except docker.errors.APIError as exc:
             raise EngineError(f"{what}: {explanation(exc)}", where=where, line=line) from exc
-        except _TRANSPORT_ERRORS as exc:
+        except self._transport_errors as exc:
             raise EngineError(f"{what}: lost the Docker engine at {self.address} ({reason(exc)}); "
                               "check that it is running, then retry", where=where, line=line) from exc
 

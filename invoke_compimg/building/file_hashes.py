@@ -1,0 +1,91 @@
+"""The content hashes of a context's files, remembered between runs, as git's index does: a
+file whose path, size, modification and change times and inode are as they were when it was
+hashed is not read again. An unchanged build then stats its files and reads none.
+
+The record lives in the user's cache folder ($XDG_CACHE_HOME/compimg, else ~/.cache/compimg),
+one file per context folder, and may be deleted at any time. It can never make a wrong
+reuse: a file is remembered only if it had not been modified for `SETTLED_SECONDS` when it
+was hashed (git's "racily clean" rule: a change within the file system's timestamp
+granularity of the hashing could otherwise keep the same times), so any write since moves its
+modification time; one that puts the time back (`touch -d`) still moves its change time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+SETTLED_SECONDS = 2.0
+FORMAT = 1
+
+
+def cache_folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "compimg"
+
+
+class FileHashes:
+    """Content hashes of the files of one context folder (see the module's docstring)."""
+
+    def __init__(self, context: str, folder: Path | None = None) -> None:
+        self.root = os.path.abspath(context)
+        name = hashlib.sha256(self.root.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        self.path = (folder or cache_folder()) / f"files-{name}.json"
+        self._known: dict[str, list[object]] | None = None
+        self._changed = False
+        self.read = 0  # files whose content was read this time (for tests and benchmarks)
+
+    def _load(self) -> dict[str, list[object]]:
+        if self._known is None:
+            try:
+                data = json.loads(self.path.read_text())
+                ok = isinstance(data, dict) and data.get("format") == FORMAT and data.get("root") == self.root
+                self._known = dict(data["files"]) if ok else {}
+            except (OSError, ValueError, KeyError, TypeError):
+                self._known = {}
+        return self._known
+
+    def sha256(self, path: str, stat: os.stat_result) -> str:
+        """The hex SHA-256 of the regular file `path` (relative to the context), which `stat`
+        describes (an lstat taken just now)."""
+        key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        known = self._load()
+        entry = known.get(path)
+        if isinstance(entry, list) and entry[:4] == key and isinstance(entry[4], str):
+            return entry[4]
+        digest = hashlib.sha256()
+        with open(os.path.join(self.root, path), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        self.read += 1
+        value = digest.hexdigest()
+        settled = time.time_ns() - int(SETTLED_SECONDS * 1e9)
+        if stat.st_mtime_ns < settled:  # any later write moves the time; ctime in the key catches utime
+            known[path] = [*key, value]
+            self._changed = True
+        elif path in known:
+            del known[path]
+            self._changed = True
+        return value
+
+    def save(self) -> None:
+        """Write what was learnt (atomically); a cache folder we cannot write is no error."""
+        if not self._changed or self._known is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(prefix=self.path.name, dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w") as out:
+                    json.dump({"format": FORMAT, "root": self.root, "files": self._known}, out)
+                os.replace(temporary, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+        self._changed = False
