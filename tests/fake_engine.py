@@ -270,7 +270,7 @@ class _Socket:
         self.path = os.path.join(self.folder, "engine.sock")
         self.server = _Server(self.path, _Handler)
         self.server.owner = self
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="fake-engine")
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True, name="fake-engine")
         self.thread.start()
 
     @property
