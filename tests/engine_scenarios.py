@@ -418,12 +418,16 @@ NEEDS_REGISTRY = {"registry"}
 
 
 @contextlib.contextmanager
-def replayed(name: str, folder: Path, *, all_used: bool = True) -> Iterator[tuple[Seen, Any]]:
+def replayed(name: str, folder: Path, *, all_used: bool = True,
+             arrange: Callable[[Any], None] | None = None) -> Iterator[tuple[Seen, Any]]:
     """Run scenario `name` against its recording: (what it saw, the fake engine). The fake
-    is verified when the block ends: a request the recording lacks fails the test."""
+    is verified when the block ends: a request the recording lacks fails the test.
+    `arrange(fake)` runs first (a fault to inject: `fake.cut(...)`)."""
     from fake_engine import FakeEngine
 
     fake = FakeEngine(name)
+    if arrange is not None:
+        arrange(fake)
     engine = fake.engine()
     try:
         world = World(engine, folder, fake, recording=False)

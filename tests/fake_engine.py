@@ -507,8 +507,8 @@ class FakeEngine(_Socket):
         self.hooks.append(Hook(method, path, after, action, hold_until))
 
     def cut(self, method: str, path: str, after: int) -> None:
-        """The engine is lost: the matching stream breaks off after `after` chunks (the
-        connection closes with no end of stream)."""
+        """The engine is lost during the next matching request: its stream breaks off after
+        `after` chunks (a whole body: before any answer), the connection closed mid-way."""
         self.cuts.append((method, path, after))
 
     def answer_with(self, method: str, path: str, exchange: Exchange) -> None:
@@ -647,8 +647,13 @@ class FakeEngine(_Socket):
 
     def _answer(self, handler: _Handler, request: Request, recorded: Exchange) -> None:
         headers = {k: self._fill(v) for k, v in recorded.headers.items()}
-        cut = next((after for method, pattern, after in self.cuts
-                    if method == request.method and re.search(pattern, request.path)), None)
+        cut = None
+        with self._lock:
+            for index, (method, pattern, after) in enumerate(self.cuts):
+                if method == request.method and re.search(pattern, request.path):
+                    cut = after
+                    del self.cuts[index]  # once
+                    break
         if recorded.raw is not None:
             self._send_head(handler, recorded.status, recorded.reason, headers)
             self._stream(handler, request, recorded, [self._payload(recorded, p) for p in recorded.pieces()],
