@@ -306,6 +306,7 @@ def artifacts(world: World) -> Seen:
     seen.cleaned = host_artifacts.clean(project, world.engine, cleaned)
     seen.clean_out = cleaned.getvalue()
     seen.destination = destination
+    seen.repository = project.repository
     return seen
 
 

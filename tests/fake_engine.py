@@ -282,6 +282,12 @@ class _Socket:
 
         return Engine({"DOCKER_HOST": self.address, **environment})
 
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -656,6 +662,12 @@ class FakeEngine(_Socket):
                     break
         if recorded.raw is not None:
             self._send_head(handler, recorded.status, recorded.reason, headers)
+            # The engine's bytes after a switch come when the code's next call made them (the
+            # container's output after `start`); sent at once they would sit unread in the
+            # buffer that read the head, before the SDK took the socket over.
+            seen = len(self.log)
+            with self._arrived:
+                self._arrived.wait_for(lambda: len(self.log) > seen, timeout=5)
             self._stream(handler, request, recorded, [self._payload(recorded, p) for p in recorded.pieces()],
                          cut, framed=False)
             handler.close_connection = True
