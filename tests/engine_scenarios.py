@@ -404,7 +404,72 @@ def registry(world: World) -> Seen:
     return seen
 
 
+@contextlib.contextmanager
+def terminal(world: World) -> Iterator[tuple[io.TextIOWrapper, io.TextIOWrapper]]:
+    """A process's view for the Invoke glue: DOCKER_HOST names this world's engine, no
+    INVOKE_COMPIMG_* of the caller's, stdin empty, stdout and stderr captured."""
+    stdout, stderr = io.TextIOWrapper(io.BytesIO(), write_through=True), io.TextIOWrapper(io.BytesIO(),
+                                                                                            write_through=True)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_COMPIMG_", "COMPIMG_"))}
+    environment["DOCKER_HOST"] = world.server.address
+    with open(os.devnull) as nothing, contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.dict(os.environ, environment, clear=True))
+        stack.enter_context(mock.patch.object(sys, "stdin", nothing))
+        stack.enter_context(mock.patch.object(sys, "stdout", stdout))
+        stack.enter_context(mock.patch.object(sys, "stderr", stderr))
+        yield stdout, stderr
+
+
+def text_of(stream: io.TextIOWrapper) -> str:
+    stream.flush()
+    return stream.buffer.getvalue().decode()  # type: ignore[attr-defined]
+
+
+def tasks(world: World) -> Seen:
+    """The Invoke glue on an engine: the Python API's operations, a stage's own task, the
+    `compimg` command, each with the engine named by DOCKER_HOST."""
+    from invoke import Config, Context
+
+    import invoke_compimg
+    from invoke_compimg.tasks import cli
+
+    seen = Seen()
+    project = world.project(TWO_STAGES, {"src.txt": "v1\n"})
+    unique = world.unique()
+    folder = project.context
+    c = Context(Config(overrides={"compimg": {"builder": "classic", "progress": "plain"}}))
+    with terminal(world) as (stdout, stderr):
+        seen.ids = invoke_compimg.build(c, tag=[f"run={unique}:run"], base=folder)
+        seen.stage = invoke_compimg.build_stage(c, "build", base=folder)
+        seen.assembled = invoke_compimg.assemble(c, base=folder)
+        seen.names = invoke_compimg.extract_artifact(c, "build:/out/app", dest=str(world.folder / "dest"), base=folder)
+        seen.missing = attempt(lambda: invoke_compimg.extract_artifact(c, "build:/nope", dest=str(world.folder / "x"),
+                                                                        base=folder))[1]
+        ns = invoke_compimg.collection(base=folder)
+        seen.task = ns.collections["stage"].tasks["run"](c)
+        seen.shell = attempt(lambda: invoke_compimg.shell(c, "run", cmd="cat /app; exit 4", base=folder))[1]
+        seen.out, seen.err = text_of(stdout), text_of(stderr)
+    with terminal(world) as (stdout, stderr), mock.patch.object(sys, "argv", ["compimg", "--context", str(folder),
+                                                                             "build", "--progress", "quiet"]):
+        previous = signal.getsignal(signal.SIGINT)
+        seen.cli_exit = None
+        try:
+            cli.main()
+        except SystemExit as exc:
+            seen.cli_exit = exc.code
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        seen.cli_out, seen.cli_err = text_of(stdout), text_of(stderr)
+    with terminal(world) as (stdout, stderr):
+        invoke_compimg.clean(c, base=folder)
+        seen.clean_out = text_of(stdout)
+    seen.dest = world.folder / "dest"
+    seen.project = project
+    return seen
+
+
 SCENARIOS: dict[str, Callable[[World], Seen]] = {
+    "tasks": tasks,
     "run_classic": run_classic,
     "run_buildkit": run_buildkit,
     "classic_errors": classic_errors,
