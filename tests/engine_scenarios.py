@@ -63,7 +63,7 @@ class World:
         folder.mkdir(parents=True, exist_ok=True)
         self.write(folder, {"Dockerfile": dockerfile, **(files or {})})
         project = Project(folder / "Dockerfile", folder)
-        self.volatile(project.slug, "{{project}}" if not self.projects else "{{project:%d}}" % (len(self.projects) + 1))
+        self.volatile(project.slug, "{{project}}" if not self.projects else f"{{{{project:{len(self.projects) + 1}}}}}")
         self.projects.append(project)
         return project
 
@@ -226,13 +226,13 @@ def classic_errors(world: World) -> Seen:
     seen = Seen()
     failing = world.project(FAILING, name="failing")
     builder, out = builder_for(world, failing, "classic")
-    seen.failing = send(builder, "build") + (out.getvalue(),)
+    seen.failing = (*send(builder, "build"), out.getvalue())
     missing = world.project(MISSING_BASE, name="missing")
     builder, out = builder_for(world, missing, "classic")
-    seen.missing = send(builder, "build") + (out.getvalue(),)
+    seen.missing = (*send(builder, "build"), out.getvalue())
     refused = world.project("NAME build\nFROM busybox\nRUN true\n", name="refused")
     builder, out = builder_for(world, refused, "classic")
-    seen.refused = send(builder, "build", text=lambda text: text + "FROBNICATE now\n") + (out.getvalue(),)
+    seen.refused = (*send(builder, "build", text=lambda text: text + "FROBNICATE now\n"), out.getvalue())
     return seen
 
 
@@ -244,18 +244,18 @@ def buildkit_errors(world: World) -> Seen:
     seen = Seen()
     failing = world.project(FAILING, name="failing")
     builder, out = builder_for(world, failing, "buildkit")
-    seen.failing = send(builder, "run") + (out.getvalue(),)
+    seen.failing = (*send(builder, "run"), out.getvalue())
     frontend = world.project(HEALTHCHECK, name="frontend")
     builder, out = builder_for(world, frontend, "buildkit")
-    seen.frontend = send(builder, "build") + (out.getvalue(),)
+    seen.frontend = (*send(builder, "build"), out.getvalue())
     missing = world.project(MISSING_BASE, name="missing")
     builder, out = builder_for(world, missing, "buildkit")
-    seen.missing = send(builder, "build") + (out.getvalue(),)
+    seen.missing = (*send(builder, "build"), out.getvalue())
     refused = world.project("NAME build\nFROM busybox\nRUN true\n", name="refused")
     builder, out = builder_for(world, refused, "buildkit", network="my-network")
     # What compimg refuses itself, let through to the engine, which refuses it for real.
     with mock.patch.object(engine_buildkit, "network_for", lambda engine, requested: requested):
-        seen.refused = send(builder, "build") + (out.getvalue(),)
+        seen.refused = (*send(builder, "build"), out.getvalue())
     return seen
 
 

@@ -163,7 +163,7 @@ class Scrubber:
 
     def _numbered(self, kind: str, value: str) -> str:
         number = self.numbers.setdefault((kind, value), 1 + sum(1 for k, _ in self.numbers if k == kind))
-        return "{{%s:%d}}" % (kind, number)
+        return f"{{{{{kind}:{number}}}}}"
 
     def exchange(self, found: Exchange) -> Exchange:
         def deep(value: Any) -> Any:
@@ -253,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(int(length)) if length else b""
         self.server.owner.serve(self, body)
 
-    do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = _serve  # noqa: N815
+    do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = _serve
 
     def address_string(self) -> str:
         return "unix"

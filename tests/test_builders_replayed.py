@@ -104,8 +104,8 @@ def test_buildkit_a_failing_run_in_a_needed_stage_is_its_line(buildkit: Any) -> 
     seen, fake, folder = buildkit
     text, shown = failure(seen, "failing")
     said = engine_said(fake, "/build")
-    assert text == (f"{folder}/failing/Dockerfile:3: stage 'build' failed at {FAILING_RUN}: "
-                    + said.replace("failed to solve with frontend dockerfile.v0: ", "").replace("failed to solve: ", ""))
+    cause = said.replace("failed to solve with frontend dockerfile.v0: ", "").replace("failed to solve: ", "")
+    assert text == f"{folder}/failing/Dockerfile:3: stage 'build' failed at {FAILING_RUN}: {cause}"
     assert text.endswith("exit code: 3")
     lines = shown.splitlines()
     # BuildKit's `[build 2/2]` is the user's instruction, under its stage (not the target's)

@@ -121,7 +121,7 @@ def test_a_request_the_recording_lacks_fails_loudly() -> None:
             images.inspect(engine, "not-in-the-recording:1")
         assert "fake engine: the recording engine_calls has no GET /v1.41/images/not-in-the-recording:1/json" \
             in str(caught.value)
-        with pytest.raises(AssertionError, match="unexpected request GET /v1.41/images/not-in-the-recording"):
+        with pytest.raises(AssertionError, match=r"unexpected request GET /v1\.41/images/not-in-the-recording"):
             fake.verify(all_used=False)
 
 

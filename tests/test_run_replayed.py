@@ -5,6 +5,7 @@ lacks fails the test."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from invoke_compimg.errors import EngineError, Interrupted
 def steps(seen: Any, fake: FakeEngine) -> list[list[Request]]:
     """The fake's log cut at the scenario's marks: the requests of each step."""
     marks = seen.marks
-    return [fake.log[start:end] for start, end in zip(marks, marks[1:], strict=False)]
+    return [fake.log[start:end] for start, end in itertools.pairwise(marks)]
 
 
 def builds(requests: list[Request]) -> list[Request]:
@@ -66,7 +67,7 @@ def test_a_cold_build_sends_one_request_per_unit_and_tags_the_target(five_runs: 
 
 
 def test_the_steps_are_shown_in_the_users_words(five_runs: Any) -> None:
-    builder, seen, _ = five_runs
+    _builder, seen, _ = five_runs
     lines = seen.step0.out.splitlines()
     assert any(line.endswith("[build 3/3] RUN mkdir -p /out && cp /src.txt /out/app && echo compiled >&2")
                for line in lines), lines
@@ -86,7 +87,7 @@ def test_the_engines_bookkeeping_lines_are_not_shown(five_runs: Any, request: py
 
 
 def test_the_same_build_again_in_this_process_is_remembered(five_runs: Any) -> None:
-    builder, seen, requests = five_runs
+    _builder, seen, requests = five_runs
     assert builds(requests[1]) == []
     assert {r.how for r in seen.step1.rows} == {"memo"}
     assert seen.step1.ids == seen.step0.ids
@@ -96,7 +97,7 @@ def test_the_same_build_again_in_this_process_is_remembered(five_runs: Any) -> N
 
 
 def test_an_unchanged_unit_is_reused_without_a_build_request(five_runs: Any) -> None:
-    builder, seen, requests = five_runs
+    _builder, seen, requests = five_runs
     assert builds(requests[2]) == []
     assert {r.how for r in seen.step2.rows} == {"reused"}
     assert seen.step2.ids == seen.step0.ids
@@ -110,7 +111,7 @@ def test_an_unchanged_unit_is_reused_without_a_build_request(five_runs: Any) -> 
 
 
 def test_an_edit_rebuilds_and_retires_the_superseded_images(five_runs: Any) -> None:
-    builder, seen, requests = five_runs
+    _builder, seen, requests = five_runs
     before, after = seen.step0.ids, seen.step3.ids
     assert len(builds(requests[3])) == 2
     assert before.keys() == after.keys() and not set(before.values()) & set(after.values())
