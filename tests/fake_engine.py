@@ -118,8 +118,8 @@ class Exchange:
         return f"{self.method} {self.path}" + (f"?{query}" if query else "")
 
 
-def load(scenario: str) -> list[Exchange]:
-    path = DATA / f"{scenario}.jsonl"
+def load(scenario: str, data: Path = DATA) -> list[Exchange]:
+    path = data / f"{scenario}.jsonl"
     return [Exchange.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -341,10 +341,10 @@ class RecordingProxy(_Socket):
              hold_until: str | None = None) -> None:
         self.hooks.append(Hook(method, path, after, action, hold_until))
 
-    def save(self, scenario: str, exact: dict[str, str]) -> Path:
+    def save(self, scenario: str, exact: dict[str, str], data: Path = DATA) -> Path:
         scrubber = Scrubber(exact)
-        DATA.mkdir(parents=True, exist_ok=True)
-        path = DATA / f"{scenario}.jsonl"
+        data.mkdir(parents=True, exist_ok=True)
+        path = data / f"{scenario}.jsonl"
         with path.open("w") as out:
             for found in self.exchanges:
                 out.write(json.dumps(scrubber.exchange(found).to_json(), sort_keys=True) + "\n")
@@ -490,9 +490,9 @@ class Mismatch(AssertionError):
 class FakeEngine(_Socket):
     """Answers with the exchanges recorded in tests/data/engine/<scenario>.jsonl."""
 
-    def __init__(self, scenario: str, *, known: dict[str, str] | None = None) -> None:
+    def __init__(self, scenario: str, *, known: dict[str, str] | None = None, data: Path = DATA) -> None:
         self.scenario = scenario
-        self.exchanges = load(scenario)
+        self.exchanges = load(scenario, data)
         self.used = [False] * len(self.exchanges)
         self.known = known if known is not None else known_values()
         self.bound: dict[str, str] = {}
