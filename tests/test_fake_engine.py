@@ -21,14 +21,14 @@ def test_a_placeholder_stands_for_one_value_throughout() -> None:
         with pytest.raises(EngineError, match="fake engine: the recording engine_calls has no"):
             images.tags_in_repository(engine, "compimg-fake-second")  # recorded with the same {{unique}}
         assert images.tags_in_repository(engine, "compimg-fake-first")[0][1] == "compimg-fake-first:one"
-        with pytest.raises(Mismatch, match="unexpected request GET /v1.41/images/json"):
+        with pytest.raises(Mismatch, match=r"unexpected request GET /v1\.41/images/json"):
             fake.verify(all_used=False)
 
 
 def test_a_replay_that_leaves_recorded_requests_unasked_fails() -> None:
     with FakeEngine("engine_calls") as fake, fake.engine() as engine:
         images.image_id_of(engine, "busybox")
-        with pytest.raises(Mismatch, match="recorded but never requested: GET /v1.41/images/compimg-no-such-image"):
+        with pytest.raises(Mismatch, match=r"recorded but never requested: GET /v1\.41/images/compimg-no-such-image"):
             fake.verify()
 
 
