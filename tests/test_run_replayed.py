@@ -62,7 +62,8 @@ def test_a_cold_build_sends_one_request_per_unit_and_tags_the_target(five_runs: 
     assert all(not any(name.endswith("unused.txt") for name in r.sent["tar"]) for r in sent)
     assert (cold.ids["run"], f"{seen.unique}:run") in tags(requests[0])
     assert f"[run] tagged {seen.unique}:run ({cold.ids['run']})" in cold.out.splitlines()
-    assert [(r.stage, r.how, r.builder) for r in cold.rows] == [("build", "built", builder), ("run", "built", builder)]
+    assert [(r.stage, r.outcome, r.builder) for r in cold.rows] == [("build", "built", builder),
+                                                                     ("run", "built", builder)]
     assert all(r.size > 1_000_000 for r in cold.rows)  # as the engine's inspect said
 
 
@@ -89,7 +90,7 @@ def test_the_engines_bookkeeping_lines_are_not_shown(five_runs: Any, request: py
 def test_the_same_build_again_in_this_process_is_remembered(five_runs: Any) -> None:
     _builder, seen, requests = five_runs
     assert builds(requests[1]) == []
-    assert {r.how for r in seen.step1.rows} == {"memo"}
+    assert {r.outcome for r in seen.step1.rows} == {"memo"}
     assert seen.step1.ids == seen.step0.ids
     # It asks only whether the images remembered are still there, and tags again.
     assert {r.method for r in requests[1]} == {"GET", "POST"}
@@ -99,7 +100,7 @@ def test_the_same_build_again_in_this_process_is_remembered(five_runs: Any) -> N
 def test_an_unchanged_unit_is_reused_without_a_build_request(five_runs: Any) -> None:
     _builder, seen, requests = five_runs
     assert builds(requests[2]) == []
-    assert {r.how for r in seen.step2.rows} == {"reused"}
+    assert {r.outcome for r in seen.step2.rows} == {"reused"}
     assert seen.step2.ids == seen.step0.ids
     assert "(inputs unchanged)" in seen.step2.out
     found = [r.path for r in requests[2] if "--I-" in r.path]  # found by its inputs record, one inspect each
@@ -131,7 +132,7 @@ def test_no_cache_builds_again_and_keeps_one_image_per_stage(five_runs: Any) -> 
     else:  # the tagged stage's solve reads the target solve's fresh results, under --no-cache too
         assert [(r.param("target"), r.param("nocache")) for r in sent] == [("run", "1"), ("build", None)]
     assert not any("--I-" in r.path for r in requests[4] if r.method == "GET")  # no reuse looked for
-    assert {r.how for r in seen.step4.rows} == {"built"}
+    assert {r.outcome for r in seen.step4.rows} == {"built"}
     # `build` has the same inputs: its record moves to the new image, and the image it named goes.
     # (With the classic builder `run` reads `build` by image ID: its inputs changed, its old record goes.)
     gone = deleted(requests[4])
