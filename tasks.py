@@ -31,6 +31,22 @@ def test(c: Context, args: str = "") -> None:
     c.run(f"{sys.executable} -m pytest {args}", pty=False)
 
 
+@task(help={"args": "extra pytest arguments, e.g. '-k replayed'"})
+def coverage(c: Context, args: str = "") -> None:
+    """The engine-free suite (the fast layer, on recorded engine answers) with coverage, per module.
+
+    DOCKER_HOST names no engine, so a test that reaches for a real one fails instead of
+    counting. Re-record the answers with `python tests/record_engine.py` (needs the engine)."""
+    import importlib.util
+    import os
+
+    if not importlib.util.find_spec("pytest_cov"):
+        c.run(f"{sys.executable} -m pip install -q --disable-pip-version-check -e '.[test]'")
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    c.run(f"{sys.executable} -m pytest -q -p no:cacheprovider -m 'not engine' --cov=invoke_compimg "
+          f"--cov-report=term {args}", env=env, pty=False)
+
+
 @task
 def lint(c: Context) -> None:
     """ruff and mypy over the package and tests (installs the dev extra when missing)."""
@@ -58,6 +74,6 @@ def protos(c: Context) -> None:
     c.run(f"{sys.executable} -m grpc_tools.protoc -I . --python_out=. --pyi_out=. {files}")
 
 
-ns = Collection(demo, test, lint, bench, protos)
+ns = Collection(demo, test, coverage, lint, bench, protos)
 ns.add_collection(compimg)
 ns.configure({"compimg": {"tags": {"build": "hello-go-build", "run": "hello-go"}}})

@@ -1,0 +1,252 @@
+"""The engine layer and what uses it on the host, without an engine: engine/images.py,
+engine/containers.py, the `Engine`'s error seam, host/artifacts.py (copy_out, clean),
+host/terminal.py (the shell) and building/push.py, replayed from what the real engine
+answered (engine_scenarios: engine_calls, artifacts, shell, registry)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_scenarios import replayed
+from fake_engine import FakeEngine
+
+from invoke_compimg.building import push
+from invoke_compimg.engine import containers, images
+from invoke_compimg.engine.client import Engine, _ssh_failure, _ssh_target, reason
+from invoke_compimg.errors import EngineError, UserError
+from invoke_compimg.procs import owner
+from invoke_compimg.progress import PlainReporter
+
+
+@pytest.fixture(scope="module")
+def calls(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with replayed("engine_calls", tmp_path_factory.mktemp("calls")) as (seen, fake):
+        yield seen, fake
+
+
+def body_of(fake: FakeEngine, method: str, path: str, *, failed: bool = False) -> Any:
+    found = next(e for e in fake.exchanges if e.method == method and e.path.endswith(path)
+                 and (e.status >= 400) == failed)
+    return json.loads(found.body or "null")
+
+
+# --- engine/images.py ----------------------------------------------------------------------
+
+def test_inspecting_images(calls: Any) -> None:
+    seen, fake = calls
+    assert seen.kind.name.startswith("Docker ") and seen.kind.buildkit and seen.kind.api_version == "1.41"
+    assert seen.missing is None  # a 404 is an answer, not an error
+    assert seen.busybox.startswith("sha256:") and seen.size == body_of(fake, "GET", "/images/busybox/json")["Size"]
+    assert seen.history == ()  # no ONBUILD in its history
+    # Every call after the first uses the engine's own API version.
+    assert all(r.path.startswith("/v1.41/") for r in fake.log[1:])
+
+
+def test_naming_and_removing(calls: Any) -> None:
+    seen, fake = calls
+    [(image, ref)] = seen.listed
+    assert image == seen.busybox and ref.endswith(":one")
+    tagged = fake.requests("POST", "/tag$")[0]
+    assert tagged.param("repo") == ref.split(":")[0] and tagged.param("tag") == "one" and tagged.param("force") == "1"
+    assert seen.in_use is False  # 409: still used, left as it is
+    assert len(fake.requests("DELETE", "/images/")) == 3  # the 409, the untag, the untag of a name already gone
+
+
+def test_api_errors_keep_the_engines_words(calls: Any) -> None:
+    seen, fake = calls
+    said = body_of(fake, "POST", "/tag", failed=True)["message"]
+    assert str(seen.tag_missing) == f"tagging {seen.listed[0][1].split(':')[0]}:two: no such image ({said})"
+    said = body_of(fake, "POST", "/images/create", failed=True)["message"]
+    assert str(seen.pull_missing) == f"pulling compimg-no-such-image:1: {said}"
+
+
+def test_cache_sources_the_engine_cannot_pull_are_left_out_once(calls: Any) -> None:
+    seen, fake = calls
+    assert seen.cache == ("busybox",) and seen.cache_again == ()
+    assert seen.lines[0] == "pulling cache source compimg-no-such-cache:1"
+    assert seen.lines[1].startswith("cache source compimg-no-such-cache:1 not used: pulling compimg-no-such-cache:1: ")
+    assert len(seen.lines) == 2  # asked once per Engine
+    assert len(fake.requests("POST", "/images/create")) == 2  # the failed pull above, and this one
+
+
+def test_buildkit_network_asked_once(calls: Any) -> None:
+    seen, fake = calls
+    assert seen.network == seen.network_again == "none"  # this engine has no bridge network
+    assert len(fake.requests("GET", "/networks$")) == 1
+
+
+# --- engine/containers.py --------------------------------------------------------------------
+
+def test_a_container_to_copy_from_is_never_started_and_always_removed(calls: Any) -> None:
+    seen, fake = calls
+    [created] = fake.requests("POST", "/containers/create$")
+    body = created.sent["json"]
+    assert body["Cmd"] == containers.NEVER_RUN and body["Entrypoint"] == [] and body["NetworkDisabled"] is True
+    assert body["Labels"] == {containers.LABEL_TEMPORARY: owner(), containers.LABEL_PROJECT: body["Labels"][
+        containers.LABEL_PROJECT]}
+    assert created.param("name").startswith("compimg-tmp-")
+    assert not fake.requests("POST", "/start$")
+    removed = [r.path for r in fake.requests("DELETE", "/containers/")]
+    assert removed[-1].endswith(seen.container)  # after the archives, even the one that failed
+    assert str(seen.no_path) == "no /no/such/path" and seen.etc == ["hostname"]
+
+
+# --- the Engine's error seam --------------------------------------------------------------------
+
+def test_a_connection_lost_mid_request_is_one_line(tmp_path: Path) -> None:
+    with FakeEngine("engine_calls") as fake, fake.engine() as engine:
+        fake.cut("GET", "/images/busybox/json$", after=0)
+        with pytest.raises(EngineError) as caught:
+            images.inspect(engine, "busybox")
+        fake.verify(all_used=False)
+    assert str(caught.value) == (f"inspecting busybox: lost the Docker engine at {fake.address} "
+                                 "(connection aborted); check that it is running, then retry")
+
+
+def test_an_engine_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    address = f"unix://{tmp_path}/no-engine.sock"
+    with pytest.raises(EngineError) as caught:
+        Engine({"DOCKER_HOST": address}).api  # noqa: B018
+    assert str(caught.value) == (f"cannot reach the Docker engine at {address} (no such file or directory); "
+                                 "start Docker, or set DOCKER_HOST to the engine to use")
+
+
+def test_a_request_the_recording_lacks_fails_loudly() -> None:
+    with FakeEngine("engine_calls") as fake, fake.engine() as engine:
+        with pytest.raises(EngineError) as caught:
+            images.inspect(engine, "not-in-the-recording:1")
+        assert "fake engine: the recording engine_calls has no GET /v1.41/images/not-in-the-recording:1/json" \
+            in str(caught.value)
+        with pytest.raises(AssertionError, match=r"unexpected request GET /v1\.41/images/not-in-the-recording"):
+            fake.verify(all_used=False)
+
+
+def test_ssh_words() -> None:
+    assert _ssh_target("ssh://me@host:2222") == "-p 2222 me@host" and _ssh_target("ssh://host") == "host"
+    assert reason(OSError("[Errno 111] Connection refused")) == "connection refused"
+    said = _ssh_failure("ssh://me@host", "ssh://me@host", ConnectionRefusedError("refused"))
+    assert said.startswith("cannot reach the Docker engine at ssh://me@host through ssh (nothing answers ssh there")
+
+
+# --- host/artifacts.py --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def copied(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with replayed("artifacts", tmp_path_factory.mktemp("artifacts")) as (seen, fake):
+        yield seen, fake
+
+
+def test_copy_out_writes_the_files_of_the_image(copied: Any) -> None:
+    seen, _ = copied
+    tree = seen.destination / "tree" / "out"
+    assert (tree / "a.txt").read_text() == "alpha\n" and (tree / "sub" / "b.txt").read_text() == "beta\n"
+    assert os.readlink(tree / "link") == "a.txt"
+    assert seen.tree.names == ["out"] and seen.tree.files == 5
+    assert (seen.destination / "file" / "a.txt").read_text() == "alpha\n" and seen.file.names == ["a.txt"]
+    assert seen.out.splitlines() == [f"copying build:/out into {seen.destination / 'tree'}",
+                                     f"copying build:/out/a.txt into {seen.destination / 'file'}"]
+
+
+def test_copy_out_of_a_missing_path_says_how_to_look(copied: Any) -> None:
+    seen, _ = copied
+    error = seen.missing[1]
+    assert isinstance(error, UserError)
+    dockerfile = seen.destination.parent / "app" / "Dockerfile"
+    assert str(error) == f"{dockerfile}:1: '/nope' does not exist in stage 'build'; check the path with `shell build`"
+    assert not (seen.destination / "none").exists()
+
+
+def test_copy_out_reaps_a_killed_runs_leftover_and_removes_its_own(copied: Any) -> None:
+    seen, fake = copied
+    removed = [r.path.rsplit("/", 1)[1] for r in fake.requests("DELETE", "/containers/")]
+    created = [r for r in fake.requests("POST", "/containers/create$") if r.param("name")]
+    assert removed[0] == seen.leftover  # its owner is gone
+    assert len(created) == 3 and len(removed) == 4 and not fake.requests("POST", "/start$")
+
+
+def test_clean_removes_the_projects_names_only(copied: Any) -> None:
+    seen, fake = copied
+    untagged = [r.path.split("/images/", 1)[1] for r in fake.requests("DELETE", "/images/")]
+    # Its two names (the stage's and the inputs record), both in the project's repository.
+    assert len(untagged) == 2 and all(t.startswith(seen.repository + ":build") for t in untagged)
+    assert seen.cleaned == (0, 1)
+    assert seen.clean_out == f"removed 0 container(s) and 1 image(s) of {seen.repository}\n"
+
+
+# --- host/terminal.py ---------------------------------------------------------------------------
+
+def test_the_shell_passes_both_streams_and_the_exit_status(tmp_path: Path) -> None:
+    with replayed("shell", tmp_path) as (seen, fake):
+        pass
+    assert seen.status == 3 and seen.stdout == b"to-out\n" and seen.stderr == b"to-err\n"
+    [created] = fake.requests("POST", "/containers/create$")
+    body = created.sent["json"]
+    assert body["Cmd"] == ["sh", "-c", "echo to-out; echo to-err >&2; exit 3"]
+    assert body["OpenStdin"] is True and body["Tty"] is False  # not a terminal: streams kept apart
+    order = [r.path.rsplit("/", 1)[-1] for r in fake.log[2:]]
+    assert order[1:] == ["attach", "start", "wait", order[-1]] and fake.log[-1].method == "DELETE"
+
+
+# --- building/push.py ----------------------------------------------------------------------------
+
+def test_push_publishes_the_built_image_with_its_digest(tmp_path: Path) -> None:
+    with replayed("registry", tmp_path) as (seen, fake):
+        pass
+    [(ref, digest)] = seen.pushed
+    assert ref.endswith("/app:1") and digest.startswith("sha256:")
+    lines = seen.push_out.splitlines()
+    assert lines[0] == f"[build] pushing {ref}" and lines[-1] == f"[build] pushed {ref}@{digest}"
+    assert len(lines) > 2  # layers=True: the registry's progress lines too
+    pushes = fake.requests("POST", "/push$")  # the scenario's base image, then the build's tag
+    assert [(r.path, r.param("tag")) for r in pushes] == [(f"/v1.41/images/{ref.rsplit('/', 1)[0]}/base/push", "1"),
+                                                          (f"/v1.41/images/{ref[:-2]}/push", "1")]
+
+
+def test_push_refuses_a_tag_another_build_moved(tmp_path: Path) -> None:
+    out = []
+    with FakeEngine("registry") as fake, fake.engine() as engine:
+        # Named in the recorded answer; no request of this test names them.
+        fake.bound.update({"project": "app-00000000", "inputs:1": "b" + "0" * 39})
+        ref = fake_registry_ref(fake)
+        with pytest.raises(UserError) as caught:
+            push.push(engine, [("build", ref, "sha256:" + "1" * 64)], PlainReporter(_Lines(out), _Lines(out)),
+                      layers=False)
+        fake.verify(all_used=False)
+    assert str(caught.value) == (f"--push: {ref} no longer names the image this run built for stage 'build' "
+                                 "(another build moved it); run the build again")
+    assert not fake.requests("POST", "/push$") and out == []
+
+
+def fake_registry_ref(fake: FakeEngine) -> str:
+    """The pushed ref of the recording, spelt with a registry and a name of this test."""
+    template = next(e.path for e in fake.exchanges if e.method == "GET" and e.path.endswith("/app:1/json"))
+    return template.split("/images/", 1)[1][: -len("/json")].replace("{{registry}}", "127.0.0.1:5999").replace(
+        "{{unique}}", "compimg-fake-test")
+
+
+class _Lines:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_push_plan_pushes_only_what_this_run_built() -> None:
+    tags = {"run": ("app:1",), "build": ("app-build:1",), "other": ("other:1",)}
+    skipped: list[str] = []
+    chosen = push.plan(tags, {"run": "sha256:r", "build": "sha256:b"}, "run", False, skipped.append)
+    assert chosen == [("run", "app:1", "sha256:r")]
+    assert any("not pushing other:1: stage 'other' is not part of this build" in s for s in skipped)
+    assert any("not pushing app-build:1 (stage 'build'): only the target's tags" in s for s in skipped)
+    everything = push.plan(tags, {"run": "sha256:r", "build": "sha256:b"}, "run", True, skipped.append)
+    assert ("build", "app-build:1", "sha256:b") in everything
+    with pytest.raises(UserError, match="is not part of this build of 'run', so the tag may name an old image"):
+        push.plan(tags, {"run": "sha256:r"}, "run", False)
