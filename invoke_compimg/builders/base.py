@@ -50,7 +50,6 @@ class Plan:
     paths: list[str]  # context paths sent
     images: tuple[str, ...]  # external images read
     stage_ids: Mapping[str, str] = field(default_factory=dict)  # classic: the image IDs of the stages it reads
-    context_prefix: str = ""  # the folder the context's files go under (BuildKit's tar)
 
 
 @dataclass(frozen=True)

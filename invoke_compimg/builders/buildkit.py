@@ -19,7 +19,7 @@ from ..building.specs import OutputSpec
 from ..dockerfile.lowering import CONTEXT_PREFIX, extraction, multi_stage
 from ..dockerfile.model import Instruction, Stage, classic_only
 from ..engine import buildkit as engine_buildkit
-from ..errors import BuildRejected, EngineError, Interrupted
+from ..errors import BuildRejected, EngineError, Interrupted, UserError
 from .base import Builder, Plan, Sent, Unit, step_failed
 from .solve_view import SolveView, plain_paths, reason
 
@@ -41,7 +41,24 @@ class BuildKitBuilder(Builder):
 
     @property
     def with_session(self) -> bool:
-        return self.engine.kind.grpc
+        """Do this engine's solves run with a session? Asked when a build is first sent (it
+        connects to BuildKit's gRPC API, which imports grpc): an engine that lacks it, or a
+        proxy in front of the engine that does not pass it on, gets solves without one, with
+        one line saying why."""
+        def works() -> bool:
+            if not self.engine.kind.grpc:
+                why = f"{self.engine.kind.name} has no BuildKit gRPC API (Docker 18.09 and later have)"
+            else:
+                try:
+                    self.engine.control()
+                    return True
+                except EngineError as exc:
+                    why = str(exc)
+            self.reporter.warning(f"building without a BuildKit session: {why}; context files are sent as a tar, "
+                                  "and secrets, ssh mounts and --output are not available")
+            return False
+
+        return bool(self.engine.remember("buildkit session", works))
 
     def units(self, needed: Sequence[Stage], targets: Sequence[str]) -> list[Unit]:
         # A stage with a tag needs an image of its own: a solve of its own, after the target's,
@@ -64,7 +81,7 @@ class BuildKitBuilder(Builder):
         for mount in getattr(instruction, "mounts", ()):
             if mount.type not in ("secret", "ssh"):
                 continue
-            if not self.with_session:
+            if not self.engine.kind.grpc:
                 return (f"RUN --mount=type={mount.type} needs a BuildKit session, which {self.engine.kind.name} "
                         "does not serve (Docker 18.09 or later does)")
             wanted = mount.option("id") or ("default" if mount.type == "ssh" else mount.option("target") or "")
@@ -83,24 +100,26 @@ class BuildKitBuilder(Builder):
         return args
 
     def plan(self, unit: Unit, known: Mapping[str, str]) -> Plan:
-        prefix = ""
-        if not self.with_session and not any(self.external_triggers(s) for s in unit.stages):
-            # A tar context gets no .dockerignore from BuildKit: the context's files go under a
-            # folder of their own so that our Dockerfile is not part of `COPY . .` (the ONBUILD
-            # triggers of an external base image read the context as the user laid it out).
-            prefix = CONTEXT_PREFIX
-        lowered = multi_stage(self.graph, unit.stages, context_prefix=prefix)
-        return Plan(lowered.text, lowered, self.context_paths(unit), self.images_read(unit), context_prefix=prefix)
+        lowered = multi_stage(self.graph, unit.stages)
+        return Plan(lowered.text, lowered, self.context_paths(unit), self.images_read(unit))
 
     @property
     def exports(self) -> bool:
         return self.with_session
 
     def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None) -> Sent:
-        if self.with_session:
-            return self._solve_with_session(unit, plan, args, output)
-        assert output is None, "no export without a session"
-        return self._solve_with_tar(unit, plan, args)
+        for attempt in (1, 2):
+            try:
+                if self.with_session:
+                    return self._solve_with_session(unit, plan, args, output)
+                assert output is None, "no export without a session"
+                return self._solve_with_tar(unit, plan, args)
+            except LostInput as lost:
+                if attempt == 2:
+                    raise lost.error from None
+                self.reporter.warning(f"[{unit.name}] BuildKit lost this build's context or session "
+                                      f"({lost.text}); sending it again, once")
+        raise AssertionError("unreachable")
 
     def extract(self, image_ref: str, path: str, dest: str) -> list[str] | None:
         """A local export of one path: `FROM scratch`, `COPY --from=IMAGE PATH /NAME`, solved
@@ -153,6 +172,8 @@ class BuildKitBuilder(Builder):
                     on_status=view.feed, cancel=cancel)
         except SolveFailed as exc:
             view.finish()
+            if any(marker in exc.details for marker in LOST_INPUT):
+                raise LostInput(exc.details, view.failure(exc.details, self.where, target.line)) from exc
             raise view.failure(exc.details, self.where, target.line) from exc
         except EngineError as exc:
             view.finish()
@@ -171,13 +192,26 @@ class BuildKitBuilder(Builder):
     # --- through POST /build?version=2, with a tar of the context -----------------------------
     def _solve_with_tar(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
         target = unit.stage
-        view = SolveView(target.name, plan.lowered, self.reporter)
+        for stage in unit.stages:
+            for mount in stage.mounts:
+                if mount.type in ("secret", "ssh"):
+                    line = next(i.line for i in stage.instructions if mount in getattr(i, "mounts", ()))
+                    raise UserError(f"RUN --mount=type={mount.type} needs a BuildKit session, and this build has none "
+                                    "(see the line above)", where=self.where, line=line)
+        prefix = ""
+        if not any(self.external_triggers(s) for s in unit.stages):
+            # A tar context gets no .dockerignore from BuildKit: the context's files go under a
+            # folder of their own so that our Dockerfile is not part of `COPY . .` (the ONBUILD
+            # triggers of an external base image read the context as the user laid it out).
+            prefix = CONTEXT_PREFIX
+        lowered = multi_stage(self.graph, unit.stages, context_prefix=prefix)
+        view = SolveView(target.name, lowered, self.reporter)
         build_id = f"compimg-{uuid.uuid4().hex}"
         # A solve after another of this run (`unit.needs`) reads that one's fresh results
         # from the cache even under --no-cache: they were made now, and it must be the same image.
         no_cache = self.settings.no_cache and not unit.needs
         with self.reading_context(target):
-            archive = context.archive(str(self.project.context), plan.text, plan.paths, prefix=plan.context_prefix)
+            archive = context.archive(str(self.project.context), lowered.text, plan.paths, prefix=prefix)
         with self._lock:
             self._running.add(build_id)
         try:
@@ -197,7 +231,10 @@ class BuildKitBuilder(Builder):
             archive.close()
             view.finish()
         if result.image_id is None:
-            raise view.failure(result.error, self.where, target.line)
+            failure = view.failure(result.error, self.where, target.line)
+            if any(marker in (result.error or "") for marker in LOST_INPUT):
+                raise LostInput(result.error or "", failure)
+            raise failure
         return Sent(result.image_id, view.progress.stage_seconds())
 
     def cancel(self) -> str:
@@ -209,6 +246,20 @@ class BuildKitBuilder(Builder):
             with contextlib.suppress(Exception):  # the connection closing cancels it too
                 engine_buildkit.cancel(self.engine, build_id)
         return super().cancel()
+
+
+# What BuildKit says when something else on the engine (`docker builder prune`, another
+# client's cleanup) took away what this build had sent it: worth sending again, once.
+LOST_INPUT = ("failed to read downloaded context", "context not found", "no active session", "session not found")
+
+
+class LostInput(Exception):
+    """The solve failed because BuildKit lost its input; `error` is the line if it happens twice."""
+
+    def __init__(self, text: str, error: EngineError) -> None:
+        super().__init__(text)
+        self.text = " ".join(text.split())[:160]
+        self.error = error
 
 
 def shared_key(folder: str, unit: str) -> str:
