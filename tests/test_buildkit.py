@@ -199,7 +199,7 @@ def test_each_stage_a_task_needs_gets_its_own_solve(make_project: Any, monkeypat
     from invoke import Config, Context, Executor
 
     import invoke_compimg
-    from invoke_compimg.tasks import plugin
+    from invoke_compimg.tasks.binding import forget_projects
 
     project = make_project(CHAIN)
     monkeypatch.setenv("INVOKE_COMPIMG_NO_CACHE", "true")  # every task really builds
@@ -209,7 +209,7 @@ def test_each_stage_a_task_needs_gets_its_own_solve(make_project: Any, monkeypat
     assert [t.name for t in stages["c"].pre] == ["b"] and [t.name for t in stages["b"].pre] == ["a"]
 
     def fresh() -> None:  # each task as its own invocation would see it: no in-process memo
-        plugin._projects.clear()
+        forget_projects()
         spy.reset()
 
     fresh()
@@ -596,9 +596,9 @@ def test_bind_mount_from_a_stage_is_a_dependency(make_project: Any, api: Any, sp
         {"from": "tool", "type": "bind", "target": "/m"}]
     listed = run([*INVOKE, "--help", "compimg.stage.final"], project.context)
     assert listed.returncode == 0
-    from invoke_compimg.tasks import plugin
+    import invoke_compimg
 
-    assert [t.name for t in plugin.make_collection(project).collections["stage"]["final"].pre] == ["tool"]
+    assert [t.name for t in invoke_compimg.make_collection(project).collections["stage"]["final"].pre] == ["tool"]
     ids, _, _ = build(project)
     assert run_image(api, ids["final"], ["cat", "/got"]) == (0, "t1\nin\n")
     # minimal contexts: the bind-mounted folder is an input, other files are not

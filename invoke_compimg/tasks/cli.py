@@ -24,9 +24,6 @@ from .exits import as_exit
 
 # Invoke's options that mean nothing for image builds are accepted but not shown.
 _SHOWN = ("help", "version", "list", "file", "context", "dry", "debug")
-# Bool flags of our tasks: the word after them is not their value.
-_BOOL_FLAGS = {"no-cache", "push", "push-all", "pull", "lowered", "list", "help", "debug", "dry",
-               "version", "l", "h", "d", "V"}
 
 
 class CompimgConfig(Config):  # type: ignore[misc]
@@ -115,9 +112,20 @@ def split_context(argv: list[str]) -> tuple[list[str], str | None]:
     last, before = argv[-1], argv[-2]
     if last.startswith("-") or not os.path.isdir(last):
         return argv, None
-    if before.startswith("-") and "=" not in before and before.lstrip("-") not in _BOOL_FLAGS:
+    if before.startswith("-") and "=" not in before and before.lstrip("-") not in switches():
         return argv, None  # it is that option's value (`--dest out`)
     return argv[:-1], last
+
+
+def switches() -> set[str]:
+    """The flags that take no value, so the word after one is not its value: our tasks'
+    (from their signatures) and Invoke's core ones (`--list` and `--help` take a value only
+    when one is given with `=`)."""
+    from .operation import OPERATIONS
+    from .plugin import collection  # noqa: F401  (registers the operations)
+
+    core = {name for arg in program.core_args() if not arg.takes_value or arg.optional for name in arg.names}
+    return core | {flag for op in OPERATIONS.values() for flag in op.switches()}
 
 
 def _interrupted(signum: int, frame: Any) -> None:
