@@ -394,3 +394,51 @@ def test_a_quiet_build_prints_the_id_as_a_task_and_nothing_through_the_api(make_
     assert task.returncode == 0 and re.fullmatch(r"sha256:[0-9a-f]{64}\n", task.stdout), task.stdout + task.stderr
     api = run_invoke(["api"], project.context, quiet)
     assert api.returncode == 0 and api.stdout == "API-IDS 1\n", api.stdout + api.stderr
+
+
+# --- 6. what a new user typed ---------------------------------------------------------------
+
+def test_file_and_context_after_the_task_are_honoured(tmp_path: Path) -> None:
+    """`compimg build -f ci.Dockerfile` built ./Dockerfile and exited 0."""
+    project = example(tmp_path / "app")
+    (project / "ci").mkdir()  # -f: the context is its folder, which has no invoke.yaml
+    (project / "ci/ci.Dockerfile").write_text("NAME ci\nFROM busybox\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "Dockerfile").write_text("NAME elsewhere\nFROM busybox\n")
+    cases = [
+        (["build", "-f", "ci/ci.Dockerfile"], f"would build ci (ci) from {project}/ci/ci.Dockerfile"),
+        (["build", "--file=ci/ci.Dockerfile", "-t", "x"],
+         f"would build ci (ci) from {project}/ci/ci.Dockerfile; tag ci as x"),
+        (["build", "--context", str(other)], f"would build elsewhere (elsewhere) from {other}/Dockerfile"),
+        (["parse", "--format", "json", "-f", "ci/ci.Dockerfile"], '"final": "ci"'),
+    ]
+    for args, expected in cases:
+        result = compimg(["--dry", *args], project, NO_ENGINE)
+        assert result.returncode == 0 and expected in result.stdout, (args, result.stdout, result.stderr)
+
+
+def test_the_context_goes_anywhere_among_the_flags(tmp_path: Path) -> None:
+    """`compimg build . -t x` said "No idea what '.' is!"."""
+    project = example(tmp_path / "app")
+    expected = f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build; tag run as x"
+    for args, cwd in ((["build", ".", "-t", "x"], project), (["build", "app", "-t", "x"], tmp_path),
+                      (["build", "-t", "x", "app"], tmp_path), (["build", "--no-cache", "app", "-t", "x"], tmp_path)):
+        result = compimg(["--dry", *args], cwd, NO_ENGINE)
+        assert result.returncode == 0 and result.stdout.startswith(expected), (args, result.stdout, result.stderr)
+    # A task's positional argument is never taken for the context, even when a folder has its name.
+    (project / "build").mkdir()
+    staged = compimg(["--dry", "build-stage", "build", "."], project, NO_ENGINE)
+    assert staged.stdout.startswith(f"would build build (build) from {project}/Dockerfile"), staged.stderr
+    (project / "src").mkdir(exist_ok=True)
+    two = one_line(compimg(["build", ".", "src"], project, NO_ENGINE))
+    assert two == "two build contexts given, '.' and 'src'; give one"
+
+
+def test_help_never_needs_a_dockerfile(tmp_path: Path) -> None:
+    for args in (["--help"], ["--help", "build"], ["build", "--help"]):
+        helped = compimg(args, tmp_path, NO_ENGINE)
+        assert helped.returncode == 0 and helped.stderr == "", (args, helped.stderr)
+        assert "build" in helped.stdout
+    listed = compimg(["--list"], tmp_path, NO_ENGINE)  # listing says why there are no stage tasks
+    assert listed.returncode == 0 and "Dockerfile: no such file" in listed.stderr
