@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 # the user's other tasks quick.
 
 PROGRESS_HELP = "auto (default), plain, tty or quiet"
+QUIET_HELP = "print only errors and the image ID: --progress quiet (docker build -q)"
+BUILD_ARG_HELP = "KEY=VALUE, or KEY to take it from the environment; repeatable"
 
 
 def project(dockerfile: str | Path = "Dockerfile", context: str | Path = ".", *,
@@ -55,6 +57,8 @@ def build_run(p: Project, settings: Settings) -> Iterator[tuple[BuildRun, Report
 
     reporter = make_reporter(settings.progress)
     try:
+        for warning in settings.warnings:
+            reporter.warning(warning)
         yield BuildRun(p, settings, reporter), reporter
     finally:
         reporter.close()
@@ -65,6 +69,12 @@ def _positional(value: str, what: str, task: str, bound: Binding) -> None:
     if value.startswith("-"):
         raise UserError(f"{task} needs {what} first, got '{value}'; for help on it run "
                         f"`{bound.help_command(task)}`")
+
+
+def _progress(progress: str | None, quiet: bool) -> str | None:
+    if quiet and progress not in (None, "quiet"):
+        raise UserError(f"--quiet and --progress {progress} say two things; give one")
+    return "quiet" if quiet else progress
 
 
 def _dry(c: Context) -> bool:
@@ -104,7 +114,7 @@ def parse(c: Context, bound: Binding, format: str = "text", stage: str | None = 
 @operation("build", repeatable=("tag", "build_arg", "cache_from"), help={
     "target": "stage to build (default: the final stage); only what it needs is built",
     "tag": "REF for the target, or STAGE=REF (the seed's --tag=STAGE=REF); repeatable",
-    "build-arg": "KEY=VALUE, or KEY to take it from the environment; repeatable",
+    "build-arg": BUILD_ARG_HELP,
     "no-cache": "rebuild everything: no engine cache, no reuse of unchanged stages",
     "push": "push the target's tags afterwards",
     "push-all": "with --push, push the tags of the other stages built too",
@@ -114,19 +124,20 @@ def parse(c: Context, bound: Binding, format: str = "text", stage: str | None = 
     "pull": "pull external base images even when they are present",
     "cache-from": "REF of an image to use as a cache source; repeatable",
     "cache-to": "'inline': embed cache metadata in the built images (for --cache-from)",
-    "network": "network of RUN steps: default, none or host (BuildKit); any network (classic)"})
+    "network": "network of RUN steps: default, none or host (BuildKit); any network (classic)",
+    "quiet": QUIET_HELP})
 def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] | None = None,
           build_arg: list[str] | None = None, no_cache: bool = False, push: bool = False,
           jobs: int | None = None, builder: str | None = None, progress: str | None = None,
           pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
-          push_all: bool = False, network: str | None = None) -> dict[str, str]:
+          push_all: bool = False, network: str | None = None, quiet: bool = False) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
     p = bound.project
     target = target or configured(c.config.get(bound.key), "target", bound.env_prefix(c))
     goal = p.stage(target, flag="--target").name if target else p.graph.final.name
     # A bool flag that is not given (False) leaves the decision to config.
     settings = bound.settings(c, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
-                              push=push or None, jobs=jobs, builder=builder, progress=progress,
+                              push=push or None, jobs=jobs, builder=builder, progress=_progress(progress, quiet),
                               pull=pull or None, cache_from=strings(cache_from), cache_to=cache_to,
                               network=network)
     _check_tags(p, settings, goal, strings(tag), "build --target")
@@ -151,8 +162,11 @@ def _run_build(c: Context, bound: Binding, settings: Settings, goal: str, *,
     needed = [s.name for s in p.graph.needs(goal)]
     if _dry(c):
         tags = {s: r for s, r in settings.tags.items() if s in needed}
+        for warning in settings.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"would build {goal} ({', '.join(needed)}) from {p.dockerfile}"
               + "".join(f"; tag {s} as {', '.join(r)}" for s, r in tags.items())
+              + "".join(f"; build arg {k}={v}" for k, v in settings.build_args.items())
               + ("; no cache" if settings.no_cache else "") + ("; push" if settings.push else ""))
         return {}
     from ..building import push as pushing
@@ -174,26 +188,26 @@ def _run_build(c: Context, bound: Binding, settings: Settings, goal: str, *,
 
 @operation("build-stage", repeatable=("tag", "build_arg"), help={
     "stage": "the stage to build", "tag": "REF to tag the stage with; repeatable",
-    "build-arg": "KEY=VALUE build argument; repeatable",
-    "no-cache": "do not use the engine's cache", "progress": PROGRESS_HELP})
+    "build-arg": BUILD_ARG_HELP, "no-cache": "do not use the engine's cache", "progress": PROGRESS_HELP,
+    "quiet": QUIET_HELP})
 def build_stage(c: Context, bound: Binding, stage: str, tag: list[str] | None = None,
                 build_arg: list[str] | None = None, no_cache: bool = False,
-                progress: str | None = None) -> dict[str, str]:
+                progress: str | None = None, quiet: bool = False) -> dict[str, str]:
     """Build one stage and only the stages it needs (for debugging)."""
     p = bound.project
     _positional(stage, "a STAGE", "build-stage", bound)
     goal = p.stage(stage).name
     settings = bound.settings(c, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
-                              progress=progress, push=False)
+                              progress=_progress(progress, quiet), push=False)
     _check_tags(p, settings, goal, strings(tag), "build-stage")
     return _run_build(c, bound, settings, goal)
 
 
-@operation("assemble", repeatable=("tag",), help={
+@operation("assemble", repeatable=("tag", "build_arg"), help={
     "stage": "stage to assemble (default: the final stage)", "tag": "REF to tag it with",
-    "progress": PROGRESS_HELP})
+    "progress": PROGRESS_HELP, "build-arg": BUILD_ARG_HELP, "quiet": QUIET_HELP})
 def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str] | None = None,
-             progress: str | None = None) -> str:
+             progress: str | None = None, build_arg: list[str] | None = None, quiet: bool = False) -> str:
     """Build the final (or named) stage from its prerequisites' existing images."""
     p = bound.project
     goal = p.stage(stage, flag="--stage").name if stage else p.graph.final.name
@@ -202,7 +216,7 @@ def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str
     if outside:
         raise UserError(f"--tag {outside[0]}: assemble builds only '{goal}'; write --tag REF, "
                         f"or `{bound.task('assemble')} --stage {outside[0].partition('=')[0]}`")
-    settings = bound.settings(c, target=goal, tags=tags, progress=progress)
+    settings = bound.settings(c, target=goal, tags=tags, build_args=build_arg, progress=_progress(progress, quiet))
     if _dry(c):
         print(f"would assemble {goal} from the images of {', '.join(p.graph.stage(goal).depends_on) or 'no stage'}"
               + (f"; tag it as {', '.join(settings.tags[goal])}" if settings.tags.get(goal) else ""))
@@ -215,11 +229,12 @@ def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str
         return result.image_id
 
 
-@operation("extract-artifact", help={
+@operation("extract-artifact", repeatable=("build_arg",), help={
     "artifact": "STAGE:/PATH to copy out (a file or a directory)",
-    "dest": "folder to copy into (default: current folder)", "progress": PROGRESS_HELP})
-def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".",
-                     progress: str | None = None) -> list[str]:
+    "dest": "folder to copy into (default: current folder)", "progress": PROGRESS_HELP,
+    "build-arg": BUILD_ARG_HELP, "quiet": QUIET_HELP})
+def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".", progress: str | None = None,
+                     build_arg: list[str] | None = None, quiet: bool = False) -> list[str]:
     """Copy STAGE:/PATH out of a stage's image onto the host (like `docker cp`)."""
     p = bound.project
     _positional(artifact, "STAGE:/PATH", "extract-artifact", bound)
@@ -227,7 +242,7 @@ def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".",
     if not colon or not path.startswith("/"):
         raise UserError(f"'{artifact}': write STAGE:/ABSOLUTE/PATH, e.g. build:/go/bin/app")
     goal = p.stage(stage_name, flag="extract-artifact").name
-    settings = bound.settings(c, target=goal, progress=progress)
+    settings = bound.settings(c, target=goal, build_args=build_arg, progress=_progress(progress, quiet))
     if _dry(c):
         print(f"would build {goal} and copy {path} into {dest}")
         return []
@@ -243,16 +258,18 @@ def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".",
     return result.names
 
 
-@operation("shell", help={
+@operation("shell", repeatable=("build_arg",), help={
     "stage": "stage whose image to open",
     "cmd": "command to run instead of `sh` (shell syntax runs through sh -c)",
-    "progress": "auto, plain, tty or quiet (the build before the shell)"})
-def shell(c: Context, bound: Binding, stage: str, cmd: str = "sh", progress: str | None = None) -> None:
+    "progress": "auto, plain, tty or quiet (the build before the shell)",
+    "build-arg": BUILD_ARG_HELP, "quiet": "--progress quiet for the build before the shell"})
+def shell(c: Context, bound: Binding, stage: str, cmd: str = "sh", progress: str | None = None,
+          build_arg: list[str] | None = None, quiet: bool = False) -> None:
     """Open a shell (or run --cmd) in a stage's image, for debugging that stage."""
     p = bound.project
     _positional(stage, "a STAGE", "shell", bound)
     goal = p.stage(stage).name
-    settings = bound.settings(c, target=goal, progress=progress)
+    settings = bound.settings(c, target=goal, build_args=build_arg, progress=_progress(progress, quiet))
     if _dry(c):
         print(f"would build {goal} and run `{cmd}` in it")
         return
