@@ -208,3 +208,38 @@ def test_interactive_shell_on_a_terminal(make_project, api) -> None:  # type: ig
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 3
     assert count_containers(api, project) == before == 0
+
+
+@pytest.mark.engine
+def test_iidfile_and_metadata_file_are_written_on_success_only(make_project, api, unique, tmp_path, builder) -> None:  # type: ignore[no-untyped-def]
+    project, folder = _project(make_project, "NAME build\nFROM busybox\nRUN echo a > /a\n"
+                                             "NAME run\nFROM busybox\nCOPY build:/a /a\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    iid, meta = out / "iid", out / "meta.json"
+    result = run_invoke(["compimg.build", "--iidfile", str(iid), "--metadata-file", str(meta), "-t", unique,
+                         "--tag", f"build={unique}-build"], folder)
+    assert result.returncode == 0, result.stderr
+    image = api.inspect_image(unique)["Id"]
+    assert iid.read_text() == image  # as docker build --iidfile: the ID, no newline
+    written = json.loads(meta.read_text())
+    assert sorted(written) == ["build", "run"]
+    assert written["run"]["containerimage.config.digest"] == image
+    assert written["run"]["image.name"] == f"{unique},{project.local_ref('run')}"
+    assert written["build"]["containerimage.config.digest"] == api.inspect_image(f"{unique}-build")["Id"]
+    for entry in written.values():
+        assert entry["compimg.builder"] == builder and entry["compimg.reused"] is False
+        assert isinstance(entry["compimg.seconds"], float)
+    again = run_invoke(["compimg.build-stage", "run", "--metadata-file", str(meta)], folder)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(meta.read_text())["run"]["compimg.reused"] is True
+    assembled = run_invoke(["compimg.assemble", "--iidfile", str(out / "assembled")], folder)
+    assert assembled.returncode == 0 and (out / "assembled").read_text() == image, assembled.stderr
+    # A failed build leaves the files as they were, and no temporary file beside them.
+    before = meta.read_text()
+    (folder / "Dockerfile").write_text("NAME run\nFROM busybox\nRUN exit 3\n")
+    failed = run_invoke(["compimg.build", "--iidfile", str(iid), "--metadata-file", str(meta)], folder)
+    assert failed.returncode == 1 and meta.read_text() == before and iid.read_text() == image
+    assert sorted(p.name for p in out.iterdir()) == ["assembled", "iid", "meta.json"]
+    missing = run_invoke(["compimg.build", "--iidfile", str(out / "no/such/iid")], folder)
+    assert missing.returncode == 1 and "--iidfile" in missing.stderr and "does not exist" in missing.stderr

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 PROGRESS_HELP = "auto (default), plain, tty or quiet"
 QUIET_HELP = "print only errors and the image ID: --progress quiet (docker build -q)"
 BUILD_ARG_HELP = "KEY=VALUE, or KEY to take it from the environment; repeatable"
+IIDFILE_HELP = "write the image ID to this file (docker build --iidfile), once the build succeeded"
+METADATA_HELP = "write a JSON of what was built, per stage (buildx's --metadata-file), once the build succeeded"
 
 
 def project(dockerfile: str | Path = "Dockerfile", context: str | Path = ".", *,
@@ -125,12 +127,13 @@ def parse(c: Context, bound: Binding, format: str = "text", stage: str | None = 
     "cache-from": "REF of an image to use as a cache source; repeatable",
     "cache-to": "'inline': embed cache metadata in the built images (for --cache-from)",
     "network": "network of RUN steps: default, none or host (BuildKit); any network (classic)",
-    "quiet": QUIET_HELP})
+    "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP})
 def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] | None = None,
           build_arg: list[str] | None = None, no_cache: bool = False, push: bool = False,
           jobs: int | None = None, builder: str | None = None, progress: str | None = None,
           pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
-          push_all: bool = False, network: str | None = None, quiet: bool = False) -> dict[str, str]:
+          push_all: bool = False, network: str | None = None, quiet: bool = False, iidfile: str | None = None,
+          metadata_file: str | None = None) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
     p = bound.project
     target = target or configured(c.config.get(bound.key), "target", bound.env_prefix(c))
@@ -141,7 +144,7 @@ def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] 
                               pull=pull or None, cache_from=strings(cache_from), cache_to=cache_to,
                               network=network)
     _check_tags(p, settings, goal, strings(tag), "build --target")
-    return _run_build(c, bound, settings, goal, push_all=push_all)
+    return _run_build(c, bound, settings, goal, push_all=push_all, files=(iidfile, metadata_file))
 
 
 def _check_tags(p: Project, settings: Settings, goal: str, flags: list[str], how: str) -> None:
@@ -156,9 +159,10 @@ def _check_tags(p: Project, settings: Settings, goal: str, flags: list[str], how
                         f"run `{settings.task(how)} {outside[0]}`, or drop that tag")
 
 
-def _run_build(c: Context, bound: Binding, settings: Settings, goal: str, *,
-               push_all: bool = False) -> dict[str, str]:
+def _run_build(c: Context, bound: Binding, settings: Settings, goal: str, *, push_all: bool = False,
+               files: tuple[str | None, str | None] = (None, None)) -> dict[str, str]:
     p = bound.project
+    _check_files(*files)
     needed = [s.name for s in p.graph.needs(goal)]
     if _dry(c):
         tags = {s: r for s, r in settings.tags.items() if s in needed}
@@ -181,18 +185,35 @@ def _run_build(c: Context, bound: Binding, settings: Settings, goal: str, *,
             if not refs:
                 reporter.warning(f"--push: no tag for '{goal}' to push; add --tag REF")
             pushing.push(run.engine, refs, reporter, layers=reporter.live)
+        _write_results(files, ids[goal], run, settings, p)
         if bound.as_task:  # the task prints the ID when quiet (`docker build -q`); the Python API returns it
             reporter.result(ids[goal])
         return ids
 
 
+def _check_files(iidfile: str | None, metadata_file: str | None) -> None:
+    from .results import check_writable
+
+    check_writable("--iidfile", iidfile)
+    check_writable("--metadata-file", metadata_file)
+
+
+def _write_results(files: tuple[str | None, str | None], image_id: str, run: BuildRun, settings: Settings,
+                   p: Project) -> None:
+    if any(files):
+        from .results import write
+
+        names = {row.stage: [*settings.tags.get(row.stage, ()), p.local_ref(row.stage)] for row in run.rows()}
+        write(*files, image_id, run.rows(), names)
+
+
 @operation("build-stage", repeatable=("tag", "build_arg"), help={
     "stage": "the stage to build", "tag": "REF to tag the stage with; repeatable",
     "build-arg": BUILD_ARG_HELP, "no-cache": "do not use the engine's cache", "progress": PROGRESS_HELP,
-    "quiet": QUIET_HELP})
+    "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP})
 def build_stage(c: Context, bound: Binding, stage: str, tag: list[str] | None = None,
-                build_arg: list[str] | None = None, no_cache: bool = False,
-                progress: str | None = None, quiet: bool = False) -> dict[str, str]:
+                build_arg: list[str] | None = None, no_cache: bool = False, progress: str | None = None,
+                quiet: bool = False, iidfile: str | None = None, metadata_file: str | None = None) -> dict[str, str]:
     """Build one stage and only the stages it needs (for debugging)."""
     p = bound.project
     _positional(stage, "a STAGE", "build-stage", bound)
@@ -200,14 +221,16 @@ def build_stage(c: Context, bound: Binding, stage: str, tag: list[str] | None = 
     settings = bound.settings(c, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
                               progress=_progress(progress, quiet), push=False)
     _check_tags(p, settings, goal, strings(tag), "build-stage")
-    return _run_build(c, bound, settings, goal)
+    return _run_build(c, bound, settings, goal, files=(iidfile, metadata_file))
 
 
 @operation("assemble", repeatable=("tag", "build_arg"), help={
     "stage": "stage to assemble (default: the final stage)", "tag": "REF to tag it with",
-    "progress": PROGRESS_HELP, "build-arg": BUILD_ARG_HELP, "quiet": QUIET_HELP})
+    "progress": PROGRESS_HELP, "build-arg": BUILD_ARG_HELP, "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP,
+    "metadata-file": METADATA_HELP})
 def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str] | None = None,
-             progress: str | None = None, build_arg: list[str] | None = None, quiet: bool = False) -> str:
+             progress: str | None = None, build_arg: list[str] | None = None, quiet: bool = False,
+             iidfile: str | None = None, metadata_file: str | None = None) -> str:
     """Build the final (or named) stage from its prerequisites' existing images."""
     p = bound.project
     goal = p.stage(stage, flag="--stage").name if stage else p.graph.final.name
@@ -217,6 +240,7 @@ def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str
         raise UserError(f"--tag {outside[0]}: assemble builds only '{goal}'; write --tag REF, "
                         f"or `{bound.task('assemble')} --stage {outside[0].partition('=')[0]}`")
     settings = bound.settings(c, target=goal, tags=tags, build_args=build_arg, progress=_progress(progress, quiet))
+    _check_files(iidfile, metadata_file)
     if _dry(c):
         print(f"would assemble {goal} from the images of {', '.join(p.graph.stage(goal).depends_on) or 'no stage'}"
               + (f"; tag it as {', '.join(settings.tags[goal])}" if settings.tags.get(goal) else ""))
@@ -224,6 +248,7 @@ def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str
     with build_run(p, settings) as (run, reporter):
         result = run.build_stage(p.graph.stage(goal))
         run.summary(None)
+        _write_results((iidfile, metadata_file), result.image_id, run, settings, p)
         if bound.as_task:
             reporter.result(result.image_id)
         return result.image_id
