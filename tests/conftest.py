@@ -111,7 +111,7 @@ def make_project(tmp_path: Path, api, engine, unique: str) -> Iterator[Callable[
     import io
 
     for project in made:
-        clean(project, engine, io.StringIO())
+        clean(project.slug, engine, io.StringIO())
     for image in api.images():
         for ref in image.get("RepoTags") or []:
             if ref.startswith(unique):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -110,3 +111,34 @@ def test_ctrl_c_mid_push(registry, make_project, api) -> None:  # type: ignore[n
     finally:
         process.kill()
         api.remove_image(ref)
+
+
+def test_clean_all_cleans_every_project_on_the_engine(second_engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On an engine of this test's own: `clean --all` touches every compimg/* repository."""
+    import docker
+
+    env = {**os.environ, "DOCKER_HOST": second_engine}
+    remote = docker.APIClient(base_url=second_engine, version="auto")
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "Dockerfile").write_text(f"NAME {name}\nFROM busybox\nRUN echo {name} > /x\n")
+        built = subprocess.run([*COMPIMG, "build", *(["-t", "mine:1"] if name == "two" else [])],
+                               cwd=tmp_path / name, env=env, capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr
+    # A temporary container of a run that is gone (the pid of a process that exited).
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    gone = f"{socket.gethostname()}:{finished.pid}"
+    remote.create_container("busybox", labels={"compimg.temporary": gone, "compimg.project": "x"})
+    dry = subprocess.run([*COMPIMG, "--dry", "clean", "--all"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert dry.stdout.startswith("would remove the images of compimg/*"), dry.stderr
+    cleaned = subprocess.run([*COMPIMG, "clean", "--all"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert cleaned.returncode == 0, cleaned.stderr
+    lines = cleaned.stdout.splitlines()
+    assert lines[0] == "removed 1 temporary container(s) of runs that are gone", lines
+    assert [line.split(" of ")[1].split("-")[0] for line in lines if line.startswith("removed 1 image")] == [
+        "compimg/one"] and any(line.startswith("removed 0 image(s) of compimg/two-") for line in lines), lines
+    assert any(line.startswith("untagged ") and "still named mine:1" in line for line in lines), lines
+    assert not [t for i in remote.images() for t in i.get("RepoTags") or [] if t.startswith("compimg/")]
+    assert remote.containers(all=True) == [] and remote.inspect_image("mine:1")

@@ -243,3 +243,23 @@ def test_iidfile_and_metadata_file_are_written_on_success_only(make_project, api
     assert sorted(p.name for p in out.iterdir()) == ["assembled", "iid", "meta.json"]
     missing = run_invoke(["compimg.build", "--iidfile", str(out / "no/such/iid")], folder)
     assert missing.returncode == 1 and "--iidfile" in missing.stderr and "does not exist" in missing.stderr
+
+
+@pytest.mark.engine
+def test_clean_needs_no_dockerfile(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    """It refused with 'no such file': the images of a deleted Dockerfile could not be cleaned."""
+    project, folder = _project(make_project, "NAME build\nFROM busybox\nRUN echo a > /a\n")
+    assert run_invoke(["compimg.build", "-t", unique], folder).returncode == 0
+    assert api.images(name=project.repository)
+    (folder / "Dockerfile").write_text("FROMM nothing\n")  # broken
+    broken = run_invoke(["compimg.clean"], folder)
+    assert broken.returncode == 0, broken.stderr
+    assert f"removed 0 container(s) and 0 image(s) of {project.repository}" in broken.stdout
+    assert api.images(name=project.repository) == [] and api.inspect_image(unique)  # the user's name stays
+    assert run_invoke(["compimg.build-stage", "build"], folder).returncode == 1  # broken for building
+    (folder / "Dockerfile").write_text("NAME build\nFROM busybox\nRUN echo b > /b\n")
+    assert run_invoke(["compimg.build"], folder).returncode == 0
+    (folder / "Dockerfile").unlink()  # gone
+    gone = run_invoke(["compimg.clean"], folder)
+    assert gone.returncode == 0 and f"removed 0 container(s) and 1 image(s) of {project.repository}" in gone.stdout
+    assert api.images(name=project.repository) == []

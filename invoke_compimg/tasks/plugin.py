@@ -321,20 +321,30 @@ def command_words(cmd: str) -> list[str]:
     return words
 
 
-@operation("clean")
-def clean(c: Context, bound: Binding) -> None:
+@operation("clean", help={"all": "clean every compimg project on the engine (repositories compimg/*), "
+                                 "and temporary containers of runs that are gone"})
+def clean(c: Context, bound: Binding, all: bool = False) -> None:
     """Remove the images and temporary containers this project's builds made, nothing else."""
     import io
 
-    p = bound.project
+    from ..building.project import project_slug
+
+    # From the paths alone: the images of a Dockerfile that is gone or broken can be cleaned.
+    repository = "compimg/*" if all else f"compimg/{project_slug(bound.dockerfile, bound.context)}"
     if _dry(c):
-        print(f"would remove the images of {p.repository} and this project's temporary containers")
+        print(f"would remove the images of {repository} and " + ("the temporary containers of runs that are gone"
+                                                               if all else "this project's temporary containers"))
         return
     from ..engine.client import Engine
-    from ..host.artifacts import clean as clean_project
+    from ..host import artifacts
 
-    quiet = bound.settings(c, target=p.graph.final.name).progress == "quiet"
-    clean_project(p, Engine(), io.StringIO() if quiet else sys.stdout)
+    progress = configured(c.config.get(bound.key), "progress", bound.env_prefix(c))
+    out = io.StringIO() if str(progress).strip().lower() == "quiet" else sys.stdout
+    with Engine() as engine:
+        if all:
+            artifacts.clean_all(engine, out)
+        else:
+            artifacts.clean(project_slug(bound.dockerfile, bound.context), engine, out)
 
 
 # --- the collection -----------------------------------------------------------------------
