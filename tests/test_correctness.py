@@ -186,7 +186,7 @@ def test_onbuild_copy_from_a_stage(builder: str, make_project: Any, api: Any) ->
     assert stages["stage-2"]["depends_on"] == ["base", "src"]
     assert stages["base"]["depends_on"] == ["src"]
     # The lowered classic text: the trigger keeps a reference to src, filled at build time.
-    code, out, err = invoke(project, "compimg.parse", "--lowered", "--stage", "base")
+    code, out, err = invoke(project, "compimg.parse", "--lowered", "--stage", "base", "--builder", "classic")
     assert out == "FROM busybox\nONBUILD COPY --from={{stage:src}} /file /foo\n"
     # The tasks' pre.
     import invoke_compimg

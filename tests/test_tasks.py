@@ -13,6 +13,8 @@ import pytest
 from conftest import ROOT, run_invoke
 from engine_helpers import count_containers, run_image
 
+NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent"}
+
 HELLO = (ROOT / "examples/hello-go/Dockerfile").read_text()
 HELLO_FILES = {name: (ROOT / "examples/hello-go" / name).read_text() for name in ("main.go", "go.mod")}
 
@@ -68,7 +70,7 @@ def test_list_parse_and_errors_without_engine_calls(tmp_path: Path) -> None:
         assert name in listing.stdout
     parsed = run_invoke(["compimg.parse", "--format", "json"], tmp_path)
     assert json.loads(parsed.stdout)["final"] == "run"
-    lowered = run_invoke(["compimg.parse", "--stage", "run", "--lowered"], tmp_path)
+    lowered = run_invoke(["compimg.parse", "--stage", "run", "--lowered", "--builder", "classic"], tmp_path)
     assert "COPY --from={{stage:build}} /go/bin/app ." in lowered.stdout
     unknown = run_invoke(["compimg.parse", "--stage", "nope", "--lowered"], tmp_path)
     assert unknown.returncode == 1
@@ -162,6 +164,39 @@ def test_extract_assemble_shell_and_clean_tasks(make_project, api, tmp_path, bui
     cleaned = run_invoke(["compimg.clean"], folder)
     assert cleaned.returncode == 0 and "removed 0 container(s) and 2 image(s)" in cleaned.stdout
     assert api.images(name=project.repository) == []
+
+
+def test_parse_lowered_says_whose_lowering_it_shows(tmp_path: Path) -> None:
+    """`parse --lowered` showed the classic builder's `COPY --from={{stage:build}} --chmod=...`,
+    which the classic builder then refuses, while a build would use BuildKit."""
+    (tmp_path / "Dockerfile").write_text("NAME build\nFROM busybox\nRUN echo > /a\n"
+                                         "NAME run\nFROM busybox\nCOPY --chmod=755 build:/a /a\n")
+    (tmp_path / "tasks.py").write_text(TASKS)
+    classic = run_invoke(["compimg.parse", "--lowered", "--builder", "classic"], tmp_path, NO_ENGINE)
+    assert classic.returncode == 0, classic.stderr
+    assert classic.stdout == "FROM busybox\nCOPY --from={{stage:build}} --chmod=755 /a /a\n"
+    assert classic.stderr == ("# classic: --builder classic; stage 'run' alone, each {{stage:NAME}} is replaced by "
+                              "that stage's image ID; the classic builder refuses COPY --chmod (line 6): build with "
+                              "--builder buildkit\n")
+    buildkit = run_invoke(["compimg.parse", "--lowered", "--builder", "buildkit"], tmp_path, NO_ENGINE)
+    assert buildkit.stdout == ("FROM busybox AS build\nRUN echo > /a\n\n"
+                               "FROM busybox AS run\nCOPY --from=build --chmod=755 /a /a\n"), buildkit.stderr
+    assert buildkit.stderr.startswith("# buildkit: --builder buildkit; one multi-stage file for 'run'")
+    # auto is what a build would use: only then is the engine asked.
+    unreachable = run_invoke(["compimg.parse", "--lowered"], tmp_path, NO_ENGINE)
+    assert unreachable.returncode == 1 and "cannot reach the Docker engine" in unreachable.stderr
+    wrong = run_invoke(["compimg.parse", "--builder", "classic"], tmp_path, NO_ENGINE)
+    assert wrong.stderr.strip() == "--builder goes with --lowered: write `compimg.parse --lowered --builder classic`"
+
+
+@pytest.mark.engine
+def test_parse_lowered_with_auto_asks_the_engine(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("NAME run\nFROM busybox\nCOPY --chmod=755 a /a\n")
+    (tmp_path / "tasks.py").write_text(TASKS)
+    auto = run_invoke(["compimg.parse", "--lowered"], tmp_path, {"INVOKE_COMPIMG_BUILDER": "auto"})
+    assert auto.returncode == 0, auto.stderr
+    assert auto.stderr.startswith("# buildkit: the builder this engine and file get with --builder auto")
+    assert "COPY --chmod=755 ctx/a /a" in auto.stdout
 
 
 def test_engine_unreachable_is_one_line(tmp_path: Path) -> None:

@@ -88,29 +88,61 @@ def _dry(c: Context) -> bool:
 @operation("parse", help={
     "format": f"one of {', '.join(FORMATS)} (default text)",
     "stage": "stage to show with --lowered (default: final)",
-    "lowered": "print the single-stage Dockerfile the classic builder is sent for --stage"})
-def parse(c: Context, bound: Binding, format: str = "text", stage: str | None = None, lowered: bool = False) -> str:
+    "lowered": "print the Dockerfile the engine is sent to build --stage",
+    "builder": "with --lowered: whose lowering, classic, buildkit or auto (default: the one a build would use, "
+               "which asks the engine)"})
+def parse(c: Context, bound: Binding, format: str = "text", stage: str | None = None, lowered: bool = False,
+          builder: str | None = None) -> str:
     """Show the stage graph (text, json, dot, mermaid, native) or a lowered stage."""
-    from ..dockerfile.lowering import per_stage
-
     p = bound.project
     task = bound.task("parse")
     if stage and not lowered:
         raise UserError(f"--stage goes with --lowered: write `{task} --lowered --stage {stage}`")
+    if builder and not lowered:
+        raise UserError(f"--builder goes with --lowered: write `{task} --lowered --builder {builder}`")
     if lowered and format != "text":
         raise UserError(f"--format {format} and --lowered are two different views: write "
                         f"`{task} --format {format}` or `{task} --lowered`")
+    settings = bound.settings(c, target=p.graph.final.name, builder=builder)
     if lowered:
-        text = per_stage(p.graph, p.stage(stage, flag="--stage").name if stage else p.graph.final.name).text
+        goal = p.stage(stage, flag="--stage").name if stage else p.graph.final.name
+        text, what = _lowered(p, goal, settings.builder)
+        print(what, file=sys.stderr)  # on stderr: stdout is exactly the file sent
     elif format in FORMATS:
         text = FORMATS[format](p.graph)
     else:
         raise UserError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     # The task prints what it shows; from the Python API it is returned, and printed too
     # unless progress is quiet.
-    if bound.as_task or bound.settings(c, target=p.graph.final.name).progress != "quiet":
+    if bound.as_task or settings.progress != "quiet":
         print(text, end="")
     return text
+
+
+def _lowered(p: Project, goal: str, builder: str) -> tuple[str, str]:
+    """The Dockerfile a build of `goal` sends with `builder`, and one line saying whose it is."""
+    from ..dockerfile import lowering
+
+    if builder == "auto":  # the one choice a build makes (builders.choose): only this needs the engine
+        from ..builders import choose
+        from ..engine.client import Engine
+
+        with Engine() as engine:
+            builder = choose("auto", engine, p.graph).name
+        how = f"# {builder}: the builder this engine and file get with --builder auto"
+    else:
+        how = f"# {builder}: --builder {builder}"
+    if builder == "classic":
+        from ..dockerfile.model import buildkit_only
+
+        refused = next(((i.line, need) for s in p.graph.needs(goal) for i in s.instructions
+                        if (need := buildkit_only(i))), None)
+        return (lowering.per_stage(p.graph, goal).text,
+                f"{how}; stage '{goal}' alone, each {{{{stage:NAME}}}} is replaced by that stage's image ID"
+                + (f"; the classic builder refuses {refused[1]} (line {refused[0]}): build with --builder buildkit"
+                   if refused else ""))
+    return (lowering.multi_stage(p.graph, p.graph.needs(goal), context_prefix=lowering.CONTEXT_PREFIX).text,
+            f"{how}; one multi-stage file for '{goal}', the context sent under {lowering.CONTEXT_PREFIX}")
 
 
 @operation("build", repeatable=("tag", "build_arg", "cache_from"), help={
