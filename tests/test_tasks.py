@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -298,3 +299,56 @@ def test_clean_needs_no_dockerfile(make_project, api, unique) -> None:  # type: 
     gone = run_invoke(["compimg.clean"], folder)
     assert gone.returncode == 0 and f"removed 0 container(s) and 1 image(s) of {project.repository}" in gone.stdout
     assert api.images(name=project.repository) == []
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("command", ["compimg", "invoke"])
+def test_ctrl_c_pressed_again_and_again_exits_130_without_a_traceback(make_project, api, unique, command) -> None:  # type: ignore[no-untyped-def]
+    """A second Ctrl-C landed in cleanup or in an atexit callback ("Exception ignored in atexit
+    callback ... KeyboardInterrupt"), or after Python had put back the default handler: the
+    process then died of SIGINT. Now the first one counts, and the rest are ignored."""
+    import pty
+    import re
+    import select
+    import time
+
+    project = make_project(f"NAME a\nFROM busybox\nRUN sleep 30 # {unique}\nNAME b\nFROM busybox\n"
+                           f"RUN sleep 30 # {unique}\nNAME run\nFROM busybox\nCOPY a:/etc/passwd /x\n"
+                           "COPY b:/etc/passwd /y\n", {"tasks.py": TASKS})
+    argv = ([sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()", "build", "--no-cache"]
+            if command == "compimg" else [sys.executable, "-m", "invoke", "compimg.build", "--no-cache"])
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a build on a real terminal, with the live view and the classic builder
+        os.chdir(project.context)
+        os.environ.update(COLUMNS="100", LINES="30", TERM="xterm", INVOKE_COMPIMG_BUILDER="classic")
+        os.execv(sys.executable, argv)
+    seen, first, last = b"", 0.0, 0.0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.01)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        now = time.monotonic()
+        if not first and seen.count(b"RUN sleep 30") >= 2:
+            first = now + 1  # both stages are running: press Ctrl-C in a second, then every 20 ms
+        if first and now > first and now - last > 0.02:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"\x03")
+            last = now
+    _, status = os.waitpid(pid, 0)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+    assert os.waitstatus_to_exitcode(status) == 130, text[-2000:]
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-2000:]
+    assert "interrupted: running builds were cancelled" in text
+    assert count_containers(api, project) == 0
+    # The engine removes the cancelled steps' containers on its own time: wait for it, so the
+    # suite's count of containers is not taken while they go.
+    deadline = time.monotonic() + 30
+    while [c for c in api.containers(all=True) if unique in (c.get("Command") or "")]:
+        assert time.monotonic() < deadline, "the cancelled steps' containers stayed"
+        time.sleep(0.2)

@@ -21,7 +21,7 @@ from invoke import Argument, Config, Program
 from invoke.exceptions import UncastableEnvVar
 
 from ..errors import Interrupted, UserError
-from .exits import as_exit
+from .exits import as_exit, ignore_further_interrupts
 
 # Invoke's options that mean nothing for image builds are accepted but not shown.
 _SHOWN = ("help", "version", "list", "file", "context", "dry", "debug")
@@ -171,6 +171,7 @@ def arrange(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def _interrupted(signum: int, frame: Any) -> None:
+    ignore_further_interrupts()
     raise as_exit(Interrupted())
 
 

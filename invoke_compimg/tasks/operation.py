@@ -23,7 +23,7 @@ from typing import Any
 from invoke import Argument, Context, Task
 
 from .binding import Binding, caller_folder
-from .exits import exits
+from .exits import exits, task_exits
 
 # Short flags, chosen on purpose and the same on every task: docker build's letters, and none
 # of Invoke's core flags (which Invoke would take for its own after a task, in silence).
@@ -52,6 +52,7 @@ class Operation:
         return [p.name.replace("_", "-") for p in self.flags() if isinstance(p.default, bool)]
 
     def task(self, bound: Binding, **options: Any) -> CompimgTask:
+        @task_exits
         def body(c: Context, *args: Any, **kwargs: Any) -> Any:
             return self.body(c, bound, *args, **kwargs)
 

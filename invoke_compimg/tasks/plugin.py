@@ -24,7 +24,7 @@ from ..dockerfile.render import FORMATS
 from ..errors import Interrupted, UserError
 from ..names import short_id
 from .binding import Binding, caller_folder, project_at, remember, strings, task_prefix
-from .exits import as_exit, exits
+from .exits import as_exit, task_exits
 from .operation import OPERATIONS, CompimgTask, operation
 
 if TYPE_CHECKING:
@@ -448,7 +448,7 @@ def _stage_collection(p: Project, bound: Binding) -> Collection:
 
 
 def _stage_body(p: Project, bound: Binding, stage_name: str) -> Callable[[Context], str]:
-    @exits
+    @task_exits
     def body(c: Context) -> str:
         settings = bound.settings(c, target=stage_name)
         if _dry(c):
