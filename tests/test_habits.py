@@ -479,3 +479,19 @@ def test_help_never_needs_a_dockerfile(tmp_path: Path) -> None:
         assert "build" in helped.stdout
     listed = cli("compimg", ["--list"], tmp_path, NO_ENGINE)  # listing says why there are no stage tasks
     assert listed.returncode == 0 and "Dockerfile: no such file" in listed.stderr
+
+
+def test_a_core_flag_after_a_task_is_one_line_not_swallowed(tmp_path: Path) -> None:
+    """`invoke compimg.build-stage test -r quiet`: Invoke took -r as its --search-root, after the
+    tasks were found, and the build ran with plain output without a word."""
+    project = example(tmp_path / "app")
+    for args, flag, core in ((["compimg.build-stage", "build", "-r", "quiet"], "-r", "--search-root"),
+                             (["compimg.build", "--search-root=x"], "--search-root", "--search-root"),
+                             (["compimg.shell", "build", "-c", "other"], "-c", "--collection")):
+        line = one_line(cli("invoke", ["--dry", *args], project, NO_ENGINE))
+        assert line.startswith(f"{flag} after the task is Invoke's own {core}, read only before the first task"), line
+    line = one_line(cli("compimg", ["build-stage", "build", "-r", "quiet"], project, NO_ENGINE))
+    assert line == ("-r after the task is Invoke's own --search-root, which means nothing here; "
+                    "see `compimg --help build-stage` for the task's own flags")
+    before = cli("invoke", ["--dry", "-r", str(project), "compimg.build-stage", "build"], tmp_path, NO_ENGINE)
+    assert before.returncode == 0, before.stderr  # before the task it is Invoke's, as ever

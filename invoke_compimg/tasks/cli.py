@@ -121,7 +121,7 @@ def arrange(argv: list[str]) -> tuple[list[str], str | None]:
     anywhere (`compimg build -f ci.Dockerfile`) and put first, and a word that is an existing
     folder, where a task expects no more positional argument, is the context, anywhere
     among the flags (`compimg build . -t app`). Returns the arguments and that context."""
-    from .operation import OPERATIONS, SHORT_FLAGS
+    from .operation import LOAD_TIME_FLAGS, OPERATIONS, SHORT_FLAGS
     from .plugin import collection  # noqa: F401  (registers the operations)
 
     core_values = {name for arg in program.core_args() if arg.takes_value and not arg.optional
@@ -141,6 +141,9 @@ def arrange(argv: list[str]) -> tuple[list[str], str | None]:
             lifted += [word] if eq else [word, next(words, "")]
             continue
         if word.startswith("-"):
+            if op is not None and name in LOAD_TIME_FLAGS:
+                raise UserError(f"{name} after the task is Invoke's own {LOAD_TIME_FLAGS[name]}, which means "
+                                f"nothing here; see `compimg --help {op.name}` for the task's own flags")
             rest.append(word)
             flag = name.lstrip("-")
             if op is None:

@@ -54,6 +54,8 @@ class Operation:
     def task(self, bound: Binding, **options: Any) -> CompimgTask:
         @task_exits
         def body(c: Context, *args: Any, **kwargs: Any) -> Any:
+            if _run_by_invoke(sys.argv):
+                refuse_core_flags_after(self.name, sys.argv[1:])
             return self.body(c, bound, *args, **kwargs)
 
         signature = inspect.signature(self.body)
@@ -64,6 +66,35 @@ class Operation:
 
 
 OPERATIONS: dict[str, Operation] = {}
+
+# Invoke's core flags that it reads only to find the tasks: given after a task it takes them as
+# its own all the same, too late to do anything (`invoke compimg.build-stage x -r quiet` built
+# with plain output, in silence).
+LOAD_TIME_FLAGS = {"-r": "--search-root", "--search-root": "--search-root", "-c": "--collection",
+                   "--collection": "--collection"}
+
+
+def refuse_core_flags_after(task: str, argv: list[str]) -> None:
+    """One line for a load-time core flag given after `task` on the command line `argv`."""
+    from ..errors import UserError
+
+    words = [w.partition("=")[0] for w in argv]
+    after = next((i for i, w in enumerate(words) if w == task or w.endswith("." + task)), None)
+    if after is None:
+        return
+    for word in words[after + 1:]:
+        if word == "--":
+            return
+        if word in LOAD_TIME_FLAGS:
+            raise UserError(f"{word} after the task is Invoke's own {LOAD_TIME_FLAGS[word]}, read only before the "
+                            f"first task, so it would do nothing; put it before the task, or see "
+                            f"`invoke --help <task>` for the task's own flags")
+
+
+def _run_by_invoke(argv: list[str]) -> bool:
+    """Is this the `invoke` (or `inv`) command? (The `compimg` command checks its own words.)"""
+    first = Path(argv[0]) if argv else Path()
+    return first.name in ("invoke", "inv") or (first.name == "__main__.py" and first.parent.name == "invoke")
 
 
 def operation(name: str, *, help: Mapping[str, str] | None = None,
