@@ -52,7 +52,7 @@ class CompimgProgram(Program):  # type: ignore[misc]
             Argument(names=("file", "f"), help="the compilation-image Dockerfile (default: "
                      "$COMPIMG_DOCKERFILE, or Dockerfile in the context folder)"),
             Argument(names=("context",), help="build context folder (default: $COMPIMG_CONTEXT, "
-                     "the folder given last on the command line, or the Dockerfile's folder)"),
+                     "a folder given among the task's words, or the Dockerfile's folder)"),
         ]
 
     def print_help(self) -> None:
@@ -82,9 +82,8 @@ class CompimgProgram(Program):  # type: ignore[misc]
             context = Path(folder or ".")
             dockerfile = context / "Dockerfile"
         # The tasks sit at the top level here (`compimg build`); their config key stays
-        # "compimg", as under `invoke`.
-        # Help never needs a Dockerfile: a missing or broken one is reported by --list and
-        # by the tasks that use it.
+        # "compimg", as under `invoke`. Help never needs a Dockerfile: a missing or broken one
+        # is reported by --list and by the tasks that use it.
         argv = sys.argv[1:]
         self.collection = collection(dockerfile.resolve(), context.resolve(), "compimg", base=Path.cwd(),
                                      prefix="compimg ", stages=_mentions_stage_tasks(argv),
