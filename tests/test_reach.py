@@ -129,8 +129,9 @@ def test_clean_all_cleans_every_project_on_the_engine(second_engine, tmp_path) -
     assert cleaned.returncode == 0, cleaned.stderr
     lines = cleaned.stdout.splitlines()
     assert lines[0] == "removed 1 temporary container(s) of runs that are gone", lines
-    assert [line.split(" of ")[1].split("-")[0] for line in lines if line.startswith("removed 1 image")] == [
-        "compimg/one"] and any(line.startswith("removed 0 image(s) of compimg/two-") for line in lines), lines
+    # (The module's other tests may have left projects of their own on this engine: cleaned too.)
+    assert any(line.startswith("removed 1 image(s) of compimg/one-") for line in lines), lines
+    assert any(line.startswith("removed 0 image(s) of compimg/two-") for line in lines), lines
     assert any(line.startswith("untagged ") and "still named mine:1" in line for line in lines), lines
     assert not [t for i in remote.images() for t in i.get("RepoTags") or [] if t.startswith("compimg/")]
     assert remote.containers(all=True) == [] and remote.inspect_image("mine:1")
