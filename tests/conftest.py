@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -83,10 +83,11 @@ def unique() -> str:
 
 
 @pytest.fixture
-def make_project(tmp_path: Path, api, engine, unique: str) -> Iterator[Callable[..., object]]:  # type: ignore[no-untyped-def]
+def make_project(tmp_path: Path, request: pytest.FixtureRequest, unique: str) -> Iterator[Callable[..., object]]:
     """Write a Dockerfile (and files) into a fresh folder and return its Project; every
     image and container the project's builds made, and every tag starting with the test's
-    unique name, is removed afterwards."""
+    unique name, is removed afterwards. Needs no engine: a test without the `engine` marker
+    builds nothing, so there is nothing to remove."""
     from invoke_compimg.building.project import Project
     from invoke_compimg.host.artifacts import clean
 
@@ -108,21 +109,87 @@ def make_project(tmp_path: Path, api, engine, unique: str) -> Iterator[Callable[
         return project
 
     yield make
+    if request.node.get_closest_marker("engine") is None or _engine_unavailable():
+        return
     import io
 
-    for project in made:
-        clean(project, engine, io.StringIO())
+    import docker
+
+    from invoke_compimg.engine.client import Engine
+
+    api = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+    with Engine() as engine:
+        for project in made:
+            clean(project.slug, engine, io.StringIO())
     for image in api.images():
         for ref in image.get("RepoTags") or []:
             if ref.startswith(unique):
                 api.remove_image(ref, force=True)
 
 
-def run_invoke(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`invoke ARGS` as a real subprocess, as a user would run it."""
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
+INVOKE = [sys.executable, "-m", "invoke"]
+
+
+def cli(program: str, args: Sequence[str], cwd: Path | str, env: Mapping[str, str | None] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`compimg ARGS` or `invoke ARGS` as a user runs them: a real subprocess in `cwd`, with
+    this process's environment and `env` (a None value unsets that variable), no standard
+    input (as CI has none), stopped after `timeout` seconds. The one runner of the tests."""
+    command = {"compimg": COMPIMG, "invoke": INVOKE}[program]
+    environ = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    return subprocess.run([*command, *args], cwd=cwd, text=True, capture_output=True, timeout=timeout,
+                          env=environ, stdin=subprocess.DEVNULL)
+
+
+class FakeReporter:
+    """A Reporter that records every event, as (method, *arguments as text), and prints nothing."""
+
+    live = False
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def _record(self, name: str, *args: object) -> None:
+        self.events.append((name, *map(str, args)))
+
+    def stage_started(self, stage: str) -> None:
+        self._record("stage_started", stage)
+
+    def step(self, stage: str, text: str) -> None:
+        self._record("step", stage, text)
+
+    def step_done(self, stage: str, text: str, seconds: float | None, cached: bool) -> None:
+        self._record("step_done", stage, text, seconds, cached)
+
+    def output(self, stage: str, line: str) -> None:
+        self._record("output", stage, line)
+
+    def stage_finished(self, stage: str, image_id: str, seconds: float, outcome: str) -> None:
+        self._record("stage_finished", stage, image_id, seconds, outcome)
+
+    def stage_failed(self, stage: str, message: str) -> None:
+        self._record("stage_failed", stage, message)
+
+    def note(self, text: str, stage: str | None = None) -> None:
+        self._record("note", text, stage)
+
+    def warning(self, text: str) -> None:
+        self._record("warning", text)
+
+    def table(self, rows: Sequence[object], final: str | None) -> None:
+        self._record("table", len(rows), final)
+
+    def result(self, image_id: str) -> None:
+        self._record("result", image_id)
+
+    def close(self) -> None:
+        self._record("close")
 
 
 _containers_before: set[str] = set()

@@ -303,7 +303,7 @@ def artifacts(world: World) -> Seen:
                                                            str(destination / "none"), shown))
     seen.out = out.getvalue()
     cleaned = io.StringIO()
-    seen.cleaned = host_artifacts.clean(project, world.engine, cleaned)
+    seen.cleaned = host_artifacts.clean(project.slug, world.engine, cleaned)
     seen.clean_out = cleaned.getvalue()
     seen.destination = destination
     seen.repository = project.repository

@@ -137,7 +137,7 @@ def test_from_an_earlier_stage_and_native_syntax(make_project, api, engine, buil
     # `tool` is a child image of `base`: clean must still remove all three.
     from invoke_compimg.host.artifacts import clean
 
-    assert clean(project, engine, io.StringIO()) == (0, 3 if builder == "classic" else 1)
+    assert clean(project.slug, engine, io.StringIO()) == (0, 3 if builder == "classic" else 1)
     assert api.images(name=project.repository) == []  # every name of ours is gone
 
 

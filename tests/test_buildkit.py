@@ -25,6 +25,7 @@ from typing import Any
 
 import peers
 import pytest
+from conftest import COMPIMG, cli
 from engine_helpers import Builder, config_of, image_listing, processes_with, run_image
 
 from invoke_compimg.building.project import Project
@@ -35,8 +36,6 @@ from invoke_compimg.errors import EngineError, Interrupted
 pytestmark = pytest.mark.engine
 registry = peers.registry  # the suite's local registry (module fixture)
 
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
-INVOKE = [sys.executable, "-m", "invoke"]
 DOCKER_2010 = "/usr/bin/docker"  # Debian's 20.10 client: BuildKit without buildx
 TASKS_PY = "from invoke import Collection\nimport invoke_compimg\n\nns = Collection()\n" \
            "ns.add_collection(invoke_compimg.collection())\n"
@@ -45,22 +44,6 @@ TASKS_PY = "from invoke import Collection\nimport invoke_compimg\n\nns = Collect
 @pytest.fixture(autouse=True)
 def _pin_buildkit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INVOKE_COMPIMG_BUILDER", "buildkit")
-
-
-def run(command: list[str], cwd: Path, env: dict[str, str | None] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """A real subprocess as a user runs it; `env` values of None remove that variable."""
-    environ = dict(os.environ)
-    for key, value in (env or {}).items():
-        if value is None:
-            environ.pop(key, None)
-        else:
-            environ[key] = value
-    return subprocess.run(command, cwd=cwd, text=True, capture_output=True, timeout=timeout, env=environ)
-
-
-def compimg(project: Any, *args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
-    return run([*COMPIMG, *args], project.context, env)
 
 
 def table_rows(stdout: str) -> dict[str, tuple[float, str, str]]:
@@ -151,17 +134,17 @@ def test_builder_setting_flag_env_config_and_auto(make_project: Any) -> None:
         return table_rows(result.stdout)["run"][2]
 
     # auto (the default) takes BuildKit on this Linux Docker engine
-    assert builder_of(compimg(project, "build", env=unset)) == "buildkit"
-    assert builder_of(compimg(project, "build", "--builder", "auto", env=unset)) == "buildkit"
-    assert builder_of(compimg(project, "build", "--builder", "classic", env=unset)) == "classic"
-    assert builder_of(compimg(project, "build", env={"INVOKE_COMPIMG_BUILDER": "classic"})) == "classic"
+    assert builder_of(cli("compimg", ["build"], project.context, unset)) == "buildkit"
+    assert builder_of(cli("compimg", ["build", "--builder", "auto"], project.context, unset)) == "buildkit"
+    assert builder_of(cli("compimg", ["build", "--builder", "classic"], project.context, unset)) == "classic"
+    assert builder_of(cli("compimg", ["build"], project.context, {"INVOKE_COMPIMG_BUILDER": "classic"})) == "classic"
     # the config key, under invoke; the flag wins over it
     (project.context / "invoke.yaml").write_text("compimg:\n  builder: classic\n")
-    assert builder_of(run([*INVOKE, "compimg.build"], project.context, unset)) == "classic"
-    assert builder_of(run([*INVOKE, "compimg.build", "--builder", "buildkit"], project.context, unset)) == "buildkit"
+    assert builder_of(cli("invoke", ["compimg.build"], project.context, unset)) == "classic"
+    assert builder_of(cli("invoke", ["compimg.build", "--builder", "buildkit"], project.context, unset)) == "buildkit"
     (project.context / "invoke.yaml").write_text("compimg:\n  builder: buildkit\n")
-    assert builder_of(run([*INVOKE, "compimg.build"], project.context, unset)) == "buildkit"
-    bad = compimg(project, "build", "--builder", "docker", env=unset)
+    assert builder_of(cli("invoke", ["compimg.build"], project.context, unset)) == "buildkit"
+    bad = cli("compimg", ["build", "--builder", "docker"], project.context, unset)
     assert bad.returncode == 1 and bad.stderr.strip() == "--builder 'docker': choose one of auto, buildkit, classic"
 
 
@@ -199,7 +182,7 @@ def test_each_stage_a_task_needs_gets_its_own_solve(make_project: Any, monkeypat
     from invoke import Config, Context, Executor
 
     import invoke_compimg
-    from invoke_compimg.tasks import plugin
+    from invoke_compimg.tasks.binding import forget_projects
 
     project = make_project(CHAIN)
     monkeypatch.setenv("INVOKE_COMPIMG_NO_CACHE", "true")  # every task really builds
@@ -209,7 +192,7 @@ def test_each_stage_a_task_needs_gets_its_own_solve(make_project: Any, monkeypat
     assert [t.name for t in stages["c"].pre] == ["b"] and [t.name for t in stages["b"].pre] == ["a"]
 
     def fresh() -> None:  # each task as its own invocation would see it: no in-process memo
-        plugin._projects.clear()
+        forget_projects()
         spy.reset()
 
     fresh()
@@ -267,7 +250,7 @@ RUN echo {word}; : {unique}
 def test_progress_names_stages_and_the_table_times_them(make_project: Any, unique: str) -> None:
     # (the unique name keeps the engine's cache from holding these steps already)
     project = make_project(PROGRESS.format(word="first", unique=unique))
-    result = compimg(project, "build", "--progress", "plain")
+    result = cli("compimg", ["build", "--progress", "plain"], project.context)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"^\[build\] #\d+ \[build 2/3\] RUN printf 'half-'; sleep 0\.3", out, re.M), out
@@ -283,7 +266,7 @@ def test_progress_names_stages_and_the_table_times_them(make_project: Any, uniqu
     assert rows["other"][0] < 1.0, rows
     # a change in the last stage only: the others' steps come from the cache
     (project.context / "Dockerfile").write_text(PROGRESS.format(word="second", unique=unique))
-    again = compimg(project, "build", "--progress", "plain")
+    again = cli("compimg", ["build", "--progress", "plain"], project.context)
     assert again.returncode == 0, again.stderr
     assert re.search(r"^\[build\] #\d+ CACHED$", again.stdout, re.M), again.stdout
     assert "[build] half-line" not in again.stdout and "[run] second\n" in again.stdout
@@ -312,7 +295,7 @@ def test_failing_run_quotes_the_users_line_after_a_seed_copy(make_project: Any) 
     # The seed COPY lowers to two COPY lines: BuildKit calls the failing RUN step 5/5, the
     # user's stage has it as its fourth step, on line 10.
     project = make_project(FAILING, {"f.txt": "f\n"})
-    result = run([*COMPIMG, "build", "--progress", "plain"], project.context)
+    result = cli("compimg", ["build", "--progress", "plain"], project.context)
     assert result.returncode == 1
     assert "[run 5/5] RUN echo out-1" in result.stdout
     error = result.stderr.strip()
@@ -323,7 +306,7 @@ def test_failing_run_quotes_the_users_line_after_a_seed_copy(make_project: Any) 
     out = result.stdout
     assert out.index("[run] out-1") < out.index("[run] ERROR:") and "[run] out-2\n" in out
     # quiet: the failed step's last output lines, then the error
-    quiet = compimg(project, "build", "--progress", "quiet")
+    quiet = cli("compimg", ["build", "--progress", "quiet"], project.context)
     assert quiet.returncode == 1 and quiet.stdout == ""
     lines = quiet.stderr.splitlines()
     # (the step's stdout and stderr reach the engine on two pipes: either order)
@@ -335,7 +318,7 @@ HEALTHCHECK = "NAME build\nFROM busybox\n\nHEALTHCHECK --interval=abc CMD true\n
 
 def test_frontend_parse_error_is_one_line(make_project: Any) -> None:
     project = make_project(HEALTHCHECK)
-    result = compimg(project, "build")
+    result = cli("compimg", ["build"], project.context)
     error = result.stderr.strip()
     assert result.returncode == 1 and error.splitlines() == [error]
     assert error.startswith(f"{project.dockerfile}:") and "stage 'build' failed" in error
@@ -344,7 +327,7 @@ def test_frontend_parse_error_is_one_line(make_project: Any) -> None:
 
 def test_frontend_parse_error_names_the_users_line(make_project: Any) -> None:
     project = make_project(HEALTHCHECK)
-    error = compimg(project, "build").stderr.strip()
+    error = cli("compimg", ["build"], project.context).stderr.strip()
     assert error.startswith(f"{project.dockerfile}:4: "), error
     assert "line 2" not in error, error
 
@@ -353,7 +336,7 @@ def test_a_solve_the_daemon_refuses_is_one_line(make_project: Any, monkeypatch: 
                                                spy: SolveSpy) -> None:
     project = make_project("NAME build\nFROM busybox\nRUN true\n")
     # Through compimg a network BuildKit refuses is stopped before any request, in one line:
-    result = compimg(project, "build", env={"INVOKE_COMPIMG_NETWORK": "my-network"})
+    result = cli("compimg", ["build"], project.context, {"INVOKE_COMPIMG_NETWORK": "my-network"})
     assert result.returncode == 1
     assert result.stderr.strip() == "network 'my-network': BuildKit builds can use only default, none, host"
     # Let that value through to BuildKit (which still answers for real): one line.
@@ -375,12 +358,12 @@ def test_classic_builder_refuses_buildkit_only_instructions(make_project: Any, i
     instruction = instruction.format(unique=unique)
     project = make_project(f"NAME a\nFROM busybox\nRUN echo a > /a\nNAME b\nFROM busybox\n{instruction}\n",
                            {"f.txt": "f\n"})
-    result = compimg(project, "build", "--builder", "classic", "--progress", "plain")
+    result = cli("compimg", ["build", "--builder", "classic", "--progress", "plain"], project.context)
     error = result.stderr.strip()
     assert result.returncode == 1 and error.splitlines() == [error]
     assert error.startswith(f"{project.dockerfile}:6: {feature} needs BuildKit") and "--builder buildkit" in error
     assert result.stdout == ""  # before any request: not even stage a was built
-    assert run([*COMPIMG, "build"], project.context).returncode == 0  # BuildKit builds it
+    assert cli("compimg", ["build"], project.context).returncode == 0  # BuildKit builds it
 
 
 @pytest.mark.parametrize("kind", ["secret", "ssh"])
@@ -388,15 +371,15 @@ def test_secret_and_ssh_mounts_need_buildkit_and_a_required_one_needs_its_source
                                                                                  kind: str) -> None:
     options = "id=token,target=/t" if kind == "secret" else "target=/agent"
     project = make_project(f"NAME a\nFROM busybox\nRUN --mount=type={kind},{options} true\n")
-    classic = compimg(project, "build", "--builder", "classic")
+    classic = cli("compimg", ["build", "--builder", "classic"], project.context)
     error = classic.stderr.strip()
     assert classic.returncode == 1 and error.splitlines() == [error]
     assert error.startswith(f"{project.dockerfile}:3: ") and "needs BuildKit" in error and "--builder buildkit" in error
     # BuildKit: a mount that is not required builds without it, as docker build does
-    assert compimg(project, "build", "--builder", "buildkit").returncode == 0
+    assert cli("compimg", ["build", "--builder", "buildkit"], project.context).returncode == 0
     (project.context / "Dockerfile").write_text(f"NAME a\nFROM busybox\nRUN --mount=type={kind},{options},required "
                                                 "true\n")
-    required = compimg(project, "build", "--builder", "buildkit")
+    required = cli("compimg", ["build", "--builder", "buildkit"], project.context)
     error = required.stderr.strip()
     assert required.returncode == 1 and error.splitlines() == [error]
     wanted = "--secret id=token,src=PATH" if kind == "secret" else "--ssh default"
@@ -428,16 +411,16 @@ def test_missing_base_images_are_pulled_first_and_pull_forces(make_project: Any,
         api.inspect_image(remote_busybox)
     project = make_project(f"NAME a\nFROM {remote_busybox}\nRUN echo a > /a\n"
                            f"NAME b\nFROM {remote_busybox}\nCOPY a:/a /a\nRUN cat /a\n")
-    first = compimg(project, "build", "--progress", "plain")
+    first = cli("compimg", ["build", "--progress", "plain"], project.context)
     assert first.returncode == 0, first.stderr
     pulls = [line for line in first.stdout.splitlines() if "pulling" in line]
     assert len(pulls) == 1 and pulls[0].endswith(f"pulling {remote_busybox}"), first.stdout
     assert first.stdout.index("pulling") < first.stdout.index("#1 ")  # before the solve
     assert remote_busybox in api.inspect_image(remote_busybox)["RepoTags"]  # through the pull API
     # present now: no pull (and nothing changed: no build either)
-    second = compimg(project, "build", "--progress", "plain")
+    second = cli("compimg", ["build", "--progress", "plain"], project.context)
     assert second.returncode == 0 and "pulling" not in second.stdout, second.stdout
-    forced = compimg(project, "build", "--pull", "--progress", "plain")
+    forced = cli("compimg", ["build", "--pull", "--progress", "plain"], project.context)
     assert forced.returncode == 0, forced.stderr
     assert [line for line in forced.stdout.splitlines() if "pulling" in line] == pulls
 
@@ -460,7 +443,7 @@ def test_unchanged_build_sends_no_request(make_project: Any, spy: SolveSpy) -> N
     ids_changed, _, _ = build(Project(project.dockerfile, project.context))
     assert spy.targets == ["run"] and ids_changed != ids
     # as a user sees it
-    result = compimg(project, "build", "--progress", "plain")
+    result = cli("compimg", ["build", "--progress", "plain"], project.context)
     assert result.returncode == 0 and "#1 " not in result.stdout and table_rows(result.stdout)["run"][1] == "reused"
 
 
@@ -553,7 +536,7 @@ def test_go_build_cache_mount_survives_a_source_edit(make_project: Any, api: Any
         (project.context / "Dockerfile").write_text(GO_CACHED.format(cache=f"{unique}-{attempt}"))
         for times, word in ((cold, f"cold{attempt}"), (warm, f"warm{attempt}")):
             (project.context / "main.go").write_text(GO_MAIN.format(word=word))
-            result = compimg(project, "build", "--progress", "plain")
+            result = cli("compimg", ["build", "--progress", "plain"], project.context)
             assert result.returncode == 0, result.stdout + result.stderr
             times.append(go_build_seconds(result.stdout))
         status, output = run_image(api, project.local_ref("run"))
@@ -593,15 +576,15 @@ def test_bind_mount_from_a_stage_is_a_dependency(make_project: Any, api: Any, sp
     project = make_project(MOUNTS.format(word="t1"), files)
     final = project.graph.stage("final")
     assert final.depends_on == ("tool",) and [s.name for s in project.graph.needs("final")] == ["tool", "final"]
-    parsed = json.loads(compimg(project, "parse", "--format", "json").stdout)
+    parsed = json.loads(cli("compimg", ["parse", "--format", "json"], project.context).stdout)
     assert next(s for s in parsed["stages"] if s["name"] == "final")["depends_on"] == ["tool"]
     assert next(s for s in parsed["stages"] if s["name"] == "final")["mounts"] == [
         {"from": "tool", "type": "bind", "target": "/m"}]
-    listed = run([*INVOKE, "--help", "compimg.stage.final"], project.context)
+    listed = cli("invoke", ["--help", "compimg.stage.final"], project.context)
     assert listed.returncode == 0
-    from invoke_compimg.tasks import plugin
+    import invoke_compimg
 
-    assert [t.name for t in plugin.make_collection(project).collections["stage"]["final"].pre] == ["tool"]
+    assert [t.name for t in invoke_compimg.make_collection(project).collections["stage"]["final"].pre] == ["tool"]
     ids, _, _ = build(project)
     assert run_image(api, ids["final"], ["cat", "/got"]) == (0, "t1\nin\n")
     # minimal contexts: the bind-mounted folder is an input, other files are not
@@ -614,7 +597,7 @@ def test_bind_mount_from_a_stage_is_a_dependency(make_project: Any, api: Any, sp
     assert spy.targets == ["final"] and run_image(api, ids["final"], ["cat", "/got"]) == (0, "t1\nin2\n")
     # the mounted stage's change reaches the final image; the stage task builds `tool` first
     (project.context / "Dockerfile").write_text(MOUNTS.format(word="t2"))
-    result = run([*INVOKE, "compimg.stage.final"], project.context)
+    result = cli("invoke", ["compimg.stage.final"], project.context)
     assert result.returncode == 0, result.stderr
     assert result.stdout.index("[tool]") < result.stdout.index("[final]")
     assert run_image(api, project.local_ref("final"), ["cat", "/got"]) == (0, "t2\nin2\n")
@@ -638,8 +621,9 @@ def test_fidelity_against_docker_buildkit_build_of_the_native_file(make_project:
     ids, _, _ = build(project)
     (project.context / "Dockerfile.native").write_text(render.as_native(project.graph))
     peer = f"{unique}-peer"
-    result = run([DOCKER_2010, "build", "--network", "none", "-f", "Dockerfile.native", "-t", peer, "."],
-                 project.context, {"DOCKER_BUILDKIT": "1"})
+    result = subprocess.run([DOCKER_2010, "build", "--network", "none", "-f", "Dockerfile.native", "-t", peer, "."],
+                            cwd=project.context, env={**os.environ, "DOCKER_BUILDKIT": "1"}, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     ours, theirs = image_listing(api, ids["run"]), image_listing(api, peer)
     print("\n".join(f"{e[0]:32} {e[1]:5} {e[2]:o} {e[3]}:{e[4]} {e[5]}" for e in sorted(ours.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -57,3 +58,24 @@ def test_golang_builds_a_static_hello_world(api) -> None:  # type: ignore[no-unt
     assert status == 0, out
     assert "static ok" in out
     assert "STATIC" in out  # no dynamic loader named in the binary
+
+
+def test_only_the_test_suite_installs_the_test_tools(tmp_path: Path) -> None:
+    """`scripts/dev demo` installed Podman and an sshd, which only the tests use. With the
+    engine up and the images there, plain `scripts/engine` asks for no package, and
+    `--test-tools` for the test peers' (dpkg-query and apt-get stand-ins record what is asked)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "asked"
+    for tool in ("dpkg-query", "apt-get"):  # "not installed", and an install that records its packages
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\nexit {1 if tool == "dpkg-query" else 0}\n')
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    plain = subprocess.run([str(ROOT / "scripts/engine")], capture_output=True, text=True, timeout=120, env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert not log.exists(), log.read_text()
+    tools = subprocess.run([str(ROOT / "scripts/engine"), "--test-tools"], capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert tools.returncode == 0, tools.stderr
+    installs = [line for line in log.read_text().splitlines() if line.startswith("apt-get") and "install" in line]
+    assert len(installs) == 1 and "podman" in installs[0] and "openssh-server" in installs[0], log.read_text()

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import COMPIMG, cli
 from engine_helpers import Builder, count_containers, extract_artifact
 
 from invoke_compimg import procs
@@ -28,7 +29,6 @@ from invoke_compimg.engine.client import Engine
 from invoke_compimg.errors import EngineError, UserError
 
 pytestmark = pytest.mark.engine
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
@@ -120,8 +120,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(make_project, api, tmp_pa
     label = f"{containers.LABEL_PROJECT}={project.slug}"
     assert len(api.containers(all=True, filters={"label": label})) == 1  # the killed run's
     assert any(p.name.startswith(".compimg-extract-") for p in dest.iterdir())
-    result = subprocess.run([*COMPIMG, "extract-artifact", "big:/out", "--dest", str(dest)],
-                            cwd=project.context, capture_output=True, text=True)
+    result = cli("compimg", ["extract-artifact", "big:/out", "--dest", str(dest)], project.context)
     assert result.returncode == 0, result.stderr
     assert api.containers(all=True, filters={"label": label}) == []
     assert sorted(p.name for p in dest.iterdir()) == ["out"]
@@ -223,8 +222,7 @@ def test_engine_lost_mid_build_then_next_run_works(make_project, api, tmp_path, 
 
 def test_wrong_docker_host_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text("FROM busybox\n")
-    result = subprocess.run([*COMPIMG, "build"], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "DOCKER_HOST": "tcp://127.0.0.1:1"})
+    result = cli("compimg", ["build"], tmp_path, {"DOCKER_HOST": "tcp://127.0.0.1:1"})
     assert result.returncode == 1
     assert result.stderr.strip() == ("cannot reach the Docker engine at tcp://127.0.0.1:1 (connection refused); "
                                      "start Docker, or set DOCKER_HOST to the engine to use")
@@ -289,8 +287,7 @@ def test_concurrent_builds_of_one_project_with_different_tags(make_project, api,
     assert count_containers(api, project, unique) == before == 0
     # A fourth run works too (a record that a concurrent run superseded costs a rebuild,
     # never a wrong result).
-    again = subprocess.run([*COMPIMG, "build", f"--tag={unique}-again"], cwd=project.context,
-                           capture_output=True, text=True)
+    again = cli("compimg", ["build", f"--tag={unique}-again"], project.context)
     assert again.returncode == 0, again.stderr
     assert run_image(api, f"{unique}-again") == (0, "built\n")
 

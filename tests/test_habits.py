@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_invoke
+from conftest import COMPIMG, ROOT, cli
+
+import invoke_compimg
 
 EXAMPLE = ROOT / "examples/app-with-tasks"
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent"}
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 
 # The example's tasks.py, with the host-side tasks made to run anywhere (no Go on the host).
 TASKS = (EXAMPLE / "tasks.py").read_text().replace(
@@ -32,12 +33,6 @@ def api(c):
 
 ns.add_task(api)
 """
-
-
-def compimg(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COMPIMG, *args], cwd=cwd, text=True, capture_output=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def example(folder: Path, tasks: str = TASKS) -> Path:
@@ -70,21 +65,21 @@ def test_a_broken_dockerfile_leaves_the_users_tasks_alone(tmp_path: Path, breaka
         error = (f"{project}/Dockerfile: no such file; give the Dockerfile's path (in tasks.py: "
                  f"collection('path/to/Dockerfile'); compimg: -f PATH) (cwd is {project})")
 
-    listing = run_invoke(["--list"], project, NO_ENGINE)
+    listing = cli("invoke", ["--list"], project, NO_ENGINE)
     assert listing.returncode == 0
     assert listing.stderr.strip().splitlines() == [f"{error} (the compimg tasks report this when run)"]
     for name in ("test", "lint", "release", "docs.changelog", "compimg.build (compimg)", "compimg.shell"):
         assert name in listing.stdout
     assert "compimg.stage." not in listing.stdout
     for task, marker in (["test"], "TEST-RAN"), (["lint"], "LINT-RAN"), (["docs.changelog"], "first release"):
-        ran = run_invoke(task, project, NO_ENGINE)
+        ran = cli("invoke", task, project, NO_ENGINE)
         assert ran.returncode == 0 and marker in ran.stdout and ran.stderr == "", ran.stderr
     for task in (["compimg.build"], ["compimg.parse"], ["compimg.shell", "run"], ["release"], ["check"]):
-        assert one_line(run_invoke(task, project, NO_ENGINE)) == error
-    assert one_line(compimg(["parse"], project, NO_ENGINE)) == error
+        assert one_line(cli("invoke", task, project, NO_ENGINE)) == error
+    assert one_line(cli("compimg", ["parse"], project, NO_ENGINE)) == error
 
     (project / "Dockerfile").write_text(good)  # fixed: everything is back, tasks.py unchanged
-    listing = run_invoke(["--list"], project, NO_ENGINE)
+    listing = cli("invoke", ["--list"], project, NO_ENGINE)
     assert listing.returncode == 0 and listing.stderr == ""
     assert "compimg.stage.unit-tests" in listing.stdout
 
@@ -94,25 +89,25 @@ def test_a_broken_dockerfile_leaves_the_users_tasks_alone(tmp_path: Path, breaka
 def test_t_is_tag_on_every_task_that_tags_and_h_stays_help(tmp_path: Path) -> None:
     project = example(tmp_path / "app")
     for task in ("build", "build-stage", "assemble"):
-        helped = run_invoke(["--help", f"compimg.{task}"], project, NO_ENGINE)
+        helped = cli("invoke", ["--help", f"compimg.{task}"], project, NO_ENGINE)
         assert re.search(r"^\s+-t, --tag\s", helped.stdout, re.M), helped.stdout
         assert not re.search(r"-t STRING, --target", helped.stdout)
         assert not re.search(r"-h \S*,? ?--", helped.stdout)  # no option took -h
         if task != "build-stage":  # its STAGE comes first: Invoke would take -h for it
-            short = run_invoke([f"compimg.{task}", "-h"], project, NO_ENGINE)
+            short = cli("invoke", [f"compimg.{task}", "-h"], project, NO_ENGINE)
             assert short.returncode == 0 and short.stdout == helped.stdout
-    built = run_invoke(["--dry", "compimg.build", "-t", "my-app:2", "-t", "build=my-build"], project, NO_ENGINE)
+    built = cli("invoke", ["--dry", "compimg.build", "-t", "my-app:2", "-t", "build=my-build"], project, NO_ENGINE)
     assert "tag build as my-app-build, my-build" not in built.stdout  # a flag replaces the config tags
     assert "tag build as my-build; tag run as my-app:2" in built.stdout, built.stderr
-    staged = run_invoke(["--dry", "compimg.build-stage", "build", "-t", "b:1"], project, NO_ENGINE)
+    staged = cli("invoke", ["--dry", "compimg.build-stage", "build", "-t", "b:1"], project, NO_ENGINE)
     assert "would build build (build) " in staged.stdout and "tag build as b:1" in staged.stdout
-    assembled = run_invoke(["--dry", "compimg.assemble", "-t", "r:1"], project, NO_ENGINE)
+    assembled = cli("invoke", ["--dry", "compimg.assemble", "-t", "r:1"], project, NO_ENGINE)
     assert "would assemble run from the images of build; tag it as r:1" in assembled.stdout
 
 
 def test_compimg_help_shows_only_what_does_something(tmp_path: Path) -> None:
     project = example(tmp_path / "app")
-    helped = compimg(["--help"], project, NO_ENGINE)
+    helped = cli("compimg", ["--help"], project, NO_ENGINE)
     assert helped.returncode == 0
     options = helped.stdout.split("Available tasks")[0]
     assert "-f STRING, --file=STRING" in options and "--context" in options
@@ -123,30 +118,71 @@ def test_compimg_help_shows_only_what_does_something(tmp_path: Path) -> None:
 
 def test_compimg_finds_the_dockerfile_the_docker_way(tmp_path: Path) -> None:
     project = example(tmp_path / "app")
-    expected = f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build; tag run as app"
+    expected = (f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build; tag run as app"
+                "; build arg GOFLAGS=-trimpath")
     for args in (["--dry", "build", "--tag=run=app", "app"],  # positional context, last
                  ["--dry", "--context", "app", "build", "-t", "app"],  # --context DIR: DIR/Dockerfile
                  ["--dry", "-f", "app/Dockerfile", "build", "--tag", "app"],  # -f: context its folder
                  ["--dry", "--file", "app/Dockerfile", "build", "--tag", "run=app", "app"]):
-        result = compimg(args, tmp_path, NO_ENGINE)
+        result = cli("compimg", args, tmp_path, NO_ENGINE)
         assert result.returncode == 0 and result.stdout.strip() == expected, (args, result.stderr)
     # -f is the Dockerfile here, never Invoke's --config; the folder has its own invoke.yaml
     other = tmp_path / "elsewhere"
     other.mkdir()
     (other / "Other.Dockerfile").write_text("NAME only\nFROM busybox\n")
-    result = compimg(["-f", str(other / "Other.Dockerfile"), "parse"], tmp_path, NO_ENGINE)
+    result = cli("compimg", ["-f", str(other / "Other.Dockerfile"), "parse"], tmp_path, NO_ENGINE)
     assert result.stdout.startswith(f"{other}/Other.Dockerfile: 1 stage(s), final: only"), result.stderr
 
 
 def test_build_arg_without_value_comes_from_the_environment(tmp_path: Path) -> None:
     project = example(tmp_path / "app")
-    missing = run_invoke(["compimg.build", "--build-arg", "GOFLAGS"], project, {**NO_ENGINE, "GOFLAGS": ""})
-    assert "cannot reach the Docker engine" in one_line(missing)  # set (even empty): taken, build goes on
-    env = {k: v for k, v in os.environ.items() if k != "GOFLAGS"}
-    unset = subprocess.run([sys.executable, "-m", "invoke", "compimg.build", "--build-arg", "GOFLAGS"],
-                           cwd=project, text=True, capture_output=True, env={**env, **NO_ENGINE})
-    assert one_line(unset) == ("--build-arg GOFLAGS: no value given and GOFLAGS is not set in the environment; "
-                               "write GOFLAGS=VALUE or export GOFLAGS")
+    given = cli("invoke", ["--dry", "compimg.build", "--build-arg", "GOFLAGS"], project, {**NO_ENGINE, "GOFLAGS": ""})
+    assert given.returncode == 0 and given.stdout.endswith("; build arg GOFLAGS=\n"), given.stderr  # set, even empty
+    unset = cli("invoke", ["--dry", "compimg.build", "--build-arg", "GOFLAGS"], project, {**NO_ENGINE, "GOFLAGS": None})
+    # As docker build: an arg named but not set in the environment sets nothing (invoke.yaml's
+    # value holds); one warning.
+    assert unset.returncode == 0 and unset.stdout.endswith("; build arg GOFLAGS=-trimpath\n"), unset.stderr
+    assert unset.stderr.splitlines() == ["warning: --build-arg GOFLAGS: GOFLAGS is not set in the environment, so "
+                                         "the flag sets nothing (as docker build); write GOFLAGS=VALUE or export "
+                                         "GOFLAGS"]
+
+
+def test_build_args_from_the_environment_and_on_every_task_that_builds(tmp_path: Path) -> None:
+    """INVOKE_COMPIMG_BUILD_ARGS_<NAME> was ignored unless invoke.yaml had that key."""
+    project = example(tmp_path / "app")
+    dry = cli("invoke", ["--dry", "compimg.build"], project, {**NO_ENGINE, "INVOKE_COMPIMG_BUILD_ARGS_VERSION": "9.9"})
+    assert dry.returncode == 0 and "; build arg VERSION=9.9" in dry.stdout, dry.stderr
+    (project / "invoke.yaml").write_text("compimg:\n  build_args:\n    VERSION: '1'\n    OTHER: kept\n")
+    dry = cli("invoke", ["--dry", "compimg.build"], project, {**NO_ENGINE, "INVOKE_COMPIMG_BUILD_ARGS_VERSION": "9.9"})
+    assert "; build arg OTHER=kept; build arg VERSION=9.9" in dry.stdout, dry.stderr
+    staged = cli("invoke", ["--dry", "compimg.build-stage", "build", "--build-arg", "OTHER=flag"], project, NO_ENGINE)
+    assert "; build arg VERSION=1; build arg OTHER=flag" in staged.stdout, staged.stderr
+    for task in (["compimg.assemble"], ["compimg.extract-artifact", "build:/go"], ["compimg.shell", "build"]):
+        helped = cli("invoke", ["--help", task[0]], project, NO_ENGINE)
+        assert "--build-arg" in helped.stdout, task
+        ran = cli("invoke", ["--dry", *task, "--build-arg", "A=1", "--build-arg", "B=2"], project, NO_ENGINE)
+        assert ran.returncode == 0, (task, ran.stderr)
+
+
+def test_short_flags_are_chosen_the_same_on_every_task_and_clash_with_no_core_flag(tmp_path: Path) -> None:
+    """`-p` was --push on build and --progress elsewhere; `-r` (build's --progress) is
+    Invoke's --search-root after any other task, where it was swallowed in silence."""
+    from invoke import Program
+
+    from invoke_compimg.tasks.operation import RESERVED_SHORT
+
+    project = example(tmp_path / "app")
+    ns = invoke_compimg.collection(base=project)
+    core = {name for arg in Program().core_args() + Program().task_args() for name in arg.names if len(name) == 1}
+    letters: dict[str, set[str]] = {}  # short flag -> the long flags it stands for
+    for task in ns.tasks.values():
+        for arg in task.get_arguments():
+            for short in (n for n in arg.names if len(n) == 1):
+                letters.setdefault(short, set()).add(arg.names[0])
+    assert letters == {"t": {"tag"}, "q": {"quiet"}}, letters  # one meaning each, on purpose
+    assert not set(letters) & (core | RESERVED_SHORT)
+    quiet = cli("invoke", ["--dry", "compimg.build-stage", "build", "-q", "--progress", "tty"], project, NO_ENGINE)
+    assert one_line(quiet) == "--quiet and --progress tty say two things; give one"
 
 
 # --- 3. no silent misreads ------------------------------------------------------------------
@@ -195,14 +231,14 @@ MISREADS = [
 @pytest.mark.parametrize(("args", "env", "message"), MISREADS, ids=[" ".join(m[0]) + str(m[1]) for m in MISREADS])
 def test_misreads_are_one_clear_line(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
     project = example(tmp_path / "app")
-    assert one_line(run_invoke(args, project, {**NO_ENGINE, **env})).endswith(message)
+    assert one_line(cli("invoke", args, project, {**NO_ENGINE, **env})).endswith(message)
 
 
 def test_environment_values_are_read_as_written(tmp_path: Path) -> None:
     project = example(tmp_path / "app")
 
     def dry(env: dict[str, str], *args: str) -> str:
-        result = run_invoke(["--dry", "compimg.build", *args], project, {**NO_ENGINE, **env})
+        result = cli("invoke", ["--dry", "compimg.build", *args], project, {**NO_ENGINE, **env})
         assert result.returncode == 0, result.stderr
         return result.stdout
 
@@ -216,20 +252,21 @@ def test_environment_values_are_read_as_written(tmp_path: Path) -> None:
 
 def test_dry_release_prints_what_it_would_build(tmp_path: Path) -> None:
     project = example(tmp_path / "app")
-    result = run_invoke(["--dry", "release"], project, NO_ENGINE)  # no engine: nothing can be built
+    result = cli("invoke", ["--dry", "release"], project, NO_ENGINE)  # no engine: nothing can be built
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build; tag run as my-app:1.0",
+        f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build; tag run as my-app:1.0"
+        "; build arg GOFLAGS=-trimpath",
         "released my-app:1.0"]
     # Our settings from the environment hold for a task of the user's own too (Invoke loads
     # env vars only for the keys of the running task's collections).
-    env = run_invoke(["--dry", "release"], project, {**NO_ENGINE, "INVOKE_COMPIMG_NO_CACHE": "true"})
+    env = cli("invoke", ["--dry", "release"], project, {**NO_ENGINE, "INVOKE_COMPIMG_NO_CACHE": "true"})
     assert "; no cache\n" in env.stdout, env.stderr
-    bad = run_invoke(["release"], project, {**NO_ENGINE, "INVOKE_COMPIMG_JOBS": "many"})
+    bad = cli("invoke", ["release"], project, {**NO_ENGINE, "INVOKE_COMPIMG_JOBS": "many"})
     assert one_line(bad) == "INVOKE_COMPIMG_JOBS 'many': give a whole number of at least 1"
-    staged = run_invoke(["--dry", "compimg.build-stage", "unit-tests"], project, NO_ENGINE)  # task spelling
+    staged = cli("invoke", ["--dry", "compimg.build-stage", "unit-tests"], project, NO_ENGINE)  # task spelling
     assert staged.stdout.startswith("would build unit_tests (build, unit_tests) "), staged.stderr
-    stage_task = run_invoke(["--dry", "compimg.stage.unit-tests"], project, NO_ENGINE)
+    stage_task = cli("invoke", ["--dry", "compimg.stage.unit-tests"], project, NO_ENGINE)
     assert stage_task.returncode == 0 and "would build stage unit_tests" in stage_task.stdout
 
 
@@ -239,7 +276,7 @@ def test_python_api_resolves_paths_like_collection_from_a_subfolder(tmp_path: Pa
     project = example(tmp_path / "app", TASKS + API_TASKS)
     deep = project / "src" / "deep"
     deep.mkdir(parents=True)
-    result = run_invoke(["--dry", "api"], deep, NO_ENGINE)
+    result = cli("invoke", ["--dry", "api"], deep, NO_ENGINE)
     assert result.returncode == 0, result.stderr
     assert "API-PARSED" in result.stdout
     assert f"would build unit_tests (build, unit_tests) from {project}/Dockerfile" in result.stdout
@@ -257,9 +294,9 @@ def test_a_tasks_package_finds_the_dockerfile_next_to_it(tmp_path: Path) -> None
         TASKS + "\nfrom . import images\nns.add_task(images.where)\n")
     deep = project / "src"
     deep.mkdir()
-    listing = run_invoke(["--list"], deep, NO_ENGINE)
+    listing = cli("invoke", ["--list"], deep, NO_ENGINE)
     assert listing.returncode == 0 and listing.stderr == "" and "compimg.stage.unit-tests" in listing.stdout
-    result = run_invoke(["--dry", "where"], deep, NO_ENGINE)
+    result = cli("invoke", ["--dry", "where"], deep, NO_ENGINE)
     assert result.stdout.startswith(f"would build build (build) from {project}/Dockerfile"), result.stderr
 
 
@@ -270,22 +307,22 @@ def test_base_names_the_folder_relative_paths_start_from(tmp_path: Path) -> None
     (ci / "tasks.py").write_text(
         "from invoke import Collection\nimport invoke_compimg\n\n"
         f"ns = Collection(invoke_compimg.collection('Dockerfile', '.', name='app', base={str(project)!r}))\n")
-    result = run_invoke(["--dry", "app.build"], ci, NO_ENGINE)
+    result = cli("invoke", ["--dry", "app.build"], ci, NO_ENGINE)
     assert result.stdout.startswith(f"would build run (build, run) from {project}/Dockerfile"), result.stderr
 
 
 def test_hints_name_the_task_the_user_can_type(tmp_path: Path) -> None:
     project = example(tmp_path / "app", TASKS.replace("invoke_compimg.collection()",
                                                       "invoke_compimg.collection(name='app')"))
-    line = one_line(run_invoke(["app.parse", "--stage", "run"], project, NO_ENGINE))
+    line = one_line(cli("invoke", ["app.parse", "--stage", "run"], project, NO_ENGINE))
     assert line == "--stage goes with --lowered: write `app.parse --lowered --stage run`"
-    line = one_line(run_invoke(["app.build", "--tag", "unit_tests=x"], project, NO_ENGINE))
+    line = one_line(cli("invoke", ["app.build", "--tag", "unit_tests=x"], project, NO_ENGINE))
     assert "run `app.build --target unit_tests`" in line
-    line = one_line(compimg(["parse", "--stage", "run"], project, NO_ENGINE))
+    line = one_line(cli("compimg", ["parse", "--stage", "run"], project, NO_ENGINE))
     assert line == "--stage goes with --lowered: write `compimg parse --lowered --stage run`"
-    line = one_line(compimg(["build", "--tag", "unit_tests=x"], project, NO_ENGINE))
+    line = one_line(cli("compimg", ["build", "--tag", "unit_tests=x"], project, NO_ENGINE))
     assert "run `compimg build --target unit_tests`" in line
-    line = one_line(compimg(["shell", "--help"], project, NO_ENGINE))
+    line = one_line(cli("compimg", ["shell", "--help"], project, NO_ENGINE))
     assert line.endswith("for help on it run `compimg --help shell`")
     for path in (ROOT / "invoke_compimg").glob("*.py"):  # no message sends users to our own scripts
         assert "scripts/engine" not in path.read_text(), path
@@ -295,12 +332,12 @@ def test_hints_name_the_task_the_user_can_type(tmp_path: Path) -> None:
 
 def test_the_python_api_prints_nothing_when_quiet(tmp_path: Path) -> None:
     project = example(tmp_path / "app", TASKS + API_TASKS)
-    quiet = run_invoke(["--dry", "api"], project, {**NO_ENGINE, "INVOKE_COMPIMG_PROGRESS": "quiet"})
+    quiet = cli("invoke", ["--dry", "api"], project, {**NO_ENGINE, "INVOKE_COMPIMG_PROGRESS": "quiet"})
     assert quiet.returncode == 0 and quiet.stdout.splitlines()[0].startswith("API-PARSED"), quiet.stderr
-    loud = run_invoke(["--dry", "api"], project, NO_ENGINE)
+    loud = cli("invoke", ["--dry", "api"], project, NO_ENGINE)
     assert loud.stdout.startswith('{\n  "final": "run"')
     # The parse task always prints what it shows.
-    task = run_invoke(["compimg.parse"], project, {**NO_ENGINE, "INVOKE_COMPIMG_PROGRESS": "quiet"})
+    task = cli("invoke", ["compimg.parse"], project, {**NO_ENGINE, "INVOKE_COMPIMG_PROGRESS": "quiet"})
     assert "final: run" in task.stdout
 
 
@@ -311,21 +348,21 @@ def test_release_builds_tags_reports_and_cleans(make_project, api, unique: str) 
     files["invoke.yaml"] = files["invoke.yaml"].replace("my-app-build", f"{unique}-build")
     project = make_project((EXAMPLE / "Dockerfile").read_text(), files)
     folder = project.context
-    result = run_invoke(["release"], folder)
+    result = cli("invoke", ["release"], folder)
     assert result.returncode == 0, result.stderr
     image = api.inspect_image(f"{unique}:1.0")["Id"]
     assert f"[run] tagged {unique}:1.0 ({image})" in result.stdout
     assert f"[build] tagged {unique}-build (sha256:" in result.stdout
     assert re.search(r"^stage\s+image\s+size\s+seconds\s+builder$", result.stdout, re.M)
     assert "final image 'run'" in result.stdout and "released" in result.stdout
-    intermediate = run_invoke(["compimg.build", "--target", "build"], folder)
+    intermediate = cli("invoke", ["compimg.build", "--target", "build"], folder)
     assert intermediate.returncode == 0 and "builder" in intermediate.stdout
     assert "final image" not in intermediate.stdout  # no ratio line for an intermediate target
     # Each stage has its stable name and its reuse record, in the project's one repository.
     names = sorted(ref.partition(":")[2] for i in api.images(name=project.repository) for ref in i["RepoTags"])
     assert [n for n in names if "--I-" not in n] == ["build", "run"]
     assert sorted(n.partition("--I-")[0] for n in names if "--I-" in n) == ["build", "run"]
-    cleaned = run_invoke(["compimg.clean"], folder)
+    cleaned = cli("invoke", ["compimg.clean"], folder)
     assert cleaned.returncode == 0, cleaned.stderr
     assert re.search(r"removed \d+ container\(s\) and \d+ image\(s\) of compimg/\S+", cleaned.stdout), cleaned.stdout
     kept = [line for line in cleaned.stdout.splitlines() if line.startswith("untagged ")]
@@ -377,7 +414,7 @@ def test_an_env_setting_of_the_wrong_type_for_a_config_file_is_one_line(tmp_path
     (tmp_path / "Dockerfile").write_text("FROM busybox AS run\n")
     (tmp_path / "invoke.yaml").write_text("compimg:\n  jobs: 2\n  tags: {run: [a, b]}\n")
     for variable, value in (("INVOKE_COMPIMG_JOBS", "abc"), ("INVOKE_COMPIMG_TAGS_RUN", "c")):
-        result = compimg(["build"], tmp_path, {**NO_ENGINE, variable: value})
+        result = cli("compimg", ["build"], tmp_path, {**NO_ENGINE, variable: value})
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1, result.stderr
         assert lines[0].startswith("an INVOKE_* environment variable does not fit the type"), lines[0]
@@ -390,7 +427,71 @@ def test_a_quiet_build_prints_the_id_as_a_task_and_nothing_through_the_api(make_
              "ns = Collection(api)\nns.add_collection(invoke_compimg.collection())\n")
     project = make_project("FROM busybox\nRUN true\n", {"tasks.py": tasks})
     quiet = {"INVOKE_COMPIMG_PROGRESS": "quiet"}
-    task = run_invoke(["compimg.build"], project.context, quiet)
+    task = cli("invoke", ["compimg.build"], project.context, quiet)
     assert task.returncode == 0 and re.fullmatch(r"sha256:[0-9a-f]{64}\n", task.stdout), task.stdout + task.stderr
-    api = run_invoke(["api"], project.context, quiet)
+    api = cli("invoke", ["api"], project.context, quiet)
     assert api.returncode == 0 and api.stdout == "API-IDS 1\n", api.stdout + api.stderr
+
+
+# --- 6. what a new user typed ---------------------------------------------------------------
+
+def test_file_and_context_after_the_task_are_honoured(tmp_path: Path) -> None:
+    """`compimg build -f ci.Dockerfile` built ./Dockerfile and exited 0."""
+    project = example(tmp_path / "app")
+    (project / "ci").mkdir()  # -f: the context is its folder, which has no invoke.yaml
+    (project / "ci/ci.Dockerfile").write_text("NAME ci\nFROM busybox\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "Dockerfile").write_text("NAME elsewhere\nFROM busybox\n")
+    cases = [
+        (["build", "-f", "ci/ci.Dockerfile"], f"would build ci (ci) from {project}/ci/ci.Dockerfile"),
+        (["build", "--file=ci/ci.Dockerfile", "-t", "x"],
+         f"would build ci (ci) from {project}/ci/ci.Dockerfile; tag ci as x"),
+        (["build", "--context", str(other)], f"would build elsewhere (elsewhere) from {other}/Dockerfile"),
+        (["parse", "--format", "json", "-f", "ci/ci.Dockerfile"], '"final": "ci"'),
+    ]
+    for args, expected in cases:
+        result = cli("compimg", ["--dry", *args], project, NO_ENGINE)
+        assert result.returncode == 0 and expected in result.stdout, (args, result.stdout, result.stderr)
+
+
+def test_the_context_goes_anywhere_among_the_flags(tmp_path: Path) -> None:
+    """`compimg build . -t x` said "No idea what '.' is!"."""
+    project = example(tmp_path / "app")
+    expected = f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build; tag run as x"
+    for args, cwd in ((["build", ".", "-t", "x"], project), (["build", "app", "-t", "x"], tmp_path),
+                      (["build", "-t", "x", "app"], tmp_path), (["build", "--no-cache", "app", "-t", "x"], tmp_path)):
+        result = cli("compimg", ["--dry", *args], cwd, NO_ENGINE)
+        assert result.returncode == 0 and result.stdout.startswith(expected), (args, result.stdout, result.stderr)
+    # A task's positional argument is never taken for the context, even when a folder has its name.
+    (project / "build").mkdir()
+    staged = cli("compimg", ["--dry", "build-stage", "build", "."], project, NO_ENGINE)
+    assert staged.stdout.startswith(f"would build build (build) from {project}/Dockerfile"), staged.stderr
+    (project / "src").mkdir(exist_ok=True)
+    two = one_line(cli("compimg", ["build", ".", "src"], project, NO_ENGINE))
+    assert two == "two build contexts given, '.' and 'src'; give one"
+
+
+def test_help_never_needs_a_dockerfile(tmp_path: Path) -> None:
+    for args in (["--help"], ["--help", "build"], ["build", "--help"]):
+        helped = cli("compimg", args, tmp_path, NO_ENGINE)
+        assert helped.returncode == 0 and helped.stderr == "", (args, helped.stderr)
+        assert "build" in helped.stdout
+    listed = cli("compimg", ["--list"], tmp_path, NO_ENGINE)  # listing says why there are no stage tasks
+    assert listed.returncode == 0 and "Dockerfile: no such file" in listed.stderr
+
+
+def test_a_core_flag_after_a_task_is_one_line_not_swallowed(tmp_path: Path) -> None:
+    """`invoke compimg.build-stage test -r quiet`: Invoke took -r as its --search-root, after the
+    tasks were found, and the build ran with plain output without a word."""
+    project = example(tmp_path / "app")
+    for args, flag, core in ((["compimg.build-stage", "build", "-r", "quiet"], "-r", "--search-root"),
+                             (["compimg.build", "--search-root=x"], "--search-root", "--search-root"),
+                             (["compimg.shell", "build", "-c", "other"], "-c", "--collection")):
+        line = one_line(cli("invoke", ["--dry", *args], project, NO_ENGINE))
+        assert line.startswith(f"{flag} after the task is Invoke's own {core}, read only before the first task"), line
+    line = one_line(cli("compimg", ["build-stage", "build", "-r", "quiet"], project, NO_ENGINE))
+    assert line == ("-r after the task is Invoke's own --search-root, which means nothing here; "
+                    "see `compimg --help build-stage` for the task's own flags")
+    before = cli("invoke", ["--dry", "-r", str(project), "compimg.build-stage", "build"], tmp_path, NO_ENGINE)
+    assert before.returncode == 0, before.stderr  # before the task it is Invoke's, as ever

@@ -10,7 +10,7 @@ from invoke.executor import Executor
 
 import invoke_compimg
 from invoke_compimg.errors import UserError
-from invoke_compimg.tasks.plugin import _settings
+from invoke_compimg.tasks.binding import Binding
 
 TEXT = "NAME build\nFROM busybox\nNAME tool_x\nFROM busybox\nNAME run\nFROM busybox\nCOPY build:/a tool_x:/b /c/\n"
 
@@ -45,28 +45,27 @@ def test_stage_tasks_have_their_own_identity_and_exact_pre_tasks(tmp_path: Path)
 
 def test_config_precedence(tmp_path: Path) -> None:
     collection = _collection(tmp_path)
-    project = invoke_compimg.project(tmp_path / "a/Dockerfile", tmp_path / "a")
+    bound = Binding.of("a/Dockerfile", "a", root=tmp_path)
     config = Config(defaults=collection.configuration())
     config.compimg.tags = {"build": "from-config", "run": ["r1", "r2"]}
     config.compimg.build_args = {"A": "config", "B": "config"}
     config.compimg.no_cache = True
     c = Context(config=config)
-    settings = _settings(c, "compimg", project, target="run", tags=["build=from-flag"], build_args=["B=flag"])
+    settings = bound.settings(c, target="run", tags=["build=from-flag"], build_args=["B=flag"])
     assert settings.tags == {"build": ("from-flag",), "run": ("r1", "r2")}
     assert settings.build_args == {"A": "config", "B": "flag"}
     assert settings.no_cache is True
-    assert _settings(c, "compimg", project, target="run", no_cache=False).no_cache is False
+    assert bound.settings(c, target="run", no_cache=False).no_cache is False
     fresh = Context(config=Config(defaults=collection.configuration()))
-    assert _settings(fresh, "compimg", project, target="run").jobs == 4
+    assert bound.settings(fresh, target="run").jobs == 4
 
 
 @pytest.mark.parametrize("bad", ["nope=ref", "build=UPPER", "build=a b"])
 def test_bad_tags_are_one_line(tmp_path: Path, bad: str) -> None:
     collection = _collection(tmp_path)
-    project = invoke_compimg.project(tmp_path / "a/Dockerfile", tmp_path / "a")
     c = Context(config=Config(defaults=collection.configuration()))
     with pytest.raises(UserError) as caught:
-        _settings(c, "compimg", project, target="run", tags=[bad])
+        Binding.of("a/Dockerfile", "a", root=tmp_path).settings(c, target="run", tags=[bad])
     assert "\n" not in str(caught.value) and caught.value.code == 1
 
 

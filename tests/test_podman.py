@@ -14,14 +14,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import peers
 import pytest
-from conftest import ROOT
+from conftest import COMPIMG, INVOKE, ROOT, cli
 
 from invoke_compimg.building.project import Project
 from invoke_compimg.names import normalise_ref
@@ -32,19 +31,12 @@ pytestmark = pytest.mark.engine
 podman_service = peers.podman_service
 registry = peers.registry
 
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
-INVOKE = [sys.executable, "-m", "invoke"]
 TASKS = "from invoke import Collection\nimport invoke_compimg\n\nns = Collection()\n" \
         "ns.add_collection(invoke_compimg.collection())\n"
 
 
 def _env(peer: peers.PodmanPeer, **more: str) -> dict[str, str]:
-    return {**os.environ, **peer.env, "DOCKER_HOST": peer.docker_host, "PYTHONUNBUFFERED": "1", **more}
-
-
-def _run(command: list[str], cwd: Path, peer: peers.PodmanPeer, timeout: float = 600,
-         **more: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=cwd, env=_env(peer, **more), capture_output=True, text=True, timeout=timeout)
+    return {**peer.env, "DOCKER_HOST": peer.docker_host, "PYTHONUNBUFFERED": "1", **more}
 
 
 def _project(tmp_path: Path, dockerfile: str, name: str = "proj") -> Path:
@@ -73,7 +65,8 @@ def test_hello_go_build_run_extract_shell_clean(podman_service: peers.PodmanPeer
     peer = podman_service
     project = tmp_path / "hello"
     shutil.copytree(ROOT / "examples/hello-go", project)
-    built = _run([*COMPIMG, "build", "--tag", "build=pm-hello-build", "--tag", "pm-hello:v1"], project, peer)
+    built = cli("compimg", ["build", "--tag", "build=pm-hello-build", "--tag", "pm-hello:v1"], project, _env(peer),
+                timeout=600)
     assert built.returncode == 0, built.stderr
     assert "classic" in built.stdout  # auto chose the classic builder
     assert {"pm-hello:v1", "pm-hello-build:latest"} <= _names(peer)
@@ -81,11 +74,13 @@ def test_hello_go_build_run_extract_shell_clean(podman_service: peers.PodmanPeer
     assert ran.stdout == "Hello, 世界\n", ran.stderr
 
     out = tmp_path / "out"
-    extracted = _run([*COMPIMG, "extract-artifact", "build:/go/bin/app", "--dest", str(out)], project, peer)
+    extracted = cli("compimg", ["extract-artifact", "build:/go/bin/app", "--dest", str(out)], project, _env(peer),
+                    timeout=600)
     assert extracted.returncode == 0, extracted.stderr
     assert subprocess.run([str(out / "app")], capture_output=True, text=True).stdout == "Hello, 世界\n"
 
-    shell = _run([*COMPIMG, "shell", "run", "--cmd", "sh -c './app; echo to-stderr >&2; exit 3'"], project, peer)
+    shell = cli("compimg", ["shell", "run", "--cmd", "sh -c './app; echo to-stderr >&2; exit 3'"], project,
+                _env(peer), timeout=600)
     assert shell.returncode == 3, shell.stderr
     assert shell.stdout.endswith("Hello, 世界\n") and shell.stderr.startswith("to-stderr\n")
     assert peer.podman("ps", "--all", "--external", "--quiet").stdout == ""  # no container left
@@ -94,7 +89,7 @@ def test_hello_go_build_run_extract_shell_clean(podman_service: peers.PodmanPeer
     # user's own tags stay.
     repository = _repository(project)
     assert [n for n in _names(peer) if n.startswith(repository + ":")]
-    cleaned = _run([*COMPIMG, "clean"], project, peer)
+    cleaned = cli("compimg", ["clean"], project, _env(peer), timeout=600)
     assert cleaned.returncode == 0, cleaned.stderr
     assert not [n for n in _names(peer) if n.startswith(repository + ":")]
     assert {"pm-hello:v1", "pm-hello-build:latest"} <= _names(peer)
@@ -106,11 +101,11 @@ def test_rebuilds_do_not_pile_up_and_warm_builds_are_noops(podman_service: peers
     peer = podman_service
     project = tmp_path / "hello"
     shutil.copytree(ROOT / "examples/hello-go", project)
-    first = _run([*COMPIMG, "build", "--progress", "plain"], project, peer)
+    first = cli("compimg", ["build", "--progress", "plain"], project, _env(peer), timeout=600)
     assert first.returncode == 0, first.stderr
     after_first = _image_count(peer)
     started = time.monotonic()
-    warm = _run([*COMPIMG, "build", "--progress", "plain"], project, peer)
+    warm = cli("compimg", ["build", "--progress", "plain"], project, _env(peer), timeout=600)
     warm_seconds = time.monotonic() - started
     assert warm.returncode == 0, warm.stderr
     assert "[build] reused" in warm.stdout and "[run] reused" in warm.stdout
@@ -119,16 +114,16 @@ def test_rebuilds_do_not_pile_up_and_warm_builds_are_noops(podman_service: peers
     for word in ("monde", "world"):  # two edits, two rebuilds: the same number of images
         main = project / "main.go"
         main.write_text(main.read_text().replace("世界", f"{word} 世界"))
-        again = _run([*COMPIMG, "build"], project, peer)
+        again = cli("compimg", ["build"], project, _env(peer), timeout=600)
         assert again.returncode == 0, again.stderr
         assert _image_count(peer) == after_first
-    assert _run([*COMPIMG, "clean"], project, peer).returncode == 0
+    assert cli("compimg", ["clean"], project, _env(peer), timeout=600).returncode == 0
 
 
 def test_failing_run_names_the_users_line(podman_service: peers.PodmanPeer, tmp_path: Path) -> None:
     project = _project(tmp_path, "NAME a\nFROM busybox\nRUN echo one\n\nRUN echo before; exit 3\n"
                                  "NAME b\nFROM busybox\nCOPY a:/etc/hostname /x\n")
-    result = _run([*COMPIMG, "build", "--progress", "plain"], project, podman_service)
+    result = cli("compimg", ["build", "--progress", "plain"], project, _env(podman_service), timeout=600)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -144,31 +139,31 @@ def test_network_none_isolates_run(podman_service: peers.PodmanPeer, tmp_path: P
     """`network: none` is sent as Podman's NetworkDisabled: RUN sees only lo. Without it
     Podman 4.3 runs RUN in the host's network (the contrast shows the test can fail)."""
     project = _project(tmp_path, f"FROM busybox\nRUN cat /proc/net/dev # {network or 'default'}\n")
-    result = _run([*COMPIMG, "build", "--progress", "plain", "--no-cache"], project, podman_service,
-                  INVOKE_COMPIMG_NETWORK=network)
+    result = cli("compimg", ["build", "--progress", "plain", "--no-cache"], project,
+                 _env(podman_service, INVOKE_COMPIMG_NETWORK=network), timeout=600)
     assert result.returncode == 0, result.stderr
     interfaces = {line.split("]", 1)[1].split(":")[0].strip() for line in result.stdout.splitlines()
                   if line.startswith("[stage-0] ") and ":" in line and "|" not in line and "#" not in line}
     assert (interfaces == {"lo"}) is isolated, result.stdout
-    _run([*COMPIMG, "clean"], project, podman_service)
+    cli("compimg", ["clean"], project, _env(podman_service), timeout=600)
 
 
 def test_push_to_a_loopback_registry(podman_service: peers.PodmanPeer, registry: str, tmp_path: Path) -> None:
     project = _project(tmp_path, "NAME build\nFROM busybox\nRUN echo pushed > /x\nNAME run\nFROM busybox\n"
                                  "COPY build:/x /x\n")
     ref = f"{registry}/compimg-podman/app:v1"
-    result = _run([*COMPIMG, "build", "--tag", ref, "--push"], project, podman_service)
+    result = cli("compimg", ["build", "--tag", ref, "--push"], project, _env(podman_service), timeout=600)
     assert result.returncode == 0, result.stderr
     assert f"[run] pushed {ref}@sha256:" in result.stdout  # Podman gives the digest only in words
     with urllib.request.urlopen(f"http://{registry}/v2/compimg-podman/app/tags/list") as response:
         assert json.load(response)["tags"] == ["v1"]
-    _run([*COMPIMG, "clean"], project, podman_service)
+    cli("compimg", ["clean"], project, _env(podman_service), timeout=600)
     podman_service.podman("rmi", ref)
 
 
 def test_builder_buildkit_is_one_line(podman_service: peers.PodmanPeer, tmp_path: Path) -> None:
     project = _project(tmp_path, "FROM busybox\nRUN true\n")
-    result = _run([*COMPIMG, "build", "--builder", "buildkit"], project, podman_service)
+    result = cli("compimg", ["build", "--builder", "buildkit"], project, _env(podman_service), timeout=600)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"--builder buildkit: Podman 4.3.1 at {podman_service.docker_host} offers no BuildKit; "
@@ -183,7 +178,7 @@ def test_ctrl_c_mid_run(podman_service: peers.PodmanPeer, tmp_path: Path, runner
     project = _project(tmp_path, f"FROM busybox\nRUN echo started; sleep 6; echo finished # {runner}\n")
     command = [*COMPIMG, "build"] if runner == "compimg" else [*INVOKE, "compimg.build"]
     process = subprocess.Popen([*command, "--tag", f"pm-interrupted-{runner}:v1", "--progress", "plain"],
-                               cwd=project, env=_env(peer), text=True, stdout=subprocess.PIPE,
+                               cwd=project, env={**os.environ, **_env(peer)}, text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
     try:
         assert process.stdout is not None
@@ -220,7 +215,7 @@ def test_onbuild_base_image_reads_the_context(podman_service: peers.PodmanPeer, 
     assert built.returncode == 0, built.stderr
     project = _project(tmp_path, "NAME app\nFROM localhost/compimg-onb:1\nRUN cat /x\nRUN exit 4\n")
     (project / "only.txt").write_text("from the trigger\n")
-    result = _run([*COMPIMG, "build", "--progress", "plain"], project, podman_service)
+    result = cli("compimg", ["build", "--progress", "plain"], project, _env(podman_service), timeout=600)
     assert "from the trigger" in result.stdout, result.stdout + result.stderr
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"{project / 'Dockerfile'}:4: stage 'app' failed at RUN exit 4"), \

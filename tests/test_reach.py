@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
 import peers
 import pytest
-from conftest import ROOT
+from conftest import COMPIMG, ROOT, cli
 from peers import free_port
 
 # The peers' fixtures, bound here so pytest finds them (a plain import would read as unused).
@@ -23,19 +23,16 @@ registry = peers.registry
 second_engine = peers.second_engine
 
 pytestmark = pytest.mark.engine
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 HELLO = (ROOT / "examples/hello-go/Dockerfile").read_text()
 
 
 def test_build_and_extract_on_a_remote_engine(second_engine, api, tmp_path) -> None:  # type: ignore[no-untyped-def]
     project = tmp_path / "hello"
     shutil.copytree(ROOT / "examples/hello-go", project)
-    env = {**os.environ, "DOCKER_HOST": second_engine}
-    result = subprocess.run([*COMPIMG, "build", "--tag", "remote-hello"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = {"DOCKER_HOST": second_engine}
+    result = cli("compimg", ["build", "--tag", "remote-hello"], project, env, timeout=300)
     assert result.returncode == 0, result.stderr
-    result = subprocess.run([*COMPIMG, "extract-artifact", "build:/go/bin/app", "--dest", str(tmp_path / "out")],
-                            cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    result = cli("compimg", ["extract-artifact", "build:/go/bin/app", "--dest", str(tmp_path / "out")], project, env)
     assert result.returncode == 0, result.stderr
     assert subprocess.run([str(tmp_path / "out/app")], capture_output=True, text=True).stdout == "Hello, 世界\n"
     import docker
@@ -52,8 +49,7 @@ def test_build_and_extract_on_a_remote_engine(second_engine, api, tmp_path) -> N
 def test_push_to_a_registry(registry, make_project, api) -> None:  # type: ignore[no-untyped-def]
     project = make_project("NAME build\nFROM busybox\nRUN echo pushed > /x\nNAME run\nFROM busybox\nCOPY build:/x /x\n")
     ref = f"{registry}/compimg-test/app:v1"
-    result = subprocess.run([*COMPIMG, "build", "--tag", ref, "--push"], cwd=project.context,
-                            capture_output=True, text=True, timeout=300)
+    result = cli("compimg", ["build", "--tag", ref, "--push"], project.context, timeout=300)
     try:
         assert result.returncode == 0, result.stderr
         assert f"[run] pushing {ref}" in result.stdout
@@ -70,8 +66,7 @@ def test_push_to_an_unreachable_registry_is_one_line(make_project, api) -> None:
     project = make_project("FROM busybox\n")
     port = free_port()
     ref = f"127.0.0.1:{port}/nowhere:1"
-    result = subprocess.run([*COMPIMG, "build", "--tag", ref, "--push"], cwd=project.context,
-                            capture_output=True, text=True, timeout=300)
+    result = cli("compimg", ["build", "--tag", ref, "--push"], project.context, timeout=300)
     try:
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
@@ -110,3 +105,33 @@ def test_ctrl_c_mid_push(registry, make_project, api) -> None:  # type: ignore[n
     finally:
         process.kill()
         api.remove_image(ref)
+
+
+def test_clean_all_cleans_every_project_on_the_engine(second_engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On an engine of this test's own: `clean --all` touches every compimg/* repository."""
+    import docker
+
+    env = {"DOCKER_HOST": second_engine}
+    remote = docker.APIClient(base_url=second_engine, version="auto")
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "Dockerfile").write_text(f"NAME {name}\nFROM busybox\nRUN echo {name} > /x\n")
+        built = cli("compimg", ["build", *(["-t", "mine:1"] if name == "two" else [])], tmp_path / name, env)
+        assert built.returncode == 0, built.stderr
+    # A temporary container of a run that is gone (the pid of a process that exited).
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    gone = f"{socket.gethostname()}:{finished.pid}"
+    remote.create_container("busybox", labels={"compimg.temporary": gone, "compimg.project": "x"})
+    dry = cli("compimg", ["--dry", "clean", "--all"], tmp_path, env)
+    assert dry.stdout.startswith("would remove the images of compimg/*"), dry.stderr
+    cleaned = cli("compimg", ["clean", "--all"], tmp_path, env, timeout=120)
+    assert cleaned.returncode == 0, cleaned.stderr
+    lines = cleaned.stdout.splitlines()
+    assert lines[0] == "removed 1 temporary container(s) of runs that are gone", lines
+    # (The module's other tests may have left projects of their own on this engine: cleaned too.)
+    assert any(line.startswith("removed 1 image(s) of compimg/one-") for line in lines), lines
+    assert any(line.startswith("removed 0 image(s) of compimg/two-") for line in lines), lines
+    assert any(line.startswith("untagged ") and "still named mine:1" in line for line in lines), lines
+    assert not [t for i in remote.images() for t in i.get("RepoTags") or [] if t.startswith("compimg/")]
+    assert remote.containers(all=True) == [] and remote.inspect_image("mine:1")

@@ -7,18 +7,16 @@ itself; the classic builder needs the images on the engine, which `engine.build`
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import docker
 import peers
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli
 
 pytestmark = pytest.mark.engine
 
@@ -26,7 +24,6 @@ pytestmark = pytest.mark.engine
 registry = peers.registry
 second_engine = peers.second_engine
 
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 # Slow RUN steps (5 s of sleep in all) that say when they run; `{token}` keeps A from
 # reusing its own cache of earlier runs.
 DOCKERFILE = """\
@@ -51,11 +48,9 @@ def _project(folder: Path, token: str) -> Path:
 
 
 def _compimg(args: list[str], cwd: Path, host: str | None) -> tuple[subprocess.CompletedProcess[str], float]:
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
-    if host:
-        env["DOCKER_HOST"] = host
+    """The run, on engine `host` (None: the local one), and how long it took."""
     started = time.monotonic()
-    result = subprocess.run([*COMPIMG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = cli("compimg", args, cwd, {"DOCKER_HOST": host}, timeout=600)
     return result, time.monotonic() - started
 
 

@@ -6,15 +6,13 @@ COMPIMG_SSH_CLIENT=1 (or when paramiko is missing); see `engine.connect`."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import peers
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli
 
 from invoke_compimg.building.project import Project
 
@@ -23,13 +21,7 @@ pytestmark = pytest.mark.engine
 # The peers' fixtures, bound here so pytest finds them (a plain import would read as unused).
 sshd_engine = peers.sshd_engine
 
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
 TRANSPORTS = [pytest.param("0", id="paramiko"), pytest.param("1", id="ssh-client")]
-
-
-def _compimg(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COMPIMG, *args], cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _env(peer: peers.SshPeer, transport: str, host: str | None = None) -> dict[str, str]:
@@ -44,23 +36,23 @@ def test_build_extract_shell_over_ssh(sshd_engine: peers.SshPeer, api, tmp_path:
     env = _env(sshd_engine, transport)
     repository = Project(project / "Dockerfile", project).repository + ":"
     try:
-        built = _compimg(["build", "--tag", f"{unique}:ssh"], project, env)
+        built = cli("compimg", ["build", "--tag", f"{unique}:ssh"], project, env)
         assert built.returncode == 0, built.stderr
         # The same engine as the socket's: the image is there.
         assert api.inspect_image(f"{unique}:ssh")["Config"]["Cmd"] == ["./app"]
         out = tmp_path / "out"
-        extracted = _compimg(["extract-artifact", "build:/go/bin/app", "--dest", str(out)], project, env)
+        extracted = cli("compimg", ["extract-artifact", "build:/go/bin/app", "--dest", str(out)], project, env)
         assert extracted.returncode == 0, extracted.stderr
         assert subprocess.run([str(out / "app")], capture_output=True, text=True).stdout == "Hello, 世界\n"
-        shell = _compimg(["shell", "run", "--cmd", "sh -c './app; echo to-stderr >&2; exit 3'"], project, env)
+        shell = cli("compimg", ["shell", "run", "--cmd", "sh -c './app; echo to-stderr >&2; exit 3'"], project, env)
         assert shell.returncode == 3, shell.stderr
         assert shell.stdout.endswith("\nHello, 世界\n") and shell.stderr.startswith("to-stderr\n")
-        cleaned = _compimg(["clean"], project, env)
+        cleaned = cli("compimg", ["clean"], project, env)
         assert cleaned.returncode == 0, cleaned.stderr
         assert not [t for i in api.images() for t in i.get("RepoTags") or [] if t.startswith(repository)]
         assert api.containers(all=True, filters={"label": "compimg.temporary"}) == []
     finally:
-        _compimg(["clean"], project, {})  # the same engine, through its socket
+        cli("compimg", ["clean"], project, {})  # the same engine, through its socket
         if api.images(name=unique):
             api.remove_image(f"{unique}:ssh")
 
@@ -82,7 +74,7 @@ def test_unreachable_over_ssh_is_one_line(sshd_engine: peers.SshPeer, tmp_path: 
         "unknown host": (f"ssh://root@localhost:{port}", ("host key verification failed", "unknown or changed")),
     }
     for case, (host, words) in cases.items():
-        result = _compimg(["build"], tmp_path, _env(sshd_engine, transport, host), timeout=120)
+        result = cli("compimg", ["build"], tmp_path, _env(sshd_engine, transport, host), timeout=120)
         line = _one_line(result)
         assert line.startswith(f"cannot reach the Docker engine at {host} through ssh ("), (case, line)
         assert any(word in line.lower() for word in words), (case, line)
@@ -96,5 +88,5 @@ def test_paramiko_asked_for_but_missing_is_one_line(sshd_engine: peers.SshPeer, 
     blocker.mkdir()
     (blocker / "paramiko.py").write_text("raise ImportError('blocked for this test')\n")
     env = {**_env(sshd_engine, "0"), "PYTHONPATH": str(blocker)}
-    line = _one_line(_compimg(["build"], tmp_path, env, timeout=120))
+    line = _one_line(cli("compimg", ["build"], tmp_path, env, timeout=120))
     assert "pip install paramiko" in line and "COMPIMG_SSH_CLIENT=1" in line

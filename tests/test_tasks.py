@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_invoke
+from conftest import COMPIMG, INVOKE, ROOT, cli
 from engine_helpers import count_containers, run_image
+
+NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent"}
 
 HELLO = (ROOT / "examples/hello-go/Dockerfile").read_text()
 HELLO_FILES = {name: (ROOT / "examples/hello-go" / name).read_text() for name in ("main.go", "go.mod")}
@@ -61,44 +64,44 @@ def _project(make_project, text: str, files: dict[str, str] | None = None, tasks
 def test_list_parse_and_errors_without_engine_calls(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text(HELLO)
     (tmp_path / "tasks.py").write_text(TASKS)
-    listing = run_invoke(["--list"], tmp_path)
+    listing = cli("invoke", ["--list"], tmp_path)
     assert listing.returncode == 0, listing.stderr
     for name in ("compimg.build (compimg)", "compimg.stage.build", "compimg.stage.run",
                  "compimg.extract-artifact", "compimg.shell", "compimg.clean", "release"):
         assert name in listing.stdout
-    parsed = run_invoke(["compimg.parse", "--format", "json"], tmp_path)
+    parsed = cli("invoke", ["compimg.parse", "--format", "json"], tmp_path)
     assert json.loads(parsed.stdout)["final"] == "run"
-    lowered = run_invoke(["compimg.parse", "--stage", "run", "--lowered"], tmp_path)
+    lowered = cli("invoke", ["compimg.parse", "--stage", "run", "--lowered", "--builder", "classic"], tmp_path)
     assert "COPY --from={{stage:build}} /go/bin/app ." in lowered.stdout
-    unknown = run_invoke(["compimg.parse", "--stage", "nope", "--lowered"], tmp_path)
+    unknown = cli("invoke", ["compimg.parse", "--stage", "nope", "--lowered"], tmp_path)
     assert unknown.returncode == 1
     assert unknown.stderr.strip().endswith("unknown stage 'nope' (--stage); known stages: build, run")
-    near = run_invoke(["compimg.parse", "--stage", "buidl", "--lowered"], tmp_path)
+    near = cli("invoke", ["compimg.parse", "--stage", "buidl", "--lowered"], tmp_path)
     assert "did you mean 'build'?" in near.stderr
     (tmp_path / "Dockerfile").write_text(HELLO.replace("COPY build:/go", "COPY build:go"))
     message = (f"{tmp_path}/Dockerfile:10: 'build:go/bin/app': the path after 'build:' must be absolute; "
                "write build:/go/bin/app")
     # A broken Dockerfile breaks no other task: the list is there, without the stage tasks.
-    broken = run_invoke(["--list"], tmp_path)
+    broken = cli("invoke", ["--list"], tmp_path)
     assert broken.returncode == 0 and "Traceback" not in broken.stderr
     assert "release" in broken.stdout and "compimg.build" in broken.stdout
     assert "compimg.stage." not in broken.stdout
     assert broken.stderr.strip().splitlines() == [f"{message} (the compimg tasks report this when run)"]
     for task in (["compimg.build"], ["compimg.parse"], ["compimg.extract-artifact", "build:/x"]):
-        failed = run_invoke(task, tmp_path)
+        failed = cli("invoke", task, tmp_path)
         assert failed.returncode == 1 and failed.stderr.strip().splitlines()[-1] == message, failed.stderr
 
 
 @pytest.mark.engine
 def test_stage_tasks_and_build_stage_build_only_prerequisites(make_project) -> None:  # type: ignore[no-untyped-def]
     _, folder = _project(make_project, BROKEN_SIDE)
-    result = run_invoke(["compimg.stage.b"], folder)
+    result = cli("invoke", ["compimg.stage.b"], folder)
     assert result.returncode == 0, result.stderr
     assert "[a] #" in result.stdout and "[b] #" in result.stdout
     assert "BROKEN-WAS-BUILT" not in result.stdout + result.stderr
-    result = run_invoke(["compimg.build-stage", "b"], folder)
+    result = cli("invoke", ["compimg.build-stage", "b"], folder)
     assert result.returncode == 0 and "BROKEN-WAS-BUILT" not in result.stdout
-    result = run_invoke(["compimg.build"], folder)
+    result = cli("invoke", ["compimg.build"], folder)
     assert result.returncode == 1
     assert "stage 'broken' failed at RUN echo BROKEN-WAS-BUILT" in result.stderr
     assert "Traceback" not in result.stderr
@@ -108,33 +111,30 @@ def test_stage_tasks_and_build_stage_build_only_prerequisites(make_project) -> N
 def test_composition_api_config_and_seed_tags(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     _, folder = _project(make_project, BROKEN_SIDE.replace("NAME last\nFROM busybox\nCOPY broken:/x /x\n", ""))
     (folder / "invoke.yaml").write_text(f"compimg:\n  tags:\n    a: {unique}-from-config\n")
-    result = run_invoke(["release"], folder)
+    result = cli("invoke", ["release"], folder)
     assert result.returncode == 0, result.stderr
     assert "RELEASE-RAN" in result.stdout
     assert result.stdout.index("[b] #") < result.stdout.index("RELEASE-RAN")
     assert api.inspect_image(f"{unique}-from-config")  # config tag applied by the pre-task
-    result = run_invoke(["compimg.build", f"--tag=b={unique}-b", f"--tag={unique}-final"], folder)
+    result = cli("invoke", ["compimg.build", f"--tag=b={unique}-b", f"--tag={unique}-final"], folder)
     assert result.returncode == 0, result.stderr
     assert api.inspect_image(f"{unique}-b")["Id"] == api.inspect_image(f"{unique}-final")["Id"]
-    result = run_invoke(["api"], folder)
+    result = cli("invoke", ["api"], folder)
     assert "API-IDS ['a', 'b']" in result.stdout, result.stderr
-    env = run_invoke(["compimg.build"], folder, env={"INVOKE_COMPIMG_TARGET": "a"})
+    env = cli("invoke", ["compimg.build"], folder, env={"INVOKE_COMPIMG_TARGET": "a"})
     assert "[b]" not in env.stdout and "[a]" in env.stdout
 
 
 @pytest.mark.engine
 def test_console_script_hello(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
     project = make_project(HELLO, HELLO_FILES)
-    compimg = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
-    result = subprocess.run([*compimg, "build", f"--tag=build={unique}-build", f"--tag=run={unique}"],
-                            cwd=project.context, capture_output=True, text=True, timeout=300)
+    result = cli("compimg", ["build", f"--tag=build={unique}-build", f"--tag=run={unique}"], project.context)
     assert result.returncode == 0, result.stderr
     assert "final image 'run'" in result.stdout
     assert run_image(api, unique)[1] == "Hello, 世界\n"
-    other = subprocess.run([*compimg, "--file", str(project.dockerfile), "parse"],
-                           cwd="/", capture_output=True, text=True, timeout=60)
+    other = cli("compimg", ["--file", str(project.dockerfile), "parse"], "/", timeout=60)
     assert other.returncode == 0 and "run  line 7  FROM busybox  (final)" in other.stdout
-    listing = subprocess.run([*compimg, "--list"], cwd=project.context, capture_output=True, text=True)
+    listing = cli("compimg", ["--list"], project.context)
     assert "stage.build" in listing.stdout and "extract-artifact" in listing.stdout
 
 
@@ -145,29 +145,61 @@ def test_extract_assemble_shell_and_clean_tasks(make_project, api, tmp_path, bui
     text = re.sub(r"^(FROM .*)$", rf"\1\nLABEL compimg.test={unique}", HELLO, flags=re.M)
     project, folder = _project(make_project, text, HELLO_FILES)
     dest = tmp_path / "out"
-    result = run_invoke(["compimg.extract-artifact", "build:/go/bin/app", "--dest", str(dest)], folder)
+    result = cli("invoke", ["compimg.extract-artifact", "build:/go/bin/app", "--dest", str(dest)], folder)
     assert result.returncode == 0, result.stderr
     assert subprocess.run([str(dest / "app")], capture_output=True, text=True).stdout == "Hello, 世界\n"
-    result = run_invoke(["compimg.assemble"], folder)
+    result = cli("invoke", ["compimg.assemble"], folder)
     assert result.returncode == 0 and "[run] #" in result.stdout
     if builder == "classic":  # from the images the prerequisites have; BuildKit: one solve, from its cache
         assert "[build]" not in result.stdout
     before = count_containers(api, project)
-    shell = subprocess.run([sys.executable, "-m", "invoke", "compimg.shell", "run", "--cmd", "sh -c 'ls /app; exit 0'"],
-                           cwd=folder, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    shell = cli("invoke", ["compimg.shell", "run", "--cmd", "sh -c 'ls /app; exit 0'"], folder)
     assert shell.returncode == 0 and "app" in shell.stdout, shell.stderr
-    failing = run_invoke(["compimg.shell", "run", "--cmd", "sh -c 'exit 4'"], folder)
+    failing = cli("invoke", ["compimg.shell", "run", "--cmd", "sh -c 'exit 4'"], folder)
     assert failing.returncode == 4 and "exited with status 4" in failing.stderr
     assert count_containers(api, project) == before == 0
-    cleaned = run_invoke(["compimg.clean"], folder)
+    cleaned = cli("invoke", ["compimg.clean"], folder)
     assert cleaned.returncode == 0 and "removed 0 container(s) and 2 image(s)" in cleaned.stdout
     assert api.images(name=project.repository) == []
+
+
+def test_parse_lowered_says_whose_lowering_it_shows(tmp_path: Path) -> None:
+    """`parse --lowered` showed the classic builder's `COPY --from={{stage:build}} --chmod=...`,
+    which the classic builder then refuses, while a build would use BuildKit."""
+    (tmp_path / "Dockerfile").write_text("NAME build\nFROM busybox\nRUN echo > /a\n"
+                                         "NAME run\nFROM busybox\nCOPY --chmod=755 build:/a /a\n")
+    (tmp_path / "tasks.py").write_text(TASKS)
+    classic = cli("invoke", ["compimg.parse", "--lowered", "--builder", "classic"], tmp_path, NO_ENGINE)
+    assert classic.returncode == 0, classic.stderr
+    assert classic.stdout == "FROM busybox\nCOPY --from={{stage:build}} --chmod=755 /a /a\n"
+    assert classic.stderr == ("# classic: --builder classic; stage 'run' alone, each {{stage:NAME}} is replaced by "
+                              "that stage's image ID; the classic builder refuses COPY --chmod (line 6): build with "
+                              "--builder buildkit\n")
+    buildkit = cli("invoke", ["compimg.parse", "--lowered", "--builder", "buildkit"], tmp_path, NO_ENGINE)
+    assert buildkit.stdout == ("FROM busybox AS build\nRUN echo > /a\n\n"
+                               "FROM busybox AS run\nCOPY --from=build --chmod=755 /a /a\n"), buildkit.stderr
+    assert buildkit.stderr.startswith("# buildkit: --builder buildkit; one multi-stage file for 'run'")
+    # auto is what a build would use: only then is the engine asked.
+    unreachable = cli("invoke", ["compimg.parse", "--lowered"], tmp_path, NO_ENGINE)
+    assert unreachable.returncode == 1 and "cannot reach the Docker engine" in unreachable.stderr
+    wrong = cli("invoke", ["compimg.parse", "--builder", "classic"], tmp_path, NO_ENGINE)
+    assert wrong.stderr.strip() == "--builder goes with --lowered: write `compimg.parse --lowered --builder classic`"
+
+
+@pytest.mark.engine
+def test_parse_lowered_with_auto_asks_the_engine(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("NAME run\nFROM busybox\nCOPY --chmod=755 a /a\n")
+    (tmp_path / "tasks.py").write_text(TASKS)
+    auto = cli("invoke", ["compimg.parse", "--lowered"], tmp_path, {"INVOKE_COMPIMG_BUILDER": "auto"})
+    assert auto.returncode == 0, auto.stderr
+    assert auto.stderr.startswith("# buildkit: the builder this engine and file get with --builder auto")
+    assert "COPY --chmod=755 ctx/a /a" in auto.stdout
 
 
 def test_engine_unreachable_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text("FROM busybox\n")
     (tmp_path / "tasks.py").write_text(TASKS)
-    result = run_invoke(["compimg.build"], tmp_path, env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    result = cli("invoke", ["compimg.build"], tmp_path, env={"DOCKER_HOST": "unix:///nonexistent.sock"})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "cannot reach the Docker engine at unix:///nonexistent.sock (no such file or directory); "
@@ -186,8 +218,7 @@ def test_interactive_shell_on_a_terminal(make_project, api) -> None:  # type: ig
     pid, fd = pty.fork()
     if pid == 0:  # the child: compimg shell on a real terminal
         os.chdir(project.context)
-        os.execv(sys.executable, [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()",
-                                  "shell", "run"])
+        os.execv(sys.executable, [*COMPIMG, "shell", "run"])
     seen = b""
 
     def read_until(marker: bytes) -> bool:
@@ -208,3 +239,110 @@ def test_interactive_shell_on_a_terminal(make_project, api) -> None:  # type: ig
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 3
     assert count_containers(api, project) == before == 0
+
+
+@pytest.mark.engine
+def test_iidfile_and_metadata_file_are_written_on_success_only(make_project, api, unique, tmp_path, builder) -> None:  # type: ignore[no-untyped-def]
+    project, folder = _project(make_project, "NAME build\nFROM busybox\nRUN echo a > /a\n"
+                                             "NAME run\nFROM busybox\nCOPY build:/a /a\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    iid, meta = out / "iid", out / "meta.json"
+    result = cli("invoke", ["compimg.build", "--iidfile", str(iid), "--metadata-file", str(meta), "-t", unique,
+                         "--tag", f"build={unique}-build"], folder)
+    assert result.returncode == 0, result.stderr
+    image = api.inspect_image(unique)["Id"]
+    assert iid.read_text() == image  # as docker build --iidfile: the ID, no newline
+    written = json.loads(meta.read_text())
+    assert sorted(written) == ["build", "run"]
+    assert written["run"]["containerimage.config.digest"] == image
+    assert written["run"]["image.name"] == f"{unique},{project.local_ref('run')}"
+    assert written["build"]["containerimage.config.digest"] == api.inspect_image(f"{unique}-build")["Id"]
+    for entry in written.values():
+        assert entry["compimg.builder"] == builder and entry["compimg.reused"] is False
+        assert isinstance(entry["compimg.seconds"], float)
+    again = cli("invoke", ["compimg.build-stage", "run", "--metadata-file", str(meta)], folder)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(meta.read_text())["run"]["compimg.reused"] is True
+    assembled = cli("invoke", ["compimg.assemble", "--iidfile", str(out / "assembled")], folder)
+    assert assembled.returncode == 0 and (out / "assembled").read_text() == image, assembled.stderr
+    # A failed build leaves the files as they were, and no temporary file beside them.
+    before = meta.read_text()
+    (folder / "Dockerfile").write_text("NAME run\nFROM busybox\nRUN exit 3\n")
+    failed = cli("invoke", ["compimg.build", "--iidfile", str(iid), "--metadata-file", str(meta)], folder)
+    assert failed.returncode == 1 and meta.read_text() == before and iid.read_text() == image
+    assert sorted(p.name for p in out.iterdir()) == ["assembled", "iid", "meta.json"]
+    missing = cli("invoke", ["compimg.build", "--iidfile", str(out / "no/such/iid")], folder)
+    assert missing.returncode == 1 and "--iidfile" in missing.stderr and "does not exist" in missing.stderr
+
+
+@pytest.mark.engine
+def test_clean_needs_no_dockerfile(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    """It refused with 'no such file': the images of a deleted Dockerfile could not be cleaned."""
+    project, folder = _project(make_project, "NAME build\nFROM busybox\nRUN echo a > /a\n")
+    assert cli("invoke", ["compimg.build", "-t", unique], folder).returncode == 0
+    assert api.images(name=project.repository)
+    (folder / "Dockerfile").write_text("FROMM nothing\n")  # broken
+    broken = cli("invoke", ["compimg.clean"], folder)
+    assert broken.returncode == 0, broken.stderr
+    assert f"removed 0 container(s) and 0 image(s) of {project.repository}" in broken.stdout
+    assert api.images(name=project.repository) == [] and api.inspect_image(unique)  # the user's name stays
+    assert cli("invoke", ["compimg.build-stage", "build"], folder).returncode == 1  # broken for building
+    (folder / "Dockerfile").write_text("NAME build\nFROM busybox\nRUN echo b > /b\n")
+    assert cli("invoke", ["compimg.build"], folder).returncode == 0
+    (folder / "Dockerfile").unlink()  # gone
+    gone = cli("invoke", ["compimg.clean"], folder)
+    assert gone.returncode == 0 and f"removed 0 container(s) and 1 image(s) of {project.repository}" in gone.stdout
+    assert api.images(name=project.repository) == []
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("command", ["compimg", "invoke"])
+def test_ctrl_c_pressed_again_and_again_exits_130_without_a_traceback(make_project, api, unique, command) -> None:  # type: ignore[no-untyped-def]
+    """A second Ctrl-C landed in cleanup or in an atexit callback ("Exception ignored in atexit
+    callback ... KeyboardInterrupt"), or after Python had put back the default handler: the
+    process then died of SIGINT. Now the first one counts, and the rest are ignored."""
+    import pty
+    import re
+    import select
+    import time
+
+    project = make_project(f"NAME a\nFROM busybox\nRUN sleep 30 # {unique}\nNAME b\nFROM busybox\n"
+                           f"RUN sleep 30 # {unique}\nNAME run\nFROM busybox\nCOPY a:/etc/passwd /x\n"
+                           "COPY b:/etc/passwd /y\n", {"tasks.py": TASKS})
+    argv = [*COMPIMG, "build", "--no-cache"] if command == "compimg" else [*INVOKE, "compimg.build", "--no-cache"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a build on a real terminal, with the live view and the classic builder
+        os.chdir(project.context)
+        os.environ.update(COLUMNS="100", LINES="30", TERM="xterm", INVOKE_COMPIMG_BUILDER="classic")
+        os.execv(sys.executable, argv)
+    seen, first, last = b"", 0.0, 0.0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.01)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        now = time.monotonic()
+        if not first and seen.count(b"RUN sleep 30") >= 2:
+            first = now + 1  # both stages are running: press Ctrl-C in a second, then every 20 ms
+        if first and now > first and now - last > 0.02:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"\x03")
+            last = now
+    _, status = os.waitpid(pid, 0)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+    assert os.waitstatus_to_exitcode(status) == 130, text[-2000:]
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-2000:]
+    assert "interrupted: running builds were cancelled" in text
+    assert count_containers(api, project) == 0
+    # The engine removes the cancelled steps' containers on its own time: wait for it, so the
+    # suite's count of containers is not taken while they go.
+    deadline = time.monotonic() + 30
+    while [c for c in api.containers(all=True) if unique in (c.get("Command") or "")]:
+        assert time.monotonic() < deadline, "the cancelled steps' containers stayed"
+        time.sleep(0.2)

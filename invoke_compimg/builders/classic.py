@@ -44,8 +44,9 @@ def _same(sent: str, shown: str) -> bool:
     return a == b
 
 
-class _Stream:
-    """Turns one stage's classic build stream into reporter events."""
+class StepStream:
+    """Turns one stage's classic build stream into reporter events. Public so that its
+    mapping of the engine's step lines back to the user's instructions is tested alone."""
 
     def __init__(self, stage: str, lowered: Lowered, reporter: Reporter) -> None:
         self.stage = stage
@@ -147,7 +148,7 @@ class ClassicBuilder(Builder):
     def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None) -> Sent:
         assert output is None, "the classic builder exports no files"
         stage = unit.stage
-        stream = _Stream(stage.name, plan.lowered, self.reporter)
+        stream = StepStream(stage.name, plan.lowered, self.reporter)
 
         def on_event(event: BuildEvent) -> None:
             if event.kind == "error":
@@ -174,7 +175,7 @@ class ClassicBuilder(Builder):
         stream.finish_step()
         return Sent(image_id)
 
-    def _failure(self, stage: Stage, stream: _Stream, ids: Mapping[str, str]) -> EngineError:
+    def _failure(self, stage: Stage, stream: StepStream, ids: Mapping[str, str]) -> EngineError:
         """The failed step at the user's line, with stage names where the engine said image IDs."""
         at, instruction = stage.line, None
         if stream.sent is not None:

@@ -66,6 +66,9 @@ class Settings:
     # How the user types this collection's tasks, for hints: "compimg." (or the collection's
     # name) under `invoke`, "compimg " under the `compimg` command. See `task`.
     task_prefix: str = "compimg."
+    # What the user should hear before the build starts (one line each), e.g. a
+    # `--build-arg NAME` whose NAME is not set.
+    warnings: tuple[str, ...] = ()
 
     def task(self, name: str) -> str:
         """What the user types to run task `name` ("stage.build", "shell"): `app.shell`,
@@ -145,8 +148,11 @@ def parse_tags(values: Iterable[str], default_stage: str, graph: Graph,
     return {k: tuple(v) for k, v in tags.items()}
 
 
-def parse_build_args(values: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`KEY=VALUE`, or `KEY` alone to take the value from the environment (as docker build)."""
+def parse_build_args(values: Iterable[str], environ: Mapping[str, str] | None = None,
+                     warnings: list[str] | None = None) -> dict[str, str]:
+    """`KEY=VALUE`, or `KEY` alone to take the value from the environment (as docker build).
+    A `KEY` that is not set there sets nothing, as in docker build (config or the
+    Dockerfile's default holds), with one line in `warnings`."""
     env = os.environ if environ is None else environ
     args: dict[str, str] = {}
     for value in values:
@@ -155,10 +161,29 @@ def parse_build_args(values: Iterable[str], environ: Mapping[str, str] | None = 
             raise UserError(f"--build-arg {value}: write KEY=VALUE, or KEY to take it from the environment")
         if not eq:
             if key not in env:
-                raise UserError(f"--build-arg {key}: no value given and {key} is not set in the "
-                                f"environment; write {key}=VALUE or export {key}")
+                if warnings is not None:
+                    warnings.append(f"--build-arg {key}: {key} is not set in the environment, so the flag "
+                                    f"sets nothing (as docker build); write {key}=VALUE or export {key}")
+                continue
             val = env[key]
         args[key] = val
+    return args
+
+
+def _config_build_args(raw: Any, env_prefix: str | None) -> dict[str, str]:
+    """Build args from config (`build_args: {NAME: value}`) and from `<PREFIX>_BUILD_ARGS_<NAME>`
+    environment variables, read as the tags' are: Invoke maps a variable onto a key that a
+    config file already has, and only then. The name is kept as written (build args are
+    case-sensitive); it replaces a config key of the same name in any case."""
+    args = {str(k): str(v) for k, v in dict(raw or {}).items()}
+    if env_prefix:
+        marker = f"{env_prefix}_BUILD_ARGS_"
+        for var, value in sorted(os.environ.items()):
+            name = var[len(marker):]
+            if var.startswith(marker) and name:
+                for same in [k for k in args if k.upper() == name.upper()]:
+                    del args[same]
+                args[name] = value
     return args
 
 
@@ -220,8 +245,9 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
 
     merged_tags = _config_tags(section.get("tags"), env_prefix, graph, target)
     merged_tags.update(parse_tags(tags, target, graph))  # a flag replaces that stage's config tags
-    args = {str(k): str(v) for k, v in dict(section.get("build_args") or {}).items()}
-    args.update(parse_build_args(build_args))
+    args = _config_build_args(section.get("build_args"), env_prefix)
+    warnings: list[str] = []
+    args.update(parse_build_args(build_args, warnings=warnings))
     cache_to = pick("cache_to")
     if cache_to not in (None, "", "inline"):
         raise UserError(f"{source('cache_to')} {cache_to!r}: only 'inline' is supported (the cache goes into "
@@ -242,4 +268,5 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
         ssh=_ssh([*_spec_list(configured(section, "ssh", env_prefix)), *_spec_list(flags.get("ssh"))]),
         output=parse_output(str(pick("output"))) if pick("output") else None,
         task_prefix=task_prefix,
+        warnings=tuple(warnings),
     )

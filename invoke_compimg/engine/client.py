@@ -154,9 +154,11 @@ class Engine:
         return self.remember("control", lambda: connect(engine=self))  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        """Close its connections; using the Engine again connects again."""
         with self._lock:
             clients, self._clients = self._clients, []
             control = self.notes.pop("control", None)
+            self._local = threading.local()
         if control is not None:
             control.close()
         for client in clients:

@@ -32,19 +32,40 @@ def copy_out(engine: Engine, project: Project, stage: str, image_id: str, path: 
                             line=project.graph.stage(stage).line) from None
 
 
-def clean(project: Project, engine: Engine, out: TextIO) -> tuple[int, int]:
-    """Remove this project's temporary containers (by label; not those of a run that is
-    going on) and every name in its own repository. An image the user also tagged (e.g.
-    `--tag my-app`) keeps that name and stays; only our names go."""
-    removed = containers.reap_leftovers(engine, project.slug)
-    tags = images.tags_in_repository(engine, project.repository)
+def clean(slug: str, engine: Engine, out: TextIO) -> tuple[int, int]:
+    """Remove the temporary containers of project `slug` (by label; not those of a run that
+    is going on) and every name in its repository, `compimg/<slug>`. Needs no Dockerfile:
+    the images of one that was deleted or broken are cleaned the same. An image the user
+    also tagged (e.g. `--tag my-app`) keeps that name and stays; only our names go."""
+    removed = containers.reap_leftovers(engine, slug)
+    return removed, _clean_repository(engine, f"compimg/{slug}", removed, out)
+
+
+def clean_all(engine: Engine, out: TextIO) -> tuple[int, int]:
+    """`clean` for every compimg project on the engine: each repository `compimg/*`, and the
+    temporary containers with our labels of runs that are gone."""
+    removed = containers.reap_leftovers(engine)
+    out.write(f"removed {removed} temporary container(s) of runs that are gone\n")
+    return removed, sum(_clean_repository(engine, repository, None, out) for repository in _repositories(engine))
+
+
+def _repositories(engine: Engine) -> list[str]:
+    with engine.errors("listing images"):
+        found = engine.api.images()
+    refs = {normalise_ref(tag) for image in found for tag in image.get("RepoTags") or []}
+    return sorted({ref.rpartition(":")[0] for ref in refs if ref.startswith("compimg/")})
+
+
+def _clean_repository(engine: Engine, repository: str, removed: int | None, out: TextIO) -> int:
+    tags = images.tags_in_repository(engine, repository)
     for _, tag in tags:
         images.untag(engine, tag)
     made = {image_id for image_id, _ in tags}
     kept = {i: found.get("RepoTags") or [] for i in made if (found := images.inspect(engine, i)) is not None}
-    out.write(f"removed {removed} container(s) and {len(made) - len(kept)} image(s) of {project.repository}\n")
+    what = f"{len(made) - len(kept)} image(s) of {repository}"
+    out.write(f"removed {removed} container(s) and {what}\n" if removed is not None else f"removed {what}\n")
     for image_id, names in sorted(kept.items()):
         held = (f"still named {', '.join(normalise_ref(n) for n in names)}" if names
                 else "still used by another image or container")
         out.write(f"untagged {short_id(image_id)}, kept: {held}\n")
-    return removed, len(made) - len(kept)
+    return len(made) - len(kept)

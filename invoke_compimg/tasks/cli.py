@@ -2,6 +2,7 @@
 habits:
 
     compimg build --tag run=my-app .              # seed style: context last
+    compimg build . -t my-app -f ci.Dockerfile    # or anywhere among the flags, as docker build
     compimg -f path/Dockerfile build -t my-app:1  # -f/--file names the Dockerfile
     compimg --context path build                  # path/Dockerfile, context path
     COMPIMG_DOCKERFILE=path/Dockerfile compimg parse
@@ -20,13 +21,10 @@ from invoke import Argument, Config, Program
 from invoke.exceptions import UncastableEnvVar
 
 from ..errors import Interrupted, UserError
-from .exits import as_exit
+from .exits import as_exit, ignore_further_interrupts
 
 # Invoke's options that mean nothing for image builds are accepted but not shown.
 _SHOWN = ("help", "version", "list", "file", "context", "dry", "debug")
-# Bool flags of our tasks: the word after them is not their value.
-_BOOL_FLAGS = {"no-cache", "push", "push-all", "pull", "lowered", "list", "help", "debug", "dry",
-               "version", "l", "h", "d", "V"}
 
 
 class CompimgConfig(Config):  # type: ignore[misc]
@@ -54,7 +52,7 @@ class CompimgProgram(Program):  # type: ignore[misc]
             Argument(names=("file", "f"), help="the compilation-image Dockerfile (default: "
                      "$COMPIMG_DOCKERFILE, or Dockerfile in the context folder)"),
             Argument(names=("context",), help="build context folder (default: $COMPIMG_CONTEXT, "
-                     "the folder given last on the command line, or the Dockerfile's folder)"),
+                     "a folder given among the task's words, or the Dockerfile's folder)"),
         ]
 
     def print_help(self) -> None:
@@ -73,7 +71,7 @@ class CompimgProgram(Program):  # type: ignore[misc]
         self.list_tasks()
 
     def load_collection(self) -> None:
-        from .plugin import collection
+        from .plugin import collection, lists_tasks
 
         given = self.args["file"].value or os.environ.get("COMPIMG_DOCKERFILE")
         folder = self.args["context"].value or os.environ.get("COMPIMG_CONTEXT") or _positional_context
@@ -84,9 +82,12 @@ class CompimgProgram(Program):  # type: ignore[misc]
             context = Path(folder or ".")
             dockerfile = context / "Dockerfile"
         # The tasks sit at the top level here (`compimg build`); their config key stays
-        # "compimg", as under `invoke`.
+        # "compimg", as under `invoke`. Help never needs a Dockerfile: a missing or broken one
+        # is reported by --list and by the tasks that use it.
+        argv = sys.argv[1:]
         self.collection = collection(dockerfile.resolve(), context.resolve(), "compimg", base=Path.cwd(),
-                                     prefix="compimg ", stages=_mentions_stage_tasks(sys.argv[1:]))
+                                     prefix="compimg ", stages=_mentions_stage_tasks(argv),
+                                     report=lists_tasks(argv) and not _asks_for_help(argv))
         self.collection.name = None
         # The project's config (invoke.yaml) is the context folder's, as a tasks.py's is its folder's.
         self.config.set_project_location(str(context.resolve()))
@@ -106,21 +107,73 @@ def _mentions_stage_tasks(argv: list[str]) -> bool:
     return lists_tasks(argv) or any(word.startswith(("stage.", "--complete")) for word in argv)
 
 
-def split_context(argv: list[str]) -> tuple[list[str], str | None]:
-    """`compimg build --tag=run=app .`: the seed's (and docker build's) context comes last.
-    A last word that is an existing folder, and not the value of an option before it, is
-    taken off and used as the context."""
-    if len(argv) < 2:
-        return argv, None
-    last, before = argv[-1], argv[-2]
-    if last.startswith("-") or not os.path.isdir(last):
-        return argv, None
-    if before.startswith("-") and "=" not in before and before.lstrip("-") not in _BOOL_FLAGS:
-        return argv, None  # it is that option's value (`--dest out`)
-    return argv[:-1], last
+def _asks_for_help(argv: list[str]) -> bool:
+    return any(word in ("-h", "--help") or word.startswith("--help=") for word in argv)
+
+
+_WHERE = ("-f", "--file", "--context")  # where the project is: read before any task is loaded
+
+
+def arrange(argv: list[str]) -> tuple[list[str], str | None]:
+    """docker build's habits on Invoke's parser, which reads core flags only before the
+    first task and knows no context argument: `-f/--file` and `--context` are taken from
+    anywhere (`compimg build -f ci.Dockerfile`) and put first, and a word that is an existing
+    folder, where a task expects no more positional argument, is the context, anywhere
+    among the flags (`compimg build . -t app`). Returns the arguments and that context."""
+    from .operation import LOAD_TIME_FLAGS, OPERATIONS, SHORT_FLAGS
+    from .plugin import collection  # noqa: F401  (registers the operations)
+
+    core_values = {name for arg in program.core_args() if arg.takes_value and not arg.optional
+                   for name in arg.names}
+    lifted: list[str] = []
+    rest: list[str] = argv[:1]
+    context: str | None = None
+    op = None  # the task whose flags are being read (None: the core flags)
+    positional: list[str] = []  # its positional arguments not given yet
+    words = iter(argv[1:])
+    for word in words:
+        name, eq, _ = word.partition("=")
+        if word == "--":
+            rest += [word, *words]
+            break
+        if name in _WHERE:
+            lifted += [word] if eq else [word, next(words, "")]
+            continue
+        if word.startswith("-"):
+            if op is not None and name in LOAD_TIME_FLAGS:
+                raise UserError(f"{name} after the task is Invoke's own {LOAD_TIME_FLAGS[name]}, which means "
+                                f"nothing here; see `compimg --help {op.name}` for the task's own flags")
+            rest.append(word)
+            flag = name.lstrip("-")
+            if op is None:
+                takes_value = flag in core_values
+            else:
+                params = {p.name.replace("_", "-"): p for p in op.flags()}
+                params.update({short: params[long] for long, short in SHORT_FLAGS.items() if long in params})
+                takes_value = flag in params and not isinstance(params[flag].default, bool)
+                if flag in params and params[flag].name in positional:
+                    positional.remove(params[flag].name)
+            if takes_value and not eq:
+                rest.append(next(words, ""))
+            continue
+        if op is not None and positional:
+            positional.pop(0)
+            rest.append(word)
+        elif word in OPERATIONS or word.startswith("stage.") or op is None:
+            op = OPERATIONS.get(word)
+            positional = op.positional() if op else []
+            rest.append(word)
+        elif os.path.isdir(word):
+            if context is not None:
+                raise UserError(f"two build contexts given, '{context}' and '{word}'; give one")
+            context = word
+        else:
+            rest.append(word)  # Invoke says it has "no idea what" this is
+    return [*rest[:1], *lifted, *rest[1:]], context
 
 
 def _interrupted(signum: int, frame: Any) -> None:
+    ignore_further_interrupts()
     raise as_exit(Interrupted())
 
 
@@ -128,7 +181,11 @@ def main() -> None:
     global _positional_context
     # Invoke turns Ctrl-C outside a task body into exit status 1; ours is 130 everywhere.
     signal.signal(signal.SIGINT, _interrupted)
-    argv, _positional_context = split_context(list(sys.argv))
+    try:
+        argv, _positional_context = arrange(list(sys.argv))
+    except UserError as error:
+        print(error, file=sys.stderr)
+        sys.exit(error.code)
     from .. import __getattr__ as package_attr
 
     program.version = package_attr("__version__")

@@ -8,6 +8,8 @@ traceback, and a user's `except invoke_compimg.UserError` (or `EngineError`) sti
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,5 +48,31 @@ def exits(func: F) -> F:
             raise as_exit(Interrupted()) from None
         except UserError as error:
             raise as_exit(error) from error.__cause__
+
+    return wrapper  # type: ignore[return-value]
+
+
+def ignore_further_interrupts() -> None:
+    """After the first Ctrl-C a task cancels its builds, removes what it made and exits with
+    status 130. A second Ctrl-C would land in whatever runs then: a `finally` that removes a
+    container, an atexit callback ("Exception ignored in atexit callback ... KeyboardInterrupt"
+    and a traceback), or Python's finalisation, which has put back the default handler (the
+    process then dies of SIGINT instead of exiting 130). So from here on Ctrl-C is ignored.
+    Only for tasks, whose process ends now, never for the Python API."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def task_exits(func: F) -> F:
+    """`exits` for a task body: after an interruption, further Ctrl-Cs are ignored."""
+    inner = exits(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return inner(*args, **kwargs)
+        except Interrupted:
+            ignore_further_interrupts()
+            raise
 
     return wrapper  # type: ignore[return-value]
