@@ -330,7 +330,7 @@ def _export(packets_before_data: list[Packet], contents: dict[int, bytes], dest:
         elif packet.type == Packet.PACKET_FIN:
             if at_fin is not None:
                 at_fin.append(sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
-                                     if not p.relative_to(dest).parts[0].startswith(".compimg-export-")))
+                                     if not p.relative_to(dest).parts[0].startswith(".compimg-staging-")))
             done.set()
     return answers
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from invoke_compimg.errors import UserError
-from invoke_compimg.host.safe_extract import STAGING_PREFIX, extract
+from invoke_compimg.host.safe_extract import extract
+from invoke_compimg.placing import STAGING_PREFIX
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:

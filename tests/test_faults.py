@@ -119,7 +119,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(make_project, api, tmp_pa
     process.wait()
     label = f"{containers.LABEL_PROJECT}={project.slug}"
     assert len(api.containers(all=True, filters={"label": label})) == 1  # the killed run's
-    assert any(p.name.startswith(".compimg-extract-") for p in dest.iterdir())
+    assert any(p.name.startswith(".compimg-staging-") for p in dest.iterdir())
     result = cli("compimg", ["extract-artifact", "big:/out", "--dest", str(dest)], project.context)
     assert result.returncode == 0, result.stderr
     assert api.containers(all=True, filters={"label": label}) == []

@@ -179,7 +179,7 @@ def test_short_flags_are_chosen_the_same_on_every_task_and_clash_with_no_core_fl
         for arg in task.get_arguments():
             for short in (n for n in arg.names if len(n) == 1):
                 letters.setdefault(short, set()).add(arg.names[0])
-    assert letters == {"t": {"tag"}, "q": {"quiet"}}, letters  # one meaning each, on purpose
+    assert letters == {"t": {"tag"}, "q": {"quiet"}, "o": {"output"}}, letters  # one meaning each, on purpose
     assert not set(letters) & (core | RESERVED_SHORT)
     quiet = cli("invoke", ["--dry", "compimg.build-stage", "build", "-q", "--progress", "tty"], project, NO_ENGINE)
     assert one_line(quiet) == "--quiet and --progress tty say two things; give one"

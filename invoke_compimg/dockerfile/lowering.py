@@ -178,4 +178,4 @@ def extraction(image: str, path: str, dest: str) -> tuple[Stage, Lowered]:
 
     text = f"FROM scratch\nCOPY --from={image} {json.dumps(path)} {json.dumps(dest)}\n"
     graph = parse_text(text, "extract")
-    return graph.final, multi_stage(graph, name_all=False)
+    return graph.final, multi_stage(graph)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from ..engine import containers, images
@@ -27,9 +29,19 @@ def copy_out(engine: Engine, project: Project, stage: str, image_id: str, path: 
                 reporter.note(f"copying {spec} into {dest}")
                 return extract(archive, dest, spec)
         except FileNotFoundError:
-            raise UserError(f"'{path}' does not exist in stage '{stage}'; check the path with "
-                            f"`{shell_task} {stage}`", where=str(project.dockerfile),
-                            line=project.graph.stage(stage).line) from None
+            raise missing_path(project, stage, path, shell_task) from None
+
+
+def missing_path(project: Project, stage: str, path: str, shell_task: str) -> UserError:
+    return UserError(f"'{path}' does not exist in stage '{stage}'; check the path with `{shell_task} {stage}`",
+                     where=str(project.dockerfile), line=project.graph.stage(stage).line)
+
+
+def count_entries(path: Path) -> int:
+    """Files, folders and links at and under `path` (not following links)."""
+    if path.is_symlink() or not path.is_dir():
+        return 1 if os.path.lexists(path) else 0
+    return 1 + sum(len(dirs) + len(files) for _, dirs, files in os.walk(path))
 
 
 def clean(slug: str, engine: Engine, out: TextIO) -> tuple[int, int]:

@@ -4,7 +4,8 @@ An image's contents are untrusted. Members are checked here and by tarfile's `da
 filter (no absolute names, no `..`, no links leaving the destination, no device files,
 setuid/setgid cleared), written into a fresh staging folder inside the destination (so
 nothing an earlier extraction left, such as a planted symlink, is ever written through),
-and only then moved into place. A failure or interruption leaves the destination as it was.
+and only then merged into place (`placing`): a file of the user's that the artifact does not
+replace stays. A failure or interruption leaves the destination as it was.
 """
 
 from __future__ import annotations
@@ -13,15 +14,11 @@ import os
 import posixpath
 import shutil
 import tarfile
-import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..procs import alive
-
-STAGING_PREFIX = ".compimg-extract-"
+from ..placing import merge_into, staging_folder
 
 
 @dataclass
@@ -83,8 +80,7 @@ def extract(archive: tarfile.TarFile, dest: str | Path, what: str) -> Extracted:
         raise UserError(f"cannot create destination {dest} ({exc.strerror})") from None
     if not dest_path.is_dir():
         raise UserError(f"destination {dest} is not a directory; pass --dest DIR")
-    _remove_stale_staging(dest_path)
-    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dest_path)
+    staging = staging_folder(dest_path)
     result = Extracted()
     try:
         root = os.path.join(staging, "new")
@@ -101,54 +97,13 @@ def extract(archive: tarfile.TarFile, dest: str | Path, what: str) -> Extracted:
         except OSError as exc:
             raise UserError(f"cannot write {what} into {dest} ({exc.strerror}); "
                             "nothing was written") from None
-        result.names = sorted(os.listdir(root))
+        aside = os.path.join(staging, "old")
+        os.mkdir(aside)
         try:
-            _move_into_place(root, dest_path, staging, result.names)
+            result.names = merge_into(root, dest_path, aside)
         except OSError as exc:
             raise UserError(f"cannot put {what} into {dest} ({exc.strerror}); "
                             "the destination is as it was") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
-
-
-def _remove_stale_staging(dest: Path) -> None:
-    """Staging folders of extractions that were killed (their process is gone)."""
-    for entry in dest.iterdir():
-        name = entry.name
-        if not name.startswith(STAGING_PREFIX) or entry.is_symlink() or not entry.is_dir():
-            continue
-        pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _move_into_place(root: str, dest: Path, staging: str, names: Iterable[str]) -> None:
-    """Swap each new top-level entry in with rename(2), which never follows a symlink
-    in the destination; old entries are set aside first and restored on failure."""
-    aside = os.path.join(staging, "old")
-    os.mkdir(aside)
-    moved: list[tuple[str, bool]] = []  # (name, had an old entry)
-    try:
-        for name in names:
-            target = dest / name
-            had_old = os.path.lexists(target)
-            if had_old:
-                os.rename(target, os.path.join(aside, name))
-            moved.append((name, had_old))
-            os.rename(os.path.join(root, name), target)
-    except BaseException:
-        for name, had_old in reversed(moved):
-            target = dest / name
-            if not os.path.lexists(os.path.join(root, name)) and os.path.lexists(target):
-                _remove(target)  # the new entry had gone in: take it out again
-            if had_old:
-                os.rename(os.path.join(aside, name), target)
-        raise
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 from ..builders import Builder, Unit, choose
 from ..building import reuse, scheduler
@@ -24,6 +25,8 @@ from ..dockerfile.parse import parse_file
 from ..engine import images
 from ..engine.client import Engine
 from ..errors import EngineError, Interrupted, UserError
+from ..host.artifacts import copy_out, count_entries, missing_path
+from ..host.safe_extract import Extracted
 from ..progress import Reporter, StageResult
 
 
@@ -187,19 +190,26 @@ class BuildRun:
         self.reporter.note(f"wrote {output.dest}" + (" (tar)" if output.type == "tar" else ""), stage.name)
         return self._done(StageResult(stage.name, "", -1, seconds, "exported", self.builder.name))
 
-    def extract(self, stage: str, image_id: str, path: str, dest: str) -> list[str] | None:
-        """Copy `path` of `image_id` (stage `stage`'s image) into `dest` the builder's own way
-        (BuildKit: a local export, no container), or None when it has none. BuildKit reads
-        images by name only: the image gets a name of this process's for the while (another run
-        may move the stage's own name meanwhile), removed after, however it ends."""
+    def extract(self, stage: str, image_id: str, path: str, dest: str) -> Extracted:
+        """Copy `path` of `image_id` (stage `stage`'s image) into the folder `dest`, merged in as
+        `docker cp` does: through the builder when it has a way of its own (BuildKit: a local
+        export, no container), else out of a container that is never started."""
         if not self.builder.exports:
-            return None
+            return copy_out(self.engine, self.project, stage, image_id, path, dest, self.reporter,
+                            shell_task=self.settings.task("shell"))
+        # BuildKit reads images by name only: the image gets a name of this process's for the
+        # while (another run may move the stage's own name meanwhile), removed after.
         ref = f"{self.project.repository}:{stage[:80]}--x-{os.getpid()}-{threading.get_ident()}"
         images.tag(self.engine, image_id, ref)
         try:
-            return self.builder.extract(ref, path, dest)
+            self.reporter.note(f"copying {stage}:{path} into {dest}")
+            names = self.builder.extract(ref, path, dest)
+        except FileNotFoundError:
+            raise missing_path(self.project, stage, path, self.settings.task("shell")) from None
         finally:
             images.untag(self.engine, ref)
+        assert names is not None
+        return Extracted(names=names, files=sum(count_entries(Path(dest) / name) for name in names))
 
     def _ensure_images(self, stages: Sequence[Stage]) -> None:
         """Pull the external images these stages read that the engine lacks (all of them

@@ -27,10 +27,9 @@ from .exits import exits, task_exits
 
 # Short flags, chosen on purpose and the same on every task: docker build's letters, and none
 # of Invoke's core flags (which Invoke would take for its own after a task, in silence).
-SHORT_FLAGS: dict[str, str] = {"tag": "t", "quiet": "q"}
-# Docker's letters kept free for the flags they mean there (`-o, --output`), and Invoke's
-# per-task `-h` (help).
-RESERVED_SHORT = {"o", "h"}
+SHORT_FLAGS: dict[str, str] = {"tag": "t", "quiet": "q", "output": "o"}
+# Invoke's per-task `-h` (help) is kept free.
+RESERVED_SHORT = {"h"}
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def _lowered(p: Project, goal: str, builder: str) -> tuple[str, str]:
             f"{how}; one multi-stage file for '{goal}', the context sent under {lowering.CONTEXT_PREFIX}")
 
 
-@operation("build", repeatable=("tag", "build_arg", "cache_from"), help={
+@operation("build", repeatable=("tag", "build_arg", "cache_from", "secret", "ssh"), help={
     "target": "stage to build (default: the final stage); only what it needs is built",
     "tag": "REF for the target, or STAGE=REF (the seed's --tag=STAGE=REF); repeatable",
     "build-arg": BUILD_ARG_HELP,
@@ -160,12 +160,18 @@ def _lowered(p: Project, goal: str, builder: str) -> tuple[str, str]:
     "cache-from": "REF of an image to use as a cache source; repeatable",
     "cache-to": "'inline': embed cache metadata in the built images (for --cache-from)",
     "network": "network of RUN steps: default, none or host (BuildKit); any network (classic)",
+    "secret": "id=ID,src=PATH or id=ID,env=VAR: a secret RUN --mount=type=secret,id=ID reads (BuildKit); "
+              "repeatable",
+    "ssh": "default or ID=SOCKET: an ssh agent RUN --mount=type=ssh reaches (BuildKit); repeatable",
+    "output": "DIR, type=local,dest=DIR or type=tar,dest=FILE: write the target's files there instead of "
+              "making its image (BuildKit)",
     "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP})
 def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] | None = None,
           build_arg: list[str] | None = None, no_cache: bool = False, push: bool = False,
           jobs: int | None = None, builder: str | None = None, progress: str | None = None,
           pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
-          push_all: bool = False, network: str | None = None, quiet: bool = False, iidfile: str | None = None,
+          push_all: bool = False, network: str | None = None, secret: list[str] | None = None,
+          ssh: list[str] | None = None, output: str | None = None, quiet: bool = False, iidfile: str | None = None,
           metadata_file: str | None = None) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
     p = bound.project
@@ -175,7 +181,7 @@ def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] 
     settings = bound.settings(c, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
                               push=push or None, jobs=jobs, builder=builder, progress=_progress(progress, quiet),
                               pull=pull or None, cache_from=strings(cache_from), cache_to=cache_to,
-                              network=network)
+                              network=network, secrets=strings(secret), ssh=strings(ssh), output=output)
     _check_tags(p, settings, goal, strings(tag), "build --target")
     return _run_build(c, bound, settings, goal, push_all=push_all, files=(iidfile, metadata_file))
 
@@ -304,11 +310,9 @@ def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".",
     if _dry(c):
         print(f"would build {goal} and copy {path} into {dest}")
         return []
-    from ..host.artifacts import copy_out
-
     with build_run(p, settings) as (run, reporter):
         image_id = run.build([goal])[goal]
-        result = copy_out(run.engine, p, goal, image_id, path, dest, reporter, shell_task=settings.task("shell"))
+        result = run.extract(goal, image_id, path, dest)
         reporter.note(f"extracted {artifact} -> {', '.join(str(Path(dest) / n) for n in result.names)}"
                       f" ({result.files} {'entry' if result.files == 1 else 'entries'})")
         for skipped in result.skipped:

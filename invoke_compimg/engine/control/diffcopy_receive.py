@@ -24,7 +24,6 @@ import os
 import posixpath
 import queue
 import shutil
-import stat as st
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -33,12 +32,11 @@ from typing import BinaryIO
 
 from ...errors import UserError
 from ...patterns import clean
-from ...procs import alive
+from ...placing import STAGING_PREFIX, merge_into, staging_folder
 from .fswalk import GO_DIR, GO_SYMLINK, GO_TYPE
 from .proto import fsutil_pb2
 
 Packet = fsutil_pb2.Packet
-STAGING_PREFIX = ".compimg-export-"
 
 
 class ExportRefused(UserError):
@@ -179,67 +177,24 @@ class Receiver:
             os.utime(target, ns=(mtime, mtime))
 
 
-def staging_folder(dest: Path) -> str:
-    """A fresh staging folder inside `dest` (made if missing); staging folders of killed
-    exports (their process is gone) are removed first."""
+def _staging(dest: Path) -> str:
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportRefused(f"cannot create the export destination {dest} ({exc.strerror})") from None
     if dest.is_symlink() or not dest.is_dir():
         raise ExportRefused(f"the export destination {dest} is not a folder")
-    for entry in dest.iterdir():
-        name = entry.name
-        if name.startswith(STAGING_PREFIX) and not entry.is_symlink() and entry.is_dir():
-            pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not alive(int(pid)):
-                shutil.rmtree(entry, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dest)
-
-
-def merge_into(staged: str, dest: Path, aside: str) -> list[str]:
-    """Move everything under `staged` into `dest`, merging folders; what it replaces goes to
-    `aside` and is put back if a move fails. Returns the top-level names written."""
-    moves: list[tuple[str, str, str | None]] = []  # (new path in dest, staged path, set-aside path)
-    counter = [0]
-
-    def merge(source_dir: str, target_dir: str) -> None:
-        for name in sorted(os.listdir(source_dir)):
-            source = os.path.join(source_dir, name)
-            target = os.path.join(target_dir, name)
-            new_is_dir = os.path.isdir(source) and not os.path.islink(source)
-            try:
-                old = os.lstat(target)
-            except FileNotFoundError:
-                old = None
-            if new_is_dir and old is not None and st.S_ISDIR(old.st_mode):
-                merge(source, target)  # a real folder (lstat: never through a symlink); its mode stays the user's
-                continue
-            set_aside = None
-            if old is not None:
-                counter[0] += 1
-                set_aside = os.path.join(aside, str(counter[0]))
-                os.rename(target, set_aside)
-            moves.append((target, source, set_aside))
-            os.rename(source, target)
-
     try:
-        merge(staged, str(dest))
-    except BaseException:
-        for target, source, set_aside in reversed(moves):
-            if os.path.lexists(target) and not os.path.lexists(source):
-                os.rename(target, source)
-            if set_aside is not None:
-                os.rename(set_aside, target)
-        raise
-    return sorted(os.listdir(staged)) if os.path.isdir(staged) else []
+        return staging_folder(dest)
+    except OSError as exc:
+        raise ExportRefused(f"cannot write into the export destination {dest} ({exc.strerror})") from None
 
 
 def receive_into(incoming: Iterable[Packet], dest: str | os.PathLike[str], what: str) -> Iterator[Packet]:
     """The whole `local` export: receive into a staging folder inside `dest`, then merge in.
     Yields the packets to send to the daemon."""
     dest_path = Path(dest)
-    staging = staging_folder(dest_path)
+    staging = _staging(dest_path)
     try:
         new = os.path.join(staging, "new")
         aside = os.path.join(staging, "old")

@@ -1,0 +1,71 @@
+"""Putting files into a folder of the user's without ever leaving it half-written: everything
+is written into a staging folder inside the destination first, then moved in with rename(2)
+(which never follows a symlink) and merged, as `docker cp` does: a file of the user's that the
+new files do not replace stays. What a move replaces is set aside and put back on failure.
+Used by artifact extraction (a tar from a container) and by BuildKit's local exports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from .procs import alive
+
+STAGING_PREFIX = ".compimg-staging-"
+
+
+def staging_folder(dest: Path) -> str:
+    """A fresh staging folder inside `dest` (which must be a real folder); those of killed
+    runs (their process is gone) are removed first. OSError if `dest` cannot hold one."""
+    for entry in dest.iterdir():
+        name = entry.name
+        if name.startswith(STAGING_PREFIX) and not entry.is_symlink() and entry.is_dir():
+            pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dest)
+
+
+def merge_into(staged: str, dest: Path, aside: str) -> list[str]:
+    """Move everything under `staged` into `dest`, merging into folders that are real folders
+    there (lstat: never through a symlink; their modes stay the user's), replacing anything else
+    of the same name; what is replaced goes to `aside` (an empty folder), and is put back if a
+    move fails. Returns the top-level names written."""
+    moves: list[tuple[str, str, str | None]] = []  # (path in dest, staged path, set-aside path)
+    counter = 0
+
+    def merge(source_dir: str, target_dir: str) -> None:
+        nonlocal counter
+        for name in sorted(os.listdir(source_dir)):
+            source = os.path.join(source_dir, name)
+            target = os.path.join(target_dir, name)
+            new_is_dir = os.path.isdir(source) and not os.path.islink(source)
+            try:
+                old = os.lstat(target)
+            except FileNotFoundError:
+                old = None
+            if new_is_dir and old is not None and stat.S_ISDIR(old.st_mode):
+                merge(source, target)
+                continue
+            set_aside = None
+            if old is not None:
+                counter += 1
+                set_aside = os.path.join(aside, str(counter))
+                os.rename(target, set_aside)
+            moves.append((target, source, set_aside))
+            os.rename(source, target)
+
+    names = sorted(os.listdir(staged))
+    try:
+        merge(staged, str(dest))
+    except BaseException:
+        for target, source, set_aside in reversed(moves):
+            if os.path.lexists(target) and not os.path.lexists(source):
+                os.rename(target, source)
+            if set_aside is not None:
+                os.rename(set_aside, target)
+        raise
+    return names
