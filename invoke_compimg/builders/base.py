@@ -127,6 +127,12 @@ class Builder(ABC):
         there, and no image); a failure is `step_failed`'s line."""
 
     @property
+    def stores_images(self) -> bool:
+        """Does a request leave an image in an image store that later runs find by name (the
+        engine's)? Reuse, tags and pushes by the engine rest on it."""
+        return True
+
+    @property
     def exports(self) -> bool:
         """Can `send` write an `output` (files instead of an image)?"""
         return False

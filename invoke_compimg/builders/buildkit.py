@@ -60,6 +60,39 @@ class BuildKitBuilder(Builder):
 
         return bool(self.engine.remember("buildkit session", works))
 
+    # --- what differs between the engine's BuildKit and a BuildKit service ------------------
+    @property
+    def serves_sessions(self) -> bool:
+        """Can this BuildKit have sessions at all (known without connecting)?"""
+        return self.engine.kind.grpc
+
+    def control(self) -> Any:
+        """The Control client solves go through."""
+        return self.engine.control()
+
+    def allowed(self, plan: Plan) -> list[str] | None:
+        """The context paths a solve may read (None: all that .dockerignore leaves)."""
+        return plan.paths
+
+    def exporter(self, unit: Unit, output: OutputSpec | None) -> Any:
+        """Where a solve's result goes: files, or an image in the engine's store named as the
+        unit's stage."""
+        from ..engine.control.client import Exporter
+
+        if output is not None:
+            return Exporter.local(output.dest) if output.type == "local" else Exporter.tar(output.dest)
+        return Exporter.image([self.project.local_ref(unit.name)])
+
+    def network(self) -> str | None:
+        return engine_buildkit.network_for(self.engine, self.settings.network)
+
+    def check(self, stages: Sequence[Stage]) -> None:
+        cache = self.settings.cache_to
+        if cache is not None and cache.type != "inline":
+            raise UserError(f"--cache-to type={cache.type}: the engine's BuildKit exports caches inline only; "
+                            "use --cache-to inline, or build on a BuildKit service (--buildkit-host)")
+        super().check(stages)
+
     def units(self, needed: Sequence[Stage], targets: Sequence[str]) -> list[Unit]:
         # A stage with a tag needs an image of its own: a solve of its own, after the target's,
         # whose cache then holds it (the same image, for a fraction of the time).
@@ -81,7 +114,7 @@ class BuildKitBuilder(Builder):
         for mount in getattr(instruction, "mounts", ()):
             if mount.type not in ("secret", "ssh"):
                 continue
-            if not self.engine.kind.grpc:
+            if not self.serves_sessions:
                 return (f"RUN --mount=type={mount.type} needs a BuildKit session, which {self.engine.kind.name} "
                         "does not serve (Docker 18.09 or later does)")
             wanted = mount.option("id") or ("default" if mount.type == "ssh" else mount.option("target") or "")
@@ -95,7 +128,7 @@ class BuildKitBuilder(Builder):
 
     def args_for(self, stages: Sequence[Stage]) -> dict[str, str]:
         args = super().args_for(stages)
-        if self.settings.cache_to == "inline":
+        if self.settings.cache_to is not None and self.settings.cache_to.type == "inline":
             args["BUILDKIT_INLINE_CACHE"] = "1"  # BuildKit's way of embedding cache metadata
         return args
 
@@ -141,33 +174,35 @@ class BuildKitBuilder(Builder):
     # --- through Control.Solve, with a session ------------------------------------------------
     def _solve_with_session(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None,
                             *, quiet: bool = False) -> Sent:
-        from ..engine.control.client import CacheEntry, Exporter, SolveFailed, dockerfile_attrs, dockerfile_session
+        from ..engine.control.client import CacheEntry, SolveFailed, dockerfile_attrs, dockerfile_session
 
         target = unit.stage
         view = SolveView(target.name, plan.lowered, None if quiet else self.reporter)
-        if output is None:
-            exporter = Exporter.image([self.project.local_ref(target.name)])
-        else:
-            exporter = Exporter.local(output.dest) if output.type == "local" else Exporter.tar(output.dest)
+        exporter = self.exporter(unit, output)
+        cache = self.settings.cache_to
+        cache_exports = [CacheEntry(cache.type, {"ref": cache.ref, "mode": cache.mode})] \
+            if cache is not None and cache.type != "inline" else []
         # BuildKit 0.8 reads the context from `context` whatever `contextkey` says, so each solve
         # has a session of its own; the shared key per folder and unit keeps their files apart.
         session = dockerfile_session(
-            context=str(self.project.context), allow=plan.paths, dockerfile=plan.text.encode(),
+            context=str(self.project.context), allow=self.allowed(plan), dockerfile=plan.text.encode(),
             shared_key=shared_key(str(self.project.context), unit.name),
             secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
             ssh={s.id: s.paths[0] for s in self.settings.ssh})
         attrs = dockerfile_attrs(
             target=target.name, build_args=args, no_cache=self.settings.no_cache and not unit.needs,
-            network=engine_buildkit.network_for(self.engine, self.settings.network))
+            network=self.network())
+        control = self.control()  # cannot reach it: that one line, not a stage's failure
         cancel = threading.Event()
         with self._lock:
             self._cancels.add(cancel)
         try:
             with self.engine.errors(f"stage '{target.name}'", where=self.where, line=target.line), \
-                    self.engine.control().attach(session):
-                answer = self.engine.control().solve(
+                    control.attach(session):
+                answer = control.solve(
                     session=session, frontend_attrs=attrs, exporter=exporter,
                     cache_imports=[CacheEntry("registry", {"ref": ref}) for ref in self.settings.cache_from],
+                    cache_exports=cache_exports,
                     entitlements=["network.host"] if self.settings.network == "host" else [],
                     on_status=view.feed, cancel=cancel)
         except SolveFailed as exc:
@@ -185,7 +220,7 @@ class BuildKitBuilder(Builder):
                 self._cancels.discard(cancel)
         view.finish()
         image_id = answer.get("containerimage.digest", "")
-        if not image_id and output is None:
+        if not image_id and output is None and self.stores_images:
             raise step_failed(target.name, "BuildKit exported no image", where=self.where, line=target.line)
         return Sent(image_id, view.progress.stage_seconds())
 

@@ -20,7 +20,19 @@ from ..errors import UserError
 from ..progress.base import MODES
 from ..words import yes_or_no
 from .project import stage_named
-from .specs import OutputSpec, SecretSpec, SshSpec, parse_output, parse_secret, parse_ssh
+from .specs import (
+    CacheSpec,
+    OutputSpec,
+    SecretSpec,
+    ServiceSpec,
+    SshSpec,
+    cache_source,
+    parse_cache,
+    parse_output,
+    parse_secret,
+    parse_service,
+    parse_ssh,
+)
 
 BUILDERS = ("auto", "buildkit", "classic")
 
@@ -40,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     "secrets": [],  # id=ID,src=PATH | id=ID,env=VAR (BuildKit)
     "ssh": [],  # default | ID=SOCKET[,SOCKET] (BuildKit)
     "output": None,  # DIR | type=local,dest=DIR | type=tar,dest=FILE (BuildKit)
+    "buildkit_host": None,  # a BuildKit service: unix://PATH or tcp://HOST:PORT (else $BUILDKIT_HOST)
+    "tlscacert": None,  # for a tcp:// BuildKit service, as buildctl's flags
+    "tlscert": None,
+    "tlskey": None,
 }
 # What goes into Invoke's config: None for scalars (see above), so env strings stay strings.
 CONFIG_DEFAULTS: dict[str, Any] = {k: ({} if isinstance(v, dict) else None) for k, v in DEFAULTS.items()}
@@ -62,7 +78,8 @@ class Settings:
     secrets: tuple[SecretSpec, ...] = ()
     ssh: tuple[SshSpec, ...] = ()
     output: OutputSpec | None = None
-    cache_to: str | None = None
+    cache_to: CacheSpec | None = None
+    buildkit: ServiceSpec | None = None  # a BuildKit service to build on instead of the engine
     # How the user types this collection's tasks, for hints: "compimg." (or the collection's
     # name) under `invoke`, "compimg " under the `compimg` command. See `task`.
     task_prefix: str = "compimg."
@@ -108,6 +125,19 @@ def _list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [v for v in value.split(",") if v]
     return [str(v) for v in value]
+
+
+def _service(pick: Any, source: Any) -> ServiceSpec | None:
+    """`buildkit_host` (flag, config, INVOKE_*), else $BUILDKIT_HOST as buildctl reads it."""
+    address = pick("buildkit_host") or os.environ.get("BUILDKIT_HOST") or None
+    tls = {key: pick(key) for key in ("tlscacert", "tlscert", "tlskey")}
+    if address is None:
+        given = [k for k, v in tls.items() if v]
+        if given:
+            raise UserError(f"{source(given[0])} is for a BuildKit service; give --buildkit-host (or BUILDKIT_HOST)")
+        return None
+    where = source("buildkit_host") if pick("buildkit_host") else "BUILDKIT_HOST"
+    return parse_service(str(address), where, ca=tls["tlscacert"], cert=tls["tlscert"], key=tls["tlskey"])
 
 
 def _spec_list(value: Any) -> list[str]:
@@ -248,10 +278,7 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
     args = _config_build_args(section.get("build_args"), env_prefix)
     warnings: list[str] = []
     args.update(parse_build_args(build_args, warnings=warnings))
-    cache_to = pick("cache_to")
-    if cache_to not in (None, "", "inline"):
-        raise UserError(f"{source('cache_to')} {cache_to!r}: only 'inline' is supported (the cache goes into "
-                        "the pushed image)")
+    cache_to = parse_cache(str(pick("cache_to")), source("cache_to")) if pick("cache_to") else None
     return Settings(
         tags=merged_tags, build_args=args,
         no_cache=_bool(pick("no_cache"), source("no_cache")),
@@ -261,9 +288,10 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
         builder=_choice(pick("builder"), source("builder"), BUILDERS),
         progress=_choice(pick("progress"), source("progress"), MODES),
         pull=_bool(pick("pull"), source("pull")),
-        cache_from=tuple(dict.fromkeys([*_list(configured(section, "cache_from", env_prefix)),
-                                        *_list(flags.get("cache_from"))])),
-        cache_to=cache_to or None,
+        cache_from=tuple(dict.fromkeys(cache_source(ref) for ref in [
+            *_spec_list(configured(section, "cache_from", env_prefix)), *_spec_list(flags.get("cache_from"))])),
+        cache_to=cache_to,
+        buildkit=_service(pick, source),
         secrets=_secrets([*_spec_list(configured(section, "secrets", env_prefix)), *_spec_list(flags.get("secrets"))]),
         ssh=_ssh([*_spec_list(configured(section, "ssh", env_prefix)), *_spec_list(flags.get("ssh"))]),
         output=parse_output(str(pick("output"))) if pick("output") else None,

@@ -132,3 +132,72 @@ def unique_ids(specs: Iterable[SecretSpec | SshSpec], flag: str) -> None:
         if spec.id in seen:
             raise UserError(f"{flag} id={spec.id} is given twice; keep one")
         seen.add(spec.id)
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """`--cache-to`: `inline` (cache metadata in the image itself), or `registry` (a cache
+    image of its own at `ref`, `mode` min or max), as buildx writes it."""
+
+    type: str  # inline, registry
+    ref: str = ""
+    mode: str = "min"
+
+
+def parse_cache(value: str, flag: str = "--cache-to") -> CacheSpec:
+    """`inline`, `type=inline`, or `type=registry,ref=REF[,mode=min|max]`."""
+    if value.strip() == "inline":
+        return CacheSpec("inline")
+    fields = _fields(value, flag)
+    kind = fields.get("type", "")
+    if kind == "inline":
+        return CacheSpec("inline")
+    if kind != "registry":
+        raise UserError(f"{flag} {value}: write inline, or type=registry,ref=REF[,mode=max]")
+    if not fields.get("ref"):
+        raise UserError(f"{flag} {value}: give ref=REF, the image the cache is pushed to")
+    mode = fields.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise UserError(f"{flag} {value}: mode is min or max")
+    return CacheSpec("registry", fields["ref"], mode)
+
+
+def cache_source(value: str) -> str:
+    """A `--cache-from` as the image reference it reads: `REF` or `type=registry,ref=REF`."""
+    if "=" not in value:
+        return value
+    fields = _fields(value, "--cache-from")
+    if fields.get("type", "registry") != "registry" or not fields.get("ref"):
+        raise UserError(f"--cache-from {value}: write REF, or type=registry,ref=REF")
+    return fields["ref"]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A BuildKit service (`buildkitd`) to build on: its address, and TLS files for tcp://."""
+
+    address: str
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+def parse_service(address: str, where: str = "--buildkit-host", *, ca: str | None = None, cert: str | None = None,
+                  key: str | None = None) -> ServiceSpec:
+    """`unix://PATH` or `tcp://HOST:PORT`, as buildctl's --addr; TLS files must exist, and
+    `cert` and `key` go together."""
+    if not address.startswith(("unix://", "tcp://")):
+        raise UserError(f"{where} {address}: write unix:///path/to/buildkitd.sock or tcp://HOST:PORT")
+    if address.startswith("tcp://"):
+        rest = address[len("tcp://"):]
+        host, _, port = rest.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"{where} {address}: write tcp://HOST:PORT")
+    elif (ca or cert or key):
+        raise UserError(f"{where} {address}: TLS files are for tcp:// addresses")
+    if bool(cert) != bool(key):
+        raise UserError(f"{where}: --tlscert and --tlskey go together (your client certificate and its key)")
+    for flag, path in (("--tlscacert", ca), ("--tlscert", cert), ("--tlskey", key)):
+        if path and not os.path.isfile(os.path.expanduser(path)):
+            raise UserError(f"{flag} {path}: no such file")
+    return ServiceSpec(address, *(os.path.abspath(os.path.expanduser(p)) if p else None for p in (ca, cert, key)))

@@ -55,7 +55,7 @@ class BuildRun:
 
     @functools.cached_property
     def builder(self) -> Builder:
-        kind = choose(self.settings.builder, self.engine, self.graph)
+        kind = choose(self.settings.builder, self.engine, self.graph, self.settings.buildkit)
         return kind(self.engine, self.project, self.graph, self.settings, self.reporter, self.images)
 
     # --- what to build ------------------------------------------------------------------
@@ -84,7 +84,7 @@ class BuildRun:
             raise UserError(f"--output {output.dest}: writing a build's files needs BuildKit with a session, and this "
                             f"build uses the {self.builder.name} builder on {self.engine.kind.name}; "
                             "drop --output and use extract-artifact")
-        if self.settings.tags.get(target):
+        if self.settings.tags.get(target) and self.builder.stores_images:
             raise UserError(f"--output {output.dest} writes stage '{target}' as files and makes no image to tag; "
                             "drop its --tag, or build without --output")
         self._exporting = target
@@ -121,8 +121,8 @@ class BuildRun:
         stage = unit.stage
         builder = self.builder
         args = builder.args_for(unit.stages)
-        if unit.name == self._exporting:
-            return self._export_unit(unit, args, ready)
+        if unit.name == self._exporting or not builder.stores_images:
+            return self._solve_unit(unit, args, ready)
         key = self._memo_key(unit, args)
         memo = self.project.recall(key)
         if memo is not None and images.image_id_of(self.engine, memo.image_id) == memo.image_id:
@@ -169,26 +169,32 @@ class BuildRun:
         self.project.remember(key, result)
         return self._done(result)
 
-    def _export_unit(self, unit: Unit, args: Mapping[str, str], ready: Callable[[str], None]) -> StageResult:
-        """The target of an `--output` build: solved every time, as `docker build -o` does
-        (BuildKit's cache makes an unchanged one quick), its files written, no image made."""
-        output = self.settings.output
-        assert output is not None
+    def _solve_unit(self, unit: Unit, args: Mapping[str, str], ready: Callable[[str], None]) -> StageResult:
+        """A unit solved every time, as `docker build -o` and buildctl do (BuildKit's cache makes
+        an unchanged one quick): the target of an `--output` build (its files written, no image),
+        or any unit on a BuildKit service (no image store: the result is pushed or nothing)."""
+        output = self.settings.output if unit.name == self._exporting else None
         stage = unit.stage
         started = time.monotonic()
         self.reporter.stage_started(stage.name)
-        self._ensure_images(unit.stages)
+        if self.builder.stores_images:
+            self._ensure_images(unit.stages)
         plan = self.builder.plan(unit, {})
         try:
-            self.builder.send(unit, plan, args, output)
+            sent = self.builder.send(unit, plan, args, output)
         except EngineError as exc:
             self.reporter.stage_failed(stage.name, str(exc))
             raise
-        ready("")
+        ready(sent.image_id)
         seconds = time.monotonic() - started
-        self.reporter.stage_finished(stage.name, "", seconds, "exported")
-        self.reporter.note(f"wrote {output.dest}" + (" (tar)" if output.type == "tar" else ""), stage.name)
-        return self._done(StageResult(stage.name, "", -1, seconds, "exported", self.builder.name))
+        outcome = "exported" if output is not None else "pushed" if sent.image_id else "cached"
+        self.reporter.stage_finished(stage.name, sent.image_id, seconds, outcome)
+        if output is not None:
+            self.reporter.note(f"wrote {output.dest}" + (" (tar)" if output.type == "tar" else ""), stage.name)
+        elif sent.image_id:
+            for ref in self.settings.tags.get(stage.name, ()):
+                self.reporter.note(f"pushed {ref}@{sent.image_id}", stage.name)
+        return self._done(StageResult(stage.name, sent.image_id, -1, seconds, outcome, self.builder.name))
 
     def extract(self, stage: str, image_id: str, path: str, dest: str) -> Extracted:
         """Copy `path` of `image_id` (stage `stage`'s image) into the folder `dest`, merged in as

@@ -165,14 +165,19 @@ def _lowered(p: Project, goal: str, builder: str) -> tuple[str, str]:
     "ssh": "default or ID=SOCKET: an ssh agent RUN --mount=type=ssh reaches (BuildKit); repeatable",
     "output": "DIR, type=local,dest=DIR or type=tar,dest=FILE: write the target's files there instead of "
               "making its image (BuildKit)",
+    "buildkit-host": "build on a BuildKit service: unix://PATH or tcp://HOST:PORT (default: $BUILDKIT_HOST)",
+    "tlscacert": "CA certificate that signed the BuildKit service's (tcp://)",
+    "tlscert": "client certificate for the BuildKit service (with --tlskey)",
+    "tlskey": "client key for the BuildKit service (with --tlscert)",
     "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP})
 def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] | None = None,
           build_arg: list[str] | None = None, no_cache: bool = False, push: bool = False,
           jobs: int | None = None, builder: str | None = None, progress: str | None = None,
           pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
           push_all: bool = False, network: str | None = None, secret: list[str] | None = None,
-          ssh: list[str] | None = None, output: str | None = None, quiet: bool = False, iidfile: str | None = None,
-          metadata_file: str | None = None) -> dict[str, str]:
+          ssh: list[str] | None = None, output: str | None = None, buildkit_host: str | None = None,
+          tlscacert: str | None = None, tlscert: str | None = None, tlskey: str | None = None, quiet: bool = False,
+          iidfile: str | None = None, metadata_file: str | None = None) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
     p = bound.project
     target = target or configured(c.config.get(bound.key), "target", bound.env_prefix(c))
@@ -181,7 +186,8 @@ def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] 
     settings = bound.settings(c, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
                               push=push or None, jobs=jobs, builder=builder, progress=_progress(progress, quiet),
                               pull=pull or None, cache_from=strings(cache_from), cache_to=cache_to,
-                              network=network, secrets=strings(secret), ssh=strings(ssh), output=output)
+                              network=network, secrets=strings(secret), ssh=strings(ssh), output=output,
+                              buildkit_host=buildkit_host, tlscacert=tlscacert, tlscert=tlscert, tlskey=tlskey)
     _check_tags(p, settings, goal, strings(tag), "build --target")
     return _run_build(c, bound, settings, goal, push_all=push_all, files=(iidfile, metadata_file))
 
@@ -217,7 +223,7 @@ def _run_build(c: Context, bound: Binding, settings: Settings, goal: str, *, pus
     with build_run(p, settings) as (run, reporter):
         ids = run.build([goal])
         run.summary(goal if goal == p.graph.final.name else None)
-        if settings.push:
+        if settings.push and run.builder.stores_images:  # a BuildKit service pushed as it built
             # Every tag this push leaves out (another stage's, one this build did not make)
             # is one line: never silently dropped, never pushed from an older image.
             refs = pushing.plan(settings.tags, ids, goal, push_all, skipped=reporter.warning)
@@ -225,7 +231,7 @@ def _run_build(c: Context, bound: Binding, settings: Settings, goal: str, *, pus
                 reporter.warning(f"--push: no tag for '{goal}' to push; add --tag REF")
             pushing.push(run.engine, refs, reporter, layers=reporter.live)
         _write_results(files, ids[goal], run, settings, p)
-        if bound.as_task:  # the task prints the ID when quiet (`docker build -q`); the Python API returns it
+        if bound.as_task and ids[goal]:  # the task prints the ID when quiet (`docker build -q`); the API returns it
             reporter.result(ids[goal])
         return ids
 
