@@ -203,7 +203,8 @@ def test_each_stage_a_task_needs_gets_its_own_solve(make_project: Any, monkeypat
     for operation, args, expected in [
         (invoke_compimg.build_stage, ("b",), ["b"]),
         (invoke_compimg.assemble, (), ["c"]),
-        (invoke_compimg.extract_artifact, ("b:/b", str(tmp_path / "out")), ["b"]),
+        # the stage's solve, then a local export of the path (target stage-0 of its own file)
+        (invoke_compimg.extract_artifact, ("b:/b", str(tmp_path / "out")), ["b", "stage-0"]),
         (invoke_compimg.build, (), ["c"]),
     ]:
         fresh()

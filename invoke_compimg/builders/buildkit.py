@@ -179,9 +179,11 @@ class BuildKitBuilder(Builder):
         target = unit.stage
         view = SolveView(target.name, plan.lowered, None if quiet else self.reporter)
         exporter = self.exporter(unit, output)
+        # Inline cache metadata is an export of its own here (the engine's /build turns the
+        # BUILDKIT_INLINE_CACHE build arg into one; Control.Solve is told directly).
         cache = self.settings.cache_to
-        cache_exports = [CacheEntry(cache.type, {"ref": cache.ref, "mode": cache.mode})] \
-            if cache is not None and cache.type != "inline" else []
+        cache_exports = [] if cache is None else [CacheEntry("inline")] if cache.type == "inline" else [
+            CacheEntry(cache.type, {"ref": cache.ref, "mode": cache.mode})]
         # BuildKit 0.8 reads the context from `context` whatever `contextkey` says, so each solve
         # has a session of its own; the shared key per folder and unit keeps their files apart.
         session = dockerfile_session(
@@ -214,7 +216,7 @@ class BuildKitBuilder(Builder):
             view.finish()
             if isinstance(exc, Interrupted):
                 raise
-            raise step_failed(target.name, str(exc), where=self.where, line=target.line) from exc
+            raise EngineError(f"stage '{target.name}': {exc.message}", where=self.where, line=target.line) from exc
         finally:
             with self._lock:
                 self._cancels.discard(cancel)

@@ -27,6 +27,7 @@ from ..engine.client import Engine
 from ..errors import EngineError, Interrupted, UserError
 from ..host.artifacts import copy_out, count_entries, missing_path
 from ..host.safe_extract import Extracted
+from ..names import normalise_ref
 from ..progress import Reporter, StageResult
 
 
@@ -203,17 +204,23 @@ class BuildRun:
         if not self.builder.exports:
             return copy_out(self.engine, self.project, stage, image_id, path, dest, self.reporter,
                             shell_task=self.settings.task("shell"))
-        # BuildKit reads images by name only: the image gets a name of this process's for the
-        # while (another run may move the stage's own name meanwhile), removed after.
-        ref = f"{self.project.repository}:{stage[:80]}--x-{os.getpid()}-{threading.get_ident()}"
-        images.tag(self.engine, image_id, ref)
+        # BuildKit reads images by name only, and the stage's own name may move meanwhile (another
+        # run): its inputs record names exactly this image. Without one (an image that cannot be
+        # pinned), the image gets a name of this process's for the while, removed after.
+        found = images.inspect(self.engine, image_id) or {}
+        record = next((ref for ref in found.get("RepoTags") or []
+                       if normalise_ref(ref).startswith(self.project.inputs_ref(stage))), None)
+        ref = record or f"{self.project.repository}:{stage[:80]}--x-{os.getpid()}-{threading.get_ident()}"
+        if record is None:
+            images.tag(self.engine, image_id, ref)
         try:
             self.reporter.note(f"copying {stage}:{path} into {dest}")
-            names = self.builder.extract(ref, path, dest)
+            names = self.builder.extract(normalise_ref(ref), path, dest)
         except FileNotFoundError:
             raise missing_path(self.project, stage, path, self.settings.task("shell")) from None
         finally:
-            images.untag(self.engine, ref)
+            if record is None:
+                images.untag(self.engine, ref)
         assert names is not None
         return Extracted(names=names, files=sum(count_entries(Path(dest) / name) for name in names))
 

@@ -244,7 +244,8 @@ class Control:
         code = exc.code() if hasattr(exc, "code") else None
         details = (exc.details() if hasattr(exc, "details") else "") or str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
-            return EngineError(f"lost BuildKit at {self.address} during {what} ({details})")
+            who = self.address if self.address.startswith("the ") else f"BuildKit at {self.address}"
+            return EngineError(f"lost {who} during {what} ({details}); check that it is running, then retry")
         if what == "the solve":
             return SolveFailed(details, code.name if code else "UNKNOWN")
         return EngineError(f"{what} at {self.address}: {details}")
