@@ -51,9 +51,9 @@ CORPUS: list[tuple[str, str, int, str]] = [
     ("from-without-image", "FROM --platform=linux/amd64\n", 1, "FROM takes"),
     ("from-extra-words", "FROM busybox extra words here\n", 1, "FROM takes"),
     ("from-empty-arg", "ARG BASE\nFROM ${BASE}\n", 2, "expands to nothing"),
-    ("unknown-instruction", SEED + "RUNN true\n", 4, "unknown instruction 'RUNN'"),
-    ("unknown-in-continuation-file", "FROM busybox\nRUN a \\\n  b\nFOO bar\n", 4, "unknown instruction 'FOO'"),
-    ("arg-without-name", "ARG\nFROM busybox\n", 1, "ARG needs a name"),
+    ("unknown-instruction", SEED + "RUNN true\n", 4, "unknown instruction RUNN; did you mean RUN?"),
+    ("unknown-in-continuation-file", "FROM busybox\nRUN a \\\n  b\nFOO bar\n", 4, "unknown instruction FOO"),
+    ("arg-without-name", "ARG\nFROM busybox\n", 1, "ARG requires at least one argument"),
     ("line-too-long", "FROM busybox\nRUN echo " + "x" * 70000 + "\n", 2, "over Docker's 64 KiB limit"),
     ("nul-byte", "FROM busybox\nRUN echo \0\n", 2, "binary content"),
 ]
