@@ -216,7 +216,8 @@ class BuildKitBuilder(Builder):
         # The ONBUILD triggers of an external base image read the context as the user laid
         # it out, so a unit with such triggers is sent without the `ctx/` folder.
         prefix = "" if any(self.external_triggers(s) for s in unit.stages) else CONTEXT_PREFIX
-        lowered = multi_stage(self.graph, unit.stages, context_prefix=prefix)
+        lowered = multi_stage(self.graph, unit.stages, context_prefix=prefix, build_args=self.args_for(unit.stages),
+                              image_config=self.image_config)
         return Plan(lowered.text, lowered, self.context_paths(unit), self.images_read(unit), context_prefix=prefix)
 
     def send(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
@@ -227,7 +228,8 @@ class BuildKitBuilder(Builder):
         # from the cache even under --no-cache: they were made now, and it must be the same image.
         no_cache = self.settings.no_cache and not unit.needs
         with self.reading_context(target):
-            archive = context.archive(str(self.project.context), plan.text, plan.paths, prefix=plan.context_prefix)
+            archive = context.archive(str(self.project.context), plan.text, plan.paths, prefix=plan.context_prefix,
+                                      files=plan.lowered.files)
         with self._lock:
             self._running.add(build_id)
         try:

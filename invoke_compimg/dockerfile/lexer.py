@@ -9,13 +9,14 @@ escapes processed or kept (`raw_quotes`, `raw_escapes`), quotes not special at a
 the blanks after it in the same word, so `<< EOF` is one heredoc word.
 
 Also `parse_words`, the parser's own word splitter (quotes kept), used for ENV, LABEL and
-ARG. Pure functions of their input; errors are `LexError` with BuildKit's wording.
+ARG, and `declare_args`, the values an ARG instruction gives. Pure functions of their
+input; errors are `LexError` with BuildKit's wording.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
@@ -391,3 +392,20 @@ def parse_words(rest: str, escape: str) -> list[str]:
     if (in_word or quote) and (blank_ok or buf):
         words.append("".join(buf))
     return words
+
+
+def declare_args(pairs: Iterable[tuple[str, str | None]], variables: Mapping[str, str],
+                 build_args: Mapping[str, str], inherited: Mapping[str, str] | None = None,
+                 escape: str = "\\") -> dict[str, str]:
+    """The variables after an ARG instruction, as BuildKit sets them: a build arg wins;
+    else the default, expanded with the variables so far; else (inside a stage) the
+    global ARG's value (`inherited`); an ARG with none of these stays unset."""
+    out = dict(variables)
+    for name, default in pairs:
+        if name in build_args:
+            out[name] = build_args[name]
+        elif default is not None:
+            out[name] = Lex(escape).word(default, out)
+        elif inherited is not None and name in inherited:
+            out[name] = inherited[name]
+    return out

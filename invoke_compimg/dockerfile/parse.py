@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import instructions, reader
-from .lexer import Lex, LexError
+from .lexer import Lex, LexError, declare_args
 from .model import (
     CONTEXT,
     STAGE_NAME_MAX,
@@ -201,11 +201,10 @@ class _Parser:
     def _global_arg(self, arg: Arg) -> None:
         """BuildKit's meta ARGs: a build arg wins, else the default expanded with the
         values so far; an ARG with neither stays unset."""
-        for name, default in arg.pairs:
-            if name in self.build_args:
-                self.arg_values[name] = self.build_args[name]
-            elif default is not None:
-                self.arg_values[name] = self._expand(default, arg.line, f"ARG {name}")
+        try:
+            self.arg_values = declare_args(arg.pairs, self.arg_values, self.build_args, escape=self.escape)
+        except LexError as exc:
+            raise self.fail(arg.line, f"ARG: cannot expand its default ({exc}); fix the ${{...}}") from None
         self.global_args.append(arg)
 
     def _expand(self, word: str, line: int, what: str) -> str:
