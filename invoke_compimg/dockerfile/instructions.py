@@ -315,7 +315,8 @@ def _exactly_one(r: Request) -> Instruction:
 
 def _at_least_one(r: Request) -> Instruction:
     if not r.args:
-        raise r.fail(f"{r.keyword} requires at least one argument")
+        raise r.fail(f"{r.keyword} requires at least one argument; write `{r.keyword} "
+                     f"{'<port>' if r.keyword == 'EXPOSE' else '<path>'}...`")
     r.no_flags()
     if r.keyword == "VOLUME" and any(not v.strip() for v in r.args):
         raise r.fail("VOLUME specified can not be an empty string; give a path")

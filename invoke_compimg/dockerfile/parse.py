@@ -112,9 +112,6 @@ class _Parser:
     # --- entry point --------------------------------------------------------------------
     def parse(self) -> Graph:
         document = reader.read(self.text, self.where)
-        if not document.nodes:
-            raise self.fail(1, "no instructions (empty or only comments); "
-                               "add a FROM (and NAME) for each stage")
         self.escape = document.escape
         parsed = [instructions.parse(node, self.where, document.escape) for node in document.nodes]
         self._declare_stages(parsed)

@@ -78,7 +78,8 @@ def json_array(rest: str) -> list[str] | None:
     if not isinstance(value, list):
         return None
     if not all(isinstance(item, str) for item in value):
-        raise NotStringArray("when using JSON array syntax, arrays must be comprised of strings only")
+        raise NotStringArray("when using JSON array syntax, arrays must be comprised of strings only; "
+                             "quote every element, or write the shell form")
     return value
 
 
@@ -201,12 +202,12 @@ def _name_values(rest: str, keyword: str, escape: str) -> tuple[list[str], bool]
     if "=" not in words[0]:
         parts = _BLANKS.split(rest, maxsplit=1)
         if len(parts) < 2:
-            raise _LineError(f"{keyword} must have two arguments")
+            raise _LineError(f"{keyword} must have two arguments; write `{keyword} name=value`")
         return [parts[0], parts[1], ""], False
     out: list[str] = []
     for word in words:
         if "=" not in word:
-            raise _LineError(f"Syntax error - can't find = in {word!r}. Must be of the form: name=value")
+            raise _LineError(f"can't find = in {word!r}; write each as name=value")
         key, _, value = word.partition("=")
         out += [key, value, "="]
     return out, False
@@ -287,11 +288,11 @@ class _Directives:
             return None
         key = match.group(1).lower()
         if key in self.seen:
-            raise _LineError(f"only one {key} parser directive can be used")
+            raise _LineError(f"only one {key} parser directive can be used; keep one")
         self.seen[key] = match.group(2)
         if key == "escape":
             if match.group(2) not in ("\\", "`"):
-                raise _LineError(f"invalid escape token '{match.group(2)}' does not match ` or \\")
+                raise _LineError(f"invalid escape token '{match.group(2)}'; use ` or \\")
             return match.group(2)
         return None
 
@@ -366,7 +367,7 @@ def read(text: str, where: str = "Dockerfile") -> Document:
             try:
                 opened = heredocs_on(line)
             except LexError as exc:
-                raise fail(str(exc), start) from None
+                raise fail(f"cannot read the heredoc delimiter ({exc}); close its quotes", start) from None
             for heredoc in opened:
                 body: list[str] = []
                 while index < len(lines):
@@ -381,5 +382,6 @@ def read(text: str, where: str = "Dockerfile") -> Document:
                     raise fail(f"unterminated heredoc <<{heredoc.name}; end it with a line `{heredoc.name}`", start)
                 heredocs.append(Heredoc(heredoc.name, "".join(body), heredoc.expand, heredoc.chomp, heredoc.fd))
         nodes.append(dataclasses.replace(node, end=current, heredocs=tuple(heredocs)))
-    syntax = directives.seen.get("syntax")
-    return Document(tuple(nodes), escape, syntax)
+    if not nodes:
+        raise fail("no instructions (empty or only comments); add a FROM (and NAME) for each stage", 1)
+    return Document(tuple(nodes), escape, directives.seen.get("syntax"))
