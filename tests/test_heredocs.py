@@ -113,6 +113,20 @@ def test_copy_heredoc_is_a_generated_context_file() -> None:
     assert other.text != lowered.text
 
 
+@pytest.mark.parametrize("delimiter,body,content", [
+    # After BuildKit's own heredoc tests: an unquoted delimiter processes backslashes and
+    # variables (quotes are not special, so '${name}' expands too); a quoted one keeps all.
+    ("EOF", "\\\n", "\n"), ("EOF", "\\\\\n", "\\\n"), ("EOF", "\\$\n", "$\n"),
+    ('"EOF"', "\\\n", "\\\n"), ('"EOF"', "\\$\n", "\\$\n"),
+    ("EOF", "Hello '${name}'!\n", "Hello 'world'!\n"), ("EOF", 'Hello "${name}"!\n', 'Hello "world"!\n'),
+    ("'EOF'", "Hello ${name}!\n", "Hello ${name}!\n"), ("EOF", '"quotes"\n', '"quotes"\n'),
+])
+def test_copy_heredoc_expansion_as_buildkit(delimiter: str, body: str, content: str) -> None:
+    text = f"FROM busybox\nARG name=world\nCOPY <<{delimiter} /f\n{body}EOF\n"
+    [file] = per_stage(parse_text(text), "stage-0").files.values()
+    assert file.data.decode() == content
+
+
 def test_platform_args_in_a_copy_heredoc() -> None:
     text = "FROM img\nARG TARGETARCH\nCOPY <<EOF /arch\n$TARGETARCH\nEOF\n"
     [file] = per_stage(parse_text(text), "stage-0").files.values()

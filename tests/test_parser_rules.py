@@ -186,3 +186,15 @@ def test_global_args_expand_as_buildkit_does() -> None:
     assert parse_text(text, build_args={"UNSET": "1.36"}).final.base == "busybox:1.36"
     assert parse_text("FROM \"busybox\"\n").final.base == "busybox"  # quotes are processed
     assert "cannot expand" in refused("ARG X\nFROM ${X:?unset}\n")
+
+
+@pytest.mark.parametrize("line,feature", [
+    ("RUN --network=none true", "RUN --network"), ("RUN --mount=type=cache,target=/c true", "RUN --mount"),
+    ("RUN --security=insecure true", "RUN --security"), ("COPY --link a /b", "COPY --link"),
+    ("ADD --checksum=sha256:00 https://example.org/a /b", "ADD --checksum"), ("COPY --chown=1 a /b", None),
+    ("COPY --from=busybox /a /b", None),
+])
+def test_buildkit_only_flags_are_named_for_the_classic_builder(line: str, feature: str | None) -> None:
+    from invoke_compimg.dockerfile.model import buildkit_only
+
+    assert buildkit_only(parse_text(f"FROM busybox\n{line}\n").final.instructions[1]) == feature

@@ -418,12 +418,12 @@ def closest(name: str, candidates: Iterable[str], limit: int = 2) -> str | None:
 def buildkit_only(instruction: Instruction) -> str | None:
     """The BuildKit-only feature an instruction uses, if any (the classic builder refuses
     these, or silently ignores them)."""
-    if isinstance(instruction, Run) and instruction.mounts:
-        return "RUN --mount"
+    if isinstance(instruction, Run) and instruction.flags:  # --mount, --network, --security, --device
+        return "RUN --" + instruction.flags[0][2:].partition("=")[0]
     if isinstance(instruction, Copy):
-        for flag in ("chmod", "link", "parents", "exclude"):
-            if any(key == flag for key, _ in instruction.flags):
-                return f"{instruction.keyword} --{flag}"
+        for key, _ in instruction.flags:
+            if key != "chown":  # the classic builder takes only --chown (and COPY --from)
+                return f"{instruction.keyword} --{key}"
     return None
 
 
