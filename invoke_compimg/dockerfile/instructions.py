@@ -36,7 +36,7 @@ from .model import (
     Shell,
     closest,
 )
-from .reader import Node, heredoc_word
+from .reader import MAX_LINE_BYTES, Node, heredoc_word
 
 # Flag name -> kind: "bool" (--x, --x=true|false), "string" (--x=v, once), "strings" (repeatable).
 FLAGS: dict[str, dict[str, str]] = {
@@ -52,14 +52,12 @@ FLAGS: dict[str, dict[str, str]] = {
 DOCKER_KEYWORDS = ("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK",
                    "LABEL", "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME",
                    "WORKDIR")
-OUR_KEYWORDS = ("NAME",)
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 RUN_NETWORKS = ("default", "none", "host")
 RUN_SECURITY = ("insecure", "sandbox")
 # A heredoc that becomes a file name (`COPY <<EOF`, a `#!` script) must be a plain name.
 SAFE_HEREDOC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-# Docker's scanner refuses longer lines; a RUN heredoc is sent as one line.
-MAX_LINE_BYTES = 64 * 1024
+_URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 _DURATION = re.compile(r"^(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -206,9 +204,6 @@ def _check_expandable(r: Request, body: str) -> None:
                      "delimiter (<<\"EOF\") to copy it as written") from None
 
 
-_URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
-
-
 def _add_groups(sources: Sequence[str]) -> tuple[CopyGroup, ...]:
     groups: list[CopyGroup] = []
     for source in sources:
@@ -241,6 +236,7 @@ def _check_run_heredocs(r: Request, command: str, heredocs: tuple[Heredoc, ...])
     single = _heredoc_word(command)
     if single is not None and heredocs[0].body.startswith("#!") and not SAFE_HEREDOC_NAME.match(single.name):
         raise r.fail(f"heredoc name {single.name!r} names the script file; use a plain name such as EOF")
+    # A RUN heredoc is sent as one line (its exec form, or the script a RUN writes).
     size = len(json.dumps(command + "".join(h.content + h.name for h in heredocs)).encode()) + 1024
     if size > MAX_LINE_BYTES:
         raise r.fail(f"this RUN heredoc is {size} bytes, more than the engine reads as one line once lowered; "

@@ -43,9 +43,6 @@ from .model import (
     task_name_for,
 )
 
-# Docker's scanner refuses longer lines (bufio.Scanner's 64 KiB token limit).
-MAX_LINE_BYTES = 64 * 1024
-
 # Does the build context hold this source path (as written in a COPY)? The parser stays pure:
 # whoever knows the context folder passes this in (`in_context`), see `parse_file`.
 ContextLookup = Callable[[str], bool]
@@ -350,7 +347,7 @@ def context_lookup(context: str | Path) -> ContextLookup:
 def _check_text(text: str, where: str) -> None:
     for number, raw in enumerate(text.split("\n"), start=1):
         size = len(raw.encode("utf-8", "surrogatepass"))
-        if size >= MAX_LINE_BYTES:
+        if size >= reader.MAX_LINE_BYTES:
             raise UserError(f"line is {size} bytes, over Docker's 64 KiB limit; split it "
                             "with line continuations", where=where, line=number)
     if "\0" in text:

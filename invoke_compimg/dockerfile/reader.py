@@ -30,6 +30,8 @@ from ..errors import UserError
 from .lexer import Lex, LexError, parse_words
 from .model import Heredoc
 
+# Docker's scanner refuses longer lines (bufio.Scanner's 64 KiB token limit).
+MAX_LINE_BYTES = 64 * 1024
 _BLANKS = re.compile(r"[\t\v\f\r ]+")  # Go's reWhitespace
 _DIRECTIVE = re.compile(r"^([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _DIRECTIVES = frozenset({"syntax", "escape", "check"})
@@ -298,6 +300,7 @@ class _Directives:
 
 
 def _continuation(escape: str) -> re.Pattern[str]:
+    """A line ending in `escape` (blanks after it allowed) that is not itself escaped."""
     e = re.escape(escape)
     return re.compile(rf"([^{e}]){e}[ \t]*\Z|^{e}[ \t]*\Z")
 
@@ -306,82 +309,99 @@ def _is_comment(raw: str) -> bool:
     return raw.lstrip().startswith("#")
 
 
-def read(text: str, where: str = "Dockerfile") -> Document:
-    """Split Dockerfile text into nodes; UserError (`where:LINE: ...`) for what BuildKit's
-    parser refuses."""
-    parts = text.split("\n")  # lines keep their newline, as Go's scanner gives them
-    lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
-    directives = _Directives()
-    escape = "\\"
-    joined = _continuation(escape)
-    nodes: list[Node] = []
-    index = 0
-    current = 0  # 1-based number of the last line read
+class _Reader:
+    """Walks the lines once, as BuildKit's `Parse` loop does."""
 
-    def fail(message: str, line: int) -> UserError:
-        return UserError(message, where=where, line=line)
+    def __init__(self, text: str, where: str) -> None:
+        parts = text.split("\n")  # lines keep their newline, as Go's scanner gives them
+        self.lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+        self.where = where
+        self.index = 0  # the next line to read; also the 1-based number of the last one read
+        self.directives = _Directives()
+        self.escape = "\\"
+        self.continued = _continuation(self.escape)
 
-    def processed(raw: str, strip: bool) -> str:
-        nonlocal escape, joined
+    def fail(self, message: str, line: int) -> UserError:
+        return UserError(message, where=self.where, line=line)
+
+    def next_line(self) -> str:
+        self.index += 1
+        return self.lines[self.index - 1]
+
+    def processed(self, raw: str, strip: bool) -> str:
+        """The line without its newline (and leading blanks), "" for a comment; parser
+        directives are read on the way."""
         token = raw.rstrip("\r\n")
         if strip:
             token = token.lstrip()
         try:
-            new_escape = directives.read(token)
+            escape = self.directives.read(token)
         except _LineError as exc:
-            raise fail(exc.message, current + 1) from None
-        if new_escape:
-            escape, joined = new_escape, _continuation(new_escape)
+            raise self.fail(exc.message, self.index) from None
+        if escape:
+            self.escape, self.continued = escape, _continuation(escape)
         return "" if _is_comment(token) else token
 
-    def trim(token: str) -> tuple[str, bool]:
-        if joined.search(token):
-            return joined.sub(r"\1", token, count=1), False
+    def trim(self, token: str) -> tuple[str, bool]:
+        """The line without its continuation character, and whether the instruction ends."""
+        if self.continued.search(token):
+            return self.continued.sub(r"\1", token, count=1), False
         return token, True
 
-    while index < len(lines):
-        token = processed(lines[index], True)
-        index += 1
-        current += 1
-        start = current
-        token, ended = trim(token)
-        if ended and not token:
-            continue
-        pieces = [token]
-        while not ended and index < len(lines):
-            raw = lines[index]
-            token = processed(raw, False)
-            index += 1
-            current += 1
-            if _is_comment(raw) or not token.strip():
-                continue  # comments and blank lines inside a continuation are skipped
-            token, ended = trim(token)
-            pieces.append(token)
-        line = "".join(pieces)
+    def instruction(self) -> tuple[str, int] | None:
+        """The next instruction's joined line and first line number; None at the end."""
+        while self.index < len(self.lines):
+            token, ended = self.trim(self.processed(self.next_line(), True))
+            if ended and not token:
+                continue
+            start, pieces = self.index, [token]
+            while not ended and self.index < len(self.lines):
+                raw = self.next_line()
+                token = self.processed(raw, False)
+                if _is_comment(raw) or not token.strip():
+                    continue  # comments and blank lines inside a continuation are skipped
+                token, ended = self.trim(token)
+                pieces.append(token)
+            return "".join(pieces), start
+        return None
+
+    def bodies(self, line: str, start: int) -> tuple[Heredoc, ...]:
+        """The bodies of the heredocs `line` opens, read from the lines that follow."""
         try:
-            node = _node(line, escape, start)
-        except _LineError as exc:
-            raise fail(exc.message, start) from None
-        heredocs: list[Heredoc] = []
-        if "<<" in line and _takes_heredocs(node):
+            opened = heredocs_on(line)
+        except LexError as exc:
+            raise self.fail(f"cannot read the heredoc delimiter ({exc}); close its quotes", start) from None
+        found = []
+        for heredoc in opened:
+            body: list[str] = []
+            while True:
+                if self.index >= len(self.lines):
+                    raise self.fail(f"unterminated heredoc <<{heredoc.name}; end it with a line `{heredoc.name}`",
+                                    start)
+                raw = self.next_line()
+                candidate = raw.rstrip("\r\n")
+                if (candidate.lstrip("\t") if heredoc.chomp else candidate) == heredoc.name:
+                    break
+                body.append(raw)
+            found.append(dataclasses.replace(heredoc, content="".join(body)))
+        return tuple(found)
+
+    def document(self) -> Document:
+        nodes: list[Node] = []
+        while (found := self.instruction()) is not None:
+            line, start = found
             try:
-                opened = heredocs_on(line)
-            except LexError as exc:
-                raise fail(f"cannot read the heredoc delimiter ({exc}); close its quotes", start) from None
-            for heredoc in opened:
-                body: list[str] = []
-                while index < len(lines):
-                    raw = lines[index]
-                    index += 1
-                    current += 1
-                    candidate = raw.rstrip("\r\n")
-                    if (candidate.lstrip("\t") if heredoc.chomp else candidate) == heredoc.name:
-                        break
-                    body.append(raw)
-                else:
-                    raise fail(f"unterminated heredoc <<{heredoc.name}; end it with a line `{heredoc.name}`", start)
-                heredocs.append(Heredoc(heredoc.name, "".join(body), heredoc.expand, heredoc.chomp, heredoc.fd))
-        nodes.append(dataclasses.replace(node, end=current, heredocs=tuple(heredocs)))
-    if not nodes:
-        raise fail("no instructions (empty or only comments); add a FROM (and NAME) for each stage", 1)
-    return Document(tuple(nodes), escape, directives.seen.get("syntax"))
+                node = _node(line, self.escape, start)
+            except _LineError as exc:
+                raise self.fail(exc.message, start) from None
+            heredocs = self.bodies(line, start) if "<<" in line and _takes_heredocs(node) else ()
+            nodes.append(dataclasses.replace(node, end=self.index, heredocs=heredocs))
+        if not nodes:
+            raise self.fail("no instructions (empty or only comments); add a FROM (and NAME) for each stage", 1)
+        return Document(tuple(nodes), self.escape, self.directives.seen.get("syntax"))
+
+
+def read(text: str, where: str = "Dockerfile") -> Document:
+    """Split Dockerfile text into nodes; UserError (`where:LINE: ...`) for what BuildKit's
+    parser refuses."""
+    return _Reader(text, where).document()
