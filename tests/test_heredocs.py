@@ -273,3 +273,15 @@ def test_failing_heredoc_script_is_the_users_line(builder: str, make_project: An
         Builder(project, out=out).build()
     assert ":3: " in str(caught.value) and "RUN <<EOF" in str(caught.value)
     assert "failing" in out.getvalue()
+
+
+def test_native_format_keeps_heredocs_as_written() -> None:
+    from invoke_compimg.dockerfile import render
+
+    text = "NAME build\nFROM busybox\nRUN <<-EOF\n\techo hi\n\tEOF\nCOPY <<EOT /x\nbody\nEOT\nCMD [\"sh\"]\n"
+    native = render.as_native(parse_text(text))
+    assert native == "FROM busybox AS build\nRUN <<-EOF\n\techo hi\nEOF\nCOPY <<EOT /x\nbody\nEOT\nCMD [\"sh\"]\n"
+    again = parse_text(native)
+    assert [i.heredocs for i in again.final.instructions] == [i.heredocs for i in parse_text(text).final.instructions]
+    lowered = multi_stage(parse_text(text), keep_heredocs=True)
+    assert [lowered.lines[n].source.line for n in sorted(lowered.lines)] == [2, 3, 3, 3, 6, 6, 6, 9]

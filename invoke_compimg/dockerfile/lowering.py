@@ -62,11 +62,13 @@ class Lowered:
     @staticmethod
     def of(entries: list[tuple[str, Step | None]], steps: tuple[Step, ...],
            stages: Mapping[str, tuple[Step, ...]], files: Mapping[str, InlineFile] | None = None) -> Lowered:
-        """From the file's lines in order, each with the step it writes (None: blank, header)."""
+        """From the file's lines in order, each with the step it writes (None: blank, header);
+        an entry of several lines (a heredoc kept as written) maps each of them to its step."""
         while entries and not entries[0][0]:
             entries.pop(0)
-        text = "\n".join(line for line, _ in entries) + "\n"
-        return Lowered(text, steps, stages, {n: step for n, (_, step) in enumerate(entries, 1) if step},
+        physical = [(line, step) for text, step in entries for line in text.split("\n")]
+        text = "\n".join(line for line, _ in physical) + "\n"
+        return Lowered(text, steps, stages, {n: step for n, (_, step) in enumerate(physical, 1) if step},
                        dict(files or {}))
 
 
@@ -92,12 +94,14 @@ class _Writer:
     """Writes stages as the lines one engine request sends."""
 
     def __init__(self, graph: Graph, name: Namer, prefix: str, *, mounts: bool, expand_platform: bool,
-                 build_args: Mapping[str, str] | None, image_config: ImageConfig | None) -> None:
+                 build_args: Mapping[str, str] | None, image_config: ImageConfig | None,
+                 keep_heredocs: bool = False) -> None:
         self.graph = graph
         self.name = name
         self.prefix = prefix
         self.mounts = mounts  # the builder can bind-mount a generated file (BuildKit)
         self.expand_platform = expand_platform  # the builder does not define BuildKit's platform ARGs
+        self.keep_heredocs = keep_heredocs  # write heredocs as the user did (for readers, Dockerfile 1.4)
         self.scopes = Scopes(graph, build_args, image_config)
         self.files: dict[str, InlineFile] = {}
 
@@ -123,6 +127,8 @@ class _Writer:
     def lines(self, instruction: Instruction, stage: Stage, position: int) -> tuple[str, ...]:
         """What is sent for one instruction (several lines for a COPY of several origins).
         Stage references are written by `name`; context paths go under `prefix`."""
+        if self.keep_heredocs and instruction.heredocs:
+            return (instruction.text + "".join(f"\n{h.content}{h.name}" for h in instruction.heredocs),)
         if isinstance(instruction, Copy):
             return self.copy_lines(instruction, stage, position)
         if isinstance(instruction, Run):
@@ -215,7 +221,7 @@ def per_stage(graph: Graph, name: str, *, context_prefix: str = "", build_args: 
 
 def multi_stage(graph: Graph, stages: Iterable[Stage] | None = None, *, name_all: bool = True,
                 context_prefix: str = "", build_args: Mapping[str, str] | None = None,
-                image_config: ImageConfig | None = None) -> Lowered:
+                image_config: ImageConfig | None = None, keep_heredocs: bool = False) -> Lowered:
     """One native multi-stage Dockerfile of `stages` (default: all), references by name.
     `name_all` gives every stage `AS name`, so BuildKit's progress names each one as we do;
     without it (the `native` format) only named or referenced stages get one.
@@ -224,11 +230,12 @@ def multi_stage(graph: Graph, stages: Iterable[Stage] | None = None, *, name_all
     `.dockerignore` to a context sent as a tar, so our Dockerfile would be seen (and be
     part of the cache key) of every `COPY . .`; with the user's files under `ctx/` and the
     Dockerfile beside that folder, it is not. `build_args` and `image_config` as for
-    `per_stage`."""
+    `per_stage`. `keep_heredocs` writes heredocs as the user did (Dockerfile 1.4 syntax)
+    instead of lowering them, for people to read (`parse --format native`)."""
     chosen = tuple(graph.stages if stages is None else stages)
     referenced = {dep for stage in chosen for dep in stage.depends_on}
     writer = _Writer(graph, lambda n: n, context_prefix, mounts=True, expand_platform=False,
-                     build_args=build_args, image_config=image_config)
+                     build_args=build_args, image_config=image_config, keep_heredocs=keep_heredocs)
     entries: list[tuple[str, Step | None]] = [(line, None) for line in _header(graph)]
     entries += [(arg.text, Step(arg.text, arg)) for arg in graph.global_args]
     per: dict[str, tuple[Step, ...]] = {}
