@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import peers
 import pytest
 from engine_helpers import Builder, config_of, image_listing
 
@@ -90,6 +91,18 @@ def test_script_heredoc_is_mounted_for_buildkit_and_written_for_classic() -> Non
     argv = json.loads(classic.text.splitlines()[1].split(" ", 2)[2])
     assert argv[:2] == ["/bin/sh", "-c"] and "printf %s '#!/bin/sh\necho it'\"'\"'s me\n' > $d/EOF" in argv[2]
     assert writes_files(graph.stages)
+
+
+@pytest.mark.parametrize("first,argv", [
+    ("#!/bin/sh", ["/bin/sh"]), ("#! /usr/bin/env  python3 -u \t", ["/usr/bin/env", "python3 -u"]),
+    ("#!/bin/bash\t-e", ["/bin/bash", "-e"]),
+])
+def test_classic_runs_a_script_as_the_kernel_would(first: str, argv: list[str]) -> None:
+    # /dev may be mounted noexec (Podman): the interpreter is run on the script, as the
+    # kernel runs a `#!` file (the rest of the line is one argument).
+    from invoke_compimg.dockerfile.heredocs import _interpreter
+
+    assert _interpreter(first + "\necho\n") == argv
 
 
 def test_copy_heredoc_is_a_generated_context_file() -> None:
@@ -285,3 +298,36 @@ def test_native_format_keeps_heredocs_as_written() -> None:
     assert [i.heredocs for i in again.final.instructions] == [i.heredocs for i in parse_text(text).final.instructions]
     lowered = multi_stage(parse_text(text), keep_heredocs=True)
     assert [lowered.lines[n].source.line for n in sorted(lowered.lines)] == [2, 3, 3, 3, 6, 6, 6, 9]
+
+
+# --- Podman's Docker-compatible service (the classic path) --------------------------------
+podman_service = peers.podman_service
+registry = peers.registry
+
+
+@pytest.mark.engine
+def test_heredocs_on_podman(podman_service: peers.PodmanPeer, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import docker
+
+    peer = podman_service
+    built = {}
+    for name, dockerfile, files in (("heredoc", HEREDOC, {"note.txt": "a note\n"}), ("plain", PLAIN, PLAIN_FILES)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "Dockerfile").write_text(dockerfile)
+        for file, content in files.items():
+            (folder / file).write_text(content)
+            (folder / file).chmod(0o644)
+        result = subprocess.run(
+            [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()", "build", "-t",
+             f"heredoc-test-{name}:1", "--progress", "plain"], cwd=folder, capture_output=True, text=True,
+            timeout=600, env={**os.environ, **peer.env, "DOCKER_HOST": peer.docker_host})
+        assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+        built[name] = f"heredoc-test-{name}:1"
+    podman = docker.APIClient(base_url=peer.docker_host, version="auto")
+    assert image_listing(podman, built["heredoc"]) == image_listing(podman, built["plain"])
+    assert config_of(podman, built["heredoc"]) == config_of(podman, built["plain"])

@@ -17,7 +17,7 @@ know:
   file at /dev/pipes/EOF and runs that. For BuildKit we mount the generated file there;
   the classic builder has no mounts, so the RUN writes the script to /dev/pipes (a tmpfs,
   never part of the image; a folder in /tmp removed after the run when /dev is not
-  writable for the user) and runs it.
+  writable for the user) and runs its `#!` interpreter on it, as the kernel would.
 
 `Scopes` follows each stage's variables (base image Env, ARG, ENV) and SHELL as BuildKit's
 dispatch does, for those expansions and shells; an external base image's config comes
@@ -192,10 +192,22 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
+def _interpreter(script: str) -> list[str]:
+    """What the kernel runs for a `#!` line: the interpreter and, if any, the rest of the
+    line as one argument."""
+    line = script.split("\n", 1)[0][2:].strip(" \t")
+    interpreter, _, argument = line.replace("\t", " ").partition(" ")
+    return [interpreter, argument.strip(" \t")] if argument.strip(" \t") else [interpreter]
+
+
 def _write_and_run(script: Heredoc) -> str:
-    """Shell text that writes a `#!` script where BuildKit mounts it and runs it, keeping
-    its exit status; the image never sees it (/dev is a tmpfs in build containers)."""
+    """Shell text that writes a `#!` script where BuildKit mounts it and runs it as the
+    kernel would (its interpreter, the script's path), keeping its exit status. /dev is a
+    tmpfs in build containers, never part of the image; it may be mounted noexec (Podman),
+    hence the interpreter named here. A user who cannot write to /dev gets a folder in
+    /tmp, removed afterwards."""
     name = script.name
+    run = " ".join(_quote(word) for word in _interpreter(script.body))
     return (f"d={PIPES}; mkdir -p $d 2>/dev/null && [ -w $d ] || {{ d=/tmp/.compimg-pipes-$$; mkdir -p $d; }}; "
-            f"printf %s {_quote(script.body)} > $d/{name} && chmod 755 $d/{name} && $d/{name}; s=$?; "
+            f"printf %s {_quote(script.body)} > $d/{name} && chmod 755 $d/{name} && {run} $d/{name}; s=$?; "
             f"[ $d = {PIPES} ] || rm -rf $d; exit $s")
