@@ -1,6 +1,7 @@
 """Heredocs (Dockerfile 1.4): parsed as BuildKit parses them, lowered into plain Dockerfile
 (`heredocs.py`), and built end to end by both builders: each heredoc form against the same
-Dockerfile written without heredocs, with the same files, modes, owners and config."""
+Dockerfile written without heredocs, with the same files, modes, owners and config (and on
+Podman's service: tests/test_podman.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import peers
 import pytest
 from engine_helpers import Builder, config_of, image_listing
 
@@ -299,35 +299,3 @@ def test_native_format_keeps_heredocs_as_written() -> None:
     lowered = multi_stage(parse_text(text), keep_heredocs=True)
     assert [lowered.lines[n].source.line for n in sorted(lowered.lines)] == [2, 3, 3, 3, 6, 6, 6, 9]
 
-
-# --- Podman's Docker-compatible service (the classic path) --------------------------------
-podman_service = peers.podman_service
-registry = peers.registry
-
-
-@pytest.mark.engine
-def test_heredocs_on_podman(podman_service: peers.PodmanPeer, tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    import docker
-
-    peer = podman_service
-    built = {}
-    for name, dockerfile, files in (("heredoc", HEREDOC, {"note.txt": "a note\n"}), ("plain", PLAIN, PLAIN_FILES)):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "Dockerfile").write_text(dockerfile)
-        for file, content in files.items():
-            (folder / file).write_text(content)
-            (folder / file).chmod(0o644)
-        result = subprocess.run(
-            [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()", "build", "-t",
-             f"heredoc-test-{name}:1", "--progress", "plain"], cwd=folder, capture_output=True, text=True,
-            timeout=600, env={**os.environ, **peer.env, "DOCKER_HOST": peer.docker_host})
-        assert result.returncode == 0, result.stderr + result.stdout[-3000:]
-        built[name] = f"heredoc-test-{name}:1"
-    podman = docker.APIClient(base_url=peer.docker_host, version="auto")
-    assert image_listing(podman, built["heredoc"]) == image_listing(podman, built["plain"])
-    assert config_of(podman, built["heredoc"]) == config_of(podman, built["plain"])
