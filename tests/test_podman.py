@@ -235,7 +235,8 @@ def test_heredocs_build_the_same_image_as_without(podman_service: peers.PodmanPe
         for file, content in files.items():
             (folder / file).write_text(content)
             (folder / file).chmod(0o644)
-        result = _run([*COMPIMG, "build", "-t", f"heredoc-test-{name}:1", "--progress", "plain"], folder, peer)
+        result = cli("compimg", ["build", "-t", f"heredoc-test-{name}:1", "--progress", "plain"], folder,
+                     _env(peer), timeout=600)
         assert result.returncode == 0, result.stderr + result.stdout[-3000:]
     podman = docker.APIClient(base_url=peer.docker_host, version="auto")
     monkeypatch.setenv("DOCKER_HOST", peer.docker_host)  # image_listing's engine
