@@ -217,7 +217,8 @@ FROM busybox
 COPY build:/x /x
 """
 MISSING_BASE = "NAME build\nFROM compimg-no-such-image:1\nRUN true\n"
-HEALTHCHECK = "NAME build\nFROM busybox\n\nHEALTHCHECK --interval=abc CMD true\nRUN echo hi\n"
+# A flag newer frontends take (so our parser does) and this engine's Dockerfile 1.2 does not.
+HEALTHCHECK = "NAME build\nFROM busybox\n\nHEALTHCHECK --start-interval=1s CMD true\nRUN echo hi\n"
 
 
 def classic_errors(world: World) -> Seen:

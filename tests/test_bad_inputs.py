@@ -51,11 +51,20 @@ CORPUS: list[tuple[str, str, int, str]] = [
     ("from-without-image", "FROM --platform=linux/amd64\n", 1, "FROM takes"),
     ("from-extra-words", "FROM busybox extra words here\n", 1, "FROM takes"),
     ("from-empty-arg", "ARG BASE\nFROM ${BASE}\n", 2, "expands to nothing"),
-    ("unknown-instruction", SEED + "RUNN true\n", 4, "unknown instruction 'RUNN'"),
-    ("unknown-in-continuation-file", "FROM busybox\nRUN a \\\n  b\nFOO bar\n", 4, "unknown instruction 'FOO'"),
-    ("arg-without-name", "ARG\nFROM busybox\n", 1, "ARG needs a name"),
+    ("unknown-instruction", SEED + "RUNN true\n", 4, "unknown instruction RUNN; did you mean RUN?"),
+    ("unknown-in-continuation-file", "FROM busybox\nRUN a \\\n  b\nFOO bar\n", 4, "unknown instruction FOO"),
+    ("arg-without-name", "ARG\nFROM busybox\n", 1, "ARG requires at least one argument"),
     ("line-too-long", "FROM busybox\nRUN echo " + "x" * 70000 + "\n", 2, "over Docker's 64 KiB limit"),
     ("nul-byte", "FROM busybox\nRUN echo \0\n", 2, "binary content"),
+    ("escaped-escape-ends-the-line", "FROM busybox\nENV C a\\\\\nBOGUS b\n", 3, "unknown instruction BOGUS"),
+    ("env-without-value", "FROM busybox\nENV PATH\n", 2, "ENV must have two arguments"),
+    ("unknown-flag", "FROM busybox\nCOPY --user=me foo /tmp/\n", 2, "unknown flag --user for COPY"),
+    ("misspelt-flag", "FROM busybox\nCOPY --chwon=1 a b\n", 2, "did you mean --chown?"),
+    ("healthcheck-alone", "FROM busybox\nHEALTHCHECK\n", 2, "HEALTHCHECK requires at least one argument"),
+    ("unknown-after-name", "NAME build\nFROMM busybox\n", 2, "unknown instruction FROMM; did you mean FROM?"),
+    ("copy-from-variable", "ARG F=busybox\nFROM busybox\nCOPY --from=$F /a /b\n", 3, "variable expansion is not supported for --from"),
+    ("unterminated-heredoc", "FROM busybox\nRUN <<EOF\necho hi\n", 2, "unterminated heredoc <<EOF"),
+    ("duplicate-directive", "# escape=`\n# escape=\\\nFROM busybox\n", 2, "only one escape parser directive"),
 ]
 
 

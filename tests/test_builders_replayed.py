@@ -129,8 +129,8 @@ def test_buildkit_a_frontend_error_is_mapped_to_the_users_line(buildkit: Any) ->
     text, _ = failure(seen, "frontend")
     said = engine_said(fake, "/build", 1)
     assert "line 2" in said  # the engine names a line of the file it was sent
-    assert text == (f"{folder}/frontend/Dockerfile:4: stage 'build' failed at HEALTHCHECK --interval=abc CMD true: "
-                    'time: invalid duration "abc"; fix that line')
+    assert text == (f"{folder}/frontend/Dockerfile:4: stage 'build' failed at HEALTHCHECK --start-interval=1s "
+                    "CMD true: Unknown flag: start-interval; fix that line")
 
 
 def test_buildkit_a_base_image_it_cannot_resolve_is_the_from_line(buildkit: Any) -> None:

@@ -314,7 +314,8 @@ def test_failing_run_quotes_the_users_line_after_a_seed_copy(make_project: Any) 
     assert sorted(lines[:2]) == ["[run] out-1", "[run] out-2"] and lines[-1] == error
 
 
-HEALTHCHECK = "NAME build\nFROM busybox\n\nHEALTHCHECK --interval=abc CMD true\nRUN echo hi\n"
+# A flag newer frontends take (so our parser does) and this engine's Dockerfile 1.2 does not.
+HEALTHCHECK = "NAME build\nFROM busybox\n\nHEALTHCHECK --start-interval=1s CMD true\nRUN echo hi\n"
 
 
 def test_frontend_parse_error_is_one_line(make_project: Any) -> None:
@@ -323,7 +324,7 @@ def test_frontend_parse_error_is_one_line(make_project: Any) -> None:
     error = result.stderr.strip()
     assert result.returncode == 1 and error.splitlines() == [error]
     assert error.startswith(f"{project.dockerfile}:") and "stage 'build' failed" in error
-    assert 'invalid duration "abc"' in error
+    assert "start-interval" in error
 
 
 def test_frontend_parse_error_names_the_users_line(make_project: Any) -> None:

@@ -220,3 +220,25 @@ def test_onbuild_base_image_reads_the_context(podman_service: peers.PodmanPeer, 
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"{project / 'Dockerfile'}:4: stage 'app' failed at RUN exit 4"), \
         result.stderr
+
+
+def test_heredocs_build_the_same_image_as_without(podman_service: peers.PodmanPeer, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """test_heredocs.py's heredoc forms on Podman (the classic path, /dev mounted noexec)."""
+    import docker
+    from engine_helpers import config_of, image_listing
+    from test_heredocs import HEREDOC, PLAIN, PLAIN_FILES
+
+    peer = podman_service
+    for name, dockerfile, files in (("heredoc", HEREDOC, {"note.txt": "a note\n"}), ("plain", PLAIN, PLAIN_FILES)):
+        folder = _project(tmp_path, dockerfile, name)
+        for file, content in files.items():
+            (folder / file).write_text(content)
+            (folder / file).chmod(0o644)
+        result = cli("compimg", ["build", "-t", f"heredoc-test-{name}:1", "--progress", "plain"], folder,
+                     _env(peer), timeout=600)
+        assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+    podman = docker.APIClient(base_url=peer.docker_host, version="auto")
+    monkeypatch.setenv("DOCKER_HOST", peer.docker_host)  # image_listing's engine
+    assert image_listing(podman, "heredoc-test-heredoc:1") == image_listing(podman, "heredoc-test-plain:1")
+    assert config_of(podman, "heredoc-test-heredoc:1") == config_of(podman, "heredoc-test-plain:1")

@@ -158,10 +158,13 @@ WORDS = st.sampled_from([
     "a", "b", "build", "run", "Stage-1", "busybox", "golang:1.19", "a:/x", "b:/y", "build:rel",
     "/abs", ".", "./x", "--from=a", "--from=0", "--from=9", "--chown=1:1", "--chmod=755",
     "AS", "as", "${X}", "$Y", "[", "]", '["/a", "/b"]', "\\", "`", "#", "=", "x=1", "", "é",
+    "<<EOF", "<<-'E F'", '<<"X"', "3<<EOF", "EOF", "X", "#!/bin/sh", "${X:?}", "${", "'", '"', "--link",
+    "--mount=type=bind,from=a", "--network=none", "NONE", "CMD", "--interval=1s", "<<'EOF", "\t",
 ])
 KEYWORDS = st.sampled_from([
     "NAME", "FROM", "COPY", "ADD", "RUN", "ARG", "ENV", "WORKDIR", "CMD", "copy", "from",
-    "name", "LABEL", "ONBUILD", "BOGUS", "#", "", "# escape=`",
+    "name", "LABEL", "ONBUILD", "BOGUS", "#", "", "# escape=`", "HEALTHCHECK", "SHELL", "EOF",
+    "ONBUILD RUN", "# syntax=x", "USER", "EXPOSE", "VOLUME", "ENTRYPOINT", "STOPSIGNAL", "MAINTAINER",
 ])
 LINES = st.builds(lambda k, ws: (k + " " + " ".join(ws)).rstrip(), KEYWORDS, st.lists(WORDS, max_size=5))
 
@@ -181,6 +184,28 @@ def test_random_files_parse_or_fail_cleanly(lines: list[str]) -> None:
         per_stage(graph, stage.name)
         multi_stage(graph, graph.needs(stage.name))
     render.as_native(graph)
+
+
+# Any text at all: a graph (that lowers) or our own one-line error, never a traceback.
+PIECES = st.sampled_from([*"FROMCPYRUNAShz \t\n\\`#$={}[]\"'<-:/!0é\r", "FROM a\n", "RUN ", "COPY ", "<<EOF",
+                          "\nEOF\n", "ONBUILD ", "ENV ", "--from=", "${", "#!/bin/sh\n", "# escape=`\n"])
+TEXT = st.lists(PIECES, max_size=60).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(TEXT)
+def test_any_text_parses_or_fails_cleanly(text: str) -> None:
+    try:
+        graph = parse_text(text)
+    except UserError as exc:
+        assert exc.code == 1 and "\n" not in str(exc) and str(exc).startswith("Dockerfile:")
+        return
+    for stage in graph.stages:
+        try:
+            per_stage(graph, stage.name)
+            multi_stage(graph, graph.needs(stage.name))
+        except UserError as exc:  # a heredoc body BuildKit could not expand either
+            assert "\n" not in str(exc) and str(exc).startswith("Dockerfile:")
 
 
 def test_onbuild_stage_reference_is_a_prerequisite_of_stages_built_on_it() -> None:

@@ -12,7 +12,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..building import context
 from ..dockerfile.model import PREDEFINED_ARGS, Instruction, Stage
@@ -50,6 +50,7 @@ class Plan:
     paths: list[str]  # context paths sent
     images: tuple[str, ...]  # external images read
     stage_ids: Mapping[str, str] = field(default_factory=dict)  # classic: the image IDs of the stages it reads
+    context_prefix: str = ""  # classic: the folder the context's files go under, beside heredoc files
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,10 @@ class Builder(ABC):
     def external_triggers(self, stage: Stage) -> tuple[str, ...]:
         """ONBUILD triggers of the stage's external base image (they run in the stage)."""
         return () if stage.base_stage or stage.base == "scratch" else self.images.triggers(self.engine, stage.base)
+
+    def image_config(self, ref: str) -> Mapping[str, Any] | None:
+        """An external image's config: its Env and Shell are what heredocs are lowered with."""
+        return (self.images.inspect(self.engine, ref) or {}).get("Config")
 
     def context_paths(self, unit: Unit) -> list[str]:
         """Context paths the unit reads: its stages' own COPY/ADD/bind mounts, and those of the

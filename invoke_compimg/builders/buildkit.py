@@ -133,7 +133,8 @@ class BuildKitBuilder(Builder):
         return args
 
     def plan(self, unit: Unit, known: Mapping[str, str]) -> Plan:
-        lowered = multi_stage(self.graph, unit.stages)
+        lowered = multi_stage(self.graph, unit.stages, build_args=self.args_for(unit.stages),
+                              image_config=self.image_config)
         return Plan(lowered.text, lowered, self.context_paths(unit), self.images_read(unit))
 
     @property
@@ -188,6 +189,7 @@ class BuildKitBuilder(Builder):
         # has a session of its own; the shared key per folder and unit keeps their files apart.
         session = dockerfile_session(
             context=str(self.project.context), allow=self.allowed(plan), dockerfile=plan.text.encode(),
+            files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()},
             shared_key=shared_key(str(self.project.context), unit.name),
             secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
             ssh={s.id: s.paths[0] for s in self.settings.ssh})
@@ -241,14 +243,16 @@ class BuildKitBuilder(Builder):
             # folder of their own so that our Dockerfile is not part of `COPY . .` (the ONBUILD
             # triggers of an external base image read the context as the user laid it out).
             prefix = CONTEXT_PREFIX
-        lowered = multi_stage(self.graph, unit.stages, context_prefix=prefix)
+        lowered = multi_stage(self.graph, unit.stages, context_prefix=prefix, build_args=self.args_for(unit.stages),
+                              image_config=self.image_config)
         view = SolveView(target.name, lowered, self.reporter)
         build_id = f"compimg-{uuid.uuid4().hex}"
         # A solve after another of this run (`unit.needs`) reads that one's fresh results
         # from the cache even under --no-cache: they were made now, and it must be the same image.
         no_cache = self.settings.no_cache and not unit.needs
         with self.reading_context(target):
-            archive = context.archive(str(self.project.context), lowered.text, plan.paths, prefix=prefix)
+            archive = context.archive(str(self.project.context), lowered.text, plan.paths, prefix=prefix,
+                                      files=lowered.files)
         with self._lock:
             self._running.add(build_id)
         try:

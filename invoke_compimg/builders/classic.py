@@ -12,7 +12,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..building import context
-from ..dockerfile.lowering import PLACEHOLDER_RE, Lowered, Step, fill_placeholders, keyword, per_stage
+from ..dockerfile.lowering import (
+    CONTEXT_PREFIX,
+    PLACEHOLDER_RE,
+    Lowered,
+    Step,
+    fill_placeholders,
+    keyword,
+    per_stage,
+    writes_files,
+)
 from ..dockerfile.model import Instruction, Stage, buildkit_only
 from ..engine import classic as classic_api
 from ..engine import images
@@ -129,9 +138,13 @@ class ClassicBuilder(Builder):
     def plan(self, unit: Unit, known: Mapping[str, str]) -> Plan:
         stage = unit.stage
         ids = {name: self._stage_id(stage, name, known) for name in stage.depends_on}
-        lowered = per_stage(self.graph, stage.name)
+        # Heredoc files are sent beside the user's files, which then go under `ctx/`.
+        triggers = self.external_triggers(stage)
+        prefix = CONTEXT_PREFIX if writes_files([stage]) and not triggers else ""
+        lowered = per_stage(self.graph, stage.name, context_prefix=prefix, build_args=self.args_for(unit.stages),
+                            image_config=self.image_config)
         return Plan(fill_placeholders(lowered.text, ids), lowered, self.context_paths(unit), self.images_read(unit),
-                    stage_ids=ids)
+                    stage_ids=ids, context_prefix=prefix)
 
     def _stage_id(self, stage: Stage, name: str, known: Mapping[str, str]) -> str:
         """The image of stage `name` that `stage` reads: built in this run, else earlier in this
@@ -157,7 +170,8 @@ class ClassicBuilder(Builder):
                 stream.log(event.text)
 
         with self.reading_context(stage):
-            archive = context.archive(str(self.project.context), plan.text, plan.paths)
+            archive = context.archive(str(self.project.context), plan.text, plan.paths, prefix=plan.context_prefix,
+                                      files=plan.lowered.files)
         try:
             with self.engine.errors(f"stage '{stage.name}'", where=self.where, line=stage.line):
                 cache_from = images.usable_cache_sources(self.engine, self.settings.cache_from,

@@ -17,10 +17,11 @@ import posixpath
 import stat as stat_module
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO
 
 from .. import patterns
+from ..dockerfile.heredocs import InlineFile
 from ..errors import UserError
 from .file_hashes import FileHashes
 
@@ -76,12 +77,14 @@ def included(root: str, matcher: patterns.Matcher) -> set[str]:
     return found
 
 
-def archive(context: str, dockerfile_text: str, paths: list[str], *, prefix: str = "") -> IO[bytes]:
+def archive(context: str, dockerfile_text: str, paths: list[str], *, prefix: str = "",
+            files: Mapping[str, InlineFile] | None = None) -> IO[bytes]:
     """The build context as a tar file: `paths` of the context folder (see `files_read`)
-    plus our Dockerfile. As the docker CLI does for a Dockerfile outside the context,
-    `.dockerignore` gets the Dockerfile's name appended, so the classic builder drops it
-    before any `COPY . .` sees it. BuildKit applies no `.dockerignore` to a tar context:
-    there the context goes under `prefix` (see `lowering.multi_stage`)."""
+    plus our Dockerfile and the `files` the lowering generated (heredocs). As the docker
+    CLI does for a Dockerfile outside the context, `.dockerignore` gets the Dockerfile's
+    name appended, so the classic builder drops it before any `COPY . .` sees it. BuildKit
+    applies no `.dockerignore` to a tar context: there the context goes under `prefix`
+    (see `lowering.multi_stage`)."""
     root = os.path.abspath(context)
     ignore = read_dockerignore(root)
     if ignore is not None:
@@ -91,7 +94,7 @@ def archive(context: str, dockerfile_text: str, paths: list[str], *, prefix: str
     extra = [(DOCKERFILE_IN_CONTEXT, dockerfile_text)]
     if not prefix:
         extra.append((".dockerignore", ignore))
-    return context_tar(root, paths, extra, prefix=prefix)
+    return context_tar(root, paths, extra, prefix=prefix, generated=files)
 
 
 def _needs_extension(info: tarfile.TarInfo) -> bool:
@@ -100,13 +103,17 @@ def _needs_extension(info: tarfile.TarInfo) -> bool:
     return any(len(b) >= tarfile.LENGTH_NAME for b in encoded)
 
 
-def context_tar(root: str, files: list[str], extra_files: list[tuple[str, str]], *, prefix: str = "") -> IO[bytes]:
+def context_tar(root: str, files: list[str], extra_files: list[tuple[str, str]], *, prefix: str = "",
+                generated: Mapping[str, InlineFile] | None = None) -> IO[bytes]:
     """The build context as an uncompressed GNU tar (in a temporary file, at offset 0).
 
     `files` are context-relative paths, packed as the SDK's `create_archive` does (files,
     directories, symlinks as links, modes and owners as on disk); `extra_files` are
     (name, text) pairs (the Dockerfile, .dockerignore) that replace context files of the
-    same name. GNU format, because the engine decides "is this an archive" from the first
+    same name; `generated` are files the lowering made (heredocs: path -> bytes and mode),
+    owned by root like the extra files.
+
+    GNU format, because the engine decides "is this an archive" from the first
     1024 bytes: a PAX header (Python's default) or a long-name header plus its data fills
     them and the body is then read as a Dockerfile. So the first member must have a short
     name: extra files come first, and failing that a short-named file is moved to the front.
@@ -119,7 +126,7 @@ def context_tar(root: str, files: list[str], extra_files: list[tuple[str, str]],
     """
     out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, who closes it
     try:
-        _pack(out, root, files, extra_files, prefix)
+        _pack(out, root, files, extra_files, prefix, generated or {})
     except BaseException:
         out.close()
         raise
@@ -127,8 +134,9 @@ def context_tar(root: str, files: list[str], extra_files: list[tuple[str, str]],
     return out
 
 
-def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[str, str]], prefix: str) -> None:
-    extra_names = {name for name, _ in extra_files}
+def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[str, str]], prefix: str,
+          generated: Mapping[str, InlineFile]) -> None:
+    extra_names = {name for name, _ in extra_files} | set(generated)
     with tarfile.open(mode="w", fileobj=out, format=tarfile.GNU_FORMAT) as archive:
         infos: list[tuple[tarfile.TarInfo, str]] = []  # with its path on disk
         for path in files:
@@ -153,6 +161,10 @@ def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[s
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
+        for name, file in generated.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(file.data), file.mode
+            archive.addfile(info, io.BytesIO(file.data))
         if prefix and not any(info.name == prefix.rstrip("/") for info, _ in infos):
             # The folder itself, even when no file of the context is read: a COPY of a missing
             # path then says "not found", not that our folder is missing.

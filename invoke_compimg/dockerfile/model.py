@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 # Docker's own rule for `FROM ... AS name` (compared case-insensitively).
@@ -23,6 +23,64 @@ PREDEFINED_ARGS = frozenset({
     "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
     "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
 })
+
+
+@dataclass(frozen=True)
+class Platform:
+    """An OS/architecture[/variant], as BuildKit's platform build args spell it."""
+
+    os: str = "linux"
+    arch: str = "amd64"
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """`linux/arm64/v8` -> Platform("linux", "arm64", "v8"); ValueError if malformed."""
+        parts = text.split("/")
+        if not 2 <= len(parts) <= 3 or not all(re.fullmatch(r"[A-Za-z0-9_-]+", p) for p in parts):
+            raise ValueError(f"platform {text!r} is not os/arch[/variant]")
+        return cls(parts[0].lower(), parts[1].lower(), parts[2] if len(parts) == 3 else "")
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.arch, self.variant) if p)
+
+
+@dataclass(frozen=True)
+class Platforms:
+    """The platform images are built for (`target`) and the one the build runs on
+    (`build`): the values of BuildKit's automatic platform ARGs. Both default to
+    linux/amd64, this engine's worker; `--platform` would set `target`."""
+
+    target: Platform = Platform()
+    build: Platform = Platform()
+
+    def args(self) -> dict[str, str]:
+        """BUILDPLATFORM, BUILDOS, ... TARGETVARIANT, as every BuildKit build defines them."""
+        values: dict[str, str] = {}
+        for prefix, platform in (("BUILD", self.build), ("TARGET", self.target)):
+            values |= {f"{prefix}PLATFORM": str(platform), f"{prefix}OS": platform.os,
+                       f"{prefix}ARCH": platform.arch, f"{prefix}VARIANT": platform.variant}
+        return values
+
+
+PLATFORM_ARGS = frozenset(Platforms().args())
+
+
+@dataclass(frozen=True)
+class Heredoc:
+    """One here-document (Dockerfile 1.4): `<<EOF` on an instruction's line, its body
+    on the lines after it, up to the delimiter line."""
+
+    name: str  # the delimiter, quotes removed
+    content: str  # the body as written, each line with its newline
+    expand: bool  # delimiter not quoted: BuildKit expands variables in a COPY/ADD body
+    chomp: bool  # `<<-`: leading tabs are stripped from each line
+    fd: int = 0  # `3<<EOF`
+
+    @property
+    def body(self) -> str:
+        """The content with leading tabs stripped for `<<-`."""
+        return re.sub(r"(?m)^\t+", "", self.content) if self.chomp else self.content
 
 
 def _value(pairs: tuple[tuple[str, str | None], ...] | tuple[tuple[str, str], ...], name: str) -> str | None:
@@ -40,7 +98,9 @@ def task_name_for(stage_name: str) -> str:
 class Origin:
     """Where a COPY/ADD source or a RUN mount reads from."""
 
-    kind: str  # "context", "stage" (of this file), "image", "url" (ADD), "none" (cache mounts...)
+    # "context", "stage" (of this file), "image", "url" (ADD), "none" (cache mounts...); inside
+    # the parser also "ref": a `--from` value not yet known to name a stage or an image.
+    kind: str
     ref: str = ""  # the stage's name, the image reference or the URL
 
     @property
@@ -65,8 +125,9 @@ class Instruction:
     """One Dockerfile instruction as the user wrote it (continuations joined)."""
 
     keyword: str  # upper case
-    value: str  # the arguments as written
+    value: str  # the arguments as written (the first line's, for one with heredocs)
     line: int  # 1-based line where it starts
+    heredocs: tuple[Heredoc, ...] = field(default=(), kw_only=True)  # bodies that follow its line
 
     @property
     def text(self) -> str:
@@ -84,6 +145,7 @@ class From(Instruction):
     image: str  # the reference after ARG expansion, or the stage's name
     stage: str | None  # the earlier stage it builds on, if any
     written: str  # the reference as written (`golang:${GO}`)
+    alias: str | None = None  # `AS name` as written
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -106,6 +168,7 @@ class Copy(Instruction):
     groups: tuple[CopyGroup, ...]
     dest: str
     json_form: bool
+    inline: tuple[Heredoc, ...] = ()  # heredoc sources (`COPY <<EOF /dest`), copied after the paths
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -132,6 +195,7 @@ class Run(Instruction):
     mounts: tuple[Mount, ...]
     command: str  # the rest after the --flags, as written
     flags: tuple[str, ...]  # every leading --flag as written, --mount included
+    json_form: bool = False  # exec form, `RUN ["a", "b"]`
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -141,6 +205,23 @@ class Run(Instruction):
 @dataclass(frozen=True)
 class Arg(Instruction):
     names: tuple[str, ...]
+    defaults: tuple[str | None, ...] = ()  # per name: the default as written, or None
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str | None], ...]:
+        return tuple(zip(self.names, self.defaults or (None,) * len(self.names), strict=True))
+
+
+@dataclass(frozen=True)
+class Env(Instruction):
+    """ENV (and LABEL): key/value pairs, values as written (quotes kept)."""
+
+    pairs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Shell(Instruction):
+    shell: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -257,6 +338,8 @@ class Graph:
     stages: tuple[Stage, ...]
     global_args: tuple[Arg, ...] = ()  # ARGs before the first FROM
     escape: str = "\\"
+    syntax: str | None = None  # the `# syntax=` directive: the frontend the file asks for
+    platforms: Platforms = Platforms()  # the values its platform ARGs were read with
 
     @cached_property
     def _by_name(self) -> dict[str, Stage]:
@@ -303,14 +386,9 @@ class Graph:
                 wanted.update(stage.depends_on)
         return tuple(s for s in self.stages[: goal.index + 1] if s.name in wanted)
 
-    def closest(self, name: str, limit: int = 2) -> str | None:
-        """The stage name nearest to `name` (edit distance <= limit), for "did you mean"."""
-        best: tuple[int, str] | None = None
-        for candidate in self.names:
-            distance = edit_distance(name.lower(), candidate)
-            if distance <= limit and (best is None or distance < best[0]):
-                best = (distance, candidate)
-        return best[1] if best else None
+    def closest(self, name: str) -> str | None:
+        """The stage name nearest to `name`, for "did you mean"."""
+        return closest(name.lower(), self.names)
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -324,15 +402,28 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
+def closest(name: str, candidates: Iterable[str], limit: int = 2) -> str | None:
+    """The candidate nearest to `name` within `limit` edits (the earliest on a tie), as
+    BuildKit suggests; None for an exact match or nothing near."""
+    best: tuple[int, str] | None = None
+    for candidate in candidates:
+        distance = edit_distance(name, candidate)
+        if distance == 0:
+            return None
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, candidate)
+    return best[1] if best else None
+
+
 def buildkit_only(instruction: Instruction) -> str | None:
     """The BuildKit-only feature an instruction uses, if any (the classic builder refuses
     these, or silently ignores them)."""
-    if isinstance(instruction, Run) and instruction.mounts:
-        return "RUN --mount"
+    if isinstance(instruction, Run) and instruction.flags:  # --mount, --network, --security, --device
+        return "RUN --" + instruction.flags[0][2:].partition("=")[0]
     if isinstance(instruction, Copy):
-        for flag in ("chmod", "link", "parents", "exclude"):
-            if any(key == flag for key, _ in instruction.flags):
-                return f"{instruction.keyword} --{flag}"
+        for key, _ in instruction.flags:
+            if key != "chown":  # the classic builder takes only --chown (and COPY --from)
+                return f"{instruction.keyword} --{key}"
     return None
 
 

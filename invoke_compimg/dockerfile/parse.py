@@ -1,30 +1,30 @@
 """Compilation-image Dockerfiles (seed and native syntax) -> a checked, typed `Graph`.
 
-Tokenising (continuations, comments, the escape directive) is dockerfile-parse's job;
-this module applies Docker's rules on top, resolves every stage reference, and reports
-every mistake as one `Dockerfile:LINE: what is wrong; what to do` line. It produces the
-typed model only; what is sent to an engine is `lowering.py`'s business. Pure: it never
-talks to an engine.
+Three steps, as BuildKit's frontend takes them: `reader` splits the text into nodes
+(BuildKit's parser), `instructions` types each node and checks its flags (BuildKit's
+`instructions` package), and this module applies the stage rules: NAME and FROM declare
+stages, every reference to a stage is resolved (seed `stage:/path` sources, `--from`,
+`RUN --mount from=`, a FROM of an earlier stage), and FROM is expanded with the global
+ARGs, the build args and BuildKit's automatic platform ARGs (`platforms`). Every mistake
+is one `Dockerfile:LINE: what is wrong; what to do` line. It produces the typed model
+only; what is sent to an engine is `lowering.py`'s business. Pure: it never talks to an
+engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
-import io
-import json
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dockerfile_parse import DockerfileParser
-from dockerfile_parse.util import WordSplitter
-
 from ..errors import UserError
+from . import instructions, reader
+from .lexer import Lex, LexError, declare_args
 from .model import (
     CONTEXT,
-    NOWHERE,
     STAGE_NAME_MAX,
     STAGE_NAME_RE,
     Arg,
@@ -36,26 +36,12 @@ from .model import (
     Mount,
     Onbuild,
     Origin,
+    Platforms,
     Run,
     Stage,
-    edit_distance,
+    closest,
     task_name_for,
 )
-
-# Docker's scanner refuses longer lines (bufio.Scanner's 64 KiB token limit).
-MAX_LINE_BYTES = 64 * 1024
-
-DOCKER_INSTRUCTIONS = frozenset({
-    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK",
-    "LABEL", "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
-})
-OUR_INSTRUCTIONS = frozenset({"NAME"})
-MOUNT_TYPES = frozenset({"bind", "cache", "tmpfs", "secret", "ssh"})
-
-_ESCAPE_DIRECTIVE_RE = re.compile(r"^\s*#\s*escape\s*=\s*(\\|`)\s*$", re.I)
-_SEED_SOURCE_RE = re.compile(r"^([^:/\s]+):(.*)$")
-_VARIABLE_RE = re.compile(r"\$(?:\{(\w+)(?:(:[-+])([^}]*))?\}|(\w+))")
-_URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
 # Does the build context hold this source path (as written in a COPY)? The parser stays pure:
 # whoever knows the context folder passes this in (`in_context`), see `parse_file`.
@@ -88,19 +74,6 @@ def decode_dockerfile(data: bytes, where: str) -> str:
                         where=where, line=data.count(b"\n", 0, exc.start) + 1) from None
 
 
-def expand(text: str, variables: Mapping[str, str]) -> str:
-    """Docker's `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR:+alt}` (used on FROM)."""
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(4)
-        value = variables.get(name, "")
-        if match.group(2) == ":-":
-            return value or match.group(3)
-        if match.group(2) == ":+":
-            return match.group(3) if value else ""
-        return value
-    return _VARIABLE_RE.sub(sub, text)
-
-
 @dataclass
 class _Draft:
     """A stage while it is being read."""
@@ -113,15 +86,18 @@ class _Draft:
 
 class _Parser:
     def __init__(self, text: str, where: str, build_args: Mapping[str, str] | None,
-                 in_context: ContextLookup | None = None) -> None:
-        self.text = text if text.endswith("\n") else text + "\n"
+                 in_context: ContextLookup | None, platforms: Platforms) -> None:
+        self.text = text
         self.where = where
         self.in_context = in_context
         self.build_args = dict(build_args or {})
+        self.platforms = platforms
+        self.escape = "\\"
         self.drafts: list[_Draft] = []
         self.global_args: list[Arg] = []
-        self.arg_values: dict[str, str] = {}
-        self.escape = "\\"
+        # BuildKit's global scope: the platform ARGs (a build arg may override them), then
+        # each global ARG's value.
+        self.arg_values = {k: self.build_args.get(k, v) for k, v in platforms.args().items()}
         self.declared: dict[str, tuple[int, int]] = {}  # name -> (index, line)
         self.by_index: list[str] = []
         self.task_names: dict[str, tuple[str, int]] = {}
@@ -132,53 +108,37 @@ class _Parser:
 
     # --- entry point --------------------------------------------------------------------
     def parse(self) -> Graph:
-        structure = self._tokenise()
-        if not structure:
-            raise self.fail(1, "no instructions (empty or only comments); "
-                               "add a FROM (and NAME) for each stage")
-        self._declare_stages(structure)
-        self._read(structure)
+        document = reader.read(self.text, self.where)
+        self.escape = document.escape
+        parsed = [instructions.parse(node, self.where, document.escape) for node in document.nodes]
+        self._declare_stages(parsed)
+        self._read(parsed)
         if not self.drafts:
-            raise self.fail(self._unpack(structure[0])[2], "no FROM: the file defines no stage; "
-                                                            "add `NAME <stage>` and `FROM <image>`")
-        return self._freeze()
+            raise self.fail(parsed[0].line, "no FROM: the file defines no stage; "
+                                            "add `NAME <stage>` and `FROM <image>`")
+        return self._freeze(document.syntax)
 
-    def _tokenise(self) -> list[dict[str, object]]:
-        for raw in self.text.splitlines():
-            match = _ESCAPE_DIRECTIVE_RE.match(raw)
-            if match:
-                self.escape = match.group(1)
-            elif not re.match(r"^\s*#\s*\w+\s*=", raw):
-                break
-        parser = DockerfileParser(fileobj=io.BytesIO(self.text.encode("utf-8")))
-        return [i for i in parser.structure if i["instruction"] != "COMMENT"]
-
-    def _declare_stages(self, structure: list[dict[str, object]]) -> None:
+    def _declare_stages(self, parsed: Sequence[Instruction]) -> None:
         """First pass: every stage's name and line, so later references can be told apart
         from images and forward references reported with both lines."""
         pending: tuple[str, int] | None = None
         index = 0
-        for item in structure:
-            keyword, value, line = self._unpack(item)
+        for instruction in parsed:
+            keyword, line = instruction.keyword, instruction.line
             if keyword == "NAME":
                 if pending is not None:
                     raise self.fail(pending[1], f"NAME {pending[0]} is not followed by FROM; "
                                                 "put the stage's FROM right after its NAME")
-                words = value.split()
-                if len(words) != 1:
-                    raise self.fail(line, "NAME takes exactly one stage name; "
-                                          "write `NAME <stage>` followed by its FROM")
-                pending = (self._check_name(words[0], line), line)
+                pending = (self._check_name(instruction.value, line), line)
                 continue
             if pending is not None and keyword != "FROM":
                 raise self.fail(pending[1], f"NAME {pending[0]} is not followed by FROM "
                                             f"(line {line} is {keyword}); put FROM right after NAME")
-            if keyword != "FROM":
+            if not isinstance(instruction, From):
                 continue
-            _, alias = self._split_from(value, line)
             name, named_at = pending if pending else (None, line)
-            if alias is not None:
-                alias = self._check_name(alias, line)
+            if instruction.alias is not None:
+                alias = self._check_name(instruction.alias, line)
                 if name is not None and alias != name:
                     raise self.fail(line, f"stage is named twice (NAME {name} on line "
                                           f"{named_at}, AS {alias}); keep one of them")
@@ -214,88 +174,49 @@ class _Parser:
                                   "letters, digits, '-', '_' or '.' (at most 128)")
         return name
 
-    @staticmethod
-    def _unpack(item: dict[str, object]) -> tuple[str, str, int]:
-        return str(item["instruction"]), str(item["value"] or "").strip(), int(item["startline"]) + 1  # type: ignore[call-overload]
-
-    def _split_from(self, value: str, line: int) -> tuple[tuple[str, ...], str | None]:
-        """`[--flag=x]... image [AS name]` -> (flags + image words, alias)."""
-        words = value.split()
-        alias = None
-        if len(words) >= 3 and words[-2].lower() == "as":
-            alias = words[-1]
-            words = words[:-2]
-        flags = [w for w in words if w.startswith("--")]
-        rest = [w for w in words if not w.startswith("--")]
-        if len(rest) != 1 or words[: len(flags)] != flags:
-            raise self.fail(line, "FROM takes `[--platform=...] <image> [AS <stage>]`; "
-                                  f"got `FROM {value}`")
-        return tuple(words), alias
-
-    # --- second pass --------------------------------------------------------------------
-    def _read(self, structure: list[dict[str, object]]) -> None:
+    # --- second pass: stages and their references ---------------------------------------
+    def _read(self, parsed: Sequence[Instruction]) -> None:
         current: _Draft | None = None
         pending_name: tuple[str, int] | None = None
-        for item in structure:
-            keyword, value, line = self._unpack(item)
-            self._check_keyword(keyword, line)
-            if keyword == "NAME":
-                pending_name = (value.split()[0].lower(), line)
-                continue
-            if keyword == "FROM":
-                current = self._open_stage(value, line, pending_name)
+        for instruction in parsed:
+            if instruction.keyword == "NAME":
+                pending_name = (instruction.value.lower(), instruction.line)
+            elif isinstance(instruction, From):
+                current = self._open_stage(instruction, pending_name)
                 pending_name = None
-                continue
-            if current is None:
-                if keyword == "ARG":
-                    self.global_args.append(self._global_arg(value, line))
-                    continue
-                raise self.fail(line, f"{keyword} before any FROM; start the stage "
-                                      "with `NAME <stage>` and `FROM <image>`")
-            current.instructions.append(self._instruction(current, keyword, value, line))
+            elif current is None:
+                if not isinstance(instruction, Arg):
+                    raise self.fail(instruction.line, f"{instruction.keyword} before any FROM; start the stage "
+                                                      "with `NAME <stage>` and `FROM <image>`")
+                self._global_arg(instruction)
+            else:
+                current.instructions.append(self._resolve(current, instruction))
 
-    def _check_keyword(self, keyword: str, line: int) -> None:
-        if keyword not in DOCKER_INSTRUCTIONS and keyword not in OUR_INSTRUCTIONS:
-            raise self.fail(line, f"unknown instruction '{keyword}'; "
-                                  "use a Dockerfile instruction or NAME")
+    def _global_arg(self, arg: Arg) -> None:
+        """BuildKit's meta ARGs: a build arg wins, else the default expanded with the
+        values so far; an ARG with neither stays unset."""
+        try:
+            self.arg_values = declare_args(arg.pairs, self.arg_values, self.build_args, escape=self.escape)
+        except LexError as exc:
+            raise self.fail(arg.line, f"ARG: cannot expand its default ({exc}); fix the ${{...}}") from None
+        self.global_args.append(arg)
 
-    def _instruction(self, draft: _Draft, keyword: str, value: str, line: int) -> Instruction:
-        if keyword in ("COPY", "ADD"):
-            return self._copy(draft, keyword, value, line)
-        if keyword == "RUN":
-            return self._run(draft, value, line)
-        if keyword == "ARG":
-            return Arg("ARG", value, line, self._arg_names(value, line))
-        if keyword == "ONBUILD":
-            return self._onbuild(draft, value, line)
-        return Instruction(keyword, value, line)
+    def _expand(self, word: str, line: int, what: str) -> str:
+        try:
+            return Lex(self.escape).word(word, self.arg_values)
+        except LexError as exc:
+            raise self.fail(line, f"{what}: cannot expand {word!r} ({exc}); fix the ${{...}}") from None
 
-    def _arg_names(self, value: str, line: int) -> tuple[str, ...]:
-        words = list(WordSplitter(value).split())
-        if not words:
-            raise self.fail(line, "ARG needs a name; write `ARG NAME[=default]`")
-        return tuple(word.partition("=")[0] for word in words)
-
-    def _global_arg(self, value: str, line: int) -> Arg:
-        names = self._arg_names(value, line)
-        for word in WordSplitter(value).split():
-            key, _, default = word.partition("=")
-            self.arg_values[key] = self.build_args.get(key, default)
-        return Arg("ARG", value, line, names)
-
-    def _open_stage(self, value: str, line: int, pending_name: tuple[str, int] | None) -> _Draft:
-        words, _ = self._split_from(value, line)
+    def _open_stage(self, base: From, pending_name: tuple[str, int] | None) -> _Draft:
         index = len(self.drafts)
         draft = _Draft(name=self.by_index[index], index=index,
-                       line=pending_name[1] if pending_name else line)
-        flags = tuple(w for w in words if w.startswith("--"))
-        image = expand(words[-1], self.arg_values)
+                       line=pending_name[1] if pending_name else base.line)
+        image = self._expand(base.written, base.line, f"FROM {base.written}")
         if not image:
-            raise self.fail(line, f"FROM {words[-1]} expands to nothing; give the ARG a "
-                                  "default or pass --build-arg")
-        stage = self._stage_ref(image, line, index, as_base=True)
-        draft.instructions.append(From("FROM", value, line, flags=flags, image=stage or image,
-                                       stage=stage, written=words[-1]))
+            raise self.fail(base.line, f"FROM {base.written} expands to nothing; give the ARG a "
+                                       "default or pass --build-arg")
+        stage = self._stage_ref(image, base.line, index, as_base=True)
+        draft.instructions.append(dataclasses.replace(base, image=stage or image, stage=stage))
         self.drafts.append(draft)
         return draft
 
@@ -327,128 +248,73 @@ class _Parser:
         stage = self._stage_ref(ref, line, current, by_index=True)
         return Origin("stage", stage) if stage else Origin("image", ref)
 
-    @staticmethod
-    def _leading_flags(value: str) -> tuple[list[str], str]:
-        """`--a=1 --b rest...` -> (['--a=1', '--b'], 'rest...'), the rest as written."""
-        flags: list[str] = []
-        rest = value
-        while rest.startswith("--"):
-            word, _, rest = rest.partition(" ")
-            flags.append(word)
-            rest = rest.lstrip()
-        return flags, rest
+    def _resolve(self, draft: _Draft, instruction: Instruction) -> Instruction:
+        """The instruction with its references to stages resolved."""
+        if isinstance(instruction, Copy):
+            return self._resolve_copy(draft, instruction)
+        if isinstance(instruction, Run) and instruction.mounts:
+            return dataclasses.replace(instruction, mounts=tuple(
+                self._resolve_mount(draft, m, instruction.line) for m in instruction.mounts))
+        if isinstance(instruction, Onbuild):
+            return dataclasses.replace(instruction, trigger=self._resolve(draft, instruction.trigger))
+        return instruction
 
-    def _copy(self, draft: _Draft, keyword: str, value: str, line: int) -> Copy:
-        raw_flags, rest = self._leading_flags(value)
-        flags: list[tuple[str, str | None]] = []
-        for word in raw_flags:
-            key, eq, flag_value = word[2:].partition("=")
-            flags.append((key.lower(), flag_value if eq else None))
-        words = rest.split()
-        json_form = rest.startswith("[")
-        if json_form:
-            try:
-                parsed = json.loads(rest)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed):
-                words = parsed
-            else:
-                json_form = False  # Docker falls back to whitespace words as well
-        if len(words) < 2:
-            raise self.fail(line, f"{keyword} needs at least one source and a destination; "
-                                  f"write `{keyword} <src>... <dest>`")
-        sources, dest = tuple(words[:-1]), words[-1]
-        explicit = next((v for k, v in flags if k == "from"), None)
-        flags = [(k, v) for k, v in flags if k != "from"]
-        groups: tuple[CopyGroup, ...]
-        if explicit is not None:
-            groups = (CopyGroup(self._origin(explicit, line, draft.index), sources),)
-        elif keyword == "ADD":
-            groups = self._add_groups(sources)
-        else:
-            groups = self._seed_groups(draft, sources, dest, line)
-        return Copy(keyword, value, line, flags=tuple(flags), groups=groups, dest=dest,
-                    json_form=json_form)
+    def _resolve_mount(self, draft: _Draft, mount: Mount, line: int) -> Mount:
+        if mount.origin.kind != "ref":
+            return mount
+        return dataclasses.replace(mount, origin=self._origin(mount.origin.ref, line, draft.index))
 
-    @staticmethod
-    def _add_groups(sources: tuple[str, ...]) -> tuple[CopyGroup, ...]:
+    def _resolve_copy(self, draft: _Draft, copy: Copy) -> Copy:
         groups: list[CopyGroup] = []
-        for source in sources:
-            origin = Origin("url", source) if _URL_RE.match(source) else CONTEXT
-            if groups and groups[-1].origin == origin and origin.is_context:
-                groups[-1] = CopyGroup(origin, (*groups[-1].paths, source))
+        for group in copy.groups:
+            if group.origin.kind == "ref":
+                groups.append(CopyGroup(self._origin(group.origin.ref, copy.line, draft.index), group.paths))
+            elif copy.keyword == "COPY" and group.origin.is_context:
+                groups += self._seed_groups(draft, group.paths, copy.line)
             else:
-                groups.append(CopyGroup(origin, (source,)))
-        return tuple(groups)
+                groups.append(group)
+        # The lowering sends one COPY per origin (and one for heredoc files): each must go
+        # to a directory then, as Docker requires of a COPY of several sources.
+        sources = sum(len(g.paths) for g in groups) + len(copy.inline)
+        pieces = len(groups) + (1 if copy.inline and any(not g.origin.is_context for g in groups) else 0)
+        dest = copy.dest
+        if sources > 1 and pieces > 1 and not dest.endswith("/") and "$" not in dest:
+            raise self.fail(copy.line, f"{copy.keyword} with several sources needs a directory destination "
+                                       f"ending in '/'; write {dest}/")
+        return dataclasses.replace(copy, groups=tuple(groups))
 
-    def _seed_groups(self, draft: _Draft, sources: tuple[str, ...], dest: str,
-                     line: int) -> tuple[CopyGroup, ...]:
+    def _seed_groups(self, draft: _Draft, sources: Sequence[str], line: int) -> list[CopyGroup]:
         """Seed syntax: `stage:/abs/path` sources, possibly mixed with context sources."""
         groups: list[tuple[Origin, list[str]]] = []
         for source in sources:
             origin, path = CONTEXT, source
-            match = _SEED_SOURCE_RE.match(source)
-            if match and match.group(1).lower() in self.declared:
-                origin = Origin("stage", self._stage_ref(match.group(1), line, draft.index) or "")
-                path = match.group(2)
+            prefix, colon, rest = source.partition(":")
+            seed = bool(colon) and bool(prefix) and "/" not in prefix and not any(c.isspace() for c in prefix)
+            if seed and prefix.lower() in self.declared:
+                origin = Origin("stage", self._stage_ref(prefix, line, draft.index) or "")
+                path = rest
                 if not path.startswith("/"):
-                    raise self.fail(line, f"'{source}': the path after '{match.group(1)}:' must "
-                                          f"be absolute; write {match.group(1)}:/{path}")
-            elif match and match.group(2).startswith("/"):
-                self._check_misspelt_stage(source, match.group(1), match.group(2), line)
+                    raise self.fail(line, f"'{source}': the path after '{prefix}:' must "
+                                          f"be absolute; write {prefix}:/{path}")
+            elif seed and rest.startswith("/"):
+                self._check_misspelt_stage(source, prefix, rest, line)
             if groups and groups[-1][0] == origin:
                 groups[-1][1].append(path)
             else:
                 groups.append((origin, [path]))
-        if len(sources) > 1 and len(groups) > 1 and not dest.endswith("/") and "$" not in dest:
-            raise self.fail(line, f"COPY with several sources needs a directory destination "
-                                  f"ending in '/'; write {dest}/")
-        return tuple(CopyGroup(origin, tuple(paths)) for origin, paths in groups)
+        return [CopyGroup(origin, tuple(paths)) for origin, paths in groups]
 
     def _check_misspelt_stage(self, source: str, name: str, path: str, line: int) -> None:
         """`COPY buidl:/x .`: a context path that looks like a stage's path, with a name one
         or two edits from a stage, is a typo unless the context really has that path. Only
         checked when the caller says what the context holds (`in_context`)."""
-        near = _closest(name.lower(), self.declared)
+        near = closest(name.lower(), self.declared)
         if near is None or self.in_context is None or self.in_context(source):
             return
         raise self.fail(line, f"'{source}' is not in the build context and '{name}' is not a stage; "
                               f"did you mean stage '{near}'? (write {near}:{path})")
 
-    def _run(self, draft: _Draft, value: str, line: int) -> Run:
-        flags, command = self._leading_flags(value)
-        mounts = []
-        for flag in flags:
-            key, _, spec = flag[2:].partition("=")
-            if key.lower() == "mount":
-                mounts.append(self._mount(draft, spec, line))
-        return Run("RUN", value, line, mounts=tuple(mounts), command=command, flags=tuple(flags))
-
-    def _mount(self, draft: _Draft, spec: str, line: int) -> Mount:
-        options: list[tuple[str, str]] = []
-        for part in spec.split(","):
-            key, eq, option = part.partition("=")
-            if key:
-                options.append((key.strip().lower(), option.strip() if eq else "true"))
-        kind = next((v for k, v in options if k == "type"), "bind").lower()
-        if kind not in MOUNT_TYPES:
-            raise self.fail(line, f"--mount type '{kind}' is unknown; use one of "
-                                  f"{', '.join(sorted(MOUNT_TYPES))}")
-        source = next((v for k, v in options if k == "from"), None)
-        origin = self._origin(source, line, draft.index) if source else CONTEXT if kind == "bind" else NOWHERE
-        return Mount(kind, tuple(options), origin)
-
-    def _onbuild(self, draft: _Draft, value: str, line: int) -> Onbuild:
-        keyword, _, rest = value.partition(" ")
-        keyword = keyword.upper()
-        if keyword in ("ONBUILD", "FROM", "MAINTAINER", "NAME"):
-            raise self.fail(line, f"ONBUILD cannot trigger {keyword}; write the instruction "
-                                  "the stages built FROM this one should run")
-        self._check_keyword(keyword, line)
-        return Onbuild("ONBUILD", value, line, trigger=self._instruction(draft, keyword, rest.strip(), line))
-
-    def _freeze(self) -> Graph:
+    def _freeze(self, syntax: str | None) -> Graph:
         stages: list[Stage] = []
         for d in self.drafts:
             base = d.instructions[0]
@@ -461,17 +327,7 @@ class _Parser:
                                 named=d.name not in self.generated,
                                 instructions=tuple(d.instructions), inherited=inherited))
         return Graph(path=self.where, stages=tuple(stages), global_args=tuple(self.global_args),
-                     escape=self.escape)
-
-
-def _closest(name: str, stages: Mapping[str, object], limit: int = 2) -> str | None:
-    """The stage name nearest to `name` within `limit` edits (the earliest on a tie)."""
-    best: tuple[int, str] | None = None
-    for candidate in stages:
-        distance = edit_distance(name, candidate)
-        if distance <= limit and (best is None or distance < best[0]):
-            best = (distance, candidate)
-    return best[1] if best else None
+                     escape=self.escape, syntax=syntax, platforms=self.platforms)
 
 
 def context_lookup(context: str | Path) -> ContextLookup:
@@ -488,28 +344,42 @@ def context_lookup(context: str | Path) -> ContextLookup:
     return exists
 
 
-def parse_text(text: str, where: str = "Dockerfile", build_args: Mapping[str, str] | None = None,
-               in_context: ContextLookup | None = None) -> Graph:
-    """Parse Dockerfile text; `where` names it in messages. `in_context` says whether the
-    build context holds a path: given it, `COPY buidl:/x .` (no such stage, no such path)
-    is an error that suggests stage 'build'."""
+def _check_text(text: str, where: str) -> None:
     for number, raw in enumerate(text.split("\n"), start=1):
         size = len(raw.encode("utf-8", "surrogatepass"))
-        if size >= MAX_LINE_BYTES:
+        if size >= reader.MAX_LINE_BYTES:
             raise UserError(f"line is {size} bytes, over Docker's 64 KiB limit; split it "
                             "with line continuations", where=where, line=number)
     if "\0" in text:
         raise UserError("binary content (a NUL byte); this is not a Dockerfile", where=where,
                         line=text.count("\n", 0, text.index("\0")) + 1)
-    return _Parser(text, where, build_args, in_context).parse()
+
+
+def parse_text(text: str, where: str = "Dockerfile", build_args: Mapping[str, str] | None = None,
+               in_context: ContextLookup | None = None, platforms: Platforms | None = None) -> Graph:
+    """Parse Dockerfile text; `where` names it in messages. `in_context` says whether the
+    build context holds a path: given it, `COPY buidl:/x .` (no such stage, no such path)
+    is an error that suggests stage 'build'. `platforms` gives the automatic platform ARGs
+    (TARGETOS, BUILDPLATFORM, ...) their values (default: linux/amd64 for both)."""
+    _check_text(text, where)
+    return _Parser(text, where, build_args, in_context, platforms or Platforms()).parse()
+
+
+def parse_instructions(text: str, where: str = "Dockerfile") -> list[Instruction]:
+    """Every instruction of a Dockerfile, typed and checked one by one (keywords, flags,
+    arguments), without the stage rules: what BuildKit's parser and `instructions`
+    package accept."""
+    _check_text(text, where)
+    document = reader.read(text, where)
+    return [instructions.parse(node, where, document.escape) for node in document.nodes]
 
 
 def parse_file(path: str | Path, build_args: Mapping[str, str] | None = None,
-               context: str | Path | None = None) -> Graph:
+               context: str | Path | None = None, platforms: Platforms | None = None) -> Graph:
     """Parse the file at `path`; with `context` (the build context folder), source paths
     are checked against it for misspelt stage names (see `parse_text`)."""
     return parse_text(read_dockerfile(path), str(path), build_args,
-                      context_lookup(context) if context is not None else None)
+                      context_lookup(context) if context is not None else None, platforms)
 
 
 def onbuild_sources(triggers: Sequence[str]) -> list[str]:

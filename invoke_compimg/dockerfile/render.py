@@ -106,8 +106,9 @@ def as_mermaid(graph: Graph) -> str:
 
 
 def as_native(graph: Graph) -> str:
-    """The equivalent native multi-stage Dockerfile (`FROM ... AS`, `COPY --from=`)."""
-    return multi_stage(graph, name_all=False).text
+    """The equivalent native multi-stage Dockerfile (`FROM ... AS`, `COPY --from=`), its
+    heredocs as written."""
+    return multi_stage(graph, name_all=False, keep_heredocs=True).text
 
 
 FORMATS: dict[str, Callable[[Graph], str]] = {

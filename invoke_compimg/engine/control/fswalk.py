@@ -100,8 +100,8 @@ class Dir:
     `root`: the folder (None: only `files`). `allow`: if given, only these relative paths
     (files or folders, with everything below a folder) and the folders leading to them
     are ever listed; the caller computes it from what the build reads. `files`: virtual
-    files at the top of the dir (`Dockerfile` -> VirtualFile); they hide a file of the same
-    name in `root`."""
+    files by clean relative path (`Dockerfile`, `.compimg-heredoc/ab12/EOT` -> VirtualFile),
+    their folders implied; they hide what `root` has of the same name."""
 
     name: str
     root: str | None = None
@@ -110,8 +110,8 @@ class Dir:
 
     def __post_init__(self) -> None:
         for name in self.files:
-            if not name or "/" in name or name in (".", ".."):
-                raise ValueError(f"virtual file {name!r}: only plain names at the top of a dir")
+            if not name or _escapes(name) or clean(name) != name or name.startswith("/"):
+                raise ValueError(f"virtual file {name!r}: give a clean path inside the dir")
         for path in self.allow or ():
             if _escapes(path):
                 raise ValueError(f"allowed path {path!r} is not inside the dir")
@@ -247,8 +247,9 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
 
     def visit(prefix: str) -> None:
         for path, info, source in _children(root, directory, prefix):
-            is_dir = info is not None and st.S_ISDIR(info.st_mode)
-            if not isinstance(source, VirtualFile) and not _allowed(path, directory.allow, is_dir):
+            is_dir = isinstance(source, VirtualFolder) or (info is not None and st.S_ISDIR(info.st_mode))
+            virtual = isinstance(source, (VirtualFile, VirtualFolder))
+            if not virtual and not _allowed(path, directory.allow, is_dir):
                 continue
             if include is not None and not include.keep(path, is_dir):
                 continue
@@ -265,26 +266,47 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
     return entries
 
 
+@dataclass(frozen=True)
+class VirtualFolder:
+    """A folder that holds virtual files (and may hold none of the root's)."""
+
+
+VIRTUAL_FOLDER = VirtualFolder()
+
+
+def _virtual(directory: Dir, prefix: str) -> dict[str, VirtualFile | VirtualFolder]:
+    """The virtual entries right inside `prefix` ("" for the top): files, and folders that
+    lead to deeper ones."""
+    found: dict[str, VirtualFile | VirtualFolder] = {}
+    start = f"{prefix}/" if prefix else ""
+    for path, file in directory.files.items():
+        if not path.startswith(start):
+            continue
+        head, slash, _ = path[len(start):].partition("/")
+        found[head] = VIRTUAL_FOLDER if slash else file
+    return found
+
+
 def _children(root: str | None, directory: Dir,
-              prefix: str) -> Iterator[tuple[str, os.stat_result | None, str | VirtualFile]]:
+              prefix: str) -> Iterator[tuple[str, os.stat_result | None, str | VirtualFile | VirtualFolder]]:
     """(relative path, lstat, source) of one folder's entries, sorted bytewise by name;
-    virtual files (at the top) come with no lstat."""
-    names: dict[bytes, tuple[str, bool]] = {}
-    if root is not None:
+    virtual entries come with no lstat (and hide a real one of the same name)."""
+    names: dict[bytes, tuple[str, VirtualFile | VirtualFolder | None]] = {}
+    virtual_here = _virtual(directory, prefix)
+    if root is not None and not (prefix and _virtual_only(directory, prefix)):
         try:
             with os.scandir(os.path.join(root, prefix) if prefix else root) as scan:
                 for item in scan:
-                    names[os.fsencode(item.name)] = (item.name, False)
+                    names[os.fsencode(item.name)] = (item.name, None)
         except (FileNotFoundError, NotADirectoryError):
             pass
-    if not prefix:
-        for name in directory.files:
-            names[os.fsencode(name)] = (name, True)
+    for name, source in virtual_here.items():
+        names[os.fsencode(name)] = (name, source)
     for key in sorted(names):
         name, virtual = names[key]
         path = f"{prefix}/{name}" if prefix else name
-        if virtual:
-            yield path, None, directory.files[name]
+        if virtual is not None:
+            yield path, None, virtual
             continue
         assert root is not None
         try:
@@ -294,8 +316,16 @@ def _children(root: str | None, directory: Dir,
         yield path, info, path
 
 
-def _entry(path: str, info: os.stat_result | None, source: str | VirtualFile, root: str | None,
+def _virtual_only(directory: Dir, prefix: str) -> bool:
+    """Is `prefix` a virtual folder (then nothing of the root is listed inside it)?"""
+    parent, _, name = prefix.rpartition("/")
+    return isinstance(_virtual(directory, parent).get(name), VirtualFolder)
+
+
+def _entry(path: str, info: os.stat_result | None, source: str | VirtualFile | VirtualFolder, root: str | None,
            links: dict[tuple[int, int], str]) -> Entry | None:
+    if isinstance(source, VirtualFolder):
+        return Entry(path, GO_DIR | 0o755, os.getuid(), os.getgid(), 0, 0)
     if isinstance(source, VirtualFile):
         return Entry(path, source.mode & 0o777, os.getuid(), os.getgid(), len(source.data), source.mtime_ns,
                      source=source.data)
