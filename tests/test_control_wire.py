@@ -146,8 +146,24 @@ def test_virtual_files_sit_at_the_top_and_hide_real_ones(tmp_path: Path) -> None
     directory = fswalk.Dir("dockerfile", str(tmp_path), files={"Dockerfile": fswalk.VirtualFile(b"FROM ours", 0o600)})
     [entry] = fswalk.walk(directory)
     assert entry.source == b"FROM ours" and entry.mode == 0o600 and entry.size == 9
-    with pytest.raises(ValueError, match="plain names"):
-        fswalk.Dir("x", None, files={"sub/Dockerfile": fswalk.VirtualFile(b"")})
+    with pytest.raises(ValueError, match="clean path inside the dir"):
+        fswalk.Dir("x", None, files={"../Dockerfile": fswalk.VirtualFile(b"")})
+
+
+def test_virtual_files_in_folders_beside_the_root_under_a_folder_of_its_own(tmp_path: Path) -> None:
+    """Heredoc files: `.compimg-heredoc/<digest>/EOT` beside the user's files, which sit under
+    `ctx/` (a `COPY ctx/ .` never sees ours); the allow-list and followpaths speak of the root."""
+    _tree(tmp_path, {"a.txt": "a", "sub/b.txt": "b", "skip.txt": "s"})
+    directory = fswalk.Dir("context", str(tmp_path), allow=["a.txt", "sub"], root_under="ctx",
+                           files={".compimg-heredoc/ab/EOT": fswalk.VirtualFile(b"x\n")})
+    entries = fswalk.walk(directory)
+    assert [e.path for e in entries] == [".compimg-heredoc", ".compimg-heredoc/ab", ".compimg-heredoc/ab/EOT",
+                                         "ctx", "ctx/a.txt", "ctx/sub", "ctx/sub/b.txt"]
+    assert {e.path: e.source for e in entries}["ctx/sub/b.txt"] == "sub/b.txt"
+    followed = fswalk.walk(directory, fswalk.Request(follow=["ctx/a.txt"]))
+    assert [e.path for e in followed] == ["ctx", "ctx/a.txt"]
+    with pytest.raises(ValueError, match="root_under"):
+        fswalk.Dir("context", str(tmp_path), root_under="ctx", files={"ctx/x": fswalk.VirtualFile(b"")})
 
 
 # --- FileSync: what a daemon can get out of a dir ------------------------------------------

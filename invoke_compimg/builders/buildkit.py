@@ -178,6 +178,14 @@ class BuildKitBuilder(Builder):
         from ..engine.control.client import CacheEntry, SolveFailed, dockerfile_attrs, dockerfile_session
 
         target = unit.stage
+        under = ""
+        if plan.lowered.files:
+            # Files the lowering made (heredocs) sit beside the user's, which go under `ctx/`:
+            # a `COPY . .` then never sees ours.
+            under = CONTEXT_PREFIX.rstrip("/")
+            lowered = multi_stage(self.graph, unit.stages, context_prefix=CONTEXT_PREFIX,
+                                  build_args=self.args_for(unit.stages), image_config=self.image_config)
+            plan = Plan(lowered.text, lowered, plan.paths, plan.images)
         view = SolveView(target.name, plan.lowered, None if quiet else self.reporter)
         exporter = self.exporter(unit, output)
         # Inline cache metadata is an export of its own here (the engine's /build turns the
@@ -189,7 +197,7 @@ class BuildKitBuilder(Builder):
         # has a session of its own; the shared key per folder and unit keeps their files apart.
         session = dockerfile_session(
             context=str(self.project.context), allow=self.allowed(plan), dockerfile=plan.text.encode(),
-            files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()},
+            files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()}, root_under=under,
             shared_key=shared_key(str(self.project.context), unit.name),
             secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
             ssh={s.id: s.paths[0] for s in self.settings.ssh})

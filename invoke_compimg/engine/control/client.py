@@ -264,20 +264,21 @@ class Control:
 
 
 def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile: bytes, shared_key: str,
-                       files: Mapping[str, tuple[bytes, int]] | None = None,
+                       files: Mapping[str, tuple[bytes, int]] | None = None, root_under: str = "",
                        secrets: Sequence[tuple[str, str | None, str | None]] = (),
                        ssh: Mapping[str, str] | None = None) -> Session:
     """A session for one Dockerfile solve: the context folder (only `allow`, when given) as
     dir `context`, with `files` (path -> (bytes, mode): what the lowering generated) beside
-    its own, `dockerfile` as the file `Dockerfile` of dir `dockerfile` (the names the frontend
-    reads), `secrets` as (id, file path, environment variable), `ssh` agent sockets by id
-    (None: `default` is $SSH_AUTH_SOCK when set)."""
+    its own (which then go under the folder `root_under`), `dockerfile` as the file
+    `Dockerfile` of dir `dockerfile` (the names the frontend reads), `secrets` as (id, file
+    path, environment variable), `ssh` agent sockets by id (None: `default` is
+    $SSH_AUTH_SOCK when set)."""
     from .fswalk import Dir, VirtualFile
     from .providers import Secret
 
     generated = {path: VirtualFile(data, mode) for path, (data, mode) in (files or {}).items()}
     return Session(shared_key=shared_key,
-                   dirs=[Dir("context", context, allow=allow, files=generated),
+                   dirs=[Dir("context", context, allow=allow, files=generated, root_under=root_under),
                          Dir("dockerfile", None, files={"Dockerfile": VirtualFile(dockerfile)})],
                    secrets=[Secret(secret_id, path=path, env=env) for secret_id, path, env in secrets],
                    ssh=ssh)

@@ -107,6 +107,9 @@ class Dir:
     root: str | None = None
     allow: Sequence[str] | None = None
     files: Mapping[str, VirtualFile] = field(default_factory=dict)
+    # The folder name the root's entries appear under (""; the top), so that virtual files can
+    # sit beside them and never among them (`COPY . .` of `root_under` does not see them).
+    root_under: str = ""
 
     def __post_init__(self) -> None:
         for name in self.files:
@@ -115,6 +118,17 @@ class Dir:
         for path in self.allow or ():
             if _escapes(path):
                 raise ValueError(f"allowed path {path!r} is not inside the dir")
+        if self.root_under and ("/" in self.root_under or self.root_under in (".", "..")
+                                or any(p.split("/")[0] == self.root_under for p in self.files)):
+            raise ValueError(f"root_under {self.root_under!r}: one plain name that no virtual file uses")
+
+    def real(self, path: str) -> str | None:
+        """The root-relative path of the dir's `path` (None: not one of the root's)."""
+        if not self.root_under:
+            return path
+        if path == self.root_under:
+            return ""
+        return path[len(self.root_under) + 1:] if path.startswith(self.root_under + "/") else None
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,18 @@ class Request:
 def _escapes(path: str) -> bool:
     cleaned = clean(path)
     return cleaned.startswith("/") or cleaned == ".." or cleaned.startswith("../")
+
+
+def _follow(directory: Dir, root: str | None, path: str) -> list[str]:
+    """A followpath of the daemon's (a dir path) resolved as `_resolve_follow` does, through
+    the root's links, in the dir's terms again."""
+    if not directory.root_under:
+        return _resolve_follow(root, path)
+    real = directory.real(clean(path))
+    if real is None:
+        return _resolve_follow(None, path)  # a virtual path: no links to read
+    under = directory.root_under
+    return [under] if not real else [f"{under}/{p}" for p in _resolve_follow(root, real)]
 
 
 def _resolve_follow(root: str | None, path: str) -> list[str]:
@@ -220,6 +246,8 @@ class _Includes:
 
 
 def _allowed(path: str, allow: Sequence[str] | None, is_dir: bool) -> bool:
+    if path in ("", "."):
+        return True  # the root itself (listed as a folder when it sits under `root_under`)
     if allow is None:
         return True
     for item in allow:
@@ -237,7 +265,7 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
     may bring back something below it. Raises BadPattern for patterns Docker rejects."""
     root = os.path.realpath(directory.root) if directory.root is not None else None
     includes = None if request.include is None else [clean(p) for p in request.include]
-    targets = [t for p in request.follow or () for t in _resolve_follow(root, p)]
+    targets = [t for p in request.follow or () for t in _follow(directory, root, p)]
     if targets:
         includes = sorted(set((includes or []) + targets))
     include = _Includes(includes) if includes is not None else None
@@ -249,7 +277,7 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
         for path, info, source in _children(root, directory, prefix):
             is_dir = isinstance(source, VirtualFolder) or (info is not None and st.S_ISDIR(info.st_mode))
             virtual = isinstance(source, (VirtualFile, VirtualFolder))
-            if not virtual and not _allowed(path, directory.allow, is_dir):
+            if not virtual and not _allowed(str(source), directory.allow, is_dir):
                 continue
             if include is not None and not include.keep(path, is_dir):
                 continue
@@ -293,9 +321,12 @@ def _children(root: str | None, directory: Dir,
     virtual entries come with no lstat (and hide a real one of the same name)."""
     names: dict[bytes, tuple[str, VirtualFile | VirtualFolder | None]] = {}
     virtual_here = _virtual(directory, prefix)
-    if root is not None and not (prefix and _virtual_only(directory, prefix)):
+    if not prefix and directory.root_under and root is not None:
+        virtual_here[directory.root_under] = VIRTUAL_FOLDER  # the root's entries go under it
+    real_prefix = directory.real(prefix) if not (prefix and _virtual_only(directory, prefix)) else None
+    if root is not None and real_prefix is not None and not (not prefix and directory.root_under):
         try:
-            with os.scandir(os.path.join(root, prefix) if prefix else root) as scan:
+            with os.scandir(os.path.join(root, real_prefix) if real_prefix else root) as scan:
                 for item in scan:
                     names[os.fsencode(item.name)] = (item.name, None)
         except (FileNotFoundError, NotADirectoryError):
@@ -305,20 +336,27 @@ def _children(root: str | None, directory: Dir,
     for key in sorted(names):
         name, virtual = names[key]
         path = f"{prefix}/{name}" if prefix else name
-        if virtual is not None:
+        if virtual is not None and not (virtual is VIRTUAL_FOLDER and name == directory.root_under and not prefix):
             yield path, None, virtual
             continue
-        assert root is not None
+        if virtual is VIRTUAL_FOLDER:  # the folder the root appears under: the root's own stat
+            assert root is not None
+            yield path, os.lstat(root), ""
+            continue
+        assert root is not None and real_prefix is not None
+        real = f"{real_prefix}/{name}" if real_prefix else name
         try:
-            info = os.lstat(os.path.join(root, path))
+            info = os.lstat(os.path.join(root, real))
         except OSError:
             continue  # gone since the listing, as fsutil skips it
-        yield path, info, path
+        yield path, info, real
 
 
 def _virtual_only(directory: Dir, prefix: str) -> bool:
     """Is `prefix` a virtual folder (then nothing of the root is listed inside it)?"""
     parent, _, name = prefix.rpartition("/")
+    if not parent and name == directory.root_under:
+        return False
     return isinstance(_virtual(directory, parent).get(name), VirtualFolder)
 
 
@@ -333,11 +371,12 @@ def _entry(path: str, info: os.stat_result | None, source: str | VirtualFile | V
     mode = go_mode(info.st_mode)
     if mode & GO_SOCKET:
         return None
-    absolute = os.path.join(root or "", path)
+    real = source if isinstance(source, str) else path
+    absolute = os.path.join(root or "", real) if real else (root or "")
     linkname = ""
     size = 0 if st.S_ISDIR(info.st_mode) else info.st_size
     devmajor = devminor = 0
-    data: str | None = path if requestable(mode) else None
+    data: str | None = real if requestable(mode) else None
     if st.S_ISLNK(info.st_mode):
         try:
             linkname = os.readlink(absolute)
