@@ -68,6 +68,18 @@ def step_failed(stage: str, message: str, *, where: str, line: int, instruction:
                        where=where, line=line)
 
 
+def foreign_binary(output: Sequence[str], platforms: Sequence[str], host: str) -> str | None:
+    """The message for a step that failed because its image's programs are for another CPU
+    than the one running them (`exec format error` in its last output lines), or None."""
+    if not any("exec format error" in line for line in output[-10:]):
+        return None
+    target = platforms[0] if platforms else "another platform"
+    arch = target.split("/")[1] if "/" in target else "ARCH"
+    return (f"its image is for {target} and {host} cannot run it (exec format error: no emulator for it is "
+            f"installed); install one (docker run --privileged --rm tonistiigi/binfmt --install {arch}), or run "
+            "this stage on the build platform (FROM --platform=$BUILDPLATFORM ...)")
+
+
 class Builder(ABC):
     """One way of building: how a build splits into requests, and how one is sent."""
 

@@ -86,11 +86,21 @@ class BuildKitBuilder(Builder):
     def network(self) -> str | None:
         return engine_buildkit.network_for(self.engine, self.settings.network)
 
+    @property
+    def host_platform(self) -> str:
+        """The platform BuildKit's steps run on."""
+        return self.engine.kind.platform
+
     def check(self, stages: Sequence[Stage]) -> None:
         cache = self.settings.cache_to
         if cache is not None and cache.type != "inline":
             raise UserError(f"--cache-to type={cache.type}: the engine's BuildKit exports caches inline only; "
                             "use --cache-to inline, or build on a BuildKit service (--buildkit-host)")
+        platforms = self.settings.platforms
+        if len(platforms) > 1 and self.settings.output is None:
+            raise UserError(f"--platform {','.join(platforms)}: the engine's image store keeps one platform per "
+                            "image; write the files of all of them with -o DIR (DIR/linux_amd64/...), or build "
+                            "one platform at a time")
         super().check(stages)
 
     def units(self, needed: Sequence[Stage], targets: Sequence[str]) -> list[Unit]:
@@ -186,7 +196,8 @@ class BuildKitBuilder(Builder):
             lowered = multi_stage(self.graph, unit.stages, context_prefix=CONTEXT_PREFIX,
                                   build_args=self.args_for(unit.stages), image_config=self.image_config)
             plan = Plan(lowered.text, lowered, plan.paths, plan.images)
-        view = SolveView(target.name, plan.lowered, None if quiet else self.reporter)
+        view = SolveView(target.name, plan.lowered, None if quiet else self.reporter,
+                         platforms=self.settings.platforms, host=self.host_platform)
         exporter = self.exporter(unit, output)
         # Inline cache metadata is an export of its own here (the engine's /build turns the
         # BUILDKIT_INLINE_CACHE build arg into one; Control.Solve is told directly).
@@ -203,7 +214,7 @@ class BuildKitBuilder(Builder):
             ssh={s.id: s.paths[0] for s in self.settings.ssh})
         attrs = dockerfile_attrs(
             target=target.name, build_args=args, no_cache=self.settings.no_cache and not unit.needs,
-            network=self.network())
+            network=self.network(), platform=",".join(self.settings.platforms) or None)
         control = self.control()  # cannot reach it: that one line, not a stage's failure
         cancel = threading.Event()
         with self._lock:

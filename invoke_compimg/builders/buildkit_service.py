@@ -45,6 +45,11 @@ class BuildKitServiceBuilder(BuildKitBuilder):
     def stores_images(self) -> bool:
         return False
 
+    @property
+    def host_platform(self) -> str:
+        workers = self.control().list_workers()
+        return str(workers[0].platforms[0]) if workers and workers[0].platforms else "the BuildKit service"
+
     def control(self) -> Any:
         """The service's Control client, connected on first use (an unreachable address or a TLS
         mismatch is one line naming the address)."""

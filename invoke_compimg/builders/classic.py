@@ -28,7 +28,7 @@ from ..engine import images
 from ..engine.classic import BuildEvent
 from ..errors import EngineError, UserError, one_line
 from ..progress import Reporter, clean_lines
-from .base import Builder, Plan, Sent, Unit, step_failed
+from .base import Builder, Plan, Sent, Unit, foreign_binary, step_failed
 
 if TYPE_CHECKING:
     from ..building.specs import OutputSpec
@@ -128,6 +128,21 @@ class ClassicBuilder(Builder):
     def unit_for(self, stage: Stage) -> Unit:
         return Unit(stage.name, (stage,), stage.depends_on)
 
+    def check(self, stages: Sequence[Stage]) -> None:
+        if len(self.settings.platforms) > 1:
+            raise UserError(f"--platform {','.join(self.settings.platforms)}: the classic builder builds one "
+                            "platform at a time; build each, or use BuildKit with -o DIR")
+        super().check(stages)
+
+    def args_for(self, stages: Sequence[Stage]) -> dict[str, str]:
+        """Also the platform ARGs a stage declares: BuildKit gives them values itself, the
+        classic builder does not."""
+        args = super().args_for(stages)
+        declared = {name for stage in stages for name in stage.args} | set(self.graph.global_arg_names)
+        values = self.graph.platforms.args()
+        args.update({name: values[name] for name in declared & set(values) if name not in args})
+        return args
+
     def refuses(self, stage: Stage, instruction: Instruction) -> str | None:
         need = buildkit_only(instruction)
         if need:
@@ -180,7 +195,8 @@ class ClassicBuilder(Builder):
                     self.engine, archive, dockerfile=context.DOCKERFILE_IN_CONTEXT, build_args=args,
                     no_cache=self.settings.no_cache,
                     network=network_for(self.settings.network, self.engine.kind.podman), cache_from=cache_from,
-                    tag=self.project.local_ref(stage.name), on_event=on_event)
+                    tag=self.project.local_ref(stage.name), on_event=on_event,
+                    platform=self.settings.platforms[0] if self.settings.platforms else None)
         finally:
             stream.close()
             archive.close()
@@ -199,6 +215,7 @@ class ClassicBuilder(Builder):
         reason = stream.errors[-1] if stream.errors else "the engine's stream ended without an image ID"
         for name, image_id in ids.items():
             reason = reason.replace(image_id, f"stage '{name}'").replace(image_id.split(":")[-1], name)
+        reason = foreign_binary(stream.tail, self.settings.platforms, self.engine.kind.platform) or reason
         return step_failed(stage.name, reason, where=self.where, line=at, instruction=instruction)
 
     def cancel(self) -> str:

@@ -10,6 +10,7 @@ then gives the user's own instruction and line, for progress and for errors.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..dockerfile.lowering import CONTEXT_PREFIX, keyword
@@ -18,7 +19,7 @@ from ..engine.buildkit import Progress, ProgressEvent, StatusResponse, StepName,
 from ..errors import EngineError, one_line
 from ..names import normalise_ref
 from ..progress import QUIET
-from .base import step_failed
+from .base import foreign_binary, step_failed
 
 if TYPE_CHECKING:
     from ..dockerfile.lowering import Lowered, Step
@@ -50,10 +51,13 @@ def plain_paths(text: str) -> str:
 class SolveView:
     """BuildKit progress -> reporter events, in the user's words."""
 
-    def __init__(self, target: str, lowered: Lowered, reporter: Reporter | None) -> None:
+    def __init__(self, target: str, lowered: Lowered, reporter: Reporter | None, *,
+                 platforms: Sequence[str] = (), host: str = "linux/amd64") -> None:
         self.target = target
         self.lowered = lowered
         self.reporter = reporter if reporter is not None else QUIET  # None: show nothing
+        self.platforms = tuple(platforms)  # what the build is for (empty: the host's own)
+        self.host = host  # the platform the steps run on
         self.progress = Progress()
         self.steps = {stage: [s for s in steps if _is_step(s)] for stage, steps in lowered.stages.items()}
         self.titles: dict[str, tuple[str, str]] = {}  # vertex digest -> (stage, title)
@@ -126,7 +130,8 @@ class SolveView:
                 continue
             stage, source = self.source(step)
             if source is not None:
-                return step_failed(stage, message, where=where, line=source.source.line,
+                foreign = foreign_binary(self.progress.lines.get(vertex.digest, []), self.platforms, self.host)
+                return step_failed(stage, foreign or message, where=where, line=source.source.line,
                                    instruction=source.source.text)
         message = plain_paths(reason(error or "the solve ended without an image"))
         # The failed vertex's last status can be lost when the solve ends (seen on a busy engine):
@@ -155,8 +160,13 @@ class SolveView:
         for stage, steps in self.lowered.stages.items():
             base = steps[0].source if steps else None
             if isinstance(base, From) and not base.stage and normalise_ref(base.image) == wanted:
+                advice = "check the image name and tag"
+                if self.platforms and self.platforms[0] != self.host:
+                    advice = (f"no {self.platforms[0]} image of it is on the engine, and BuildKit could not fetch "
+                              "one; pull it for that platform, or run this stage on the build platform "
+                              "(FROM --platform=$BUILDPLATFORM ...)")
                 return step_failed(stage, message, where=where, line=base.line, instruction=base.text,
-                                   advice="check the image name and tag")
+                                   advice=advice)
         return None
 
 

@@ -66,17 +66,21 @@ class ExternalImages:
 
 def inputs_digest(engine: Engine, images: ExternalImages, *, kind: str, name: str, text: str,
                   image_refs: Iterable[str], args: Mapping[str, str], context: str,
-                  paths: list[str]) -> str | None:
+                  paths: list[str], platforms: Iterable[str] = ()) -> str | None:
     """The digest of a unit's inputs, or None when something cannot be pinned (an image
     that is not on the engine yet: the build will pull it)."""
     digest = hashlib.sha256(f"compimg-inputs-3\0{kind}\0{name}\0{text}\0".encode())
     for ref in image_refs:
+        if ref == "scratch":  # no image: nothing to pin
+            continue
         found = images.inspect(engine, ref)
         if found is None:
             return None
         digest.update(f"{ref}={found['Id']}\0".encode())
     for key, value in sorted(args.items()):
         digest.update(f"arg {key}={value}\0".encode())
+    for platform in platforms:  # the same inputs for another platform are another image
+        digest.update(f"platform {platform}\0".encode())
     digest.update(fingerprint(context, paths).encode())
     # The builder's initial leads the record: each builder retires only its own records, so
     # switching between them does not throw the other's reusable images away.

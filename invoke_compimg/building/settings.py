@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "secrets": [],  # id=ID,src=PATH | id=ID,env=VAR (BuildKit)
     "ssh": [],  # default | ID=SOCKET[,SOCKET] (BuildKit)
     "output": None,  # DIR | type=local,dest=DIR | type=tar,dest=FILE (BuildKit)
+    "platform": None,  # os/arch[/variant][,...]: what the images are built for (default: the engine's)
     "buildkit_host": None,  # a BuildKit service: unix://PATH or tcp://HOST:PORT (else $BUILDKIT_HOST)
     "tlscacert": None,  # for a tcp:// BuildKit service, as buildctl's flags
     "tlscert": None,
@@ -78,6 +79,7 @@ class Settings:
     secrets: tuple[SecretSpec, ...] = ()
     ssh: tuple[SshSpec, ...] = ()
     output: OutputSpec | None = None
+    platforms: tuple[str, ...] = ()  # linux/arm64, ...; () is the engine's own
     cache_to: CacheSpec | None = None
     buildkit: ServiceSpec | None = None  # a BuildKit service to build on instead of the engine
     # How the user types this collection's tasks, for hints: "compimg." (or the collection's
@@ -125,6 +127,23 @@ def _list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [v for v in value.split(",") if v]
     return [str(v) for v in value]
+
+
+def parse_platforms(value: Any, where: str = "--platform") -> tuple[str, ...]:
+    """`linux/arm64`, `linux/amd64,linux/arm64` (or a list): each os/arch[/variant], as buildx
+    writes them; a plain `arm64` means linux/arm64."""
+    from ..dockerfile.model import Platform
+
+    words = [w.strip() for w in (value.split(",") if isinstance(value, str) else list(value or [])) if w.strip()]
+    found: list[str] = []
+    for word in words:
+        try:
+            platform = str(Platform.parse(word if "/" in word else f"linux/{word}"))
+        except ValueError:
+            raise UserError(f"{where} {value}: '{word}' is not os/arch[/variant]; write e.g. linux/arm64") from None
+        if platform not in found:
+            found.append(platform)
+    return tuple(found)
 
 
 def _service(pick: Any, source: Any) -> ServiceSpec | None:
@@ -292,6 +311,7 @@ def resolve(graph: Graph, config: Mapping[str, Any] | None, *, target: str, tags
             *_spec_list(configured(section, "cache_from", env_prefix)), *_spec_list(flags.get("cache_from"))])),
         cache_to=cache_to,
         buildkit=_service(pick, source),
+        platforms=parse_platforms(pick("platform"), source("platform")),
         secrets=_secrets([*_spec_list(configured(section, "secrets", env_prefix)), *_spec_list(flags.get("secrets"))]),
         ssh=_ssh([*_spec_list(configured(section, "ssh", env_prefix)), *_spec_list(flags.get("ssh"))]),
         output=parse_output(str(pick("output"))) if pick("output") else None,

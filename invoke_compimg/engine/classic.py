@@ -20,7 +20,7 @@ class BuildEvent:
 
 def build(engine: Engine, archive: IO[bytes], *, dockerfile: str, build_args: Mapping[str, str],
           no_cache: bool, network: str | None, cache_from: tuple[str, ...] = (), tag: str | None = None,
-          on_event: Callable[[BuildEvent], None]) -> str | None:
+          platform: str | None = None, on_event: Callable[[BuildEvent], None]) -> str | None:
     """Send one single-stage build; return the image ID from the `aux` message, or None
     when the stream ended without one (the error events say why). Transport and API errors
     are the caller's to map (`engine.errors`)."""
@@ -30,6 +30,7 @@ def build(engine: Engine, archive: IO[bytes], *, dockerfile: str, build_args: Ma
         fileobj=archive, custom_context=True, dockerfile=dockerfile,
         rm=True, forcerm=True, decode=True, nocache=no_cache, pull=False,
         buildargs=dict(build_args), network_mode=network, cache_from=list(cache_from) or None, tag=tag,
+        platform=platform,
     )
     for message in stream:
         if not isinstance(message, dict):

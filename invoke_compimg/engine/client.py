@@ -44,6 +44,7 @@ class EngineKind:
     os: str  # linux, windows
     version: str
     api_version: str = ""
+    arch: str = "amd64"  # Go's name for the engine's CPU: amd64, arm64, ...
 
     @property
     def buildkit(self) -> bool:
@@ -66,7 +67,13 @@ class EngineKind:
         components = {c.get("Name", ""): c for c in found.get("Components") or []}
         podman = "Podman Engine" in components
         version = str((components.get("Podman Engine") or {}).get("Version") or found.get("Version") or "?")
-        return EngineKind(podman, str(found.get("Os") or "linux").lower(), version, str(found.get("ApiVersion") or ""))
+        return EngineKind(podman, str(found.get("Os") or "linux").lower(), version, str(found.get("ApiVersion") or ""),
+                          str(found.get("Arch") or "amd64").lower())
+
+    @property
+    def platform(self) -> str:
+        """The platform its builds run on (`linux/amd64`): BuildKit's BUILDPLATFORM."""
+        return f"{self.os}/{self.arch}"
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

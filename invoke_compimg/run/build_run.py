@@ -20,7 +20,7 @@ from ..builders import Builder, Unit, choose
 from ..building import reuse, scheduler
 from ..building.project import Project
 from ..building.settings import Settings
-from ..dockerfile.model import Stage
+from ..dockerfile.model import Graph, Platform, Platforms, Stage
 from ..dockerfile.parse import parse_file
 from ..engine import images
 from ..engine.client import Engine
@@ -38,12 +38,6 @@ class BuildRun:
         self.project = project
         self.settings = settings
         self.reporter = reporter
-        # A build arg that sets a global ARG can change a FROM (`FROM golang:${GO}`, or even
-        # which stage a stage builds on): then the file is read again with it, so the images
-        # pulled, pinned in the inputs digest and named in messages are the ones built from.
-        overrides = {k: v for k, v in settings.build_args.items() if k in project.graph.global_arg_names}
-        self.graph = (parse_file(project.dockerfile, overrides, context=project.context) if overrides
-                      else project.graph)
         self.engine = engine if engine is not None else Engine()
         self.results: dict[str, StageResult] = {}
         self._exporting: str | None = None  # the unit whose result goes to `settings.output`
@@ -53,6 +47,24 @@ class BuildRun:
     @property
     def api(self):  # type: ignore[no-untyped-def]  # the SDK's client, for callers that need one
         return self.engine.api
+
+    @functools.cached_property
+    def graph(self) -> Graph:
+        """The project's graph as this build reads it. A build arg that sets a global ARG can
+        change a FROM (`FROM golang:${GO}`, or even which stage a stage builds on), and so can
+        `--platform` (`FROM ${TARGETOS}`): then the file is read again with them, so the images
+        pulled, pinned in the inputs digest and named in messages are the ones built from."""
+        project, settings = self.project, self.settings
+        overrides = {k: v for k, v in settings.build_args.items() if k in project.graph.global_arg_names}
+        platforms = None
+        if settings.platforms:
+            # The platform builds run on: the engine's (a BuildKit service is taken as linux/amd64
+            # here; it expands the ARGs itself when it builds).
+            build = Platform.parse(self.engine.kind.platform) if settings.buildkit is None else Platform()
+            platforms = Platforms(target=Platform.parse(settings.platforms[0]), build=build)
+        if not overrides and platforms is None:
+            return project.graph
+        return parse_file(project.dockerfile, overrides, context=project.context, platforms=platforms)
 
     @functools.cached_property
     def builder(self) -> Builder:
@@ -116,7 +128,8 @@ class BuildRun:
 
     # --- one unit -----------------------------------------------------------------------
     def _memo_key(self, unit: Unit, args: Mapping[str, str]) -> tuple[object, ...]:
-        return (unit.name, self.builder.name, tuple(sorted(args.items())), self.settings.no_cache)
+        return (unit.name, self.builder.name, tuple(sorted(args.items())), self.settings.no_cache,
+                self.settings.platforms)
 
     def _build_unit(self, unit: Unit, known: Mapping[Unit, str], ready: Callable[[str], None]) -> StageResult:
         stage = unit.stage
@@ -135,7 +148,7 @@ class BuildRun:
         self._ensure_images(unit.stages)
         plan = builder.plan(unit, {u.name: i for u, i in known.items()})
         digest = reuse.inputs_digest(self.engine, self.images, kind=builder.name, name=stage.name, text=plan.text,
-                                     image_refs=plan.images, args=args,
+                                     image_refs=plan.images, args=args, platforms=self.settings.platforms,
                                      context=str(self.project.context), paths=plan.paths)
         found = None if self.settings.no_cache else reuse.find(self.engine, self.project, stage.name, digest)
         seconds: Mapping[str, float] = {}

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 PROGRESS_HELP = "auto (default), plain, tty or quiet"
 QUIET_HELP = "print only errors and the image ID: --progress quiet (docker build -q)"
+PLATFORM_HELP = "os/arch[,os/arch...] to build for (default: the engine's own), e.g. linux/arm64"
 BUILD_ARG_HELP = "KEY=VALUE, or KEY to take it from the environment; repeatable"
 IIDFILE_HELP = "write the image ID to this file (docker build --iidfile), once the build succeeded"
 METADATA_HELP = "write a JSON of what was built, per stage (buildx's --metadata-file), once the build succeeded"
@@ -165,6 +166,7 @@ def _lowered(p: Project, goal: str, builder: str) -> tuple[str, str]:
     "ssh": "default or ID=SOCKET: an ssh agent RUN --mount=type=ssh reaches (BuildKit); repeatable",
     "output": "DIR, type=local,dest=DIR or type=tar,dest=FILE: write the target's files there instead of "
               "making its image (BuildKit)",
+    "platform": PLATFORM_HELP + "; several need -o",
     "buildkit-host": "build on a BuildKit service: unix://PATH or tcp://HOST:PORT (default: $BUILDKIT_HOST)",
     "tlscacert": "CA certificate that signed the BuildKit service's (tcp://)",
     "tlscert": "client certificate for the BuildKit service (with --tlskey)",
@@ -175,7 +177,8 @@ def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] 
           jobs: int | None = None, builder: str | None = None, progress: str | None = None,
           pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
           push_all: bool = False, network: str | None = None, secret: list[str] | None = None,
-          ssh: list[str] | None = None, output: str | None = None, buildkit_host: str | None = None,
+          ssh: list[str] | None = None, output: str | None = None, platform: str | None = None,
+          buildkit_host: str | None = None,
           tlscacert: str | None = None, tlscert: str | None = None, tlskey: str | None = None, quiet: bool = False,
           iidfile: str | None = None, metadata_file: str | None = None) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
@@ -187,6 +190,7 @@ def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] 
                               push=push or None, jobs=jobs, builder=builder, progress=_progress(progress, quiet),
                               pull=pull or None, cache_from=strings(cache_from), cache_to=cache_to,
                               network=network, secrets=strings(secret), ssh=strings(ssh), output=output,
+                              platform=platform,
                               buildkit_host=buildkit_host, tlscacert=tlscacert, tlscert=tlscert, tlskey=tlskey)
     _check_tags(p, settings, goal, strings(tag), "build --target")
     return _run_build(c, bound, settings, goal, push_all=push_all, files=(iidfile, metadata_file))
@@ -255,16 +259,17 @@ def _write_results(files: tuple[str | None, str | None], image_id: str, run: Bui
 @operation("build-stage", repeatable=("tag", "build_arg"), help={
     "stage": "the stage to build", "tag": "REF to tag the stage with; repeatable",
     "build-arg": BUILD_ARG_HELP, "no-cache": "do not use the engine's cache", "progress": PROGRESS_HELP,
-    "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP})
+    "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP, "platform": PLATFORM_HELP})
 def build_stage(c: Context, bound: Binding, stage: str, tag: list[str] | None = None,
                 build_arg: list[str] | None = None, no_cache: bool = False, progress: str | None = None,
-                quiet: bool = False, iidfile: str | None = None, metadata_file: str | None = None) -> dict[str, str]:
+                quiet: bool = False, iidfile: str | None = None, metadata_file: str | None = None,
+                platform: str | None = None) -> dict[str, str]:
     """Build one stage and only the stages it needs (for debugging)."""
     p = bound.project
     _positional(stage, "a STAGE", "build-stage", bound)
     goal = p.stage(stage).name
     settings = bound.settings(c, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
-                              progress=_progress(progress, quiet), push=False)
+                              progress=_progress(progress, quiet), push=False, platform=platform)
     _check_tags(p, settings, goal, strings(tag), "build-stage")
     return _run_build(c, bound, settings, goal, files=(iidfile, metadata_file))
 
@@ -302,9 +307,10 @@ def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str
 @operation("extract-artifact", repeatable=("build_arg",), help={
     "artifact": "STAGE:/PATH to copy out (a file or a directory)",
     "dest": "folder to copy into (default: current folder)", "progress": PROGRESS_HELP,
-    "build-arg": BUILD_ARG_HELP, "quiet": QUIET_HELP})
+    "build-arg": BUILD_ARG_HELP, "quiet": QUIET_HELP, "platform": PLATFORM_HELP})
 def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".", progress: str | None = None,
-                     build_arg: list[str] | None = None, quiet: bool = False) -> list[str]:
+                     build_arg: list[str] | None = None, quiet: bool = False,
+                     platform: str | None = None) -> list[str]:
     """Copy STAGE:/PATH out of a stage's image onto the host (like `docker cp`)."""
     p = bound.project
     _positional(artifact, "STAGE:/PATH", "extract-artifact", bound)
@@ -312,7 +318,8 @@ def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".",
     if not colon or not path.startswith("/"):
         raise UserError(f"'{artifact}': write STAGE:/ABSOLUTE/PATH, e.g. build:/go/bin/app")
     goal = p.stage(stage_name, flag="extract-artifact").name
-    settings = bound.settings(c, target=goal, build_args=build_arg, progress=_progress(progress, quiet))
+    settings = bound.settings(c, target=goal, build_args=build_arg, progress=_progress(progress, quiet),
+                              platform=platform)
     if _dry(c):
         print(f"would build {goal} and copy {path} into {dest}")
         return []
