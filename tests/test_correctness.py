@@ -172,7 +172,7 @@ def test_onbuild_copy_from_a_stage(builder: str, make_project: Any, api: Any) ->
     if builder == "buildkit":  # Docker 20.10's BuildKit resolves the trigger's --from wrongly: one line
         assert code == 1 and err.strip().splitlines()[-1].endswith(
             "build with --builder classic (auto does)"), out + err
-        assert ":5: ONBUILD with a stage reference" in err
+        assert ":5: an ONBUILD trigger with `COPY --from=`" in err
         code, out, err = invoke(project, "compimg.build", "--builder", "auto", "--no-cache")
     assert code == 0, out + err
     assert "[stage-2] hi" in out.splitlines()  # what `docker build` of this file prints
@@ -192,6 +192,40 @@ def test_onbuild_copy_from_a_stage(builder: str, make_project: Any, api: Any) ->
     pre = [t.name for t in ns.collections["stage"].tasks["stage-2"].pre]
     assert pre == ["base", "src"]
 
+
+
+ONBUILD_FROM_IMAGE = """\
+FROM busybox AS base
+ONBUILD COPY --from=busybox /etc/passwd /copied
+FROM base
+RUN grep -q root /copied && echo copied-from-an-image
+"""
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("builder", ["auto"])
+def test_onbuild_copy_from_an_image_takes_the_classic_builder(builder: str, make_project: Any, api: Any) -> None:
+    """Docker 20.10's BuildKit resolves an ONBUILD trigger's `--from=<image>` against the wrong
+    root too (`lstat .../etc/passwd: no such file`): auto takes the classic builder for it."""
+    project = user_project(make_project, ONBUILD_FROM_IMAGE, "auto")
+    code, out, err = invoke(project, "compimg.build", "--builder", "auto", "--no-cache")
+    assert code == 0, out + err
+    assert "copied-from-an-image" in out
+    assert any(line.startswith("stage-1 ") and line.endswith("classic") for line in out.splitlines()), out
+    code, out, err = invoke(project, "compimg.build", "--builder", "buildkit")
+    assert code == 1 and ":3: an ONBUILD trigger with `COPY --from=`" in err, err
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("builder", ["auto"])
+def test_a_misspelt_copy_from_suggests_the_stage(builder: str, make_project: Any) -> None:
+    """Native syntax: `--from=biuld` is no stage, so it is taken for an image, which cannot be
+    pulled; the line says which stage was meant."""
+    project = user_project(make_project, "FROM busybox AS build\nRUN echo x > /x\n"
+                           "FROM busybox\nCOPY --from=biuld /x /x\n", "auto")
+    code, _, err = invoke(project, "compimg.build")
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and line.startswith(f"{project.dockerfile}:4: ") and "did you mean stage 'build'?" in line, err
 
 @pytest.mark.engine
 @pytest.mark.parametrize("builder", BUILDERS)

@@ -119,8 +119,8 @@ class BuildKitBuilder(Builder):
 
     def refuses(self, stage: Stage, instruction: Instruction) -> str | None:
         if instruction in classic_only([stage]):
-            return ("ONBUILD with a stage reference (`COPY --from=<stage>` in a trigger) is not run correctly "
-                    "by this engine's BuildKit; build with --builder classic (auto does)")
+            return ("an ONBUILD trigger with `COPY --from=` (a stage or an image) is not run correctly by this "
+                    "engine's BuildKit; build with --builder classic (auto does)")
         for mount in getattr(instruction, "mounts", ()):
             if mount.type not in ("secret", "ssh"):
                 continue

@@ -427,8 +427,14 @@ def buildkit_only(instruction: Instruction) -> str | None:
     return None
 
 
+def copies_from(trigger: Onbuild) -> bool:
+    """Does an ONBUILD trigger copy from another stage or an image (`COPY --from=...`)?"""
+    inner = trigger.trigger
+    return bool(trigger.stages) or (isinstance(inner, Copy) and any(g.origin.image for g in inner.groups))
+
+
 def classic_only(stages: Iterable[Stage]) -> list[Instruction]:
     """Instructions only the classic builder runs right: an inherited ONBUILD trigger that
-    reads another stage (BuildKit of Docker 20.10 resolves its `--from` wrongly), reported
-    at the stage that runs it (its FROM)."""
-    return [stage.from_ for stage in stages if any(t.stages for t in stage.inherited)]
+    copies from another stage or an image (BuildKit of Docker 20.10 resolves its `--from`
+    against the wrong root), reported at the stage that runs it (its FROM)."""
+    return [stage.from_ for stage in stages if any(copies_from(t) for t in stage.inherited)]

@@ -250,7 +250,9 @@ class BuildRun:
                     images.pull(self.engine, ref)
                 except EngineError as exc:  # the user's line: the FROM (or --from) that names it
                     line = next((i.line for i in stage.instructions if ref in i.value), stage.line)
-                    raise EngineError(f"stage '{stage.name}': {exc}", where=str(self.project.dockerfile),
+                    near = self.graph.closest(ref.split(":")[0])
+                    hint = f"; did you mean stage '{near}'? (--from names a stage or an image)" if near else ""
+                    raise EngineError(f"stage '{stage.name}': {exc.message}{hint}", where=str(self.project.dockerfile),
                                       line=line) from exc
                 self.images.forget(ref)
 
