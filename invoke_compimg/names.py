@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 _DEFAULT_REGISTRY_PREFIXES = ("docker.io/library/", "docker.io/", "index.docker.io/library/",
                               "index.docker.io/", "localhost/")
 
@@ -29,3 +31,14 @@ def split_ref(ref: str) -> tuple[str, str]:
     if colon > slash and "@" not in ref[slash + 1:colon]:
         return ref[:colon], ref[colon + 1:]
     return ref, ""
+
+
+# An image reference (`name[:tag]`, a registry host and port first), as Docker's reference
+# grammar writes it: lower-case path components joined by `.`, `_`, `__` or dashes.
+_REF = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?::[0-9]+)?"
+                  r"(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*(?::[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127})?$")
+
+
+def valid_ref(ref: str) -> bool:
+    """Is `ref` an image reference a tag can be (no digest)?"""
+    return bool(_REF.match(ref))

@@ -167,3 +167,23 @@ def test_superseded_images_do_not_pile_up(make_project, api) -> None:  # type: i
     records = [t for i in api.images(name=project.repository) for t in i["RepoTags"] if "--I-" in t]
     assert len(records) == 1
     assert [images.inspect(Engine(), image_id) is not None for image_id in built] == [False, False, False, True]
+
+
+def test_an_unchanged_build_imports_neither_the_sdk_nor_grpc(make_project) -> None:  # type: ignore[no-untyped-def]
+    """The warm no-op asks the engine a few questions over its unix socket with the standard
+    library: the Docker SDK (requests, urllib3) and grpc would cost it 0.1-0.3 s to import."""
+    import subprocess
+    import sys
+
+    project = make_project("NAME build\nFROM busybox\nCOPY f /f\nNAME run\nFROM busybox\nCOPY build:/f /f\n",
+                           {"f": "x"})
+    code = ("import sys; sys.argv = ['compimg', 'build', '--progress', 'quiet']\n"
+            "from invoke_compimg.tasks.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print(sorted(m for m in ('docker', 'requests', 'urllib3', 'grpc', 'paramiko', 'rich') "
+            "if m in sys.modules))\n")
+    first = subprocess.run([sys.executable, "-c", code], cwd=project.context, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run([sys.executable, "-c", code], cwd=project.context, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines()[-1] == "[]", second.stdout

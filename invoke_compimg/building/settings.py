@@ -17,6 +17,7 @@ from typing import Any
 
 from ..dockerfile.model import Graph
 from ..errors import UserError
+from ..names import valid_ref
 from ..progress.base import MODES
 from ..words import yes_or_no
 from .project import stage_named
@@ -188,9 +189,7 @@ def parse_tags(values: Iterable[str], default_stage: str, graph: Graph,
         if not eq:
             stage, ref = default_stage, value
         name = stage_named(graph, stage, f"{source} {value}")
-        from ..engine.sdk import docker  # the SDK's own rule, imported only to build
-
-        if not docker.utils.build.match_tag(ref):
+        if not valid_ref(ref):
             raise UserError(f"{source} {value}: '{ref}' is not a valid image reference; "
                             "use lower-case name[:tag]")
         tags.setdefault(name, []).append(ref)

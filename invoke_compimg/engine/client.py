@@ -6,27 +6,31 @@ methods (`_post`, `_get`, `_url`, `_raise_for_status`, `_stream_helper`, raw soc
 here only, behind `post_stream`, `get_stream`, `json_stream` and `upgrade`. Errors are mapped in
 `errors()`, as httpx's `map_httpcore_exceptions` maps its transport's: the SDK's API errors
 keep the engine's own words, a lost connection says so and what to check.
+
+The SDK (with requests and urllib3: 0.1 s to import) is imported only when a call needs it:
+on a unix socket, the questions an unchanged build asks (`kind`, `get_json`) go through
+`unix_http` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import http.client
 import os
 import socket
+import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import requests.exceptions
-import urllib3.exceptions
-
 from ..errors import EngineError
 from ..words import yes_or_no
-from .sdk import docker, has_paramiko, load_paramiko
+from .unix_http import Answer, UnixJSON
 
 if TYPE_CHECKING:
+    import docker
     import requests
 
     from .control.client import Control
@@ -83,10 +87,18 @@ def _version_tuple(text: str) -> tuple[int, ...]:
         return ()
 
 
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    requests.exceptions.RequestException, urllib3.exceptions.HTTPError, docker.errors.DockerException,
-    ConnectionError,
-)
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean the connection failed: ours always, the SDK's once it is loaded."""
+    found: list[type[BaseException]] = [ConnectionError, http.client.HTTPException, FileNotFoundError,
+                                        PermissionError]
+    if "docker" in sys.modules:
+        import requests.exceptions
+        import urllib3.exceptions
+
+        from .sdk import docker
+
+        found += [requests.exceptions.RequestException, urllib3.exceptions.HTTPError, docker.errors.DockerException]
+    return tuple(found)
 
 
 def _ssh_errors() -> tuple[type[BaseException], ...]:
@@ -103,20 +115,19 @@ class Engine:
     """The Docker engine named by DOCKER_HOST and the TLS variables (or by `environment`).
 
     Clients are made on first use, one per thread (a requests session is not shared across
-    threads); the first asks the engine's `/version` once, which gives the API version the
-    others use and the engine's kind. `adapter`, if given, is a requests transport adapter
-    mounted on every client instead of the real one (the tests' recorded engine)."""
+    threads); the engine's `/version` is asked once, which gives the API version every client
+    uses and the engine's kind."""
 
-    def __init__(self, environment: Mapping[str, str] | None = None, *, adapter: Any = None) -> None:
-        env = dict(os.environ if environment is None else environment)
-        self.address = env.get("DOCKER_HOST") or DEFAULT_ADDRESS
-        self._params = docker.utils.kwargs_from_env(environment=env)
-        self._ssh_client = env.get(SSH_CLIENT_VARIABLE, "")
-        self._adapter = adapter
+    def __init__(self, environment: Mapping[str, str] | None = None) -> None:
+        self._env = dict(os.environ if environment is None else environment)
+        self.address = self._env.get("DOCKER_HOST") or DEFAULT_ADDRESS
+        self._ssh_client = self._env.get(SSH_CLIENT_VARIABLE, "")
         self._local = threading.local()
         self._lock = threading.Lock()
         self._kind: EngineKind | None = None
         self._clients: list[docker.APIClient] = []
+        unix = self.address[len("unix://"):] if self.address.startswith("unix://") else None
+        self._unix = UnixJSON(unix) if unix else None
         self.notes: dict[str, Any] = {}  # what calls learnt about this engine (see `remember`)
         self._key_locks: dict[str, threading.Lock] = {}
 
@@ -132,9 +143,29 @@ class Engine:
     @property
     def kind(self) -> EngineKind:
         if self._kind is None:
-            self.api  # noqa: B018 - the first client learns the kind
+            if self._unix is not None:
+                try:
+                    self._kind = EngineKind.of(self._unix.get("/version") or {})
+                except (OSError, http.client.HTTPException, Answer, ValueError) as exc:
+                    raise self._unreachable(exc, "") from exc
+            else:
+                self.api  # noqa: B018 - the first client learns the kind
         assert self._kind is not None
         return self._kind
+
+    def get_json(self, path: str, *args: str) -> Any | None:
+        """The engine's JSON answer to GET `path` of its versioned API (`{0}`... filled with
+        `args`, quoted as the SDK quotes them), or None when it answers 404. Raises the SDK's
+        APIError (or `unix_http.Answer`) for another error status: see `errors`."""
+        quoted = path.format(*(urllib.parse.quote(arg, safe="/:") for arg in args))
+        if self._unix is not None:
+            return self._unix.get(f"/v{self.kind.api_version}{quoted}")
+        api = self.api
+        response = api._get(api._url(path, *args))
+        if response.status_code == 404:
+            return None
+        api._raise_for_status(response)
+        return response.json()
 
     def remember(self, key: str, compute: Any) -> Any:
         """What `compute()` says about this engine, asked once per Engine (whether it has a
@@ -166,6 +197,8 @@ class Engine:
             clients, self._clients = self._clients, []
             control = self.notes.pop("control", None)
             self._local = threading.local()
+        if self._unix is not None:
+            self._unix.close()
         if control is not None:
             control.close()
         for client in clients:
@@ -178,8 +211,22 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _unreachable(self, exc: BaseException, url: str) -> EngineError:
+        if url.startswith("ssh://"):
+            return EngineError(f"cannot reach the Docker engine at {self.address} through ssh ({reason(exc)}); "
+                               f"check that `ssh {_ssh_target(url)} docker version` works")
+        why = reason(exc)
+        advice = ("ask for access to its socket (e.g. join the `docker` group) or run as root"
+                  if why == "permission denied" else "start Docker, or set DOCKER_HOST to the engine to use")
+        return EngineError(f"cannot reach the Docker engine at {self.address} ({why}); {advice}")
+
     def _connect(self) -> docker.APIClient:
-        params = dict(self._params)
+        import requests.exceptions
+        import urllib3.exceptions
+
+        from .sdk import docker, load_paramiko
+
+        params = dict(docker.utils.kwargs_from_env(environment=self._env))
         url = str(params.get("base_url") or "")
         ssh = url.startswith("ssh://")
         if ssh:
@@ -196,23 +243,13 @@ class Engine:
         version = self._kind.api_version if self._kind and self._kind.api_version else MINIMUM_API_VERSION
         try:
             client = docker.APIClient(version=version, **params)
-            if self._adapter is not None:
-                client.mount("http+docker://", self._adapter)
-                client.mount("http://", self._adapter)
-                client.mount("https://", self._adapter)
             if first:
                 found = client.version(api_version=False)
                 client._version = str(found["ApiVersion"])
                 self._kind = EngineKind.of(found)
         except (docker.errors.DockerException, requests.exceptions.RequestException,
                 urllib3.exceptions.HTTPError) as exc:
-            if ssh:
-                raise EngineError(f"cannot reach the Docker engine at {self.address} through ssh ({reason(exc)}); "
-                                  f"check that `ssh {_ssh_target(url)} docker version` works") from exc
-            why = reason(exc)
-            advice = ("ask for access to its socket (e.g. join the `docker` group) or run as root"
-                      if why == "permission denied" else "start Docker, or set DOCKER_HOST to the engine to use")
-            raise EngineError(f"cannot reach the Docker engine at {self.address} ({why}); {advice}") from exc
+            raise self._unreachable(exc, url) from exc
         except Exception as exc:  # paramiko's own exceptions come out of the constructor unwrapped
             if not ssh:
                 raise
@@ -226,6 +263,8 @@ class Engine:
         with the user's whole OpenSSH setup: agent, ProxyJump) or paramiko (in process; reads
         ~/.ssh/config, known_hosts and the usual keys, refuses unknown hosts).
         COMPIMG_SSH_CLIENT=1 picks the command, 0 paramiko; unset, paramiko when installed."""
+        from .sdk import has_paramiko
+
         chosen = self._ssh_client.strip().lower()
         wanted = yes_or_no(chosen)
         if wanted:
@@ -240,10 +279,6 @@ class Engine:
         return not has_paramiko()
 
     # --- the one seam for errors ----------------------------------------------------------
-    @functools.cached_property
-    def _transport_errors(self) -> tuple[type[BaseException], ...]:
-        return _TRANSPORT_ERRORS + (_ssh_errors() if self.address.startswith("ssh://") else ())
-
     @contextlib.contextmanager
     def errors(self, what: str, *, where: str | None = None, line: int | None = None) -> Iterator[None]:
         """SDK and transport errors raised inside the block, as one EngineError line
@@ -252,13 +287,26 @@ class Engine:
             yield
         except EngineError:
             raise
-        except docker.errors.ImageNotFound as exc:
-            raise EngineError(f"{what}: no such image ({explanation(exc)})", where=where, line=line) from exc
-        except docker.errors.APIError as exc:
-            raise EngineError(f"{what}: {explanation(exc)}", where=where, line=line) from exc
-        except self._transport_errors as exc:
-            raise EngineError(f"{what}: lost the Docker engine at {self.address} ({reason(exc)}); "
-                              "check that it is running, then retry", where=where, line=line) from exc
+        except Answer as exc:
+            raise EngineError(f"{what}: {exc.message}", where=where, line=line) from exc
+        except Exception as exc:
+            mapped = self._mapped(exc, what)
+            if mapped is None:
+                raise
+            raise EngineError(mapped, where=where, line=line) from exc
+
+    def _mapped(self, exc: Exception, what: str) -> str | None:
+        """The line for an error of the SDK or the transport; None for any other error."""
+        sdk = sys.modules.get("docker")
+        if sdk is not None and isinstance(exc, sdk.errors.ImageNotFound):
+            return f"{what}: no such image ({explanation(exc)})"
+        if sdk is not None and isinstance(exc, sdk.errors.APIError):
+            return f"{what}: {explanation(exc)}"
+        ssh = _ssh_errors() if self.address.startswith("ssh://") else ()
+        if isinstance(exc, (*_transport_errors(), *ssh)):
+            return (f"{what}: lost the Docker engine at {self.address} ({reason(exc)}); "
+                    "check that it is running, then retry")
+        return None
 
     # --- raw requests: the SDK's private methods, here only --------------------------------
     def post_stream(self, path: str, *, params: Mapping[str, Any], data: Any = None,
@@ -359,7 +407,8 @@ class Upgraded:
             self.response.close()
 
 
-def explanation(exc: docker.errors.APIError) -> str:
+def explanation(exc: Any) -> str:
+    """The engine's own words in an SDK APIError."""
     text = exc.explanation if isinstance(exc.explanation, str) and exc.explanation else str(exc)
     return " ".join(str(text).split())
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from ..procs import owner, owner_gone
 from .client import Engine
-from .sdk import docker
 
 LABEL_PROJECT = "compimg.project"  # the project an image or container belongs to
 LABEL_TEMPORARY = "compimg.temporary"  # containers we create only to copy files out or
@@ -35,6 +34,8 @@ def with_label(engine: Engine, label: str) -> list[dict[str, Any]]:
 
 
 def remove(engine: Engine, container: str) -> None:
+    from .sdk import docker
+
     with engine.errors("removing a temporary container"), contextlib.suppress(docker.errors.NotFound):
         engine.api.remove_container(container, force=True, v=True)
 
@@ -132,6 +133,8 @@ class Attached:
     def output(self) -> Iterator[tuple[bool, bytes]]:
         """(is stderr, bytes) as the container writes them: the SDK's `frames_iter` splits the
         streams, which the engine multiplexes when there is no TTY."""
+        from .sdk import docker
+
         for stream, payload in docker.utils.socket.frames_iter(self._socket, self.tty):
             yield stream == docker.utils.socket.STDERR, payload
 

@@ -10,16 +10,14 @@ from typing import Any
 from ..errors import EngineError
 from ..names import normalise_ref, split_ref
 from .client import Engine
-from .sdk import docker
 
 
 def inspect(engine: Engine, ref: str) -> dict[str, Any] | None:
-    """The engine's description of image `ref`, or None when there is no such image."""
+    """The engine's description of image `ref`, or None when there is no such image (asked
+    without the SDK on a unix socket: an unchanged build asks little else)."""
     with engine.errors(f"inspecting {ref}"):
-        try:
-            return dict(engine.api.inspect_image(ref))
-        except docker.errors.NotFound:
-            return None
+        found = engine.get_json("/images/{0}/json", ref)
+    return None if found is None else dict(found)
 
 
 def image_id_of(engine: Engine, ref: str) -> str | None:
@@ -55,6 +53,8 @@ def tag(engine: Engine, image_id: str, ref: str) -> None:
 
 def untag(engine: Engine, ref: str) -> None:
     """Remove one name; the image goes too once no name or child image holds it."""
+    from .sdk import docker
+
     with engine.errors(f"removing {ref}"), contextlib.suppress(docker.errors.NotFound):
         engine.api.remove_image(ref, force=False, noprune=False)
 
@@ -66,6 +66,8 @@ def remove_unnamed(engine: Engine, image_id: str) -> bool:
         with engine.errors(f"removing {image_id[:19]}"):
             engine.api.remove_image(image_id, force=False, noprune=False)
     except EngineError as exc:
+        from .sdk import docker
+
         cause = exc.__cause__
         if isinstance(cause, docker.errors.APIError) and cause.status_code in (404, 409):
             return False

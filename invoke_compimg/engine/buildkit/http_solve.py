@@ -12,7 +12,6 @@ from typing import IO, Any
 
 from ...errors import BuildRejected, EngineError, UserError
 from ..client import Engine, explanation
-from ..sdk import docker
 from .wire import StatusResponse, decode_status
 
 BUILDKIT_NETWORKS = ("default", "none", "host")
@@ -53,7 +52,11 @@ def solve(engine: Engine, context: IO[bytes], *, dockerfile: str, target: str | 
     try:
         response = engine.post_stream("/build", params=params, data=context,
                                       headers={"Content-Type": "application/x-tar"})
-    except docker.errors.APIError as exc:
+    except Exception as exc:
+        from ..sdk import docker
+
+        if not isinstance(exc, docker.errors.APIError):
+            raise
         raise BuildRejected(explanation(exc), exc.status_code) from exc
     try:
         for message in engine.json_stream(response):
