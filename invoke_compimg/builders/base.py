@@ -156,6 +156,9 @@ class Builder(ABC):
         own (the caller then copies out of a container)."""
         return None
 
+    def prepare(self) -> None:  # noqa: B027 - most builders need nothing ahead
+        """A request will surely be sent (an output, a service): get ready for it meanwhile."""
+
     def close(self) -> None:  # noqa: B027 - most builders hold nothing
         """After the run: release what the builder holds (a BuildKit session)."""
 

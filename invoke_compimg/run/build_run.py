@@ -81,6 +81,8 @@ class BuildRun:
         self._warn_unused_args(needed)
         if self.settings.output is not None:
             self._check_output(targets[0])
+        if self.settings.output is not None or not self.builder.stores_images:
+            self.builder.prepare()  # a solve will surely be sent
         units = self.builder.units(needed, targets)
         by_name = {u.name: u for u in units}
         with self._cancelled_on_interrupt():
@@ -214,9 +216,13 @@ class BuildRun:
         """Copy `path` of `image_id` (stage `stage`'s image) into the folder `dest`, merged in as
         `docker cp` does: through the builder when it has a way of its own (BuildKit: a local
         export, no container), else out of a container that is never started."""
-        if not self.builder.exports:
+        names = self._extract_by_builder(stage, image_id, path, dest) if self.builder.exports else None
+        if names is None:
             return copy_out(self.engine, self.project, stage, image_id, path, dest, self.reporter,
                             shell_task=self.settings.task("shell"))
+        return Extracted(names=names, files=sum(count_entries(Path(dest) / name) for name in names))
+
+    def _extract_by_builder(self, stage: str, image_id: str, path: str, dest: str) -> list[str] | None:
         # BuildKit reads images by name only, and the stage's own name may move meanwhile (another
         # run): its inputs record names exactly this image. Without one (an image that cannot be
         # pinned), the image gets a name of this process's for the while, removed after.
@@ -228,14 +234,12 @@ class BuildRun:
             images.tag(self.engine, image_id, ref)
         try:
             self.reporter.note(f"copying {stage}:{path} into {dest}")
-            names = self.builder.extract(normalise_ref(ref), path, dest)
+            return self.builder.extract(normalise_ref(ref), path, dest)
         except FileNotFoundError:
             raise missing_path(self.project, stage, path, self.settings.task("shell")) from None
         finally:
             if record is None:
                 images.untag(self.engine, ref)
-        assert names is not None
-        return Extracted(names=names, files=sum(count_entries(Path(dest) / name) for name in names))
 
     def _ensure_images(self, stages: Sequence[Stage]) -> None:
         """Pull the external images these stages read that the engine lacks (all of them
