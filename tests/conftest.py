@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -250,3 +251,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
 def classic_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests of the classic builder's own machinery (one request per stage)."""
     monkeypatch.setenv("INVOKE_COMPIMG_BUILDER", "classic")
+
+
+@pytest.fixture
+def ssh_agent(tmp_path: Path) -> Iterator[str]:
+    """A real ssh-agent holding a fresh key (comment compimg-test-key); its socket path."""
+    folder = tmp_path / "agent"
+    folder.mkdir()
+    sock = str(folder / "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        key = folder / "key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "compimg-test-key", "-f", str(key)],
+                       check=True)
+        subprocess.run(["ssh-add", "-q", str(key)], check=True, env={**os.environ, "SSH_AUTH_SOCK": sock},
+                       stderr=subprocess.DEVNULL)
+        yield sock
+    finally:
+        agent.terminate()
+        agent.wait(10)

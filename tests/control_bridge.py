@@ -9,8 +9,10 @@ import argparse
 import contextlib
 import socket
 import ssl
+import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 from invoke_compimg.engine.client import Engine
 from invoke_compimg.engine.control.transport import upgrade
@@ -64,6 +66,18 @@ def main() -> None:
                 client.close()
                 continue
         serve(client, api)
+
+
+@contextlib.contextmanager
+def running(*args: str) -> Iterator[str]:
+    """A stand-in buildkitd's address (tcp://127.0.0.1:PORT), for the block: this file as a process."""
+    process = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        yield f"tcp://127.0.0.1:{int(process.stdout.readline())}"
+    finally:
+        process.kill()
+        process.wait(10)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,13 @@ mTLS against a real buildkitd, and the exporters only a buildkitd has (`image` w
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import cli
+from control_bridge import running
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,22 +31,9 @@ COPY build:/out.txt /
 """
 
 
-@contextlib.contextmanager
-def stand_in(*args: str) -> Iterator[str]:
-    """A BuildKit service's address (tcp://127.0.0.1:PORT), for the block."""
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "control_bridge.py"), *args],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        yield f"tcp://127.0.0.1:{int(process.stdout.readline())}"
-    finally:
-        process.kill()
-        process.wait(10)
-
-
 @pytest.fixture(scope="module")
 def service() -> Iterator[str]:
-    with stand_in() as address:
+    with running() as address:
         yield address
 
 
@@ -88,7 +73,7 @@ def test_tls_to_a_service_and_a_mismatch(make_project: Any, tmp_path: Path) -> N
 
     ca, cert, key = _certificates(tmp_path)
     project = make_project("NAME a\nFROM scratch\nCOPY f.txt /\n", {"f.txt": "over tls\n"})
-    with stand_in("--cert", str(cert), "--key", str(key)) as address:
+    with running("--cert", str(cert), "--key", str(key)) as address:
         good = cli("compimg", ["build", "--buildkit-host", address, "--tlscacert", str(ca), "-o", str(tmp_path / "o")],
                    project.context, NO_NETWORK)
         assert good.returncode == 0, good.stderr

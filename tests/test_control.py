@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from control_bridge import running
 
 from invoke_compimg.engine.buildkit import StatusResponse
 from invoke_compimg.engine.client import Engine
@@ -196,29 +196,6 @@ func main() {
 """
 
 
-@pytest.fixture
-def ssh_agent(tmp_path: Path) -> Iterator[str]:
-    """A real ssh-agent holding a fresh key (comment compimg-test-key); its socket path."""
-    folder = tmp_path / "agent"
-    folder.mkdir()
-    sock = str(folder / "agent.sock")
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
-        key = folder / "key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "compimg-test-key", "-f", str(key)],
-                       check=True)
-        subprocess.run(["ssh-add", "-q", str(key)], check=True, env={**os.environ, "SSH_AUTH_SOCK": sock},
-                       stderr=subprocess.DEVNULL)
-        yield sock
-    finally:
-        agent.terminate()
-        agent.wait(10)
-
-
 def test_ssh_forwarding_reaches_the_agent_read_only(control: client.Control, tmp_path: Path, ssh_agent: str) -> None:
     context = tmp_path / "ctx"
     write(context, {"probe.go": AGENT_PROBE})
@@ -370,21 +347,9 @@ def test_a_big_context_sends_only_the_file_copied(control: client.Control, tmp_p
 # --- a buildkitd address (a tcp stand-in: the engine's Control through a bridge process) ----
 
 
-@contextlib.contextmanager
-def bridge_process(*args: str) -> Iterator[int]:
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "control_bridge.py"), *args],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        yield int(process.stdout.readline())
-    finally:
-        process.kill()
-        process.wait(10)
-
-
 def test_a_tcp_buildkitd_address(tmp_path: Path) -> None:
-    with bridge_process() as port:
-        ctl = client.connect(f"tcp://127.0.0.1:{port}")
+    with running() as address:
+        ctl = client.connect(address)
         try:
             assert ctl.list_workers()
             context = tmp_path / "ctx"
@@ -413,8 +378,9 @@ def _certificates(folder: Path) -> tuple[Path, Path, Path]:
 
 def test_tls_to_a_buildkitd_and_its_mismatches(tmp_path: Path) -> None:
     ca, cert, key = _certificates(tmp_path)
-    with bridge_process("--cert", str(cert), "--key", str(key)) as port:
-        ctl = client.connect(f"tcp://127.0.0.1:{port}", tls=client.TLS(ca=str(ca)))
+    with running("--cert", str(cert), "--key", str(key)) as address:
+        port = address.rsplit(":", 1)[1]
+        ctl = client.connect(address, tls=client.TLS(ca=str(ca)))
         try:
             assert ctl.list_workers()
         finally:
@@ -425,8 +391,8 @@ def test_tls_to_a_buildkitd_and_its_mismatches(tmp_path: Path) -> None:
         other, _, _ = _certificates(tmp_path / "other")
         with pytest.raises(EngineError, match="CA, certificate and key"):
             client.connect(f"tcp://127.0.0.1:{port}", tls=client.TLS(ca=str(other)), timeout=3)
-    with bridge_process() as port, pytest.raises(EngineError, match="TLS"):
-        client.connect(f"tcp://127.0.0.1:{port}", tls=client.TLS(ca=str(ca)), timeout=3)
+    with running() as address, pytest.raises(EngineError, match="TLS"):
+        client.connect(address, tls=client.TLS(ca=str(ca)), timeout=3)
 
 
 def test_an_unreachable_address_is_one_line() -> None:

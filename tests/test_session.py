@@ -6,11 +6,8 @@ travels, and nothing outside the context folder is ever sent."""
 from __future__ import annotations
 
 import os
-import subprocess
 import tarfile
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,29 +89,6 @@ def test_a_secret_written_wrong_is_one_line(spec: str, message: str) -> None:
 
 
 # --- ssh --------------------------------------------------------------------------------------
-
-@pytest.fixture
-def ssh_agent(tmp_path: Path) -> Iterator[str]:
-    """A real ssh-agent holding a fresh key (comment compimg-test-key); its socket path."""
-    folder = tmp_path / "agent"
-    folder.mkdir()
-    sock = str(folder / "agent.sock")
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
-        key = folder / "key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "compimg-test-key", "-f", str(key)],
-                       check=True)
-        subprocess.run(["ssh-add", "-q", str(key)], check=True, env={**os.environ, "SSH_AUTH_SOCK": sock},
-                       stderr=subprocess.DEVNULL)
-        yield sock
-    finally:
-        agent.terminate()
-        agent.wait(10)
-
 
 # Lists the agent's keys over the forwarded socket (the agent protocol's REQUEST_IDENTITIES),
 # with nothing but Go's standard library: the stand-in golang image has no ssh client.
