@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -98,12 +99,20 @@ class World:
         """Where the requests of the next step start in the fake's log."""
         return 0 if self.recording else len(self.server.log)
 
-    def interrupt(self, method: str, path: str, after: int, hold_until: str) -> None:
-        """Ctrl-C once `after` chunks of that stream went out (the stream waits for `hold_until`)."""
+    def interrupt(self, method: str, path: str, after: int, hold_until: str, containing: bytes | None = None) -> None:
+        """Ctrl-C once `after` chunks of that stream went out, and one held `containing` (the
+        stream waits for `hold_until`)."""
         def ctrl_c() -> None:
+            time.sleep(0.3)  # as a user would, having read the line: the code shows what came first
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
-        self.server.when(method, path, after, ctrl_c, hold_until=hold_until)
+        self.server.when(method, path, after, ctrl_c, hold_until=hold_until, containing=containing)
+
+    def lose_sessions(self, count: int) -> None:
+        """The next `count` BuildKit sessions never reach the engine (recording; the replay
+        has what the engine answered)."""
+        if self.recording:
+            self.server.drop_sessions(count)
 
 
 class Seen(dict[str, Any]):
@@ -179,11 +188,13 @@ def run_twice_and_change(world: World, builder: str) -> Seen:
     fresh process (reuse: no build request), after an edit (rebuilt, old images retired),
     and with --no-cache."""
     seen = Seen(marks=[])
-    project = world.project(TWO_STAGES, {"src.txt": "v1\n", "unused.txt": "not read\n"})
     unique = world.unique()
+    # The file names this run (a placeholder in the recording): a cold build is cold on any engine
+    project = world.project(TWO_STAGES, {"src.txt": f"v1 {unique}\n", "unused.txt": "not read\n"})
     tags = {"run": (f"{unique}:run",)} | ({"build": (f"{unique}:build",)} if builder == "buildkit" else {})
     for step, (fresh, files, no_cache) in enumerate([(False, None, False), (False, None, False), (True, None, False),
-                                                     (True, {"src.txt": "v2\n"}, False), (True, None, True)]):
+                                                     (True, {"src.txt": f"v2 {unique}\n"}, False),
+                                                     (True, None, True)]):
         if files:
             world.write(project.context, files)
         if fresh:  # a new process: nothing remembered but what the engine holds
@@ -239,7 +250,9 @@ def classic_errors(world: World) -> Seen:
 
 def buildkit_errors(world: World) -> Seen:
     """BuildKit's failures: a failing RUN in a stage the target needs, a frontend error in the
-    file sent, a base image BuildKit cannot resolve, a request the engine refuses (HTTP 500)."""
+    file sent, a base image BuildKit cannot resolve, a solve the engine refuses (through the
+    gRPC API a frontend error; `/build` answers HTTP 500). Recorded through a session, and
+    (buildkit_errors_tar) from an engine that refuses `POST /grpc`: a tar, one warning."""
     from invoke_compimg.engine import buildkit as engine_buildkit
 
     seen = Seen()
@@ -264,12 +277,78 @@ SLOW = "NAME build\nFROM busybox\nRUN echo started && sleep 30 && echo never\n"
 
 
 def buildkit_interrupt(world: World) -> Seen:
-    """Ctrl-C while BuildKit runs a long RUN: the solve is cancelled on the engine."""
+    """Ctrl-C while BuildKit runs a long RUN: the Solve call is cancelled (and with it the build)."""
     project = world.project(SLOW)
     run, out = build_run(world, project, builder="buildkit", no_cache=True)  # the RUN runs, never cached
+    # Once the RUN said `started` (a StatusResponse carrying its log line); without a session
+    # (buildkit_interrupt_tar), nine chunks into the /build stream
+    world.interrupt("GRPC", r"Control/Status$", after=1, hold_until=r"^CANCEL .*Control/Solve$",
+                    containing=b"started\n")
     world.interrupt("POST", r"/build$", after=9, hold_until=r"/build/cancel$")
     ids, error = attempt(lambda: run.build(["build"]))
     return Seen(ids=ids, error=error, out=out.getvalue())
+
+
+EXPORTED = """\
+NAME build
+FROM busybox
+ARG GREETING
+COPY src.txt /src.txt
+RUN --mount=type=secret,id=token mkdir -p /out/sub && cp /src.txt /out/app && echo "$GREETING" > /out/sub/greeting \\
+    && wc -c < /run/secrets/token > /out/sub/token-size && ln -s app /out/link
+
+NAME dist
+FROM scratch
+COPY build:/out /
+"""
+
+
+def buildkit_session(world: World) -> Seen:
+    """What only a session does: a build arg and a secret read when asked, `--output` (a local
+    export of the target's files), extract-artifact through a local export (a path the image
+    has, one it lacks), the workers, and a solve whose session BuildKit lost (retried once;
+    lost twice, the line)."""
+    from invoke_compimg.building.specs import OutputSpec, SecretSpec
+
+    seen = Seen(marks={})
+    secret = world.folder / "token.txt"
+    secret.write_text("s3cret\n")
+    unique = world.unique()  # in a file the build reads: its steps run on any engine
+    project = world.project(EXPORTED, {"src.txt": f"v1 {unique}\n", "unused.txt": "not read\n"})
+    common: dict[str, Any] = {"builder": "buildkit", "build_args": {"GREETING": "hello"},
+                              "secrets": (SecretSpec("token", path=str(secret)),)}
+    seen.marks["output"] = world.mark()
+    dest = world.folder / "dest"
+    run, out = build_run(world, project, output=OutputSpec("local", str(dest / "out")), **common)
+    seen.output = Seen(ids=run.build(["dist"]), out=out.getvalue(), rows=run.rows())
+    seen.marks["extract"] = world.mark()
+    run, out = build_run(world, project, **common)
+    ids = run.build(["build"])
+
+    def extract(path: str, into: str) -> tuple[list[str] | None, BaseException | None]:
+        try:
+            return run.extract("build", ids["build"], path, str(dest / into)), None
+        except (FileNotFoundError, UserError) as exc:  # UserError: EngineError too
+            return None, exc
+
+    seen.extract = Seen(ids=ids, found=extract("/out", "extracted"), missing=extract("/nope", "none"),
+                        out=out.getvalue())
+    seen.marks["workers"] = world.mark()
+    seen.workers = world.engine.control().list_workers()
+    seen.marks["lost"] = world.mark()
+    world.lose_sessions(1)
+    run, out = build_run(world, Project(project.dockerfile, project.context), no_cache=True, **common)
+    seen.lost = Seen(ids=run.build(["build"]), out=out.getvalue())
+    seen.marks["lost_twice"] = world.mark()
+    world.lose_sessions(2)
+    run, out = build_run(world, Project(project.dockerfile, project.context), no_cache=True, **common)
+    ids, error = attempt(lambda: run.build(["build"]))
+    seen.lost_twice = Seen(ids=ids, error=error, out=out.getvalue())
+    seen.marks["end"] = world.mark()
+    seen.dest = dest
+    seen.project = project
+    seen.unique = unique
+    return seen
 
 
 ARTIFACTS = """\
@@ -384,7 +463,7 @@ def registry(world: World) -> Seen:
     images.tag(engine, str(images.image_id_of(engine, "busybox")), base)
     seen.pushed_base = images.push(engine, base, lambda line: None)
     images.untag(engine, base)
-    project = world.project(f"NAME build\nFROM {base}\nRUN echo on-pulled-base\n")
+    project = world.project(f"NAME build\nFROM {base}\nRUN echo on-pulled-base && : {unique}\n")  # never cached
     target = f"{world.registry}/{unique}/app:1"
     run, out = build_run(world, project, builder="buildkit", tags={"build": (target,)})
     seen.mark_build = world.mark()
@@ -473,15 +552,22 @@ SCENARIOS: dict[str, Callable[[World], Seen]] = {
     "tasks": tasks,
     "run_classic": run_classic,
     "run_buildkit": run_buildkit,
+    "run_buildkit_tar": run_buildkit,
     "classic_errors": classic_errors,
     "buildkit_errors": buildkit_errors,
+    "buildkit_errors_tar": buildkit_errors,
     "buildkit_interrupt": buildkit_interrupt,
+    "buildkit_interrupt_tar": buildkit_interrupt,
+    "buildkit_session": buildkit_session,
     "artifacts": artifacts,
     "shell": shell,
     "engine_calls": engine_calls,
     "registry": registry,
 }
 NEEDS_REGISTRY = {"registry"}
+# Recorded from an engine that refuses `POST /grpc` (as a proxy in front of it may): BuildKit
+# solves with a tar through `POST /build`, one warning line says why.
+REFUSES_GRPC = {"run_buildkit_tar", "buildkit_errors_tar", "buildkit_interrupt_tar"}
 
 
 @contextlib.contextmanager

@@ -49,6 +49,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from fake_control import Call, ControlRecorder, FakeControl, scrub_call
+
 DATA = Path(__file__).resolve().parent / "data" / "engine"
 KEPT_HEADERS = ("Content-Type", "Api-Version", "Docker-Experimental", "Ostype", "Server", "Upgrade")
 UNEXPECTED_STATUS = 599
@@ -58,11 +60,15 @@ SHAPES: dict[str, str] = {
     "tmp": r"compimg-(?:tmp|shell)-[0-9a-f]{12}",
     "buildid": r"compimg-[0-9a-f]{32}",
     "inputs": r"(?<=--I-)[a-z][0-9a-f]{39}",
+    "xref": r"(?<=--x-)\d+-\d+",  # an image's name for one extraction: process and thread
 }
 # What a placeholder of each kind may stand for when a replayed request binds it.
 BINDS: dict[str, str] = {
     "tmp": SHAPES["tmp"], "buildid": SHAPES["buildid"], "inputs": r"[a-z][0-9a-f]{39}",
     "project": r"[a-z0-9][a-z0-9-]*-[0-9a-f]{8}", "unique": r"[a-z0-9][a-z0-9-]*", "registry": r"[a-z0-9.-]+:\d+",
+    "xref": r"\d+-\d+",
+    # BuildKit's gRPC API (fake_control): a solve's ref, a session's id and its shared key
+    "ref": r"[0-9a-f]{26}", "session": r"[0-9a-f]{32}", "sharedkey": r"[0-9a-f]{32}",
 }
 PLACEHOLDER = re.compile(r"\{\{([a-z]+)(?::(\d+))?\}\}")
 
@@ -118,9 +124,15 @@ class Exchange:
         return f"{self.method} {self.path}" + (f"?{query}" if query else "")
 
 
-def load(scenario: str, data: Path = DATA) -> list[Exchange]:
+def load(scenario: str, data: Path = DATA) -> list[Exchange | Call]:
+    """A recording: HTTP exchanges and gRPC calls (lines with `grpc`), in the order they began."""
     path = data / f"{scenario}.jsonl"
-    return [Exchange.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    found: list[Exchange | Call] = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            data_ = json.loads(line)
+            found.append(Call.from_json(data_) if "grpc" in data_ else Exchange.from_json(data_))
+    return found
 
 
 def describe(body: bytes, content_type: str) -> dict[str, Any]:
@@ -152,17 +164,21 @@ class Scrubber:
         """`exact`: value -> the placeholder text that replaces it (`{{project}}`)."""
         self.exact = sorted(exact.items(), key=lambda item: -len(item[0]))  # longest first
         self.numbers: dict[tuple[str, str], int] = {}
+        self.fields: dict[str, str] = {}  # values numbered by field (a session id): replaced anywhere
 
     def text(self, text: str) -> str:
-        for value, replacement in self.exact:
+        for value, replacement in [*self.exact, *self.fields.items()]:
             if value:
                 text = text.replace(value, replacement)
         for kind, shape in SHAPES.items():
-            text = re.sub(shape, lambda m, kind=kind: self._numbered(kind, m.group(0)), text)
+            text = re.sub(shape, lambda m, kind=kind: self.numbered(kind, m.group(0)), text)
         return text
 
-    def _numbered(self, kind: str, value: str) -> str:
+    def numbered(self, kind: str, value: str) -> str:
+        """`{{kind:N}}` for `value`: the same N for the same value, the next for a new one."""
         number = self.numbers.setdefault((kind, value), 1 + sum(1 for k, _ in self.numbers if k == kind))
+        if kind not in SHAPES:  # numbered by the field it came in: found in any other text too
+            self.fields[value] = f"{{{{{kind}:{number}}}}}"
         return f"{{{{{kind}:{number}}}}}"
 
     def exchange(self, found: Exchange) -> Exchange:
@@ -309,27 +325,75 @@ class _Socket:
 @dataclass
 class Hook:
     """Do `action` once a stream of `method path` has delivered `after` chunks (or raw
-    pieces); in a replay, then hold the rest until a request matching `hold_until` came."""
+    pieces, or StatusResponses of a gRPC Status: method `GRPC`); in a replay, then hold the
+    rest until a request whose `METHOD path` matches `hold_until` came."""
 
     method: str
     path: str  # a regex searched in the path
     after: int
     action: Callable[[], None]
     hold_until: str | None = None
+    containing: bytes | None = None  # ... and a piece holding these bytes went out
     fired: bool = False
+
+    def due(self, method: str, path: str, count: int, piece: bytes) -> bool:
+        return (not self.fired and self.method == method and re.search(self.path, path) is not None
+                and count >= self.after and (self.containing is None or self.containing in piece))
 
 
 class RecordingProxy(_Socket):
-    """Relays to the real engine at `target` (a unix socket path) and writes down each exchange."""
+    """Relays to the real engine at `target` (a unix socket path) and writes down each exchange.
+    `POST /grpc` is relayed one gRPC call at a time (fake_control.ControlRecorder), or, with
+    `refuse_grpc`, answered as the engine answers a path it does not serve."""
 
-    def __init__(self, target: str = "/var/run/docker.sock") -> None:
+    def __init__(self, target: str = "/var/run/docker.sock", *, refuse_grpc: bool = False) -> None:
         self.target = target
-        self.exchanges: list[Exchange] = []
+        self.refuse_grpc = refuse_grpc
+        self.records: list[Exchange | Call] = []  # in the order they began
         self.hooks: list[Hook] = []
+        self.drops = 0  # sessions still to lose on purpose (see `drop_sessions`)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
         super().__init__()
+
+    @property
+    def exchanges(self) -> list[Exchange]:
+        return [r for r in self.records if isinstance(r, Exchange)]
+
+    @property
+    def calls(self) -> list[Call]:
+        return [r for r in self.records if isinstance(r, Call)]
+
+    def drop_sessions(self, count: int) -> None:
+        """The next `count` Control.Session streams are never passed on to the engine: the
+        solves that name them find no session (BuildKit's own error, for the retry)."""
+        self.drops = count
+
+    # --- what fake_control.ControlRecorder writes down ------------------------------------------
+    def add(self, call: Call) -> Call:
+        with self._lock:
+            self.records.append(call)
+        return call
+
+    def take_drop(self) -> bool:
+        with self._lock:
+            if self.drops > 0:
+                self.drops -= 1
+                return True
+        return False
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """A gRPC call in flight (`settle` waits for it)."""
+        with self._idle:
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
 
     def settle(self, timeout: float = 120) -> None:
         """Wait until no exchange is in flight (a stream the code left still runs to its end)."""
@@ -338,31 +402,37 @@ class RecordingProxy(_Socket):
                 raise AssertionError(f"{self._inflight} exchange(s) still running after {timeout}s")
 
     def when(self, method: str, path: str, after: int, action: Callable[[], None],
-             hold_until: str | None = None) -> None:
-        self.hooks.append(Hook(method, path, after, action, hold_until))
+             hold_until: str | None = None, containing: bytes | None = None) -> None:
+        self.hooks.append(Hook(method, path, after, action, hold_until, containing))
 
     def save(self, scenario: str, exact: dict[str, str], data: Path = DATA) -> Path:
         scrubber = Scrubber(exact)
         data.mkdir(parents=True, exist_ok=True)
         path = data / f"{scenario}.jsonl"
         with path.open("w") as out:
-            for found in self.exchanges:
-                out.write(json.dumps(scrubber.exchange(found).to_json(), sort_keys=True) + "\n")
+            for found in self.records:
+                scrubbed = scrub_call(found, scrubber) if isinstance(found, Call) else scrubber.exchange(found)
+                out.write(json.dumps(scrubbed.to_json(), sort_keys=True) + "\n")
         return path
 
     def serve(self, handler: _Handler, body: bytes) -> None:
         path, query = self.split(handler)
         found = Exchange(handler.command, path, query, sent=describe(body, handler.headers.get("Content-Type", "")))
+        grpc = path.endswith("/grpc") and handler.headers.get("Upgrade", "").lower() == "h2c"
         with self._lock:
-            self.exchanges.append(found)
-            self._inflight += 1
+            self.records.append(found)
+            self._inflight += not grpc  # a gRPC connection lasts as long as its Engine: its calls count
         upgrade = handler.headers.get("Upgrade")
         engine = socket.socket(socket.AF_UNIX)
         engine.connect(self.target)
         try:
-            lines = [f"{handler.command} {handler.path} HTTP/1.1"]
+            target = handler.path
+            if grpc and self.refuse_grpc:  # the engine's own answer to a path it does not serve
+                target, upgrade = handler.path.replace("/grpc", "/compimg-not-served", 1), None
+            lines = [f"{handler.command} {target} HTTP/1.1"]
             for name, value in handler.headers.items():
-                if name.lower() in ("connection", "content-length", "transfer-encoding"):
+                if name.lower() in ("connection", "content-length", "transfer-encoding") or (
+                        name.lower() == "upgrade" and not upgrade):
                     continue
                 lines.append(f"{name}: {value}")
             lines.append("Connection: Upgrade" if upgrade else "Connection: close")
@@ -376,7 +446,7 @@ class RecordingProxy(_Socket):
         finally:
             engine.close()
             with self._idle:
-                self._inflight -= 1
+                self._inflight -= not grpc
                 self._idle.notify_all()
 
     def _relay(self, handler: _Handler, found: Exchange, stream: Any, engine: socket.socket,
@@ -386,13 +456,16 @@ class RecordingProxy(_Socket):
                                                                   "transfer-encoding")]
         chunked = header(headers, "Transfer-Encoding").lower() == "chunked"
         if found.status == 101:
-            found.raw = []
-            found.binary = True
             head = [f"HTTP/1.1 101 {found.reason}", *(f"{k}: {v}" for k, v in kept), "Connection: Upgrade"]
             out.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
             out.flush()
-            self._pipe(handler, found, stream, engine)
             handler.close_connection = True
+            if header(headers, "Upgrade").lower() == "h2c":  # BuildKit's gRPC API: written down call by call
+                ControlRecorder(self, stream.read1, engine).serve(handler.rfile.read1, handler.connection)
+                return
+            found.raw = []
+            found.binary = True
+            self._pipe(handler, found, stream, engine)
             return
         if chunked:
             head = [f"HTTP/1.1 {found.status} {found.reason}", *(f"{k}: {v}" for k, v in kept),
@@ -405,7 +478,7 @@ class RecordingProxy(_Socket):
                     pieces.append(data)
                     out.write(chunk(data))
                     out.flush()
-                    self._fire(found, len(pieces))
+                    self.fire(found.method, found.path, len(pieces), data)
                 out.write(b"0\r\n\r\n")
                 out.flush()
             except (BrokenPipeError, ConnectionResetError):  # the code closed the response: so do we
@@ -436,15 +509,14 @@ class RecordingProxy(_Socket):
             while data := stream.read1(65536):
                 pieces.append(data)
                 client.sendall(data)
-                self._fire(found, len(pieces))
+                self.fire(found.method, found.path, len(pieces), data)
         with contextlib.suppress(OSError):
             client.shutdown(socket.SHUT_WR)
         found.raw = [base64.b64encode(p).decode() for p in pieces]
 
-    def _fire(self, found: Exchange, count: int) -> None:
+    def fire(self, method: str, path: str, count: int, piece: bytes) -> None:
         for hook in self.hooks:
-            if (not hook.fired and hook.method == found.method and re.search(hook.path, found.path)
-                    and count >= hook.after):
+            if hook.due(method, path, count, piece):
                 hook.fired = True
                 hook.action()
 
@@ -488,12 +560,21 @@ class Mismatch(AssertionError):
 
 
 class FakeEngine(_Socket):
-    """Answers with the exchanges recorded in tests/data/engine/<scenario>.jsonl."""
+    """Answers with the exchanges recorded in tests/data/engine/<scenario>.jsonl; a `POST
+    /grpc` recorded as switched to h2c is answered 101 and served by `FakeControl` from the
+    recording's gRPC calls. The log holds the code's HTTP requests, its gRPC calls (method
+    `GRPC`, path the method's, `sent["json"]` the message), a cancelled Solve (`CANCEL`)
+    and what the daemon's calls on a session found (`CALLBACK`, see fake_daemon)."""
 
     def __init__(self, scenario: str, *, known: dict[str, str] | None = None, data: Path = DATA) -> None:
         self.scenario = scenario
-        self.exchanges = load(scenario, data)
+        records = load(scenario, data)
+        self.exchanges = [r for r in records if isinstance(r, Exchange)]
         self.used = [False] * len(self.exchanges)
+        self.calls = [r for r in records if isinstance(r, Call)]
+        self.calls_used = [False] * len(self.calls)
+        self.reconnects = 0  # `POST /grpc` answered again after a cut connection
+        self.control: FakeControl | None = None
         self.known = known if known is not None else known_values()
         self.bound: dict[str, str] = {}
         self.log: list[Request] = []
@@ -507,15 +588,20 @@ class FakeEngine(_Socket):
 
     # --- what a test arranges ------------------------------------------------------------
     def when(self, method: str, path: str, after: int, action: Callable[[], None],
-             hold_until: str | None = None) -> None:
-        """Run `action` once `after` chunks of the matching stream went out; with
-        `hold_until`, send the rest only after a request whose path matches it came."""
-        self.hooks.append(Hook(method, path, after, action, hold_until))
+             hold_until: str | None = None, containing: bytes | None = None) -> None:
+        """Run `action` once `after` chunks of the matching stream went out (and one held
+        `containing`); with `hold_until`, send the rest only after a request whose `METHOD
+        path` matches it came."""
+        self.hooks.append(Hook(method, path, after, action, hold_until, containing))
 
     def cut(self, method: str, path: str, after: int) -> None:
         """The engine is lost during the next matching request: its stream breaks off after
-        `after` chunks (a whole body: before any answer), the connection closed mid-way."""
+        `after` chunks (a whole body: before any answer), the connection closed mid-way.
+        `GRPC` and a method's path: every gRPC connection breaks off after `after` messages
+        of that call's stream (a client may then connect again: one more `POST /grpc`)."""
         self.cuts.append((method, path, after))
+        if method == "GRPC":
+            self.reconnects += 1
 
     def answer_with(self, method: str, path: str, exchange: Exchange) -> None:
         """Answer the matching request with another recorded exchange (an engine's real
@@ -530,14 +616,58 @@ class FakeEngine(_Socket):
 
     def verify(self, *, all_used: bool = True) -> None:
         """Fail naming every request the recording lacked (and, with `all_used`, every
-        recorded exchange the code never asked for)."""
+        recorded exchange or gRPC call the code never asked for)."""
         with self._lock:
             problems = list(self.problems)
             if all_used and not problems:
                 problems += [f"recorded but never requested: {e.title}"
                              for e, used in zip(self.exchanges, self.used, strict=True) if not used]
+                problems += [f"recorded but never called: {c.title}"
+                             for c, used in zip(self.calls, self.calls_used, strict=True) if not used]
         if problems:
             raise Mismatch(f"fake engine ({self.scenario}): " + "; ".join(problems))
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        super().close()
+
+    # --- what FakeControl shares -----------------------------------------------------------------
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+    def record(self, request: Request) -> None:
+        with self._lock:
+            self.log.append(request)
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def problem(self, text: str) -> None:
+        with self._lock:
+            self.problems.append(text)
+
+    def fill(self, text: str) -> str:
+        return self._fill(text)
+
+    def fit_text(self, template: str, actual: str) -> bool:
+        """Does `actual` read as the recorded `template` (binding its placeholders)?"""
+        with self._lock:
+            found = self._fit(template, actual, {})
+            if found is not None:
+                self.bound.update(found)
+        return found is not None
+
+    def take_cut(self, method: str, path: str) -> int | None:
+        with self._lock:
+            for index, (cut_method, pattern, after) in enumerate(self.cuts):
+                if cut_method == method and re.search(pattern, path):
+                    del self.cuts[index]
+                    return after
+        return None
+
+    def run_hooks(self, request: Request, count: int, piece: bytes) -> None:
+        self._hooks(request, count, piece)
 
     # --- serving -----------------------------------------------------------------------------
     def serve(self, handler: _Handler, body: bytes) -> None:
@@ -560,6 +690,14 @@ class FakeEngine(_Socket):
             if method == found.method and re.search(pattern, path):
                 found = other
                 break
+        if found.status == 101 and found.headers.get("Upgrade", "").lower() == "h2c" and found.raw is None:
+            self._send_head(handler, 101, found.reason, {k: self._fill(v) for k, v in found.headers.items()})
+            handler.close_connection = True
+            with self._lock:
+                if self.control is None:
+                    self.control = FakeControl(self)
+            self.control.serve(handler.rfile.read1, handler.connection)
+            return
         try:
             self._answer(handler, request, found)
         except Mismatch as exc:
@@ -576,6 +714,11 @@ class FakeEngine(_Socket):
                 self.used[index] = True
                 self.bound.update(bindings)
                 return candidate
+        if self.reconnects and request.method == "POST" and request.path.endswith("/grpc"):
+            again = next((e for e in self.exchanges if e.status == 101 and e.path == request.path), None)
+            if again is not None:  # the client reconnects after a connection the test cut
+                self.reconnects -= 1
+                return again
         return None
 
     def _bind(self, recorded: Exchange, request: Request) -> dict[str, str] | None:
@@ -697,7 +840,7 @@ class FakeEngine(_Socket):
                     handler.close_connection = True
                     handler.connection.shutdown(socket.SHUT_RDWR)  # lost: no end of stream
                     return
-                self._hooks(request, count)
+                self._hooks(request, count, piece)
             if framed:
                 out.write(b"0\r\n\r\n")
             else:
@@ -706,18 +849,16 @@ class FakeEngine(_Socket):
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True
 
-    def _hooks(self, request: Request, count: int) -> None:
+    def _hooks(self, request: Request, count: int, piece: bytes) -> None:
         for hook in self.hooks:
-            if hook.fired or hook.method != request.method or not re.search(hook.path, request.path):
-                continue
-            if count >= hook.after:
+            if hook.due(request.method, request.path, count, piece):
                 hook.fired = True
                 seen = len(self.log)
                 hook.action()
                 if hook.hold_until:
                     with self._arrived:
                         self._arrived.wait_for(lambda hook=hook, seen=seen: any(
-                            re.search(hook.hold_until, r.path) for r in self.log[seen:]), timeout=10)
+                            re.search(hook.hold_until, f"{r.method} {r.path}") for r in self.log[seen:]), timeout=10)
 
 
 @contextlib.contextmanager

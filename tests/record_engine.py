@@ -32,7 +32,7 @@ from invoke_compimg.host.artifacts import clean  # noqa: E402
 
 
 def record(name: str) -> Path:
-    proxy = fake_engine.RecordingProxy()
+    proxy = fake_engine.RecordingProxy(refuse_grpc=name in engine_scenarios.REFUSES_GRPC)
     with tempfile.TemporaryDirectory(prefix="compimg-record-") as folder, contextlib.ExitStack() as stack:
         registry = (stack.enter_context(peers.registry_running()) if name in engine_scenarios.NEEDS_REGISTRY
                     else engine_scenarios.REPLAY_REGISTRY)
@@ -41,9 +41,11 @@ def record(name: str) -> Path:
         try:
             started = time.monotonic()
             seen = engine_scenarios.SCENARIOS[name](world)
+            engine.close()  # its gRPC connection, and the sessions on it, end here
             proxy.settle()
             path = proxy.save(name, world.exact)
-            print(f"{name}: {len(proxy.exchanges)} exchanges in {time.monotonic() - started:.1f}s -> "
+            print(f"{name}: {len(proxy.exchanges)} exchanges, {len(proxy.calls)} gRPC calls in "
+                  f"{time.monotonic() - started:.1f}s -> "
                   f"{path.relative_to(HERE.parent)}")
             for key, value in seen.items():
                 print(f"  {key}: {str(value)[:160]!s}")

@@ -1,6 +1,8 @@
 """Both builders without an engine (builders/classic.py, builders/buildkit.py): what they plan
 and send, how the engine's progress is shown, and every failure's one line, replayed from
-what the real engine answered (engine_scenarios: classic_errors, buildkit_errors)."""
+what the real engine answered (engine_scenarios: classic_errors, and buildkit_errors_tar: BuildKit
+on an engine that refuses `POST /grpc`, so solves go as a tar through `POST /build`; the
+session path is tests/test_session_replayed.py)."""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def classic(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="module")
 def buildkit(tmp_path_factory: pytest.TempPathFactory) -> Any:
     folder = tmp_path_factory.mktemp("buildkit")
-    with replayed("buildkit_errors", folder) as (seen, fake):
+    with replayed("buildkit_errors_tar", folder) as (seen, fake):
         yield seen, fake, folder
 
 
@@ -98,7 +100,19 @@ def test_classic_a_lost_engine_is_one_line(tmp_path: Path) -> None:
     assert "[build] #2 [build 2/2] " + FAILING_RUN in shown.splitlines()  # what came before the loss
 
 
-# --- BuildKit ------------------------------------------------------------------------------
+# --- BuildKit without a session --------------------------------------------------------------
+
+def test_buildkit_without_grpc_says_once_that_it_sends_a_tar(buildkit: Any) -> None:
+    seen, fake, _ = buildkit
+    [refused] = [e for e in fake.exchanges if e.path.endswith("/grpc")]
+    assert refused.status == 404  # the engine's answer to a path it does not serve
+    [line] = [line for line in seen.failing[2].splitlines() if line.startswith("warning:")]
+    assert line == (f"warning: building without a BuildKit session: the Docker engine does not serve POST /grpc (it "
+                    f"answered 404 {' '.join((refused.body or '').split())}); context files are sent as a tar, and "
+                    "secrets, ssh mounts and --output are not available")
+    assert len(fake.requests("POST", "/grpc$")) == 1  # asked once per engine
+    assert not any("warning:" in shown for name, (_, _, shown) in seen.items() if name != "failing")
+
 
 def test_buildkit_a_failing_run_in_a_needed_stage_is_its_line(buildkit: Any) -> None:
     seen, fake, folder = buildkit
@@ -149,7 +163,8 @@ def test_buildkit_a_refused_request_keeps_the_engines_words(buildkit: Any) -> No
 
 
 def test_buildkit_a_lost_engine_is_one_line(tmp_path: Path) -> None:
-    with replayed("buildkit_errors", tmp_path, arrange=lambda fake: fake.cut("POST", "/build$", after=4)) as (seen, _):
+    with replayed("buildkit_errors_tar", tmp_path,
+                  arrange=lambda fake: fake.cut("POST", "/build$", after=4)) as (seen, _):
         pass
     text, _ = failure(seen, "failing")
     assert text.startswith(f"{tmp_path}/failing/Dockerfile:5: stage 'run': lost the Docker engine at unix://")

@@ -26,6 +26,22 @@ def builds(requests: list[Request]) -> list[Request]:
     return [r for r in requests if r.method == "POST" and r.path.endswith("/build")]
 
 
+def solves(requests: list[Request]) -> list[dict[str, Any]]:
+    """The Control.Solve requests (BuildKit with a session), as JSON."""
+    return [r.sent["json"] for r in requests if r.method == "GRPC" and r.path.endswith("Control/Solve")]
+
+
+def sends(requests: list[Request]) -> int:
+    """Build requests of any kind: classic or tar builds, session solves."""
+    return len(builds(requests)) + len(solves(requests))
+
+
+def context_read(requests: list[Request]) -> set[str]:
+    """Paths the session listed to the daemon from the build's context."""
+    return {path for r in requests if r.method == "CALLBACK" and r.sent.get("dir") == "context"
+            for path in r.sent["listed"]}
+
+
 def tags(requests: list[Request]) -> list[tuple[str, str]]:
     """(image ID, repo:tag) of each tag request."""
     return [(r.path.split("/")[-2], f"{r.param('repo')}:{r.param('tag')}") for r in requests
@@ -36,9 +52,10 @@ def deleted(requests: list[Request]) -> list[str]:
     return [r.path.split("/images/", 1)[1] for r in requests if r.method == "DELETE"]
 
 
-@pytest.fixture(scope="module", params=["classic", "buildkit"])
+@pytest.fixture(scope="module", params=["classic", "buildkit", "buildkit_tar"])
 def five_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One project built five times (cold, memo, reuse, after an edit, --no-cache)."""
+    """One project built five times (cold, memo, reuse, after an edit, --no-cache): with the
+    classic builder, BuildKit with a session, BuildKit on an engine without `POST /grpc`."""
     with replayed(f"run_{request.param}", tmp_path_factory.mktemp("run")) as (seen, fake):
         yield request.param, seen, steps(seen, fake)
 
@@ -53,17 +70,25 @@ def test_a_cold_build_sends_one_request_per_unit_and_tags_the_target(five_runs: 
         dockerfile = sent[1].sent["tar"][".compimg.Dockerfile"]
         assert f"COPY --from={cold.ids['build']} /out/app /app" in dockerfile
         assert set(cold.ids) == {"build", "run"}
-    else:  # the target's solve builds both stages; the tagged `build` has a solve of its own after it
+    elif builder == "buildkit_tar":  # the target's solve builds both; the tagged `build` has a solve of its own
         assert [(r.param("target"), r.param("t")) for r in sent] == [("run", f"{local}:run"),
                                                                      ("build", f"{local}:build")]
         assert all(r.param("version") == "2" and r.param("networkmode") == "none" for r in sent)
         assert "ctx/src.txt" in sent[0].sent["tar"]
+        assert cold.out.startswith("warning: building without a BuildKit session: ")
+    else:  # the same two solves, through Control.Solve; the daemon reads the context from the session
+        assert sent == []
+        assert [(s["FrontendAttrs"]["target"], s["Exporter"], s["ExporterAttrs"]["name"])
+                for s in solves(requests[0])] == [("run", "moby", f"{local}:run"), ("build", "moby", f"{local}:build")]
+        assert all(s["FrontendAttrs"]["force-network-mode"] == "none" for s in solves(requests[0]))
+        assert context_read(requests[0]) == {"src.txt"}
+        assert "warning" not in cold.out
     # Only what the stages read is sent: src.txt, never unused.txt.
     assert all(not any(name.endswith("unused.txt") for name in r.sent["tar"]) for r in sent)
     assert (cold.ids["run"], f"{seen.unique}:run") in tags(requests[0])
     assert f"[run] tagged {seen.unique}:run ({cold.ids['run']})" in cold.out.splitlines()
-    assert [(r.stage, r.outcome, r.builder) for r in cold.rows] == [("build", "built", builder),
-                                                                     ("run", "built", builder)]
+    kind = builder.split("_")[0]
+    assert [(r.stage, r.outcome, r.builder) for r in cold.rows] == [("build", "built", kind), ("run", "built", kind)]
     assert all(r.size > 1_000_000 for r in cold.rows)  # as the engine's inspect said
 
 
@@ -89,7 +114,7 @@ def test_the_engines_bookkeeping_lines_are_not_shown(five_runs: Any, request: py
 
 def test_the_same_build_again_in_this_process_is_remembered(five_runs: Any) -> None:
     _builder, seen, requests = five_runs
-    assert builds(requests[1]) == []
+    assert sends(requests[1]) == 0
     assert {r.outcome for r in seen.step1.rows} == {"memo"}
     assert seen.step1.ids == seen.step0.ids
     # It asks only whether the images remembered are still there, and tags again.
@@ -99,7 +124,7 @@ def test_the_same_build_again_in_this_process_is_remembered(five_runs: Any) -> N
 
 def test_an_unchanged_unit_is_reused_without_a_build_request(five_runs: Any) -> None:
     _builder, seen, requests = five_runs
-    assert builds(requests[2]) == []
+    assert sends(requests[2]) == 0
     assert {r.outcome for r in seen.step2.rows} == {"reused"}
     assert seen.step2.ids == seen.step0.ids
     assert "(inputs unchanged)" in seen.step2.out
@@ -114,7 +139,7 @@ def test_an_unchanged_unit_is_reused_without_a_build_request(five_runs: Any) -> 
 def test_an_edit_rebuilds_and_retires_the_superseded_images(five_runs: Any) -> None:
     _builder, seen, requests = five_runs
     before, after = seen.step0.ids, seen.step3.ids
-    assert len(builds(requests[3])) == 2
+    assert sends(requests[3]) == 2
     assert before.keys() == after.keys() and not set(before.values()) & set(after.values())
     old_records = {ref for image, ref in tags(requests[0]) if "--I-" in ref}
     new_records = {ref for image, ref in tags(requests[3]) if "--I-" in ref}
@@ -129,8 +154,11 @@ def test_no_cache_builds_again_and_keeps_one_image_per_stage(five_runs: Any) -> 
     sent = builds(requests[4])
     if builder == "classic":
         assert [r.param("nocache") for r in sent] == ["True", "True"]
-    else:  # the tagged stage's solve reads the target solve's fresh results, under --no-cache too
+    elif builder == "buildkit_tar":  # the tagged stage's solve reads the target solve's fresh results
         assert [(r.param("target"), r.param("nocache")) for r in sent] == [("run", "1"), ("build", None)]
+    else:  # the same, as the frontend's attr
+        assert [(s["FrontendAttrs"]["target"], "no-cache" in s["FrontendAttrs"])
+                for s in solves(requests[4])] == [("run", True), ("build", False)]
     assert not any("--I-" in r.path for r in requests[4] if r.method == "GET")  # no reuse looked for
     assert {r.outcome for r in seen.step4.rows} == {"built"}
     # `build` has the same inputs: its record moves to the new image, and the image it named goes.
@@ -143,7 +171,7 @@ def test_no_cache_builds_again_and_keeps_one_image_per_stage(five_runs: Any) -> 
 
 def test_buildkit_times_a_stage_built_inside_the_targets_solve(five_runs: Any) -> None:
     builder, seen, _ = five_runs
-    if builder != "buildkit":
+    if builder == "classic":
         pytest.skip("the classic builder builds a stage per request")
     lines = seen.step0.out.splitlines()
     assert any(line.startswith("[build] built in ") for line in lines)  # inside run's solve: no image of its own
@@ -153,7 +181,7 @@ def test_missing_base_images_are_pulled_first(tmp_path: Path) -> None:
     with replayed("registry", tmp_path) as (seen, fake):
         pass
     base = next(r for r in fake.log if r.method == "POST" and r.path.endswith("/images/create"))
-    first_build = next(i for i, r in enumerate(fake.log) if r.path.endswith("/build"))
+    first_build = next(i for i, r in enumerate(fake.log) if r.path.endswith("Control/Solve"))
     assert fake.log.index(base) < first_build
     lines = seen.out.splitlines()
     assert lines[0].startswith("[build] pulling ") and lines[0].endswith("/base:1")
@@ -169,14 +197,25 @@ def test_a_base_image_that_cannot_be_pulled_is_the_users_from_line(tmp_path: Pat
     assert str(error).startswith(f"{dockerfile}:2: stage 'build': pulling ")
     assert "missing:1 not found: manifest unknown" in str(error)  # the engine's words
     assert len(str(error).splitlines()) == 1
-    assert not builds(fake.log[seen.mark_missing:])  # nothing is sent after it
+    assert not sends(fake.log[seen.mark_missing:])  # nothing is sent after it
 
 
-def test_ctrl_c_cancels_the_running_solve_on_the_engine(tmp_path: Path) -> None:
+def test_ctrl_c_cancels_the_running_solve_call(tmp_path: Path) -> None:
     with replayed("buildkit_interrupt", tmp_path) as (seen, fake):
         pass
     assert isinstance(seen.error, Interrupted) and seen.error.code == 130
     assert str(seen.error).startswith("interrupted: running builds were cancelled on the engine")
+    [solve] = solves(fake.log)
+    [cancel] = fake.requests("CANCEL", r"Control/Solve$")  # the call itself: the daemon stops the build
+    assert cancel.sent["json"]["Ref"] == solve["Ref"]
+    assert "[build] #2 [build 2/2] RUN echo started && sleep 30 && echo never" in seen.out.splitlines()
+    assert not fake.requests("POST", r"/build/cancel$")
+
+
+def test_ctrl_c_cancels_the_running_tar_solve_by_its_id(tmp_path: Path) -> None:
+    with replayed("buildkit_interrupt_tar", tmp_path) as (seen, fake):
+        pass
+    assert isinstance(seen.error, Interrupted) and seen.error.code == 130
     [solve] = builds(fake.log)
     [cancel] = fake.requests("POST", r"/build/cancel$")
     assert cancel.param("id") == solve.param("buildid")

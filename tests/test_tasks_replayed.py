@@ -54,8 +54,9 @@ def test_the_compimg_command_prints_only_the_image_id_when_quiet(seen: Any) -> N
     assert found.cli_exit in (None, 0) and found.cli_err == ""
     [image_id] = found.cli_out.split()
     assert image_id.startswith("sha256:")
-    solves = [r for r in fake.requests("POST", "/build$") if r.param("version") == "2"]
-    assert [r.param("target") for r in solves] == ["run"]  # auto: this engine's BuildKit
+    solves = [r.sent["json"] for r in fake.requests("GRPC", "Control/Solve$")]
+    assert [s["FrontendAttrs"]["target"] for s in solves] == ["run"]  # auto: this engine's BuildKit, with a session
+    assert not [r for r in fake.requests("POST", "/build$") if r.param("version") == "2"]
 
 
 def test_clean_says_what_it_removed_and_what_it_kept(seen: Any) -> None:
