@@ -560,7 +560,7 @@ class _Solving:
     """A Solve the replay matched: what was recorded, whether the daemon's calls on its
     session are over (its statuses follow them), and whether its statuses went out."""
 
-    recorded: Call
+    recorded: Call | None  # None: the recording has no such Solve (a problem already)
     called_back: threading.Event = field(default_factory=threading.Event)
     status_over: threading.Event = field(default_factory=threading.Event)
 
@@ -701,16 +701,17 @@ class FakeControl:
 
         context.add_callback(ended)
         recorded = self._claim(SOLVE, lambda call: self._fits(call.request, sent))
-        if recorded is None:
-            self._problem(f"unexpected gRPC call Solve {sent}")
-            answered.set()
-            context.abort(grpc.StatusCode.UNKNOWN, f"fake engine: the recording {self.owner.scenario} has no such "
-                          "Solve")
-        assert recorded is not None
         solving = _Solving(recorded)
         with self.lock:
             self.solves[request.Ref] = solving
             self.lock.notify_all()
+        if recorded is None:
+            self._problem(f"unexpected gRPC call Solve {sent}")
+            answered.set()
+            solving.called_back.set()
+            context.abort(grpc.StatusCode.UNKNOWN, f"fake engine: the recording {self.owner.scenario} has no such "
+                          "Solve")
+        assert recorded is not None
         try:
             if request.Session:
                 self._call_back(request.Session, recorded, context)
@@ -744,8 +745,8 @@ class FakeControl:
                 self._problem(f"Status for ref {request.Ref}, which no Solve named")
                 return
             solving = self.solves[request.Ref]
-        recorded = self._claim(STATUS, lambda call: {} if call.request.get("Ref") == solving.recorded.request["Ref"]
-                               else None)
+        wanted = solving.recorded.request["Ref"] if solving.recorded is not None else None
+        recorded = self._claim(STATUS, lambda call: {} if call.request.get("Ref") == wanted else None)
         try:
             solving.called_back.wait(WAIT)  # the daemon reads its files before it runs the steps
             if recorded is None:

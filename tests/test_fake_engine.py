@@ -5,7 +5,9 @@ answering; the recording proxy writes down what went over the wire."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_engine import FakeEngine, Mismatch, RecordingProxy, Scrubber
@@ -57,3 +59,107 @@ def test_a_recording_replays_what_the_engine_answered(tmp_path: Path) -> None:
         images.untag(engine, "compimg-fake-other:one")
         fake.verify()
     assert [r.method for r in fake.log] == ["GET", "GET", "POST", "DELETE"]
+
+
+# --- the gRPC half (fake_control, fake_daemon) ------------------------------------------------
+
+def _builder(fake: FakeEngine, folder: Path) -> tuple[Any, Any]:
+    import engine_scenarios
+
+    world = engine_scenarios.World(fake.engine(), folder, fake, recording=False)
+    project = world.project(engine_scenarios.FAILING, name="failing")
+    builder, _ = engine_scenarios.builder_for(world, project, "buildkit")
+    return world, builder
+
+
+def test_a_solve_the_recording_lacks_fails_naming_it(tmp_path: Path) -> None:
+    import engine_scenarios
+
+    with FakeEngine("buildkit_errors") as fake:
+        world, builder = _builder(fake, tmp_path)
+        builder.settings = replace(builder.settings, no_cache=True)  # recorded without no-cache
+        _, error = engine_scenarios.send(builder, "run")
+        world.engine.close()
+    assert "fake engine: the recording buildkit_errors has no such Solve" in str(error)
+    with pytest.raises(Mismatch, match=r"unexpected gRPC call Solve \{.*'no-cache': ''"):
+        fake.verify(all_used=False)
+
+
+def test_a_session_that_serves_another_dockerfile_fails_naming_it(tmp_path: Path) -> None:
+    import engine_scenarios
+
+    with FakeEngine("buildkit_errors") as fake:
+        world, builder = _builder(fake, tmp_path)
+        engine_scenarios.send(builder, "run", text=lambda text: text + "# edited\n")
+        world.engine.close()
+    with pytest.raises(Mismatch, match=r"FileSync/DiffCopy \(dockerfile\): Dockerfile reads .*# edited"):
+        fake.verify(all_used=False)
+
+
+def test_recorded_calls_never_made_fail(tmp_path: Path) -> None:
+    import engine_scenarios
+
+    with FakeEngine("buildkit_errors") as fake:
+        world, builder = _builder(fake, tmp_path)
+        _, error = engine_scenarios.send(builder, "run")
+        world.engine.close()
+    assert "exit code: 3" in str(error)
+    with pytest.raises(Mismatch) as caught:
+        fake.verify()
+    assert "recorded but never called: gRPC Solve (target build, exporter moby)" in str(caught.value)
+    assert "recorded but never called: gRPC Session {{session:2}}" in str(caught.value)
+
+
+def test_the_scrubber_numbers_refs_and_sessions_by_field_and_finds_them_in_any_text() -> None:
+    from fake_control import SOLVE, Call, scrub_call
+
+    session = "0123456789abcdef0123456789abcdef"
+    call = Call(SOLVE, {"Ref": "ab" * 13, "Session": session, "ExporterAttrs": {"name": "compimg/app-1234abcd:run"}},
+                error={"code": "UNKNOWN", "details": f"no active session for {session}: context deadline exceeded"})
+    scrubbed = scrub_call(call, Scrubber({"app-1234abcd": "{{project}}"}))
+    assert scrubbed.request == {"Ref": "{{ref:1}}", "Session": "{{session:1}}",
+                                "ExporterAttrs": {"name": "compimg/{{project}}:run"}}
+    assert scrubbed.error == {"code": "UNKNOWN", "details": "no active session for {{session:1}}: context deadline "
+                                                            "exceeded"}
+
+
+@pytest.mark.engine
+def test_a_grpc_recording_replays_what_buildkit_answered(tmp_path: Path, api: Any) -> None:
+    from invoke_compimg.engine.control import client
+
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "a.txt").write_text("alpha\n")
+    (context / "unread.txt").write_text("not sent\n")
+    unique = f"compimg-fake-{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt && echo {unique}\n"
+    key = uuid.uuid4().hex  # the shape of the builder's keys
+
+    def solve(engine: Any) -> tuple[dict[str, str], list[Any]]:
+        statuses: list[Any] = []
+        session = client.dockerfile_session(context=str(context), allow=["a.txt"], dockerfile=dockerfile.encode(),
+                                            shared_key=key)
+        with client.attached(engine.control(), session):
+            answer = engine.control().solve(session=session, frontend_attrs=client.dockerfile_attrs(network="none"),
+                                            exporter=client.Exporter.image([f"{unique}:one"]),
+                                            on_status=statuses.append)
+        return answer, statuses
+
+    try:
+        with RecordingProxy() as proxy:
+            with proxy.engine() as engine:
+                recorded, seen = solve(engine)
+            proxy.settle()
+            proxy.save("tiny_grpc", {unique: "{{unique}}"}, data=tmp_path)
+    finally:
+        api.remove_image(f"{unique}:one", force=True)
+    saved = (tmp_path / "tiny_grpc.jsonl").read_text()
+    assert unique not in saved and "{{unique}}" in saved and "{{ref:1}}" in saved and "{{session:1}}" in saved
+    with FakeEngine("tiny_grpc", data=tmp_path) as fake:
+        with fake.engine() as engine:
+            replayed, shown = solve(engine)
+        fake.verify()
+    assert replayed == recorded and replayed["containerimage.digest"].startswith("sha256:")
+    assert [s.vertexes for s in shown] == [s.vertexes for s in seen]
+    files = [r.sent for r in fake.log if r.method == "CALLBACK" and r.sent.get("dir") == "context" and r.sent["files"]]
+    assert [f["files"] for f in files] == [{"a.txt": "alpha\n"}]
