@@ -296,6 +296,7 @@ ARG GREETING
 COPY src.txt /src.txt
 RUN --mount=type=secret,id=token mkdir -p /out/sub && cp /src.txt /out/app && echo "$GREETING" > /out/sub/greeting \\
     && wc -c < /run/secrets/token > /out/sub/token-size && ln -s app /out/link
+RUN --mount=type=ssh test -S "$SSH_AUTH_SOCK"
 
 NAME dist
 FROM scratch
@@ -304,19 +305,23 @@ COPY build:/out /
 
 
 def buildkit_session(world: World) -> Seen:
-    """What only a session does: a build arg and a secret read when asked, `--output` (a local
-    export of the target's files), extract-artifact through a local export (a path the image
-    has, one it lacks), the workers, and a solve whose session BuildKit lost (retried once;
-    lost twice, the line)."""
-    from invoke_compimg.building.specs import OutputSpec, SecretSpec
+    """What only a session does: a build arg, a secret read when asked, an ssh agent checked,
+    `--output` (a local export of the target's files), extract-artifact through a local export
+    (a path the image has, one it lacks), the workers, and a solve whose session BuildKit lost
+    (retried once; lost twice, the line)."""
+    from invoke_compimg.building.specs import OutputSpec, SecretSpec, SshSpec
 
     seen = Seen(marks={})
     secret = world.folder / "token.txt"
     secret.write_text("s3cret\n")
+    agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # where an agent would listen: it is only checked
+    agent.bind(str(world.folder / "agent.sock"))
+    agent.listen(8)
     unique = world.unique()  # in a file the build reads: its steps run on any engine
     project = world.project(EXPORTED, {"src.txt": f"v1 {unique}\n", "unused.txt": "not read\n"})
     common: dict[str, Any] = {"builder": "buildkit", "build_args": {"GREETING": "hello"},
-                              "secrets": (SecretSpec("token", path=str(secret)),)}
+                              "secrets": (SecretSpec("token", path=str(secret)),),
+                              "ssh": (SshSpec("default", (str(world.folder / "agent.sock"),)),)}
     seen.marks["output"] = world.mark()
     dest = world.folder / "dest"
     run, out = build_run(world, project, output=OutputSpec("local", str(dest / "out")), **common)
@@ -345,6 +350,7 @@ def buildkit_session(world: World) -> Seen:
     ids, error = attempt(lambda: run.build(["build"]))
     seen.lost_twice = Seen(ids=ids, error=error, out=out.getvalue())
     seen.marks["end"] = world.mark()
+    agent.close()
     seen.dest = dest
     seen.project = project
     seen.unique = unique

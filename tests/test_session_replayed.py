@@ -178,14 +178,18 @@ def test_output_writes_the_targets_files_and_makes_no_image(session: Any) -> Non
     assert seen.output.out.splitlines()[-1] == f"[dist] wrote {out}"
 
 
-def test_build_args_and_secrets_reach_the_daemon_only_as_asked(session: Any) -> None:
-    _, _, steps = session
+def test_build_args_secrets_and_agents_reach_the_daemon_only_as_asked(session: Any) -> None:
+    seen, _, steps = session
     [solve] = solves(steps["output"])
     assert solve["FrontendAttrs"]["build-arg:GREETING"] == "hello"
     assert "Entitlements" not in solve
     [asked] = [r for r in steps["output"] if r.method == "CALLBACK" and r.path.endswith("/GetSecret")]
     assert [secrets_pb2.GetSecretResponse.FromString(a).data for a in asked.sent["answers"]] == [b"s3cret\n"]
     assert not any("s3cret" in str(solve) for solve in solves(steps["output"]))  # never in a request
+    # RUN --mount=type=ssh: the daemon checks the agent (our session connects to its socket).
+    [checked] = [r for r in steps["output"] if r.method == "CALLBACK" and r.path.endswith("/CheckAgent")]
+    assert checked.sent["error"] is None and checked.sent["answers"] == [b""]
+    assert "[build] #4 [build 4/4] RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\"" in seen.output.out.splitlines()
 
 
 def test_only_the_files_a_stage_reads_are_listed(session: Any) -> None:
