@@ -58,6 +58,7 @@ HEALTH = "/grpc.health.v1.Health/Check"
 SESSION_KEYS = "x-docker-expose-session-"
 WAIT = 10.0  # the longest a replay waits for the code's next step
 CHUNK = 1 << 20
+RAW_KEYS = ("blobs", "daemon", "session")  # a callback's bytes, as base64
 
 
 # --- the recording ----------------------------------------------------------------------------
@@ -115,9 +116,8 @@ def scrub_call(call: Call, scrubber: Any) -> Call:
             return scrubber.text(value)
         if isinstance(value, list):
             return [deep(v) for v in value]
-        if isinstance(value, dict):
-            return {scrubber.text(k) if k not in ("blobs",) else k: (v if k == "blobs" else deep(v))
-                    for k, v in value.items()}
+        if isinstance(value, dict):  # bytes as base64 are kept as they are
+            return {scrubber.text(k): v if k in RAW_KEYS else deep(v) for k, v in value.items()}
         return value
 
     call.request = deep(call.request)
@@ -184,13 +184,13 @@ def _pipe(read: Callable[[int], bytes], write: Callable[[bytes], None], done: Ca
             done()
 
 
-def splice(read: Callable[[int], bytes], conn: socket.socket, other: socket.socket,
-           other_read: Callable[[int], bytes] | None = None) -> None:
-    """Bytes both ways between (`read`, `conn`) and `other` until both ends are done."""
+def splice(read: Callable[[int], bytes], conn: socket.socket, other: socket.socket) -> None:
+    """Bytes both ways between a connection (`read` from it, possibly through a buffer that
+    already holds some; `conn` to write) and the socket `other`, until both ends are done."""
     forth = threading.Thread(target=_pipe, args=(read, other.sendall, lambda: other.shutdown(socket.SHUT_WR)),
                              daemon=True, name="fake-grpc-pipe")
     forth.start()
-    _pipe(other_read or other.recv, conn.sendall, lambda: conn.shutdown(socket.SHUT_WR))
+    _pipe(other.recv, conn.sendall, lambda: conn.shutdown(socket.SHUT_WR))
     forth.join(WAIT)
 
 
@@ -227,19 +227,17 @@ def grpc_server(handler: Any, address: str) -> Any:
     return server
 
 
-class Generic:
-    """A grpc handler from a dict of method path -> handler (a callable for any other method
-    may answer None: UNIMPLEMENTED)."""
+def generic(methods: dict[str, Any], other: Callable[[str], Any] | None = None) -> Any:
+    """A grpc handler: `methods` by path, and `other(path)` for any other method (None:
+    UNIMPLEMENTED)."""
+    import grpc
 
-    def __init__(self, methods: dict[str, Any], other: Callable[[str], Any] | None = None) -> None:
-        import grpc
+    class Handler(grpc.GenericRpcHandler):
+        def service(self, details: Any) -> Any:
+            found = methods.get(details.method)
+            return found if found is not None or other is None else other(details.method)
 
-        class _Handler(grpc.GenericRpcHandler):
-            def service(self, details: Any) -> Any:
-                found = methods.get(details.method)
-                return found if found is not None or other is None else other(details.method)
-
-        self.handler = _Handler()
+    return Handler()
 
 
 class SessionLine:
@@ -332,7 +330,7 @@ def _session_handler(open_line: Callable[[Iterable[bytes], Any], Iterator[bytes]
 class ControlRecorder:
     """One upgraded `POST /grpc` connection through the recording proxy, served by a relay to
     the engine's own Control (over the engine's 101 connection), which writes every call down
-    in `proxy` (`add`, `fire`, `drop_sessions`)."""
+    in `proxy` (`add`, `busy`, `fire`, `take_drop`)."""
 
     def __init__(self, proxy: Any, engine_read: Callable[[int], bytes], engine: socket.socket) -> None:
         import grpc
@@ -371,7 +369,7 @@ class ControlRecorder:
             SESSION: _session_handler(self._session),
         }
         self.address = self.folder.socket_path("relay")
-        self.server = grpc_server(Generic(methods, self._unknown).handler, self.address)
+        self.server = grpc_server(generic(methods, self._unknown), self.address)
 
     def serve(self, read: Callable[[int], bytes], conn: socket.socket) -> None:
         """Relay the code's upgraded connection until it ends."""
@@ -505,7 +503,7 @@ class _RelayedSession:
 
             return grpc.stream_stream_rpc_method_handler(handle)
 
-        return Generic({}, relay).handler
+        return generic({}, relay)
 
 
 def callback_record(method: str, metadata: dict[str, list[str]], daemon: list[bytes], session: list[bytes],
@@ -593,7 +591,7 @@ class FakeControl:
             SESSION: _session_handler(self._session),
         }
         self.address = self.folder.socket_path("control")
-        self.server = grpc_server(Generic(methods, self._unknown).handler, self.address)
+        self.server = grpc_server(generic(methods, self._unknown), self.address)
 
     # --- the connections ---------------------------------------------------------------------
     def serve(self, read: Callable[[int], bytes], conn: socket.socket) -> None:
