@@ -63,7 +63,7 @@ def tidy(world: engine_scenarios.World) -> None:
         for project in world.projects:
             for container in api.containers(all=True, filters={"label": f"compimg.project={project.slug}"}):
                 api.remove_container(container["Id"], force=True)
-            clean(project, engine, io.StringIO())
+            clean(project.slug, engine, io.StringIO())
         for ref in world.made:
             for image in api.images():
                 for tag in image.get("RepoTags") or []:
