@@ -357,6 +357,48 @@ def buildkit_session(world: World) -> Seen:
     return seen
 
 
+SERVICE_APP = """\
+NAME build
+FROM busybox
+COPY greeting.txt /src/
+RUN --mount=type=secret,id=token cat /src/greeting.txt /run/secrets/token > /out.txt
+
+NAME artifact
+FROM scratch
+COPY build:/out.txt /
+"""
+
+
+def buildkit_service(world: World) -> Seen:
+    """Builds on a BuildKit service (`--buildkit-host`) instead of the engine's BuildKit: files
+    out with a secret, then a build that keeps nothing (one line says so). The recording's
+    service is the engine's own Control behind a unix socket of the recording proxy (a
+    buildkitd cannot be installed here), as tests/control_bridge.py stands in for one."""
+    from invoke_compimg.building.specs import OutputSpec, SecretSpec, ServiceSpec
+
+    seen = Seen(marks={})
+    unique = world.unique()  # in a file the build reads: its steps run on any engine
+    project = world.project(SERVICE_APP, {"greeting.txt": f"hello from the service {unique}\n"})
+    secret = world.folder / "token.txt"
+    secret.write_text("and a secret\n")
+    seen.address = world.server.service_address()
+    # The stand-in is the engine's BuildKit, which has no `bridge` network here.
+    common: dict[str, Any] = {"builder": "buildkit", "buildkit": ServiceSpec(seen.address), "network": "none",
+                              "secrets": (SecretSpec("token", path=str(secret)),)}
+    seen.marks["output"] = world.mark()
+    run, out = build_run(world, project, output=OutputSpec("local", str(world.folder / "out")), **common)
+    with run:
+        seen.output = Seen(ids=run.build(["artifact"]), out=out.getvalue(), rows=run.rows())
+    seen.marks["kept"] = world.mark()
+    run, out = build_run(world, project, **common)
+    with run:
+        seen.kept = Seen(ids=run.build(["artifact"]), out=out.getvalue(), rows=run.rows())
+    seen.marks["end"] = world.mark()
+    seen.dest = world.folder / "out"
+    seen.unique = unique
+    return seen
+
+
 ARTIFACTS = """\
 NAME build
 FROM busybox
@@ -565,6 +607,7 @@ SCENARIOS: dict[str, Callable[[World], Seen]] = {
     "buildkit_interrupt": buildkit_interrupt,
     "buildkit_interrupt_tar": buildkit_interrupt,
     "buildkit_session": buildkit_session,
+    "buildkit_service": buildkit_service,
     "artifacts": artifacts,
     "shell": shell,
     "engine_calls": engine_calls,

@@ -35,6 +35,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import socketserver
 import subprocess
@@ -288,10 +289,41 @@ class _Socket:
         self.server.owner = self
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True, name="fake-engine")
         self.thread.start()
+        self._service: socket.socket | None = None
 
     @property
     def address(self) -> str:
         return f"unix://{self.path}"
+
+    def service_address(self) -> str:
+        """A BuildKit service's address (`unix://...`, as `--buildkit-host` takes it) beside the
+        engine: each connection is gRPC from its first byte (`serve_service`)."""
+        path = os.path.join(self.folder, "buildkitd.sock")
+        if self._service is None:
+            self._service = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._service.bind(path)
+            self._service.listen(8)
+            threading.Thread(target=self._accept_service, args=(self._service,), daemon=True,
+                             name="fake-buildkitd").start()
+        return f"unix://{path}"
+
+    def _accept_service(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._service_connection, args=(conn,), daemon=True,
+                             name="fake-buildkitd-conn").start()
+
+    def _service_connection(self, conn: socket.socket) -> None:
+        try:
+            self.serve_service(conn)
+        finally:
+            conn.close()
+
+    def serve_service(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def engine(self, **environment: str) -> Any:
         from invoke_compimg.engine.client import Engine
@@ -307,9 +339,11 @@ class _Socket:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-            os.rmdir(self.folder)
+        if self._service is not None:
+            with contextlib.suppress(OSError):
+                self._service.shutdown(socket.SHUT_RDWR)
+            self._service.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def serve(self, handler: _Handler, body: bytes) -> None:
         raise NotImplementedError
@@ -369,6 +403,21 @@ class RecordingProxy(_Socket):
         """The next `count` Control.Session streams are never passed on to the engine: the
         solves that name them find no session (BuildKit's own error, for the retry)."""
         self.drops = count
+
+    def serve_service(self, conn: socket.socket) -> None:
+        """A connection to `service_address`: relayed call by call to the engine's own Control
+        through a `POST /grpc` of its own, which is not written down (a buildkitd has no HTTP)."""
+        engine = socket.socket(socket.AF_UNIX)
+        try:
+            engine.connect(self.target)
+            engine.sendall(b"POST /grpc HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+                           b"Content-Length: 0\r\n\r\n")
+            stream = engine.makefile("rb")
+            status, *_ = read_head(stream)
+            if status == 101:
+                ControlRecorder(self, stream.read1, engine).serve(conn.recv, conn)
+        finally:
+            engine.close()
 
     # --- what fake_control.ControlRecorder writes down ------------------------------------------
     def add(self, call: Call) -> Call:
@@ -632,6 +681,17 @@ class FakeEngine(_Socket):
             self.control.close()
         super().close()
 
+    def serve_service(self, conn: socket.socket) -> None:
+        """A connection to `service_address`: served by the recording's gRPC calls, as a
+        `POST /grpc` connection is."""
+        self.grpc().serve(conn.recv, conn)
+
+    def grpc(self) -> FakeControl:
+        with self._lock:
+            if self.control is None:
+                self.control = FakeControl(self)
+            return self.control
+
     # --- what FakeControl shares -----------------------------------------------------------------
     @property
     def lock(self) -> threading.Lock:
@@ -693,10 +753,7 @@ class FakeEngine(_Socket):
         if found.status == 101 and found.headers.get("Upgrade", "").lower() == "h2c" and found.raw is None:
             self._send_head(handler, 101, found.reason, {k: self._fill(v) for k, v in found.headers.items()})
             handler.close_connection = True
-            with self._lock:
-                if self.control is None:
-                    self.control = FakeControl(self)
-            self.control.serve(handler.rfile.read1, handler.connection)
+            self.grpc().serve(handler.rfile.read1, handler.connection)
             return
         try:
             self._answer(handler, request, found)

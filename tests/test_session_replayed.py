@@ -267,3 +267,33 @@ def test_a_session_lost_twice_is_the_line(session: Any) -> None:
     assert str(error) == (f"{seen.project.dockerfile}:1: stage 'build' failed: {NO_SESSION}{second}: "
                           "context deadline exceeded")
     assert seen.lost_twice.out.splitlines()[0].startswith("warning: [build] BuildKit lost this build's context")
+
+
+# --- on a BuildKit service (--buildkit-host) ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    folder = tmp_path_factory.mktemp("service")
+    with replayed("buildkit_service", folder) as (seen, fake):
+        marks = seen.marks
+        yield seen, {"output": fake.log[marks["output"]:marks["kept"]], "kept": fake.log[marks["kept"]:marks["end"]]}
+
+
+def test_files_out_of_a_buildkit_service_with_a_secret(service: Any) -> None:
+    seen, steps = service
+    assert (seen.dest / "out.txt").read_text() == f"hello from the service {seen.unique}\nand a secret\n"
+    [solve] = solves(steps["output"])
+    assert solve["Exporter"] == "local" and solve["FrontendAttrs"]["target"] == "artifact"
+    assert [(r.outcome, r.builder) for r in seen.output.rows] == [("exported", "buildkit")]
+    # A service has no image store: nothing is asked of the engine, only of the service.
+    assert {r.method for r in steps["output"] + steps["kept"]} == {"GRPC", "CALLBACK"}
+
+
+def test_a_build_on_a_service_that_keeps_nothing_says_so(service: Any) -> None:
+    seen, steps = service
+    [solve] = solves(steps["kept"])
+    assert "Exporter" not in solve  # BuildKit's cache only
+    assert seen.kept.out.splitlines()[0] == (f"warning: building on the BuildKit service at {seen.address} keeps "
+                                             "nothing but its cache (it has no tag to push); add -o DIR, or --tag REF "
+                                             "--push")
+    assert [r.outcome for r in seen.kept.rows] == ["cached"] and seen.kept.ids == {"artifact": ""}

@@ -140,3 +140,56 @@ def test_an_empty_output_is_a_mistake() -> None:
     with pytest.raises(UserError) as caught:
         specs.parse_output("")
     assert str(caught.value) == "--output needs a value: write --output DIR or --output type=local,dest=DIR"
+
+
+# --- --cache-to, --cache-from, --buildkit-host ---------------------------------------------------
+
+def test_cache_forms() -> None:
+    assert resolve(cache_to="inline").cache_to == specs.CacheSpec("inline")
+    assert resolve(cache_to="type=inline").cache_to == specs.CacheSpec("inline")
+    assert resolve(cache_to="type=registry,ref=r.example/app:cache,mode=max").cache_to == specs.CacheSpec(
+        "registry", "r.example/app:cache", "max")
+    assert resolve(cache_from=["r.example/app:1", "type=registry,ref=r.example/app:cache"]).cache_from == (
+        "r.example/app:1", "r.example/app:cache")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"cache_to": "type=local,dest=x"},
+     "--cache-to type=local,dest=x: write inline, or type=registry,ref=REF[,mode=max]"),
+    ({"cache_to": "type=registry"}, "--cache-to type=registry: give ref=REF, the image the cache is pushed to"),
+    ({"cache_to": "type=registry,ref=r,mode=all"}, "--cache-to type=registry,ref=r,mode=all: mode is min or max"),
+    ({"cache_from": ["type=local,src=x"]}, "--cache-from type=local,src=x: write REF, or type=registry,ref=REF"),
+])
+def test_cache_mistakes_are_one_line(flags: dict[str, Any], message: str) -> None:
+    with pytest.raises(UserError) as caught:
+        resolve(**flags)
+    assert str(caught.value) == message
+
+
+def test_a_buildkit_service_from_the_flag_or_buildkit_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BUILDKIT_HOST", raising=False)
+    assert resolve().buildkit is None
+    ca = tmp_path / "ca.pem"
+    ca.write_text("ca")
+    assert resolve(buildkit_host="tcp://buildkitd:1234", tlscacert=str(ca)).buildkit == specs.ServiceSpec(
+        "tcp://buildkitd:1234", str(ca))
+    monkeypatch.setenv("BUILDKIT_HOST", "unix:///run/buildkit/buildkitd.sock")
+    assert resolve().buildkit == specs.ServiceSpec("unix:///run/buildkit/buildkitd.sock")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"buildkit_host": "http://x"}, "--buildkit-host http://x: write unix:///path/to/buildkitd.sock or tcp://HOST:PORT"),
+    ({"buildkit_host": "tcp://x"}, "--buildkit-host tcp://x: write tcp://HOST:PORT"),
+    ({"buildkit_host": "unix:///b.sock", "tlscacert": "/etc/hostname"},
+     "--buildkit-host unix:///b.sock: TLS files are for tcp:// addresses"),
+    ({"buildkit_host": "tcp://x:1", "tlskey": "/etc/hostname"},
+     "--buildkit-host: --tlscert and --tlskey go together (your client certificate and its key)"),
+    ({"buildkit_host": "tcp://x:1", "tlscacert": "/nonexistent/ca.pem"},
+     "--tlscacert /nonexistent/ca.pem: no such file"),
+    ({"tlscert": "/etc/hostname"}, "--tlscert is for a BuildKit service; give --buildkit-host (or BUILDKIT_HOST)"),
+])
+def test_service_mistakes_are_one_line(flags: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BUILDKIT_HOST", raising=False)
+    with pytest.raises(UserError) as caught:
+        resolve(**flags)
+    assert str(caught.value) == message
