@@ -18,6 +18,10 @@ Two modes, one wire format (tests/data/engine/<scenario>.jsonl, one exchange a l
   exchange with the same method, path and query; a request the recording lacks is
   answered 599 and fails the test (`verify`, run by the fixture), naming the request.
 
+`POST /grpc` (BuildKit's Control API, HTTP/2 after the 101) is recorded and replayed one gRPC
+message at a time, session callbacks included: see tests/fake_control.py. Both modes also
+offer a BuildKit service's address beside the engine (`service_address`), served the same way.
+
 Volatile values are written as placeholders so a replay is deterministic. Values the code
 makes (temporary container names, build IDs, inputs digests, the project's folder digest,
 a registry's port) are `{{kind:N}}`, bound on first sight in a replayed request and

@@ -9,6 +9,8 @@ sends, or to record a new scenario (tests/engine_scenarios.py):
 
 Each scenario runs through `fake_engine.RecordingProxy` in front of the engine; everything it
 made (its projects' images and containers, its unique tags) is removed afterwards, directly.
+The scenarios in engine_scenarios.REFUSES_GRPC are recorded with the proxy refusing `POST
+/grpc` as the engine refuses a path it does not serve (BuildKit then solves with a tar).
 """
 
 from __future__ import annotations
