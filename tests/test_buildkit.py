@@ -305,7 +305,8 @@ def test_failing_run_quotes_the_users_line_after_a_seed_copy(make_project: Any) 
                             "echo out-2 >&2 && exit 4: ")
     assert error.endswith("exit code: 4")
     out = result.stdout
-    assert out.index("[run] out-1") < out.index("[run] ERROR:") and "[run] out-2\n" in out
+    assert out.index("[run] out-1") < out.index("[run] FAILED") and "[run] out-2\n" in out
+    assert "exit code" not in out  # the error once: on stderr
     # quiet: the failed step's last output lines, then the error
     quiet = cli("compimg", ["build", "--progress", "quiet"], project.context)
     assert quiet.returncode == 1 and quiet.stdout == ""
