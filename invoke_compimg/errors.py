@@ -29,7 +29,13 @@ class UserError(Exception):
 
 
 class EngineError(UserError):
-    """The Docker engine (or the SDK talking to it) refused or failed something."""
+    """The Docker engine (or the SDK talking to it) refused or failed something. `stage`: the
+    stage whose step failed, when one did (it may be another than the one requested)."""
+
+    def __init__(self, message: str, *, where: str | None = None, line: int | None = None, code: int = 1,
+                 stage: str | None = None) -> None:
+        super().__init__(message, where=where, line=line, code=code)
+        self.stage = stage
 
 
 class Interrupted(UserError):

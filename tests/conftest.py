@@ -231,10 +231,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         project = (container.get("Labels") or {}).get("compimg.project", "")
         if container["Id"] not in _containers_before and project.rsplit("-", 1)[-1] in ours:
             _leaked.append(f"{container['Names'][0]} ({project})")
-    # Peer builds (`docker build` of native files) leave untagged stage images, as
-    # docker build does; remove the ones this run made, nothing older.
+    # Peer builds (`docker build` of native files) leave untagged stage images, as docker
+    # build does; remove the ones this run's builds made (others' runs share the engine).
+    from engine_helpers import MADE_BY_DOCKER_BUILD
+
     for image in api.images(filters={"dangling": True}, quiet=True):
-        if image not in _dangling_before:
+        if image not in _dangling_before and image.removeprefix("sha256:")[:12] in MADE_BY_DOCKER_BUILD:
             with contextlib.suppress(docker.errors.APIError):
                 api.remove_image(image, force=False, noprune=False)
     if _leaked and exitstatus == 0:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from invoke_compimg.engine import containers
 from invoke_compimg.engine.client import Engine
 
+T = TypeVar("T")
 Entry = tuple[str, str, int, int, int, str]  # name, type, mode, uid, gid, link or sha256
 
 
@@ -63,14 +66,45 @@ def count_containers(api: Any, project: Any = None, marker: str | None = None) -
     return len(found)
 
 
+# Image IDs (12 hex) the engine's own builds in this process made (`docker_build`): the only
+# untagged images the session removes at its end, so another run's are never touched.
+MADE_BY_DOCKER_BUILD: set[str] = set()
+_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12})$", re.M)
+
+
+def docker_build(api: Any, **kwargs: Any) -> None:
+    """`docker build` through the SDK (the classic builder), remembering every image it made:
+    the stage images of a multi-stage file are left untagged, as docker build leaves them."""
+    for message in api.build(rm=True, forcerm=True, decode=True, **kwargs):
+        assert "error" not in message, message
+        MADE_BY_DOCKER_BUILD.update(_STEP_IMAGE.findall(message.get("stream") or ""))
+        found = (message.get("aux") or {}).get("ID", "")
+        if found:
+            MADE_BY_DOCKER_BUILD.add(found.removeprefix("sha256:")[:12])
+
+
 def build_native(api: Any, project: Any, tag: str) -> None:
     """The peer: the engine's own multi-stage build of `compimg.parse --format native`."""
     from invoke_compimg.dockerfile import render
 
     (project.context / "Dockerfile.native").write_text(render.as_native(project.graph))
-    for message in api.build(path=str(project.context), dockerfile="Dockerfile.native", tag=tag,
-                             rm=True, forcerm=True, decode=True):
-        assert "error" not in message, message
+    docker_build(api, path=str(project.context), dockerfile="Dockerfile.native", tag=tag)
+
+
+def build_cache_ids(api: Any) -> set[str]:
+    """The IDs of every record in the engine's BuildKit cache."""
+    return {record["ID"] for record in api.df().get("BuildCache") or []}
+
+
+def again_unless_pruned(api: Any, before: set[str], build: Callable[[], T], from_cache: Callable[[T], bool]) -> T:
+    """`build()`, a build expected to take steps from BuildKit's cache (`before`: the cache's
+    records after the build that filled it). The engine is shared: when the steps did not come
+    from the cache and records of `before` are gone (someone pruned BuildKit's cache meanwhile),
+    once more, as this build has just filled it again. A miss with nothing pruned stands."""
+    result = build()
+    if not from_cache(result) and before - build_cache_ids(api):
+        result = build()
+    return result
 
 
 class Builder:

@@ -18,6 +18,8 @@ import pytest
 from conftest import COMPIMG, ROOT, cli
 from peers import free_port
 
+from invoke_compimg.building.project import Project
+
 # The peers' fixtures, bound here so pytest finds them (a plain import would read as unused).
 registry = peers.registry
 second_engine = peers.second_engine
@@ -41,8 +43,7 @@ def test_build_and_extract_on_a_remote_engine(second_engine, api, tmp_path) -> N
     assert remote.inspect_image("remote-hello")
     # Nothing was built on the local engine.
     assert api.images(name="remote-hello") == []
-    assert not [i for i in api.images() for t in (i.get("RepoTags") or []) if t.startswith("compimg/hello-")
-                and tmp_path.name in t]
+    assert api.images(name=Project(project / "Dockerfile", project).repository) == []
     assert remote.containers(all=True) == []
 
 

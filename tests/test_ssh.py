@@ -50,7 +50,9 @@ def test_build_extract_shell_over_ssh(sshd_engine: peers.SshPeer, api, tmp_path:
         cleaned = cli("compimg", ["clean"], project, env)
         assert cleaned.returncode == 0, cleaned.stderr
         assert not [t for i in api.images() for t in i.get("RepoTags") or [] if t.startswith(repository)]
-        assert api.containers(all=True, filters={"label": "compimg.temporary"}) == []
+        # this project's temporary containers (others' builds on the shared engine have theirs)
+        slug = Project(project / "Dockerfile", project).slug
+        assert api.containers(all=True, filters={"label": f"compimg.project={slug}"}) == []
     finally:
         cli("compimg", ["clean"], project, {})  # the same engine, through its socket
         if api.images(name=unique):

@@ -57,6 +57,7 @@ class Plan:
 class Sent:
     image_id: str
     stage_seconds: Mapping[str, float] = field(default_factory=dict)  # stages built inside the request
+    stage_outcomes: Mapping[str, str] = field(default_factory=dict)  # of those: "built" or "cached"
 
 
 def step_failed(stage: str, message: str, *, where: str, line: int, instruction: str | None = None,
@@ -65,7 +66,7 @@ def step_failed(stage: str, message: str, *, where: str, line: int, instruction:
     `Dockerfile:LINE: stage 'x' failed at INSTRUCTION: message[; advice]`."""
     at = f" at {one_line(instruction)}" if instruction else ""
     return EngineError(f"stage '{stage}' failed{at}: {one_line(message, 300)}" + (f"; {advice}" if advice else ""),
-                       where=where, line=line)
+                       where=where, line=line, stage=stage)
 
 
 def foreign_binary(output: Sequence[str], platforms: Sequence[str], host: str) -> str | None:

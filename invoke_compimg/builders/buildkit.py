@@ -257,7 +257,7 @@ class BuildKitBuilder(Builder):
         image_id = answer.get("containerimage.digest", "")
         if not image_id and output is None and self.stores_images:
             raise step_failed(target.name, "BuildKit exported no image", where=self.where, line=target.line)
-        return Sent(image_id, view.progress.stage_seconds())
+        return Sent(image_id, view.progress.stage_seconds(), view.conclude())
 
     # --- through POST /build?version=2, with a tar of the context -----------------------------
     def _solve_with_tar(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
@@ -307,7 +307,7 @@ class BuildKitBuilder(Builder):
             if any(marker in (result.error or "") for marker in LOST_INPUT):
                 raise LostInput(result.error or "", failure)
             raise failure
-        return Sent(result.image_id, view.progress.stage_seconds())
+        return Sent(result.image_id, view.progress.stage_seconds(), view.conclude())
 
     def cancel(self) -> str:
         with self._lock:

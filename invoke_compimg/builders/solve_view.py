@@ -10,6 +10,8 @@ then gives the user's own instruction and line, for progress and for errors.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
     from ..dockerfile.lowering import Lowered, Step
     from ..progress import Reporter
 
+
+# Seconds with no progress, steps ready to start and none running before a solve says that it
+# waits (for another build's run of the same steps: BuildKit shows those only to that build).
+WAIT_NOTICE = 3.0
 
 # Instructions that become a BuildKit step (and so count in `[stage i/n]`).
 _STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
@@ -49,7 +55,12 @@ def plain_paths(text: str) -> str:
 
 
 class SolveView:
-    """BuildKit progress -> reporter events, in the user's words."""
+    """BuildKit progress -> reporter events, in the user's words.
+
+    A stage built inside the solve (not the target) is shown finished as soon as its last step
+    is, not when the whole solve is; `conclude` shows the rest after a solve that succeeded.
+    A solve that waits for another build (BuildKit runs a step shared by two builds once, and
+    shows it only to one) says so, once (`WAIT_NOTICE`)."""
 
     def __init__(self, target: str, lowered: Lowered, reporter: Reporter | None, *,
                  platforms: Sequence[str] = (), host: str = "linux/amd64") -> None:
@@ -61,6 +72,12 @@ class SolveView:
         self.progress = Progress()
         self.steps = {stage: [s for s in steps if _is_step(s)] for stage, steps in lowered.stages.items()}
         self.titles: dict[str, tuple[str, str]] = {}  # vertex digest -> (stage, title)
+        self.finished: dict[str, str] = {}  # stages built inside the solve, shown finished -> outcome
+        self._ran: set[str] = set()  # stages with a step that ran (not from the cache)
+        self._lock = threading.Lock()  # `progress` is fed on the solve's thread and read by the watcher
+        self._last_status = time.monotonic()
+        self._watcher: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     def source(self, step: StepName) -> tuple[str, Step | None]:
         stage = step.stage if step.stage and step.stage in self.steps else self.target
@@ -74,22 +91,31 @@ class SolveView:
         return stage, same[0] if len(same) == 1 else None
 
     def title(self, event: ProgressEvent) -> tuple[str, str] | None:
-        if event.vertex in self.titles:
-            return self.titles[event.vertex]
-        step = event.step
+        return self._title(event.vertex, event.name)
+
+    def _title(self, digest: str, name: str) -> tuple[str, str] | None:
+        if digest in self.titles:
+            return self.titles[digest]
+        step = parse_name(name)
         if step.stage == "internal" or (step.index is None and step.stage is None
-                                        and not event.name.startswith("exporting")):
+                                        and not name.startswith("exporting")):
             return None  # context transfer, metadata: BuildKit's own bookkeeping
         stage, source = self.source(step)
         if source is not None:
             text = f"[{stage} {step.index}/{step.total}] {one_line(source.source.text, 200)}"
         else:
-            text = plain_paths(event.name)
-        self.titles[event.vertex] = (stage, text)
+            text = plain_paths(name)
+        self.titles[digest] = (stage, text)
         return stage, text
 
     def feed(self, status: StatusResponse) -> None:
-        for event in self.progress.feed(status):
+        with self._lock:
+            events = self.progress.feed(status)
+            self._last_status = time.monotonic()
+        if self._watcher is None and self.reporter is not QUIET:
+            self._watcher = threading.Thread(target=self._watch, daemon=True, name="compimg-solve-watch")
+            self._watcher.start()
+        for event in events:
             self.show(event)
 
     def show(self, event: ProgressEvent) -> None:
@@ -103,12 +129,72 @@ class SolveView:
             self.reporter.output(stage, event.text)
         elif event.kind in ("cached", "done"):
             self.reporter.step_done(stage, text, event.seconds, event.kind == "cached")
+            if event.kind == "done":
+                self._ran.add(stage)
+            if event.step.index is not None and event.step.index == event.step.total:
+                self._stage_done(stage)  # a stage's steps are a chain: its last one done, it is done
         elif event.kind == "warning":
             self.reporter.warning(f"[{stage}] {event.text}")
 
+    def _stage_done(self, stage: str, outcome: str | None = None) -> None:
+        """A stage built inside this solve is done: shown so now (the target is done when its
+        image is, which the run says)."""
+        if stage == self.target or stage in self.finished or stage not in self.steps:
+            return
+        outcome = self.finished[stage] = outcome or ("built" if stage in self._ran else "cached")
+        with self._lock:
+            seconds = self.progress.stage_seconds().get(stage, 0.0)
+        self.reporter.stage_finished(stage, "", seconds, outcome)
+
     def finish(self) -> None:
-        for event in self.progress.finish():
+        """The solve ended (either way): what output is still held, and no more watching."""
+        self._stopped.set()
+        with self._lock:
+            events = self.progress.finish()
+        for event in events:
             self.show(event)
+
+    def conclude(self) -> dict[str, str]:
+        """After a solve that succeeded: the stages built inside it that were not shown finished
+        yet are shown now (a last step BuildKit shared with another stage's name, say);
+        {stage: "built" | "cached" | "shared"} for every stage built inside it: "shared" when
+        steps of it never started here, as another build ran them for both."""
+        with self._lock:
+            seconds = self.progress.stage_seconds()
+            unseen = {digest: v.name for digest, v in self.progress.vertexes.items()
+                      if v.started is None and not v.cached and not v.error}
+        shared = {found[0] for digest, name in unseen.items() if (found := self._title(digest, name)) is not None}
+        for stage in seconds:
+            self._stage_done(stage, "shared" if stage in shared else None)
+        return dict(self.finished)
+
+    # --- a solve that waits for another build ---------------------------------------------
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.5):
+            with self._lock:
+                quiet = time.monotonic() - self._last_status
+                ready = self._ready_steps() if quiet >= WAIT_NOTICE else []
+            titles = [found for digest, name in ready if (found := self._title(digest, name)) is not None]
+            if titles:
+                stage, text = titles[0]
+                self.reporter.note(f"waiting for another build on this engine: it runs the same steps (from {text} "
+                                   "on), which BuildKit runs once for both and shows only there", stage)
+                return
+
+    def _ready_steps(self) -> list[tuple[str, str]]:
+        """(digest, name) of the steps that could start and have not, when none is running;
+        call with the lock held. BuildKit starts a ready step at once unless another build
+        is running it (or the steps it waits on) for both."""
+        vertexes = self.progress.vertexes
+
+        def done(digest: str) -> bool:
+            vertex = vertexes.get(digest)
+            return vertex is not None and (vertex.cached or vertex.completed is not None)
+
+        if any(v.started is not None and v.completed is None and not v.cached for v in vertexes.values()):
+            return []
+        return [(v.digest, v.name) for v in vertexes.values()
+                if v.started is None and not v.cached and not v.error and all(done(i) for i in v.inputs)]
 
     def failure(self, error: str | None, where: str, fallback_line: int) -> EngineError:
         """The failed step at the user's line. A frontend error names a line of the file we

@@ -14,14 +14,20 @@ TAIL_RUNNING = 3  # output lines shown under a running stage in the live view, r
 @dataclass(frozen=True)
 class StageResult:
     """What building one stage gave: one line of the end-of-build table, and what a build
-    remembers of it. `image_id` is empty for a stage BuildKit built inside another's solve."""
+    remembers of it. A stage BuildKit built inside another's solve has no image of its own:
+    `image_id` is empty, `inside` names the stage whose solve built it, and `size` is at least
+    what it is (`at_least`: its base image's size), or unknown."""
 
     stage: str
     image_id: str  # "sha256:…"; shown as 12 hex
     size: int  # bytes, -1 unknown
     seconds: float
-    outcome: str  # "built", "reused" (inputs unchanged, no request), "memo" (built earlier in this process)
+    outcome: str  # "built", "cached" (every step from BuildKit's cache), "shared" (another build ran its steps
+    # for this one too), "reused" (inputs unchanged, no request), "memo" (built earlier in this process),
+    # "pushed"/"exported" (a solve that keeps no image)
     builder: str  # "buildkit" | "classic"
+    inside: str = ""  # the stage whose solve built this one (it has no image of its own)
+    at_least: bool = False  # `size` is a lower bound (its base image's size), not the stage's own
 
 
 class Reporter(Protocol):
@@ -32,7 +38,7 @@ class Reporter(Protocol):
     def step_done(self, stage: str, text: str, seconds: float | None, cached: bool) -> None: ...
     def output(self, stage: str, line: str) -> None: ...
     def stage_finished(self, stage: str, image_id: str, seconds: float, outcome: str) -> None: ...
-    def stage_failed(self, stage: str, message: str) -> None: ...
+    def stage_failed(self, stage: str, message: str) -> None: ...  # the raised error prints `message`
     def note(self, text: str, stage: str | None = None) -> None: ...
     def warning(self, text: str) -> None: ...
     def table(self, rows: Sequence[StageResult], final: str | None) -> None: ...

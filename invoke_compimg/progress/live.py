@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class _Running:
     started: float
     step: str = ""
+    step_done: bool = False  # the step above finished: the stage waits (for another stage, say)
     steps: int = 0
     cached: int = 0
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_ON_FAILURE))
@@ -142,6 +143,7 @@ class LiveReporter:
         with self._lock:
             state = self._stage(stage)
             state.step = (clean_lines(text) or [""])[0]
+            state.step_done = False
             state.tail.clear()
         self._ensure_live()
 
@@ -150,6 +152,11 @@ class LiveReporter:
             state = self._stage(stage)
             state.steps += 1
             state.cached += cached
+            line = (clean_lines(text) or [""])[0]
+            if not line or line == state.step:
+                state.step_done = True
+            elif not state.step:  # BuildKit reports a cached step only once, done
+                state.step, state.step_done = line, True
         self._ensure_live()
 
     def output(self, stage: str, line: str) -> None:
@@ -165,11 +172,14 @@ class LiveReporter:
             width = self._width = max(self._width, len(stage))
         steps = ""
         if state is not None and state.steps:
-            steps = f"  ({state.steps} steps" + (f", {state.cached} cached)" if state.cached else ")")
+            steps = f"  ({state.steps} step{'s' if state.steps > 1 else ''}" + (
+                f", {state.cached} cached)" if state.cached else ")")
         self._print(Text.assemble((self._mark(True) + " ", "green"), (stage.ljust(width), "bold"),
                                   f"  {seconds:.1f}s  ", (finished_words(outcome, image_id) + steps, "dim")))
 
     def stage_failed(self, stage: str, message: str) -> None:
+        """The failed stage, its step and that step's last output lines; the error itself is the
+        one line the raised exception prints after the view has closed."""
         from rich.text import Text
 
         with self._lock:
@@ -180,9 +190,9 @@ class LiveReporter:
             elapsed = f"  {time.monotonic() - state.started:.1f}s"
             at = f"  {state.step}" if state.step else ""
             tail = list(state.tail)
-        self._print(Text.assemble((self._mark(False) + " ", "red"), (stage.ljust(width), "bold"), elapsed, at),
-                    *(Text(f"  {line}") for line in tail),
-                    Text(f"ERROR [{stage}]: {' '.join(clean_lines(message))}", style="bold red"))
+        self._print(Text.assemble((self._mark(False) + " ", "red"), (stage.ljust(width), "bold"), elapsed,
+                                  (at, "red")),
+                    *(Text(f"  {line}") for line in tail))
 
     def note(self, text: str, stage: str | None = None) -> None:
         from rich.text import Text
@@ -226,15 +236,17 @@ class LiveReporter:
             stopped, width = [], self._width
             if self._lock.acquire(timeout=1):  # see _render
                 try:
-                    stopped = [(name, time.monotonic() - s.started, s.step) for name, s in self._running.items()]
+                    stopped = [(name, time.monotonic() - s.started, s.step, s.step_done)
+                               for name, s in self._running.items()]
                     self._running.clear()
                 finally:
                     self._lock.release()
             from rich.text import Text
 
-            for name, elapsed, step in stopped:
+            for name, elapsed, step, done in stopped:
+                where = f" {'after' if done else 'at'} {step}" if step else ""
                 self._print(Text.assemble(("- ", "yellow"), (name.ljust(width), "bold"),
-                                          f"  {elapsed:.1f}s  stopped" + (f" at {step}" if step else "")))
+                                          f"  {elapsed:.1f}s  stopped{where}"))
         finally:
             live.stop()
             self.out.flush()

@@ -55,7 +55,9 @@ class PlainReporter:
         self._write([f"[{stage}] {finished_words(outcome, image_id)} in {seconds:.1f}s"])
 
     def stage_failed(self, stage: str, message: str) -> None:
-        self._write([f"[{stage}] ERROR: {' '.join(clean_lines(message))}"])
+        # The error itself is the one line the raised exception prints after this (on stderr):
+        # here only where the stage's lines end.
+        self._write([f"[{stage}] FAILED"])
 
     def note(self, text: str, stage: str | None = None) -> None:
         prefix = f"[{stage}] " if stage else ""

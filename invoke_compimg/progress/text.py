@@ -29,24 +29,60 @@ def megabytes(size: int) -> str:
     return "?" if size < 0 else f"{size / 1e6:.1f} MB"
 
 
+def _image_cell(row: StageResult) -> str:
+    if row.image_id:
+        return short_id(row.image_id)
+    if row.inside:  # BuildKit built it in another stage's solve: in its cache, no image
+        return f"none (in {row.inside}'s solve)"
+    return "none"  # a solve that keeps no image (pushed, exported, or only cached)
+
+
+def _size_cell(row: StageResult) -> str:
+    if row.size < 0:
+        return "-"  # not measured: the image column says why (no image of its own)
+    return (">= " if row.at_least else "") + megabytes(row.size)
+
+
 def format_table(rows: Sequence[StageResult], final: str | None) -> str:
     """The end-of-build table; for a final target, a line comparing it with the largest stage."""
     cells = [("stage", "image", "size", "seconds", "builder")]
     for row in rows:
         seconds = f"{row.seconds:.2f}" + (f" ({row.outcome})" if row.outcome != "built" else "")
-        cells.append((row.stage, short_id(row.image_id), megabytes(row.size), seconds, row.builder))
+        cells.append((row.stage, _image_cell(row), _size_cell(row), seconds, row.builder))
     widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
     text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
                      for line in cells)
+    comparison = compare_sizes(rows, final)
+    return text + (f"\n{comparison}" if comparison else "") + "\n"
+
+
+def compare_sizes(rows: Sequence[StageResult], final: str | None) -> str:
+    """`final image 'run': 3.8 MB; largest build stage 'build': 462.0 MB (121x larger)`, or ""
+    when there is nothing to compare. A stage built inside a solve has no image to measure: its
+    base image's size is what it has at least, said so, with how to see its own size."""
     shipped = next((row for row in rows if row.stage == final), None)
-    others = [row for row in rows if row.stage != final and row.size >= 0]
-    if shipped is not None and shipped.size > 0 and others:
-        largest = max(others, key=lambda row: row.size)
-        ratio = largest.size / shipped.size
-        versus = f"{ratio:.0f}x larger" if ratio >= 1 else "smaller than the final image"
-        text += (f"\nfinal image '{shipped.stage}': {megabytes(shipped.size)}; largest build stage "
-                 f"'{largest.stage}': {megabytes(largest.size)} ({versus})")
-    return text + "\n"
+    others = [row for row in rows if row.stage != final and row.size > 0]
+    if shipped is None or shipped.size <= 0 or shipped.at_least or not others:
+        return ""
+    largest = max(others, key=lambda row: (row.size, not row.at_least))
+    ratio = largest.size / shipped.size
+    line = f"final image '{shipped.stage}': {megabytes(shipped.size)}; largest build stage '{largest.stage}': "
+    if not largest.at_least:
+        return line + f"{megabytes(largest.size)} ({_versus(ratio)})"
+    line += f"at least {megabytes(largest.size)}, its base image"
+    if ratio >= 1.05:
+        line += f" (at least {_versus(ratio)})"
+    return line + f"; for its own size give it an image: --tag {largest.stage}=REF"
+
+
+def _versus(ratio: float) -> str:
+    if ratio >= 1.95:
+        return f"{ratio:.0f}x larger"
+    if ratio >= 1.05:
+        return f"{(ratio - 1) * 100:.0f}% larger"
+    if ratio > 0.95:
+        return "about the same size"
+    return "smaller than the final image"
 
 
 def isatty(stream: Any) -> bool:
@@ -57,6 +93,8 @@ def isatty(stream: Any) -> bool:
 
 
 def finished_words(outcome: str, image_id: str) -> str:
+    if outcome == "shared":
+        return "built by another build"  # BuildKit ran its steps once, for both
     if not image_id:  # built inside another stage's BuildKit solve: no image of its own
         return outcome
     words = f"{outcome} {short_id(image_id)}"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ..builders import Builder, Unit, choose
+from ..builders import Builder, Sent, Unit, choose
 from ..building import reuse, scheduler
 from ..building.project import Project
 from ..building.settings import Settings
@@ -153,7 +153,7 @@ class BuildRun:
                                      image_refs=plan.images, args=args, platforms=self.settings.platforms,
                                      context=str(self.project.context), paths=plan.paths)
         found = None if self.settings.no_cache else reuse.find(self.engine, self.project, stage.name, digest)
-        seconds: Mapping[str, float] = {}
+        sent: Sent | None = None
         if found is not None:
             image_id, size, names, outcome = str(found["Id"]), int(found["Size"]), found.get("RepoTags") or [], "reused"
             ready(image_id)
@@ -162,9 +162,9 @@ class BuildRun:
             try:
                 sent = builder.send(unit, plan, args)
             except EngineError as exc:
-                self.reporter.stage_failed(stage.name, str(exc))
+                self.reporter.stage_failed(exc.stage or stage.name, str(exc))  # the stage whose step failed
                 raise
-            image_id, seconds = sent.image_id, sent.stage_seconds
+            image_id = sent.image_id
             ready(image_id)
             size, names, outcome = -1, [self.project.local_ref(stage.name)], "built"
         reuse.record(self.engine, self.project, stage.name, digest, image_id, names)
@@ -177,10 +177,8 @@ class BuildRun:
         if size < 0:
             size = images.image_size(self.engine, image_id)
         result = StageResult(stage.name, image_id, size, time.monotonic() - started, outcome, builder.name)
-        for other in unit.stages[:-1]:  # stages BuildKit built inside this solve: their time
-            if other.name in seconds and other.name not in self.results:
-                self.reporter.stage_finished(other.name, "", seconds[other.name], outcome)
-                self._done(StageResult(other.name, "", -1, seconds[other.name], outcome, builder.name))
+        if sent is not None:
+            self._record_inside(unit, sent)
         self.reporter.stage_finished(stage.name, image_id, result.seconds, outcome)
         self.project.remember(key, result)
         return self._done(result)
@@ -199,10 +197,11 @@ class BuildRun:
         try:
             sent = self.builder.send(unit, plan, args, output)
         except EngineError as exc:
-            self.reporter.stage_failed(stage.name, str(exc))
+            self.reporter.stage_failed(exc.stage or stage.name, str(exc))  # the stage whose step failed
             raise
         ready(sent.image_id)
         seconds = time.monotonic() - started
+        self._record_inside(unit, sent)
         outcome = "exported" if output is not None else "pushed" if sent.image_id else "cached"
         self.reporter.stage_finished(stage.name, sent.image_id, seconds, outcome)
         if output is not None:
@@ -211,6 +210,30 @@ class BuildRun:
             for ref in self.settings.tags.get(stage.name, ()):
                 self.reporter.note(f"pushed {ref}@{sent.image_id}", stage.name)
         return self._done(StageResult(stage.name, sent.image_id, -1, seconds, outcome, self.builder.name))
+
+    def _record_inside(self, unit: Unit, sent: Sent) -> None:
+        """The table's rows of the stages BuildKit built inside this unit's solve (the solve view
+        showed each finished). None has an image of its own to measure: its base image's size
+        is the size it has at least (a stage only adds to its base)."""
+        floors: dict[str, int] = {}
+        for other in unit.stages[:-1]:
+            if other.name not in sent.stage_outcomes or other.name in self.results:
+                continue
+            floor = floors[other.name] = self._size_floor(other, floors)
+            self._done(StageResult(other.name, "", floor, sent.stage_seconds.get(other.name, 0.0),
+                                   sent.stage_outcomes[other.name], self.builder.name, inside=unit.name,
+                                   at_least=floor >= 0))
+
+    def _size_floor(self, stage: Stage, floors: Mapping[str, int]) -> int:
+        """What `stage` measures at least: its base image's size (or its base stage's), or -1
+        when unknown: a base the engine does not hold, or an image for another platform."""
+        if stage.base_stage:
+            known = self.results.get(stage.base)
+            return known.size if known is not None else floors.get(stage.base, -1)
+        if stage.base == "scratch" or self.settings.platforms or not self.builder.stores_images:
+            return -1
+        found = self.images.inspect(self.engine, stage.base)
+        return int(found["Size"]) if found is not None else -1
 
     def extract(self, stage: str, image_id: str, path: str, dest: str) -> Extracted:
         """Copy `path` of `image_id` (stage `stage`'s image) into the folder `dest`, merged in as

@@ -1,0 +1,119 @@
+"""What a BuildKit solve shows, from its progress (no engine: statuses as BuildKit sends them):
+a stage built inside the solve is shown finished when its last step is, a failure belongs to
+the stage whose step failed, and a solve waiting for another build says so once."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from conftest import FakeReporter
+
+from invoke_compimg.builders import solve_view
+from invoke_compimg.builders.solve_view import SolveView
+from invoke_compimg.dockerfile.lowering import multi_stage
+from invoke_compimg.dockerfile.parse import parse_text
+from invoke_compimg.engine.buildkit.wire import StatusResponse, Vertex
+
+DOCKERFILE = """\
+NAME build
+FROM busybox
+RUN echo hi > /x
+
+NAME run
+FROM busybox
+COPY build:/x /x
+RUN sleep 1
+"""
+T = 1_700_000_000.0  # a moment, in seconds since the epoch, as BuildKit's timestamps are
+
+
+def view(reporter: Any) -> SolveView:
+    graph = parse_text(DOCKERFILE)
+    return SolveView("run", multi_stage(graph, graph.needs("run")), reporter)
+
+
+def status(*vertexes: Vertex) -> StatusResponse:
+    return StatusResponse(vertexes=vertexes)
+
+
+BUILD_FROM = Vertex("sha256:b1", (), "[build 1/2] FROM docker.io/library/busybox", cached=True, started=T, completed=T)
+RUN_FROM = Vertex("sha256:r1", (), "[run 1/3] FROM docker.io/library/busybox", cached=True, started=T, completed=T)
+BUILD_RUN = "[build 2/2] RUN echo hi > /x"
+RUN_COPY = "[run 2/3] COPY --from=build /x /x"
+RUN_SLEEP = "[run 3/3] RUN sleep 1"
+
+
+def finished(reporter: FakeReporter) -> list[tuple[str, ...]]:
+    return [e for e in reporter.events if e[0] == "stage_finished"]
+
+
+def test_a_stage_built_inside_the_solve_is_finished_when_its_last_step_is() -> None:
+    reporter = FakeReporter()
+    v = view(reporter)
+    v.feed(status(BUILD_FROM, RUN_FROM, Vertex("sha256:b2", ("sha256:b1",), BUILD_RUN, started=T)))
+    assert finished(reporter) == []  # its last step runs: not finished
+    v.feed(status(Vertex("sha256:b2", ("sha256:b1",), BUILD_RUN, started=T, completed=T + 0.5)))
+    assert finished(reporter) == [("stage_finished", "build", "", "0.5", "built")]
+    v.feed(status(Vertex("sha256:r2", ("sha256:r1", "sha256:b2"), RUN_COPY, started=T + 1, completed=T + 1.1),
+                  Vertex("sha256:r3", ("sha256:r2",), RUN_SLEEP, started=T + 1.1)))
+    steps = [e for e in reporter.events if e[0] == "step"]
+    assert reporter.events.index(finished(reporter)[0]) < reporter.events.index(steps[-1])  # before run's steps
+    v.feed(status(Vertex("sha256:r3", ("sha256:r2",), RUN_SLEEP, started=T + 1.1, completed=T + 2.1)))
+    v.finish()
+    assert v.conclude() == {"build": "built"}
+    # The target is the run's to finish (it has an image to wait for); build is shown once.
+    assert [e[1] for e in finished(reporter)] == ["build"]
+
+
+def test_a_stage_whose_steps_all_came_from_the_cache_is_cached() -> None:
+    reporter = FakeReporter()
+    v = view(reporter)
+    v.feed(status(BUILD_FROM, RUN_FROM, Vertex("sha256:b2", ("sha256:b1",), BUILD_RUN, cached=True, started=T,
+                                               completed=T)))
+    v.finish()
+    assert v.conclude() == {"build": "cached"}
+    assert finished(reporter) == [("stage_finished", "build", "", "0.0", "cached")]
+
+
+def test_a_failure_belongs_to_the_stage_whose_step_failed() -> None:
+    reporter = FakeReporter()
+    v = view(reporter)
+    v.feed(status(BUILD_FROM, RUN_FROM, Vertex("sha256:b2", ("sha256:b1",), BUILD_RUN, started=T, completed=T + 1,
+                                               error="process \"/bin/sh -c echo hi > /x\" exit code: 2")))
+    v.finish()
+    error = v.failure("failed to solve: exit code: 2", "/p/Dockerfile", 5)
+    assert error.stage == "build" and str(error).startswith("/p/Dockerfile:3: stage 'build' failed at RUN echo hi")
+    assert finished(reporter) == []  # a failed stage is not finished
+
+
+def test_a_solve_waiting_for_another_build_says_so_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(solve_view, "WAIT_NOTICE", 0.3)
+    reporter = FakeReporter()
+    v = view(reporter)
+    # The context is in and the first steps are cached; the next is ready and not started:
+    # another build runs it for both, and BuildKit shows it only there.
+    context = Vertex("sha256:c", (), "[internal] load build context", started=T, completed=T)
+    v.feed(status(context, BUILD_FROM, RUN_FROM, Vertex("sha256:b2", ("sha256:b1",), BUILD_RUN),
+                  Vertex("sha256:r2", ("sha256:r1", "sha256:b2"), RUN_COPY)))
+    time.sleep(2.0)
+    notes = [e for e in reporter.events if e[0] == "note"]
+    assert notes == [("note", "waiting for another build on this engine: it runs the same steps (from "
+                              f"{BUILD_RUN} on), which BuildKit runs once for both and shows only there", "build")]
+    # The other build's steps done, this solve goes on to its export; they never started here.
+    v.feed(status(Vertex("sha256:e", (), "exporting to image", started=T + 9, completed=T + 9)))
+    v.finish()
+    assert v.conclude() == {"build": "shared"}
+    assert [e for e in reporter.events if e[0] == "note"] == notes  # once
+
+
+def test_a_step_running_without_output_is_not_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(solve_view, "WAIT_NOTICE", 0.3)
+    reporter = FakeReporter()
+    v = view(reporter)
+    v.feed(status(BUILD_FROM, RUN_FROM, Vertex("sha256:b2", ("sha256:b1",), BUILD_RUN, started=T),
+                  Vertex("sha256:r2", ("sha256:r1", "sha256:b2"), RUN_COPY)))
+    time.sleep(1.5)
+    v.finish()
+    assert [e for e in reporter.events if e[0] == "note"] == []
