@@ -114,7 +114,10 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(make_project, api, tmp_pa
     dest = tmp_path / "dest"
     process = _start(["extract-artifact", "big:/out", "--dest", str(dest)], project.context)
     _wait_for(process, "copying big:/out")
-    time.sleep(0.2)
+    deadline = time.monotonic() + 60  # killed while it writes: its staging folder is there
+    while time.monotonic() < deadline and not (dest.is_dir() and any(
+            p.name.startswith(".compimg-staging-") for p in dest.iterdir())):
+        time.sleep(0.02)
     process.kill()
     process.wait()
     label = f"{containers.LABEL_PROJECT}={project.slug}"
