@@ -172,7 +172,9 @@ def test_output_writes_the_targets_files_and_makes_no_image(session: Any) -> Non
     assert os.readlink(out / "link") == "app"
     [export] = [r for r in steps["output"] if r.method == "CALLBACK" and r.path == FILESEND]
     assert export.sent["requested"] == ["app", "sub/greeting", "sub/token-size"]
-    assert [(r.outcome, r.image_id) for r in seen.output.rows] == [("exported", "")]
+    # the build stage ran inside dist's solve: a row of its own, no image
+    assert [(r.stage, r.outcome, r.image_id, r.inside) for r in seen.output.rows] == [
+        ("build", "built", "", "dist"), ("dist", "exported", "", "")]
     assert seen.output.ids == {"dist": ""}
     assert seen.output.out.splitlines()[-1] == f"[dist] wrote {out}"
 
@@ -281,7 +283,8 @@ def test_files_out_of_a_buildkit_service_with_a_secret(service: Any) -> None:
     assert (seen.dest / "out.txt").read_text() == f"hello from the service {seen.unique}\nand a secret\n"
     [solve] = solves(steps["output"])
     assert solve["Exporter"] == "local" and solve["FrontendAttrs"]["target"] == "artifact"
-    assert [(r.outcome, r.builder) for r in seen.output.rows] == [("exported", "buildkit")]
+    assert [(r.outcome, r.builder, r.inside) for r in seen.output.rows][-1] == ("exported", "buildkit", "")
+    assert all(r.inside and not r.image_id for r in seen.output.rows[:-1])
     # A service has no image store: nothing is asked of the engine, only of the service.
     assert {r.method for r in steps["output"] + steps["kept"]} == {"GRPC", "CALLBACK"}
 
@@ -293,4 +296,5 @@ def test_a_build_on_a_service_that_keeps_nothing_says_so(service: Any) -> None:
     assert seen.kept.out.splitlines()[0] == (f"warning: building on the BuildKit service at {seen.address} keeps "
                                              "nothing but its cache (it has no tag to push); add -o DIR, or --tag REF "
                                              "--push")
-    assert [r.outcome for r in seen.kept.rows] == ["cached"] and seen.kept.ids == {"artifact": ""}
+    assert [(r.outcome, r.inside) for r in seen.kept.rows][-1] == ("cached", "") and seen.kept.ids == {"artifact": ""}
+    assert all(r.inside == "artifact" and not r.image_id for r in seen.kept.rows[:-1])
