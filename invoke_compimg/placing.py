@@ -29,11 +29,22 @@ def staging_folder(dest: Path) -> str:
     return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dest)
 
 
+class Clash(Exception):
+    """The new files would replace a folder of the user's with a file, or a file with a folder:
+    `docker cp` refuses both, and so do we (a folder set aside would be lost with its files)."""
+
+    def __init__(self, path: str, folder_replaced: bool) -> None:
+        self.path = path
+        what = "the folder '{0}' with a file" if folder_replaced else "the file '{0}' with a folder"
+        super().__init__(f"it would replace {what.format(path)}; move it away, or choose another destination")
+
+
 def merge_into(staged: str, dest: Path, aside: str) -> list[str]:
     """Move everything under `staged` into `dest`, merging into folders that are real folders
-    there (lstat: never through a symlink; their modes stay the user's), replacing anything else
-    of the same name; what is replaced goes to `aside` (an empty folder), and is put back if a
-    move fails. Returns the top-level names written."""
+    there (lstat: never through a symlink; their modes stay the user's), replacing files and
+    links of the same name; what is replaced goes to `aside` (an empty folder), and is put back
+    if a move fails. Clash (nothing changed) if a folder would become a file or a file a folder.
+    Returns the top-level names written."""
     moves: list[tuple[str, str, str | None]] = []  # (path in dest, staged path, set-aside path)
     counter = 0
 
@@ -50,6 +61,8 @@ def merge_into(staged: str, dest: Path, aside: str) -> list[str]:
             if new_is_dir and old is not None and stat.S_ISDIR(old.st_mode):
                 merge(source, target)
                 continue
+            if old is not None and (stat.S_ISDIR(old.st_mode) or (new_is_dir and stat.S_ISREG(old.st_mode))):
+                raise Clash(os.path.relpath(target, dest), folder_replaced=stat.S_ISDIR(old.st_mode))
             set_aside = None
             if old is not None:
                 counter += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -323,12 +324,16 @@ def _export(packets_before_data: list[Packet], contents: dict[int, bytes], dest:
     requests: list[int] = []
     answers: list[Packet] = []
     done = threading.Event()
+    wanted = sum(1 for p in packets_before_data  # regular files, not hard links: each gets a REQ
+                 if p.HasField("stat") and not p.stat.mode & (DIR | fswalk.GO_SYMLINK | fswalk.GO_TYPE)
+                 and not p.stat.linkname)
 
     def incoming() -> Iterator[Packet]:
         yield from packets_before_data
         yield Packet(type=Packet.PACKET_STAT)
-        deadline = threading.Event()
-        deadline.wait(0.2)  # let the REQs arrive
+        deadline = time.monotonic() + 5
+        while len(requests) < wanted and time.monotonic() < deadline:  # the REQs, however slow the machine
+            time.sleep(0.005)
         for packet_id in list(requests):
             data = contents.get(packet_id, b"")
             if data:
@@ -381,6 +386,17 @@ def test_local_export_merges_into_the_folder(tmp_path: Path) -> None:
     ([_stat("abs", (1 << 27) | 0o777, linkname="/etc/passwd")], "absolute path"),
     ([_stat("d", DIR | 0o755), _stat("d/up", (1 << 27) | 0o777, linkname="../../x")], "outside the destination"),
     ([_stat("hard", 0o644, linkname="../x")], "not a clean relative path"),
+    # each link alone stays inside; followed through each other they lead out
+    ([_stat("x", DIR | 0o755), _stat("x/s", (1 << 27) | 0o777, linkname=".."),
+      _stat("y", (1 << 27) | 0o777, linkname="x/s/.."), _stat("y2", (1 << 27) | 0o777, linkname="y/..")],
+     "through other links"),
+    # a link made before the link it passes through
+    ([_stat("a", (1 << 27) | 0o777, linkname="d/s/.."), _stat("d", DIR | 0o755),
+      _stat("d/s", (1 << 27) | 0o777, linkname="..")], "through other links"),
+    # a hard link's path through a link: only a file received by that very name may be linked
+    ([_stat("x", DIR | 0o755), _stat("x/s", (1 << 27) | 0o777, linkname=".."),
+      _stat("leak", 0o600, linkname="x/s/keep")], "which was not sent"),
+    ([_stat("d", DIR | 0o755), _stat("hard", 0o644, linkname="d")], "which was not sent"),
 ])
 def test_local_export_refuses_what_would_leave_the_folder(tmp_path: Path, stats: list[Packet], why: str) -> None:
     dest = tmp_path / "out"
@@ -390,6 +406,41 @@ def test_local_export_refuses_what_would_leave_the_folder(tmp_path: Path, stats:
         _export(stats, {}, dest)
     assert sorted(os.listdir(dest)) == ["keep"]
     assert not (tmp_path / "evil").exists()
+
+
+def test_local_export_follows_links_inside_and_stops_at_loops(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    stats = [_stat("bin", DIR | 0o755), _stat("bin/app", 0o755), _stat("bin/up", (1 << 27) | 0o777, linkname=".."),
+             _stat("again", (1 << 27) | 0o777, linkname="bin/up/bin/app"), _stat("hard", 0o755, linkname="bin/app"),
+             _stat("loop1", (1 << 27) | 0o777, linkname="loop2"), _stat("loop2", (1 << 27) | 0o777, linkname="loop1")]
+    _export(stats, {1: b"app"}, dest)
+    assert (dest / "again").read_text() == "app"
+    assert (dest / "hard").stat().st_ino == (dest / "bin" / "app").stat().st_ino
+    assert os.readlink(dest / "loop1") == "loop2"
+
+
+@pytest.mark.parametrize(("mine", "theirs", "why"), [
+    ("folder", "file", "replace the folder 'app' with a file"),
+    ("file", "folder", "replace the file 'app' with a folder"),
+])
+def test_local_export_never_replaces_a_folder_with_a_file_or_back(tmp_path: Path, mine: str, theirs: str,
+                                                                  why: str) -> None:
+    """`docker cp` refuses both; replacing would lose the folder's files with the staging folder."""
+    dest = tmp_path / "out"
+    dest.mkdir()
+    if mine == "folder":
+        (dest / "app").mkdir()
+        (dest / "app" / "notes.txt").write_text("mine")
+    else:
+        (dest / "app").write_text("mine")
+    (dest / "other").write_text("old")
+    stats = [_stat("other", 0o644)] + ([_stat("app", 0o755)] if theirs == "file" else
+                                         [_stat("app", DIR | 0o755), _stat("app/x", 0o644)])
+    with pytest.raises(ExportRefused, match=why):
+        _export(stats, {0: b"new", 1: b"app", 2: b"x"}, dest)
+    assert (dest / "other").read_text() == "old"  # nothing moved in
+    assert ((dest / "app" / "notes.txt") if mine == "folder" else (dest / "app")).read_text() == "mine"
+    assert sorted(os.listdir(dest)) == ["app", "other"]
 
 
 def test_local_export_leaves_out_devices_and_never_writes_through_a_link(tmp_path: Path) -> None:

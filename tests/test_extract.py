@@ -167,3 +167,16 @@ def test_a_failure_while_moving_into_place_restores_what_was_there(dest: Path, m
     monkeypatch.setattr(os, "rename", real_rename)
     assert (dest / "a").read_text() == "old a\n" and (dest / "b/f").read_text() == "old b\n"
     assert sorted(p.name for p in dest.iterdir()) == ["a", "b", "kept"]
+
+
+def test_a_folder_of_the_users_is_never_replaced_by_a_file(dest: Path) -> None:
+    """As `docker cp`: the folder (and what is in it) stays, and nothing of the archive goes in."""
+    (dest / "app").mkdir()
+    (dest / "app/notes.txt").write_text("mine\n")
+    with pytest.raises(UserError, match="replace the folder 'app' with a file; move it away"):
+        _extract(_tar(_file("new"), _file("app", b"binary")), dest)
+    assert (dest / "app/notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in dest.iterdir()) == ["app", "kept"]
+    with pytest.raises(UserError, match="replace the file 'kept' with a folder"):
+        _extract(_tar(_entry("kept", tarfile.DIRTYPE), _file("kept/f")), dest)
+    assert (dest / "kept").read_text() == "was here before\n"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..placing import merge_into, staging_folder
+from ..placing import Clash, merge_into, staging_folder
 
 
 @dataclass
@@ -101,6 +101,8 @@ def extract(archive: tarfile.TarFile, dest: str | Path, what: str) -> Extracted:
         os.mkdir(aside)
         try:
             result.names = merge_into(root, dest_path, aside)
+        except Clash as exc:
+            raise UserError(f"cannot put {what} into {dest}: {exc}") from None
         except OSError as exc:
             raise UserError(f"cannot put {what} into {dest} ({exc.strerror}); "
                             "the destination is as it was") from None

@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 from ...errors import UserError
 from ...patterns import clean
-from ...placing import STAGING_PREFIX, merge_into, staging_folder
+from ...placing import STAGING_PREFIX, Clash, merge_into, staging_folder
 from .fswalk import GO_DIR, GO_SYMLINK, GO_TYPE
 from .proto import fsutil_pb2
 
@@ -57,12 +57,47 @@ def _check_link(path: str, target: str) -> None:
         raise ExportRefused(f"refusing the export: '{path}' is a link that points outside the destination")
 
 
+MAX_LINK_HOPS = 40  # as Linux's own limit on following links in one lookup
+
+
+def _leaves(links: dict[str, str], path: str) -> bool:
+    """Does the link at `path` lead out of the tree once the other links it passes through are
+    followed, as the kernel would follow them (`x/s -> ..` then `y -> x/s/..` leaves although
+    each target alone stays inside)? Only the received tree counts: nothing is looked up on disk."""
+    parts = path.split("/")[:-1]  # the link's folder: real folders only (entries never go through links)
+    todo = links[path].split("/")
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return True
+            parts.pop()
+            continue
+        candidate = "/".join([*parts, part])
+        if candidate in links:
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                return False  # a loop leads nowhere, and so not out either
+            target = links[candidate]
+            if target.startswith("/"):
+                return True
+            todo[:0] = target.split("/")  # relative to the folder the link is in: `parts` as it is
+            continue
+        parts.append(part)
+    return False
+
+
 class Receiver:
     """Receives one export into `staging` (a fresh folder); `merge_into` then moves it in."""
 
     def __init__(self, staging: str) -> None:
         self.staging = staging
         self.folders = {""}
+        self.regular: set[str] = set()  # regular files received: the only targets a hard link may have
+        self.links: dict[str, str] = {}  # symlink path -> target, checked as a whole before anything moves in
         self.files: dict[int, tuple[str, int, int]] = {}  # index -> (path, mode, mtime)
         self.open: dict[int, BinaryIO] = {}
         self.pending: set[int] = set()
@@ -86,7 +121,7 @@ class Receiver:
                 if isinstance(item, BaseException):
                     raise item
                 if item.type == Packet.PACKET_FIN:
-                    self._finish_folders()
+                    self._finish()
                     complete()
                 yield item
         finally:
@@ -137,6 +172,7 @@ class Receiver:
             return False
         if mode & GO_SYMLINK:
             _check_link(path, stat.linkname)
+            self.links[path] = stat.linkname
             os.symlink(stat.linkname, target)
             os.utime(target, ns=(stat.modTime, stat.modTime), follow_symlinks=False)
             return False
@@ -145,11 +181,11 @@ class Receiver:
             return False
         if stat.linkname:  # a hard link to a file sent before
             first = _check_path(stat.linkname)
-            source = os.path.join(self.staging, first)
-            if not os.path.isfile(source) or os.path.islink(source):
+            if first not in self.regular:  # by name, never by a look-up that could pass through a link
                 raise ExportRefused(f"refusing the export: '{path}' is a hard link to '{first}', which was not sent")
-            os.link(source, target, follow_symlinks=False)
+            os.link(os.path.join(self.staging, first), target, follow_symlinks=False)
             return False
+        self.regular.add(path)
         self.files[index] = (path, mode & 0o777, stat.modTime)
         self.open[index] = open(target, "xb")  # noqa: SIM115  # closed when its last packet comes
         return True
@@ -170,7 +206,11 @@ class Receiver:
         os.chmod(target, mode)
         os.utime(target, ns=(mtime, mtime))
 
-    def _finish_folders(self) -> None:
+    def _finish(self) -> None:
+        for link in self.links:
+            if _leaves(self.links, link):
+                raise ExportRefused(f"refusing the export: '{link}' is a link that leads outside the destination "
+                                    "through other links")
         for path, mode, mtime in reversed(self.dir_times):  # deepest first: a change inside moves the parent's time
             target = os.path.join(self.staging, path)
             os.chmod(target, mode | 0o700)
@@ -205,6 +245,8 @@ def receive_into(incoming: Iterable[Packet], dest: str | os.PathLike[str], what:
         def merge() -> None:
             try:
                 merge_into(new, dest_path, aside)
+            except Clash as exc:
+                raise ExportRefused(f"cannot put {what} into {dest}: {exc}") from None
             except OSError as exc:
                 raise ExportRefused(f"cannot put {what} into {dest} ({exc.strerror}); "
                                     "the destination is as it was") from None
