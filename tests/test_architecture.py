@@ -13,14 +13,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "invoke_compimg"
 
 # Bottom to top. A module may import its own package and the layers below it, never above.
-# The foundation (errors, names, procs) is the package's top-level modules.
+# The foundation is the package's top-level modules (FOUNDATION: every one of them is listed).
 LAYERS = ["", "dockerfile", "progress", "engine", "host", "building", "builders", "run", "tasks"]
 # The package's API (`invoke_compimg/__init__.py`) re-exports the glue.
 API = "__init__"
 PURE = ("", "dockerfile")  # know nothing of the Docker SDK or of Invoke
 # Composition roots, which put the others together: the Invoke glue and one run of a build.
 GLUE = {"tasks", "run"}
-FOUNDATION = {"errors", "names", "procs"}
+FOUNDATION = {"errors", "names", "procs", "patterns", "placing", "links", "words"}
 MOST_IMPORTS = 6  # of other packages' modules, the foundation not counted
 
 
@@ -157,7 +157,13 @@ def test_nothing_below_the_glue_imports_invoke() -> None:
 
 def test_the_pure_layers_know_nothing_of_docker() -> None:
     pure = {m: p for m, p in modules().items() if layer_of(m) in PURE and m != API}
-    assert sorted(m for m, p in pure.items() if third_party(p) & {"docker", "requests", "urllib3"}) == []
+    assert sorted(m for m, p in pure.items()
+                  if third_party(p) & {"docker", "requests", "urllib3", "grpc", "google", "invoke"}) == []
+
+
+def test_the_foundation_is_the_top_level_modules() -> None:
+    top = {m for m in modules() if "." not in m and layer_of(m) == "" and m != API}
+    assert top == FOUNDATION
 
 
 def test_importing_the_package_loads_no_engine_sdk_and_no_rich() -> None:

@@ -9,6 +9,7 @@ import pytest
 from conftest import ROOT
 from engine_helpers import Builder, build_native, config_of, image_listing, run_image
 
+from invoke_compimg.building.project import Project
 from invoke_compimg.building.settings import Settings
 from invoke_compimg.errors import EngineError, UserError
 
@@ -214,3 +215,21 @@ def test_hostile_artifacts(make_project, tmp_path) -> None:  # type: ignore[no-u
     with pytest.raises(UserError, match="outside the destination"):
         extract_artifact(project, builder, "evil:/three/climb", str(dest))
     assert sorted(p.name for p in dest.iterdir()) == ["lib"]
+
+
+def test_copy_through_a_link_in_the_context_reads_where_it_leads(make_project, api, unique, builder) -> None:  # type: ignore[no-untyped-def]
+    """`COPY link/file` and `COPY link` where `link -> real` in the context: the engine follows
+    the link in the context it gets, so the minimal context must hold the link and what it
+    leads to; an edit behind the link is a change of the stage's inputs."""
+    dockerfile = "NAME run\nFROM busybox\nCOPY link/file /a\nCOPY link /b/\n"
+    project = make_project(dockerfile, {"real/file": "one\n", "real/sub/other": "two\n", "unread": "x\n"})
+    (project.context / "link").symlink_to("real")
+    ids, _, _ = build(project)
+    build_native(api, project, unique)
+    ours, theirs = image_listing(api, ids["run"]), image_listing(api, unique)
+    for path in ("a", "b", "b/file", "b/sub", "b/sub/other"):
+        assert ours[path] == theirs[path]
+    (project.context / "real/file").write_text("edited\n")
+    ids2, out, _ = build(Project(project.dockerfile, project.context))  # a new process would read it again
+    assert "(reused)" not in out and "COPY link/file /a" in out and ids2["run"] != ids["run"]
+    assert run_image(api, ids2["run"], ["cat", "/a"]) == (0, "edited\n")

@@ -23,6 +23,7 @@ from typing import IO
 from .. import patterns
 from ..dockerfile.heredocs import InlineFile
 from ..errors import UserError
+from ..links import resolve_through_links
 from .file_hashes import FileHashes
 
 _WILDCARDS = set("*?[")
@@ -203,8 +204,8 @@ def _matches(path: str, source: str) -> bool:
 
 def files_read(context: str, sources: Iterable[str]) -> list[str]:
     """Context paths (files, directories and their parents) that `sources` can read, after
-    `.dockerignore`. A source with a variable (`COPY $DIR .`) cannot be told in advance:
-    then the whole context counts as read."""
+    `.dockerignore`, symlinks in a source's path followed inside the context. A source with a
+    variable (`COPY $DIR .`) cannot be told in advance: then the whole context counts as read."""
     wanted = list(sources)
     if not wanted:
         return []
@@ -219,6 +220,9 @@ def files_read(context: str, sources: Iterable[str]) -> list[str]:
     candidates = included(root, matcher)
     if "" in normalised:
         return sorted(candidates)
+    # `COPY link/file` and `COPY link` read where the link leads (inside the context), and the
+    # link itself, which the engine follows in the context it was sent.
+    normalised = sorted({p for s in normalised for p in resolve_through_links(root, s) or [s]})
     chosen: set[str] = set()
     for path in candidates:
         if any(_matches(path, s) for s in normalised):

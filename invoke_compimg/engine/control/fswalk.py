@@ -28,6 +28,7 @@ import stat as st
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ...links import escapes, resolve_through_links
 from ...patterns import BadPattern, Matcher, clean, match_prefix
 
 # Go's os.FileMode bits (io/fs)
@@ -113,10 +114,10 @@ class Dir:
 
     def __post_init__(self) -> None:
         for name in self.files:
-            if not name or _escapes(name) or clean(name) != name or name.startswith("/"):
+            if not name or escapes(name) or clean(name) != name or name.startswith("/"):
                 raise ValueError(f"virtual file {name!r}: give a clean path inside the dir")
         for path in self.allow or ():
-            if _escapes(path):
+            if escapes(path):
                 raise ValueError(f"allowed path {path!r} is not inside the dir")
         if self.root_under and ("/" in self.root_under or self.root_under in (".", "..")
                                 or any(p.split("/")[0] == self.root_under for p in self.files)):
@@ -162,63 +163,16 @@ class Request:
     follow: Sequence[str] | None = None
 
 
-def _escapes(path: str) -> bool:
-    cleaned = clean(path)
-    return cleaned.startswith("/") or cleaned == ".." or cleaned.startswith("../")
-
-
 def _follow(directory: Dir, root: str | None, path: str) -> list[str]:
-    """A followpath of the daemon's (a dir path) resolved as `_resolve_follow` does, through
+    """A followpath of the daemon's (a dir path) resolved as `resolve_through_links` does, through
     the root's links, in the dir's terms again."""
     if not directory.root_under:
-        return _resolve_follow(root, path)
+        return resolve_through_links(root, path)
     real = directory.real(clean(path))
     if real is None:
-        return _resolve_follow(None, path)  # a virtual path: no links to read
+        return resolve_through_links(None, path)  # a virtual path: no links to read
     under = directory.root_under
-    return [under] if not real else [f"{under}/{p}" for p in _resolve_follow(root, real)]
-
-
-def _resolve_follow(root: str | None, path: str) -> list[str]:
-    """`path` and, where a component is a symlink, where it leads inside the root (absolute
-    targets are taken from the root, as a chroot would). Paths leaving the root are
-    dropped; links are read, never followed on the host."""
-    if _escapes(path):
-        return []
-    found: list[str] = []
-    pending = [clean(path)]
-    seen: set[str] = set()
-    while pending and len(seen) < 256:  # a loop of links ends here
-        current = pending.pop()
-        if current in seen or current == ".":
-            continue
-        seen.add(current)
-        found.append(current)
-        if root is None:
-            continue
-        parts = current.split("/")
-        for i in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:i])
-            try:
-                info = os.lstat(os.path.join(root, prefix))
-            except OSError:
-                break
-            if st.S_ISLNK(info.st_mode):
-                try:
-                    target = os.readlink(os.path.join(root, prefix))
-                except OSError:
-                    break
-                base = "" if target.startswith("/") else os.path.dirname(prefix)
-                resolved = clean("/" + os.path.join(base, target)).lstrip("/")
-                rest = "/".join(parts[i:])
-                joined = clean(os.path.join(resolved, rest)) if resolved else clean(rest or ".")
-                if not _escapes(joined):
-                    pending.append(joined)
-                found.append(prefix)
-                break
-            if not st.S_ISDIR(info.st_mode):
-                break
-    return sorted(set(found))
+    return [under] if not real else [f"{under}/{p}" for p in resolve_through_links(root, real)]
 
 
 class _Includes:
@@ -410,7 +364,7 @@ def open_beneath(root: str, path: str) -> int:
     """A read-only descriptor of the regular file `path` inside `root`, opened one component
     at a time without following any symlink (so a file swapped for a link since the walk
     cannot lead out of the root). Raises OSError otherwise."""
-    if _escapes(path):
+    if escapes(path):
         raise PermissionError(f"{path!r} is outside the dir")
     flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     current = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
