@@ -233,3 +233,19 @@ def test_copy_through_a_link_in_the_context_reads_where_it_leads(make_project, a
     ids2, out, _ = build(Project(project.dockerfile, project.context))  # a new process would read it again
     assert "(reused)" not in out and "COPY link/file /a" in out and ids2["run"] != ids["run"]
     assert run_image(api, ids2["run"], ["cat", "/a"]) == (0, "edited\n")
+
+
+def test_a_context_file_that_cannot_be_read_is_one_line(make_project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Hashing the stage's inputs reads every file it copies: a file that is unreadable (or
+    removed meanwhile; as root here, unreadable has to be played) is one line at the stage."""
+    from invoke_compimg.building import file_hashes
+
+    project = make_project("NAME run\nFROM busybox\nCOPY secret.txt /\n", {"secret.txt": "x\n"})
+
+    def refuse(self, path, stat):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied", str(project.context / path))
+
+    monkeypatch.setattr(file_hashes.FileHashes, "sha256", refuse)
+    with pytest.raises(UserError, match=r"Dockerfile:1: stage 'run' cannot read its build context .*"
+                                        r"Permission denied.*check that folder's files and permissions"):
+        build(project)

@@ -250,3 +250,34 @@ def test_push_plan_pushes_only_what_this_run_built() -> None:
     assert ("build", "app-build:1", "sha256:b") in everything
     with pytest.raises(UserError, match="is not part of this build of 'run', so the tag may name an old image"):
         push.plan(tags, {"run": "sha256:r"}, "run", False)
+
+
+def test_a_connection_made_while_the_engine_closes_is_closed_not_kept() -> None:
+    """BuildKit's connection is made early on a thread of its own (builders/buildkit.prepare);
+    a build that ends first closes the Engine meanwhile: that connection must not outlive it."""
+    import threading
+
+    class Connection:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    engine = Engine({"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    computing, closed = threading.Event(), threading.Event()
+    made: list[Connection] = []
+
+    def connect() -> Connection:
+        computing.set()
+        closed.wait(5)
+        made.append(Connection())
+        return made[-1]
+
+    worker = threading.Thread(target=engine.remember, args=("control", connect))
+    worker.start()
+    computing.wait(5)
+    engine.close()
+    closed.set()
+    worker.join(5)
+    assert made and made[0].closed and "control" not in engine.notes
+    assert engine.remember("control", Connection) is engine.remember("control", Connection)  # kept once open again

@@ -130,6 +130,7 @@ class Engine:
         self._unix = UnixJSON(unix) if unix else None
         self.notes: dict[str, Any] = {}  # what calls learnt about this engine (see `remember`)
         self._key_locks: dict[str, threading.Lock] = {}
+        self._closings = 0  # how many times close() ran: what was computed across one is not kept
 
     # --- clients ------------------------------------------------------------------------
     @property
@@ -178,9 +179,16 @@ class Engine:
             with self._lock:
                 if key in self.notes:
                     return self.notes[key]
+                closings = self._closings
             value = compute()
             with self._lock:
-                self.notes[key] = value
+                kept = closings == self._closings
+                if kept:
+                    self.notes[key] = value
+            if not kept and callable(getattr(value, "close", None)):
+                # close() ran meanwhile (a connection made early, on a thread of its own, for a
+                # build that ended first): nobody would close it.
+                value.close()
             return value
 
     def control(self) -> Control:
@@ -194,6 +202,7 @@ class Engine:
     def close(self) -> None:
         """Close its connections; using the Engine again connects again."""
         with self._lock:
+            self._closings += 1
             clients, self._clients = self._clients, []
             control = self.notes.pop("control", None)
             self._local = threading.local()

@@ -149,9 +149,11 @@ class BuildRun:
         self.reporter.stage_started(stage.name)
         self._ensure_images(unit.stages)
         plan = builder.plan(unit, {u.name: i for u, i in known.items()})
-        digest = reuse.inputs_digest(self.engine, self.images, kind=builder.name, name=stage.name, text=plan.text,
-                                     image_refs=plan.images, args=args, platforms=self.settings.platforms,
-                                     context=str(self.project.context), paths=plan.paths)
+        with builder.reading_context(stage):  # the files are hashed: unreadable or gone is one line
+            digest = reuse.inputs_digest(self.engine, self.images, kind=builder.name, name=stage.name,
+                                         text=plan.text, image_refs=plan.images, args=args,
+                                         platforms=self.settings.platforms, context=str(self.project.context),
+                                         paths=plan.paths)
         found = None if self.settings.no_cache else reuse.find(self.engine, self.project, stage.name, digest)
         sent: Sent | None = None
         if found is not None:
