@@ -478,6 +478,10 @@ def test_a_tar_export_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     with pytest.raises(ConnectionError):
         TarFile(target).receive(broken())
     assert os.listdir(tmp_path) == []
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ExportRefused, match=r"cannot write the export to .*folder \(Is a directory\); nothing"):
+        TarFile(tmp_path / "folder").receive(iter([b"x"]))
+    (tmp_path / "folder").rmdir()
     assert TarFile(target).receive(iter([b"a" * 10, b"b" * 5])) == 15
     assert target.read_bytes() == b"a" * 10 + b"b" * 5
     assert os.listdir(tmp_path) == ["image.tar"]
@@ -550,3 +554,30 @@ def test_an_engine_without_the_grpc_api_is_one_line() -> None:
                 upgrade(engine)
         finally:
             server.shutdown()
+
+
+def test_socket_folders_fit_a_socket_path_and_those_of_killed_runs_go(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TMPDIR too long for a unix socket's path (107 bytes) gives way to /tmp; a folder of a
+    process that is gone is removed by the next run, one of a live process stays."""
+    import tempfile
+
+    from invoke_compimg.procs import socket_folder
+
+    long_tmp = tmp_path / ("t" * 90)
+    long_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+    folder = socket_folder("test")
+    try:
+        assert os.path.dirname(folder) == "/tmp" and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        assert os.path.basename(folder).startswith(f"compimg-test-{os.getpid()}-")
+    finally:
+        os.rmdir(folder)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "compimg-test-999999999-abcd"
+    dead.mkdir()
+    (dead / "old.sock").write_text("")
+    live = tmp_path / f"compimg-test-{os.getpid()}-live"
+    live.mkdir()
+    folder = socket_folder("test")
+    assert not dead.exists() and live.exists() and os.path.dirname(folder) == str(tmp_path)

@@ -281,3 +281,39 @@ def test_a_connection_made_while_the_engine_closes_is_closed_not_kept() -> None:
     worker.join(5)
     assert made and made[0].closed and "control" not in engine.notes
     assert engine.remember("control", Connection) is engine.remember("control", Connection)  # kept once open again
+
+
+def test_an_error_page_in_html_is_the_engines_line(tmp_path: Path) -> None:
+    """A proxy in front of the engine (a socket proxy with an access list) answers 403 in HTML."""
+    import http.server
+    import socketserver
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            version = self.path.endswith("/version")
+            body = b'{"Version":"24.0","ApiVersion":"1.43","Os":"linux"}' if version else b"<html>403 Forbidden</html>"
+            self.send_response(200 if version else 403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> Any:
+            request, _ = super().get_request()
+            return request, ("local", 0)
+
+    path = str(tmp_path / "proxy.sock")
+    server = Server(path, Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Engine({"DOCKER_HOST": f"unix://{path}"}) as engine, pytest.raises(EngineError, match="403 Forbidden"):
+            images.inspect(engine, "alpine:3")
+    finally:
+        server.shutdown()
+        server.server_close()

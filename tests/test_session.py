@@ -181,6 +181,13 @@ def test_output_is_refused_in_one_line_where_it_cannot_be(make_project: Any, tmp
     assert tagged.returncode == 1 and "makes no image to tag" in tagged.stderr
     bad = cli("compimg", ["build", "-o", "type=registry,ref=x"], project.context)
     assert bad.returncode == 1 and "type 'registry' is not supported here" in bad.stderr
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("mine")
+    for spec, why in ((f"type=tar,dest={tmp_path / 'folder'}", "that is a folder; give a file name"),
+                      (f"type=local,dest={tmp_path / 'file'}", "that is a file, not a folder")):
+        wrong = cli("compimg", ["build", "-o", spec], project.context)
+        assert wrong.returncode == 1 and why in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1, wrong
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 def test_extract_artifact_is_a_local_export_and_keeps_the_users_files(make_project: Any, api: Any,

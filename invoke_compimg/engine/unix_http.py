@@ -64,11 +64,17 @@ class UnixJSON:
             connection.close()
         if response.status == 404:
             return None
-        data = json.loads(body) if body else None
-        if response.status >= 400:
+        if response.status >= 400:  # a proxy in front of the engine may answer in HTML
+            try:
+                data = json.loads(body)
+            except ValueError:
+                data = None
             message = data.get("message") if isinstance(data, dict) else body.decode("utf-8", "replace")
-            raise Answer(response.status, " ".join(str(message).split()))
-        return data
+            raise Answer(response.status, " ".join(str(message).split())[:300])
+        try:
+            return json.loads(body) if body else None
+        except ValueError:
+            raise ConnectionError(f"the engine's answer to GET {url} is not JSON: {body[:80]!r}") from None
 
     def close(self) -> None:
         """Nothing is held between requests."""

@@ -99,6 +99,12 @@ class BuildRun:
             raise UserError(f"--output {output.dest}: writing a build's files needs BuildKit with a session, and this "
                             f"build uses the {self.builder.name} builder on {self.engine.kind.name}; "
                             "drop --output and use extract-artifact")
+        if output.type == "tar" and os.path.isdir(output.dest):
+            raise UserError(f"--output type=tar,dest={output.dest}: that is a folder; give a file name "
+                            "(or type=local to write the files into the folder)")
+        if output.type == "local" and os.path.exists(output.dest) and not os.path.isdir(output.dest):
+            raise UserError(f"--output {output.dest}: that is a file, not a folder; give a folder "
+                            "(or type=tar,dest=FILE for one tar file)")
         if self.settings.tags.get(target) and self.builder.stores_images:
             raise UserError(f"--output {output.dest} writes stage '{target}' as files and makes no image to tag; "
                             "drop its --tag, or build without --output")

@@ -306,7 +306,11 @@ def connect(address: str | None = None, *, engine: Engine | None = None, tls: TL
         raise ValueError("give either address or engine")
     if engine is not None:
         first = upgrade(engine)  # proves the engine serves /grpc, and serves the first connection
-        bridge = EngineBridge(engine, first)
+        try:
+            bridge = EngineBridge(engine, first)
+        except BaseException:
+            first.close()
+            raise
         channel = grpc.insecure_channel(bridge.target, options=_options())
         where = f"the Docker engine at {engine.address}"
         try:

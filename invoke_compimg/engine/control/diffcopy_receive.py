@@ -281,9 +281,12 @@ class TarFile:
                     size += len(chunk)
             os.chmod(temporary, 0o666 & ~_umask())
             os.replace(temporary, self.path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+            if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):  # disk full, a folder there...
+                raise ExportRefused(f"cannot write the export to {self.path} ({exc.strerror or exc}); "
+                                    "nothing was written") from None
             raise
         return size
 

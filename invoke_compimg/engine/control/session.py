@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,6 +33,8 @@ from typing import Any
 
 import grpc
 
+from ...errors import EngineError
+from ...procs import socket_folder
 from .diffcopy_receive import ExportRefused, TarFile, receive_into
 from .diffcopy_send import Refused, Sender
 from .fswalk import BadPattern, Dir, Request, walk
@@ -301,8 +302,7 @@ class Attached:
 
     def __init__(self, session: Session, channel: grpc.Channel) -> None:
         self.session = session
-        self.folder = tempfile.mkdtemp(prefix="compimg-session-")
-        os.chmod(self.folder, 0o700)
+        self.folder = socket_folder("session")
         self.closed = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="compimg-session")
         self.server = grpc.server(self.executor,
@@ -321,6 +321,9 @@ class Attached:
             self.call = call(self._to_daemon(), metadata=session.metadata())
             self.pump = threading.Thread(target=self._from_daemon, name="compimg-session-pipe", daemon=True)
             self.pump.start()
+        except (OSError, RuntimeError) as exc:  # grpc's server says RuntimeError when it cannot listen
+            self.close()
+            raise EngineError(f"cannot serve the build's session on {address} ({exc})") from None
         except BaseException:
             self.close()
             raise

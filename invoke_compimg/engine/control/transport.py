@@ -19,13 +19,13 @@ import contextlib
 import os
 import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError
+from ...procs import socket_folder
 
 if TYPE_CHECKING:
     from ..client import Engine, Upgraded
@@ -62,12 +62,19 @@ class EngineBridge:
     def __init__(self, engine: Engine, first: Upgraded | None = None) -> None:
         self.engine = engine
         self.pending = first
-        self.folder = tempfile.mkdtemp(prefix="compimg-grpc-")
-        os.chmod(self.folder, 0o700)
+        try:
+            self.folder = socket_folder("grpc")
+        except OSError as exc:
+            raise EngineError(f"cannot make a folder for BuildKit's connection ({exc}); check TMPDIR") from None
         self.path = os.path.join(self.folder, "engine.sock")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(self.path)
-        self.listener.listen(8)
+        try:
+            self.listener.bind(self.path)
+            self.listener.listen(8)
+        except OSError as exc:
+            self.listener.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise EngineError(f"cannot listen on {self.path} for BuildKit's connection ({exc})") from None
         self.lock = threading.Lock()
         self.open: list[tuple[socket.socket, Upgraded]] = []
         self.threads: list[threading.Thread] = []
