@@ -42,3 +42,16 @@ _REF = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?::[0-9]+)?"
 def valid_ref(ref: str) -> bool:
     """Is `ref` an image reference a tag can be (no digest)?"""
     return bool(_REF.match(ref))
+
+
+DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")  # BuildKit asks for the last
+
+
+def registry_hosts(ref: str) -> tuple[str, ...]:
+    """The registry host(s) an image reference is pulled from or pushed to, as Docker's
+    reference grammar tells them: a first component with a `.` or `:`, or `localhost`; else
+    Docker Hub, under each name it is asked by."""
+    first, slash, _ = ref.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return ("docker.io", *DOCKER_HUB_HOSTS[1:]) if first in DOCKER_HUB_HOSTS else (first,)
+    return DOCKER_HUB_HOSTS

@@ -290,7 +290,7 @@ def test_an_error_page_in_html_is_the_engines_line(tmp_path: Path) -> None:
     import threading
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             version = self.path.endswith("/version")
             body = b'{"Version":"24.0","ApiVersion":"1.43","Os":"linux"}' if version else b"<html>403 Forbidden</html>"
             self.send_response(200 if version else 403)

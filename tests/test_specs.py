@@ -3,6 +3,7 @@ forms `docker build` accepts, and each mistake as one line. Pure: no engine."""
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 from collections.abc import Iterator
@@ -95,6 +96,8 @@ def test_ssh_default_is_the_agent_of_ssh_auth_sock(agent: str, monkeypatch: pyte
                 "(eval $(ssh-agent); ssh-add), or write default=/path/to/agent.sock"),
     ("work=/nonexistent/agent.sock", "--ssh work=/nonexistent/agent.sock: /nonexistent/agent.sock does not exist; "
                                      "give an ssh agent's socket"),
+    ("work=/a.sock,/b.sock", "--ssh work=/a.sock,/b.sock: one agent socket per id; load the keys into one agent "
+                             "(ssh-add), or give each socket an id of its own (--ssh a=SOCK1 --ssh b=SOCK2)"),
 ])
 def test_ssh_mistakes_are_one_line(value: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
@@ -193,3 +196,41 @@ def test_service_mistakes_are_one_line(flags: dict[str, Any], message: str, monk
     with pytest.raises(UserError) as caught:
         resolve(**flags)
     assert str(caught.value) == message
+
+
+# --- which registries a BuildKit service may ask logins for ------------------------------------
+
+@pytest.mark.parametrize(("ref", "hosts"), [
+    ("busybox", ("docker.io", "index.docker.io", "registry-1.docker.io")),
+    ("library/golang:1.22", ("docker.io", "index.docker.io", "registry-1.docker.io")),
+    ("docker.io/me/app", ("docker.io", "index.docker.io", "registry-1.docker.io")),
+    ("registry.example:5000/team/base:1", ("registry.example:5000",)),
+    ("localhost/x", ("localhost",)),
+    ("ghcr.io/o/r@sha256:" + "a" * 64, ("ghcr.io",)),
+])
+def test_registry_hosts_of_a_reference(ref: str, hosts: tuple[str, ...]) -> None:
+    from invoke_compimg.names import registry_hosts
+
+    assert registry_hosts(ref) == hosts
+
+
+def test_a_service_build_offers_only_the_logins_it_uses(tmp_path: Path) -> None:
+    """A BuildKit service is another machine: its session answers credentials only for the
+    registries the build names (bases, --cache-from/--cache-to, pushed tags, # syntax=)."""
+    from invoke_compimg.builders.buildkit_service import BuildKitServiceBuilder
+    from invoke_compimg.building.project import Project
+    from invoke_compimg.building.reuse import ExternalImages
+    from invoke_compimg.engine.client import Engine
+    from invoke_compimg.progress import QuietReporter
+
+    (tmp_path / "Dockerfile").write_text("# syntax=frontends.example/dockerfile:1\n"
+                                         "FROM registry.example:5000/go AS build\nFROM scratch AS run\n"
+                                         "COPY --from=build /app /\nCOPY --from=ghcr.io/o/tools /t /\n")
+    project = Project(tmp_path / "Dockerfile", tmp_path)
+    chosen = settings.resolve(project.graph, None, target="run", buildkit_host="tcp://127.0.0.1:1",
+                              tags=["run=cache.example/me/app:1"], cache_from=["cache.example/me/app:cache"])
+    builder = BuildKitServiceBuilder(Engine({"DOCKER_HOST": "unix:///nonexistent"}), project, project.graph, chosen,
+                                     QuietReporter(io.StringIO(), io.StringIO()), ExternalImages())
+    [unit] = builder.units(list(project.graph.stages), ["run"])
+    assert builder.registry_hosts(unit) == {"registry.example:5000", "ghcr.io", "cache.example",
+                                            "frontends.example"}

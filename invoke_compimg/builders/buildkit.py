@@ -151,6 +151,11 @@ class BuildKitBuilder(Builder):
     def exports(self) -> bool:
         return self.serves_sessions  # known without connecting; a failed connection says so when sending
 
+    def registry_hosts(self, unit: Unit) -> set[str] | None:
+        """Registries whose credentials the session may give: any the user has a login for (the
+        engine is the user's own; it pulls with them, as `docker build` lets it)."""
+        return None
+
     def prepare(self) -> None:
         """Import grpc and connect to BuildKit on a thread of its own while the build is planned
         (0.1-0.2 s that would otherwise come after it)."""
@@ -223,7 +228,7 @@ class BuildKitBuilder(Builder):
             files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()}, root_under=under,
             shared_key=shared_key(str(self.project.context), unit.name),
             secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
-            ssh={s.id: s.paths[0] for s in self.settings.ssh})
+            ssh={s.id: s.paths[0] for s in self.settings.ssh}, registry_hosts=self.registry_hosts(unit))
         attrs = dockerfile_attrs(
             target=target.name, build_args=args, no_cache=self.settings.no_cache and not unit.needs,
             network=self.network(), platform=",".join(self.settings.platforms) or None)

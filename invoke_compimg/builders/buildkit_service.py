@@ -15,6 +15,7 @@ from typing import Any
 from ..building.specs import OutputSpec
 from ..dockerfile.model import Stage
 from ..errors import UserError
+from ..names import registry_hosts
 from .base import Builder, Plan, Unit
 from .buildkit import BuildKitBuilder
 
@@ -77,6 +78,18 @@ class BuildKitServiceBuilder(BuildKitBuilder):
         # What a remote base image's ONBUILD triggers read cannot be known here: the service
         # reads what .dockerignore leaves (the frontend sends its patterns as excludes).
         return None
+
+    def registry_hosts(self, unit: Unit) -> set[str] | None:
+        """Registries the service may ask credentials for: those this build names (base and
+        copied-from images, the `# syntax=` frontend, cache refs, pushed tags). A service is
+        another machine: it never gets a login the build does not use."""
+        refs = [*self.images_read(unit), *self.settings.cache_from, *self.settings.tags.get(unit.name, ())]
+        if self.graph.syntax:
+            refs.append(self.graph.syntax)
+        cache = self.settings.cache_to
+        if cache is not None and cache.ref:
+            refs.append(cache.ref)
+        return {host for ref in refs if ref != "scratch" for host in registry_hosts(ref)}
 
     def network(self) -> str | None:
         requested = self.settings.network

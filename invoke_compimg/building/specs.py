@@ -85,7 +85,8 @@ def parse_secret(value: str, environ: Mapping[str, str] | None = None) -> Secret
 
 
 def parse_ssh(value: str, environ: Mapping[str, str] | None = None) -> SshSpec:
-    """`default` ($SSH_AUTH_SOCK) or `ID=PATH[,PATH]` (agent sockets)."""
+    """`default` ($SSH_AUTH_SOCK) or `ID=PATH` (an agent's socket). Docker also takes key files,
+    several per id, which it loads into an agent of its own: here they go into yours (ssh-add)."""
     env = os.environ if environ is None else environ
     ssh_id, eq, rest = value.partition("=")
     if not ssh_id:
@@ -97,6 +98,9 @@ def parse_ssh(value: str, environ: Mapping[str, str] | None = None) -> SshSpec:
             raise UserError(f"--ssh {value}: no agent socket given and SSH_AUTH_SOCK is not set; start ssh-agent "
                             f"(eval $(ssh-agent); ssh-add), or write {ssh_id}=/path/to/agent.sock")
         paths = [sock]
+    if len(paths) > 1:
+        raise UserError(f"--ssh {value}: one agent socket per id; load the keys into one agent (ssh-add), "
+                        f"or give each socket an id of its own (--ssh a=SOCK1 --ssh b=SOCK2)")
     checked = []
     for path in paths:
         full = os.path.abspath(os.path.expanduser(path))

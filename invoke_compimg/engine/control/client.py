@@ -21,7 +21,7 @@ import queue
 import secrets as random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -266,22 +266,23 @@ class Control:
 def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile: bytes, shared_key: str,
                        files: Mapping[str, tuple[bytes, int]] | None = None, root_under: str = "",
                        secrets: Sequence[tuple[str, str | None, str | None]] = (),
-                       ssh: Mapping[str, str] | None = None) -> Session:
+                       ssh: Mapping[str, str] | None = None,
+                       registry_hosts: Iterable[str] | None = None) -> Session:
     """A session for one Dockerfile solve: the context folder (only `allow`, when given) as
     dir `context`, with `files` (path -> (bytes, mode): what the lowering generated) beside
     its own (which then go under the folder `root_under`), `dockerfile` as the file
     `Dockerfile` of dir `dockerfile` (the names the frontend reads), `secrets` as (id, file
-    path, environment variable), `ssh` agent sockets by id (None: `default` is
-    $SSH_AUTH_SOCK when set)."""
+    path, environment variable), `ssh` agent sockets by id (only those), `registry_hosts`
+    the registries whose credentials may be asked for (None: any the user has a login for)."""
     from .fswalk import Dir, VirtualFile
-    from .providers import Secret
+    from .providers import Registries, Secret
 
     generated = {path: VirtualFile(data, mode) for path, (data, mode) in (files or {}).items()}
     return Session(shared_key=shared_key,
                    dirs=[Dir("context", context, allow=allow, files=generated, root_under=root_under),
                          Dir("dockerfile", None, files={"Dockerfile": VirtualFile(dockerfile)})],
                    secrets=[Secret(secret_id, path=path, env=env) for secret_id, path, env in secrets],
-                   ssh=ssh)
+                   ssh=dict(ssh or {}), registries=Registries(hosts=registry_hosts))
 
 
 def _read_status(call: Any, events: queue.Queue[tuple[str, Any]]) -> None:

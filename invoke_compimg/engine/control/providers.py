@@ -74,12 +74,6 @@ class Secrets:
         return secret.value()
 
 
-def default_agents() -> dict[str, str]:
-    """`default` -> $SSH_AUTH_SOCK when it is set."""
-    found = os.environ.get("SSH_AUTH_SOCK")
-    return {"default": found} if found else {}
-
-
 class Agents:
     """ssh agent sockets by id."""
 

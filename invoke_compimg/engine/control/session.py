@@ -39,7 +39,7 @@ from .diffcopy_receive import ExportRefused, TarFile, receive_into
 from .diffcopy_send import Refused, Sender
 from .fswalk import BadPattern, Dir, Request, walk
 from .proto import auth_pb2, control_pb2, filesync_pb2, fsutil_pb2, secrets_pb2, sshforward_pb2
-from .providers import Agents, NotFound, Registries, Secret, Secrets, default_agents
+from .providers import Agents, NotFound, Registries, Secret, Secrets
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,14 @@ class Transfer:
 class Session:
     """What one or more builds may ask of this machine. `shared_key` must stay the same for
     the same context folder (BuildKit keeps what it received under it); `ssh` maps agent
-    ids to sockets (None: `default` is $SSH_AUTH_SOCK when set); `registries` answers
+    ids to sockets (only those the user named: none by default); `registries` answers
     credential requests (None: none are answered)."""
 
     name: str = "compimg"
     shared_key: str = ""
     dirs: Sequence[Dir] = ()
     secrets: Sequence[Secret] = ()
-    ssh: Mapping[str, str] | None = None
+    ssh: Mapping[str, str] = field(default_factory=dict)
     registries: Registries | None = field(default_factory=Registries)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     transfers: list[Transfer] = field(default_factory=list)  # every FileSync.DiffCopy served
@@ -120,7 +120,7 @@ class Session:
         self._dirs = {d.name: d for d in self.dirs}
         self._dirs_lock = threading.Lock()
         self._secrets = Secrets(self.secrets)
-        self._agents = Agents(default_agents() if self.ssh is None else self.ssh)
+        self._agents = Agents(self.ssh)
         self._export: Export | None = None
         self._export_lock = threading.Lock()
 
