@@ -75,6 +75,11 @@ def test_ctrl_c_mid_run(make_project, api, unique) -> None:  # type: ignore[no-u
     assert code == 130 and seconds < 5, err
     assert err.strip().splitlines() == [err.strip()] and err.startswith("interrupted:")
     assert before == 0 and _settles(api, 0, project, unique), "the RUN container outlived the interrupted build"
+    import glob
+    import tempfile
+
+    # BuildKit's session and connection sockets live in folders named by the process: gone too
+    assert glob.glob(os.path.join(tempfile.gettempdir(), f"compimg-*-{process.pid}-*")) == []
 
 
 def test_ctrl_c_mid_extraction_leaves_destination_as_it_was(make_project, api, tmp_path) -> None:  # type: ignore[no-untyped-def]

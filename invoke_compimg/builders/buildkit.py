@@ -38,6 +38,7 @@ class BuildKitBuilder(Builder):
         self._lock = threading.Lock()
         self._running: set[str] = set()  # build IDs of the tar solves going on
         self._cancels: set[threading.Event] = set()  # one per session solve going on
+        self._solves_over = threading.Condition(self._lock)  # notified as each session solve ends
 
     @property
     def with_session(self) -> bool:
@@ -258,6 +259,7 @@ class BuildKitBuilder(Builder):
         finally:
             with self._lock:
                 self._cancels.discard(cancel)
+                self._solves_over.notify_all()
         view.finish()
         image_id = answer.get("containerimage.digest", "")
         if not image_id and output is None and self.stores_images:
@@ -322,7 +324,12 @@ class BuildKitBuilder(Builder):
         for build_id in running:
             with contextlib.suppress(Exception):  # the connection closing cancels it too
                 engine_buildkit.cancel(self.engine, build_id)
+        with self._lock:  # the solves end within 0.1 s once cancelled, and close their sessions
+            self._solves_over.wait_for(lambda: not self._cancels, timeout=CANCEL_WAIT)  # (and its folders)
         return super().cancel()
+
+
+CANCEL_WAIT = 5.0  # seconds Ctrl-C waits for the cancelled solves to close their sessions
 
 
 # What BuildKit says when something else on the engine (`docker builder prune`, another
