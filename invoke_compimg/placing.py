@@ -6,6 +6,7 @@ Used by artifact extraction (a tar from a container) and by BuildKit's local exp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -17,15 +18,26 @@ from .procs import alive
 STAGING_PREFIX = ".compimg-staging-"
 
 
+def reap_staging(folder: Path) -> None:
+    """Remove the staging folders and files (a tar export's) that killed runs left in
+    `folder`: named by their process, which is gone."""
+    for entry in folder.iterdir():
+        name = entry.name
+        if not name.startswith(STAGING_PREFIX) or entry.is_symlink():
+            continue
+        pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
 def staging_folder(dest: Path) -> str:
     """A fresh staging folder inside `dest` (which must be a real folder); those of killed
-    runs (their process is gone) are removed first. OSError if `dest` cannot hold one."""
-    for entry in dest.iterdir():
-        name = entry.name
-        if name.startswith(STAGING_PREFIX) and not entry.is_symlink() and entry.is_dir():
-            pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not alive(int(pid)):
-                shutil.rmtree(entry, ignore_errors=True)
+    runs are removed first. OSError if `dest` cannot hold one."""
+    reap_staging(dest)
     return tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dest)
 
 

@@ -478,10 +478,13 @@ def test_a_tar_export_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     with pytest.raises(ConnectionError):
         TarFile(target).receive(broken())
     assert os.listdir(tmp_path) == []
+    killed = tmp_path / ".compimg-staging-999999999-abcd.tar"  # a tar export's, of a run killed mid-write
+    killed.write_bytes(b"half")
     (tmp_path / "folder").mkdir()
     with pytest.raises(ExportRefused, match=r"cannot write the export to .*folder \(Is a directory\); nothing"):
         TarFile(tmp_path / "folder").receive(iter([b"x"]))
     (tmp_path / "folder").rmdir()
+    assert not killed.exists()
     assert TarFile(target).receive(iter([b"a" * 10, b"b" * 5])) == 15
     assert target.read_bytes() == b"a" * 10 + b"b" * 5
     assert os.listdir(tmp_path) == ["image.tar"]

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import re
 import socket
 import threading
 import uuid
@@ -195,7 +196,10 @@ class BuildKitBuilder(Builder):
         try:
             self._solve_with_session(Unit(stage.name, (stage,), ()), plan, {}, OutputSpec("local", dest), quiet=True)
         except EngineError as exc:
-            if "not found" in str(exc):
+            # BuildKit names the copy's missing source in quotes (`"/out/app" not found`, newer
+            # versions `"/out/app": not found`); any other "not found" (an image gone) stands.
+            missing = re.escape(posixpath.normpath("/" + path.lstrip("/")))
+            if re.search(f'"{missing}":? not found', str(exc)):
                 raise FileNotFoundError(path) from exc
             raise
         return [name]

@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 from ...errors import UserError
 from ...patterns import clean
-from ...placing import STAGING_PREFIX, Clash, merge_into, staging_folder
+from ...placing import STAGING_PREFIX, Clash, merge_into, reap_staging, staging_folder
 from .fswalk import GO_DIR, GO_SYMLINK, GO_TYPE
 from .proto import fsutil_pb2
 
@@ -270,6 +270,7 @@ class TarFile:
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            reap_staging(folder)
             fd, temporary = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", suffix=".tar", dir=folder)
         except OSError as exc:
             raise ExportRefused(f"cannot write the export to {self.path} ({exc.strerror})") from None
