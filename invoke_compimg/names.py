@@ -55,3 +55,16 @@ def registry_hosts(ref: str) -> tuple[str, ...]:
     if slash and ("." in first or ":" in first or first == "localhost"):
         return ("docker.io", *DOCKER_HUB_HOSTS[1:]) if first in DOCKER_HUB_HOSTS else (first,)
     return DOCKER_HUB_HOSTS
+
+
+def service_address(address: str) -> tuple[str, str, int] | None:
+    """A BuildKit service's address as buildctl's --addr writes it: `unix://PATH` ->
+    ("unix", PATH, 0); `tcp://HOST:PORT` -> ("tcp", HOST, PORT) (an IPv6 host in brackets is
+    kept so); None if it is neither."""
+    if address.startswith("unix://") and len(address) > len("unix://"):
+        return "unix", address[len("unix://"):], 0
+    if address.startswith("tcp://"):
+        host, _, port = address[len("tcp://"):].rstrip("/").rpartition(":")
+        if host and port.isdigit():
+            return "tcp", host, int(port)
+    return None

@@ -139,7 +139,7 @@ def test_a_grpc_recording_replays_what_buildkit_answered(tmp_path: Path, api: An
         statuses: list[Any] = []
         session = client.dockerfile_session(context=str(context), allow=["a.txt"], dockerfile=dockerfile.encode(),
                                             shared_key=key)
-        with client.attached(engine.control(), session):
+        with engine.control().attach(session):
             answer = engine.control().solve(session=session, frontend_attrs=client.dockerfile_attrs(network="none"),
                                             exporter=client.Exporter.image([f"{unique}:one"]),
                                             on_status=statuses.append)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import UserError
+from ..names import service_address
 
 
 @dataclass(frozen=True)
@@ -190,14 +191,11 @@ def parse_service(address: str, where: str = "--buildkit-host", *, ca: str | Non
                   key: str | None = None) -> ServiceSpec:
     """`unix://PATH` or `tcp://HOST:PORT`, as buildctl's --addr; TLS files must exist, and
     `cert` and `key` go together."""
-    if not address.startswith(("unix://", "tcp://")):
-        raise UserError(f"{where} {address}: write unix:///path/to/buildkitd.sock or tcp://HOST:PORT")
-    if address.startswith("tcp://"):
-        rest = address[len("tcp://"):]
-        host, _, port = rest.rpartition(":")
-        if not host or not port.isdigit():
-            raise UserError(f"{where} {address}: write tcp://HOST:PORT")
-    elif (ca or cert or key):
+    parsed = service_address(address)
+    if parsed is None:
+        shape = "tcp://HOST:PORT" if address.startswith("tcp://") else "unix:///path/to/buildkitd.sock or tcp://HOST:PORT"
+        raise UserError(f"{where} {address}: write {shape}")
+    if parsed[0] == "unix" and (ca or cert or key):
         raise UserError(f"{where} {address}: TLS files are for tcp:// addresses")
     if bool(cert) != bool(key):
         raise UserError(f"{where}: --tlscert and --tlskey go together (your client certificate and its key)")

@@ -21,7 +21,7 @@ import queue
 import secrets as random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from ...errors import EngineError, Interrupted
 from ..buildkit.wire import StatusResponse, decode_status
 from .proto import control_pb2
 from .session import PATHS, Attached, Export, LocalExport, Session, TarExport, method_path
-from .transport import TLS, EngineBridge, channel_for, upgrade, wait_ready
+from .transport import CHANNEL_OPTIONS, TLS, EngineBridge, channel_for, upgrade, wait_ready
 
 if TYPE_CHECKING:
     from ..client import Engine
@@ -97,9 +97,9 @@ class CacheEntry:
 
 
 def dockerfile_attrs(*, filename: str = "Dockerfile", target: str | None = None,
-                     build_args: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+                     build_args: Mapping[str, str] | None = None,
                      no_cache: bool = False, platform: str | None = None, network: str | None = None,
-                     cache_from: Sequence[str] = (), context: str = "context",
+                     context: str = "context",
                      dockerfile: str = "dockerfile") -> dict[str, str]:
     """The `dockerfile.v0` frontend's attrs (frontend/dockerfile/builder/build.go):
     `context`/`dockerfile` name the session dirs it reads (`contextkey`/`dockerfilekey`)."""
@@ -108,16 +108,12 @@ def dockerfile_attrs(*, filename: str = "Dockerfile", target: str | None = None,
         attrs["target"] = target
     for key, value in (build_args or {}).items():
         attrs[f"build-arg:{key}"] = value
-    for key, value in (labels or {}).items():
-        attrs[f"label:{key}"] = value
     if no_cache:
         attrs["no-cache"] = ""
     if platform:
         attrs["platform"] = platform
     if network:
         attrs["force-network-mode"] = network
-    if cache_from:
-        attrs["cache-from"] = ",".join(cache_from)
     if context != "context":
         attrs["contextkey"] = context
     if dockerfile != "dockerfile":
@@ -312,7 +308,7 @@ def connect(address: str | None = None, *, engine: Engine | None = None, tls: TL
         except BaseException:
             first.close()
             raise
-        channel = grpc.insecure_channel(bridge.target, options=_options())
+        channel = grpc.insecure_channel(bridge.target, options=list(CHANNEL_OPTIONS))
         where = f"the Docker engine at {engine.address}"
         try:
             wait_ready(channel, "unix://" + bridge.path, None, timeout)
@@ -332,21 +328,5 @@ def connect(address: str | None = None, *, engine: Engine | None = None, tls: TL
     return Control(channel, address)
 
 
-def _options() -> list[tuple[str, Any]]:
-    from .transport import CHANNEL_OPTIONS
-
-    return list(CHANNEL_OPTIONS)
-
-
-@contextlib.contextmanager
-def attached(control: Control, session: Session) -> Iterator[Attached]:
-    """`with attached(control, session): control.solve(session=session, ...)`."""
-    handle = control.attach(session)
-    try:
-        yield handle
-    finally:
-        handle.close()
-
-
 __all__ = ["PATHS", "CacheEntry", "Cancelled", "Control", "Exporter", "Platform", "SolveFailed", "Worker",
-           "attached", "connect", "dockerfile_attrs", "dockerfile_session"]
+           "connect", "dockerfile_attrs", "dockerfile_session"]

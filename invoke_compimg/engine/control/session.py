@@ -118,7 +118,6 @@ class Session:
 
     def __post_init__(self) -> None:
         self._dirs = {d.name: d for d in self.dirs}
-        self._dirs_lock = threading.Lock()
         self._secrets = Secrets(self.secrets)
         self._agents = Agents(self.ssh)
         self._export: Export | None = None
@@ -138,12 +137,6 @@ class Session:
                 ("x-docker-expose-session-sharedkey", self.shared_key)]
         meta += [("x-docker-expose-session-grpc-method", m) for m in self.methods()]
         return meta
-
-    def add(self, directory: Dir) -> None:
-        """Serve one more dir (a solve names its dirs in its frontend attrs), or replace the
-        one of the same name."""
-        with self._dirs_lock:
-            self._dirs[directory.name] = directory
 
     # --- exports -------------------------------------------------------------------------
 
@@ -196,8 +189,7 @@ class Session:
     def _filesync(self, incoming: Iterable[fsutil_pb2.Packet], context: grpc.ServicerContext) -> Iterator[Any]:
         meta = _metadata(context)
         name = (meta.get("dir-name") or [""])[0]
-        with self._dirs_lock:
-            directory = self._dirs.get(name)
+        directory = self._dirs.get(name)  # fixed when the session is made: no lock
         if directory is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no access allowed to dir {name!r}")
         assert directory is not None

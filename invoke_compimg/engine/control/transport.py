@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError
+from ...names import service_address
 from ...procs import socket_folder
 
 if TYPE_CHECKING:
@@ -167,17 +168,17 @@ def channel_for(address: str, tls: TLS | None = None) -> tuple[Any, str]:
     connected), and the grpc target it dials."""
     import grpc
 
-    if address.startswith("unix://"):
+    parsed = service_address(address)
+    if parsed is None:
+        shape = "tcp://host:port" if address.startswith("tcp://") else "unix:///path/to/buildkitd.sock or tcp://host:port"
+        raise EngineError(f"BuildKit address {address!r}: write {shape}")
+    kind, host, port = parsed
+    if kind == "unix":
         if tls is not None:
             raise EngineError(f"{address}: TLS is for tcp:// addresses only")
-        target = "unix:" + address[len("unix://"):]
+        target = "unix:" + host
         return grpc.insecure_channel(target, options=CHANNEL_OPTIONS), target
-    if not address.startswith("tcp://"):
-        raise EngineError(f"BuildKit address {address!r}: write unix:///path/to/buildkitd.sock or tcp://host:port")
-    target = address[len("tcp://"):].rstrip("/")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise EngineError(f"BuildKit address {address!r}: write tcp://host:port")
+    target = f"{host}:{port}"
     if tls is None:
         return grpc.insecure_channel(target, options=CHANNEL_OPTIONS), target
     if (tls.cert is None) != (tls.key is None):
@@ -215,13 +216,16 @@ def wait_ready(channel: Any, address: str, tls: TLS | None, timeout: float = CON
 def _probe(address: str) -> str | None:
     """Why a plain connection to `address` fails, or None if it connects."""
     try:
-        if address.startswith("unix://"):
+        parsed = service_address(address)
+        if parsed is None:
+            return "not an address"
+        kind, host, port = parsed
+        if kind == "unix":
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(3)
-                sock.connect(address[len("unix://"):])
+                sock.connect(host)
         else:
-            host, _, port = address[len("tcp://"):].rstrip("/").rpartition(":")
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=3):
+            with socket.create_connection((host.strip("[]"), port), timeout=3):
                 pass
     except OSError as exc:
         return exc.strerror or str(exc) or type(exc).__name__
