@@ -89,6 +89,9 @@ def test_tls_to_a_service_and_a_mismatch(make_project: Any, tmp_path: Path) -> N
     (["--tlscert", "/etc/hostname"], "--tlscert is for a BuildKit service"),
     (["--buildkit-host", "tcp://h:1", "--builder", "classic"], "say two things"),
     (["--buildkit-host", "tcp://h:1", "--tlscert", "/etc/hostname"], "--tlscert and --tlskey go together"),
+    # refused before connecting (h:1 is nowhere): nothing is sent with a network BuildKit lacks
+    (["--buildkit-host", "tcp://h:1", "--network", "bridge"],
+     "network 'bridge': BuildKit builds can use only default, none, host"),
 ])
 def test_service_settings_written_wrong_are_one_line(make_project: Any, args: list[str], message: str) -> None:
     project = make_project("NAME a\nFROM scratch\n")

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..building.specs import OutputSpec
 from ..dockerfile.model import Stage
+from ..engine.buildkit.http_solve import BUILDKIT_NETWORKS
 from ..errors import UserError
 from ..names import registry_hosts
 from .base import Builder, Plan, Unit
@@ -28,6 +29,7 @@ class BuildKitServiceBuilder(BuildKitBuilder):
         self._control: Any = None
         self._connect_lock = threading.Lock()
         self._warned = False
+        self._host_platform: str | None = None
 
     @property
     def address(self) -> str:
@@ -48,8 +50,15 @@ class BuildKitServiceBuilder(BuildKitBuilder):
 
     @property
     def host_platform(self) -> str:
-        workers = self.control().list_workers()
-        return str(workers[0].platforms[0]) if workers and workers[0].platforms else "the BuildKit service"
+        """The platform of the service's first worker, asked once."""
+        with self._connect_lock:
+            known = self._host_platform
+        if known is None:
+            workers = self.control().list_workers()
+            known = str(workers[0].platforms[0]) if workers and workers[0].platforms else "the BuildKit service"
+            with self._connect_lock:
+                self._host_platform = known
+        return known
 
     def control(self) -> Any:
         """The service's Control client, connected on first use (an unreachable address or a TLS
@@ -93,14 +102,13 @@ class BuildKitServiceBuilder(BuildKitBuilder):
 
     def network(self) -> str | None:
         requested = self.settings.network
-        if requested in (None, "default"):
-            return None
-        if requested not in ("none", "host"):
-            raise UserError(f"network {requested!r}: BuildKit builds can use only default, none, host")
-        return requested
+        return None if requested in (None, "default") else requested  # checked before anything is sent
 
     def check(self, stages: Sequence[Stage]) -> None:
         Builder.check(self, stages)  # a service exports registry caches too: no engine's limits
+        if self.settings.network not in (None, *BUILDKIT_NETWORKS):
+            raise UserError(f"network {self.settings.network!r}: BuildKit builds can use only "
+                            f"{', '.join(BUILDKIT_NETWORKS)}")
 
     def exporter(self, unit: Unit, output: OutputSpec | None) -> Any:
         """Files for `--output`; with `--push`, the stage's tags as an image pushed by the
