@@ -52,9 +52,14 @@ def test_nothing_listening_on_a_unix_socket(tmp_path: Path) -> None:
 
 
 def test_nothing_listening_on_a_port() -> None:
+    """Said as soon as the connection is refused, not after gRPC's wait (the default timeout)."""
+    import time
+
     address = f"tcp://127.0.0.1:{free_port()}"
+    started = time.monotonic()
     with pytest.raises(EngineError) as caught:
-        client.connect(address, timeout=QUICK)
+        client.connect(address)
+    assert time.monotonic() - started < client_timeout() / 2
     assert str(caught.value) == (f"cannot reach BuildKit at {address} (Connection refused); check the address and "
                                  "that buildkitd listens there")
 
@@ -96,3 +101,9 @@ def test_an_address_or_tls_setup_we_cannot_use(address: str, tls: TLS | None, me
 def test_either_an_address_or_an_engine() -> None:
     with pytest.raises(ValueError, match="give either address or engine"):
         client.connect()
+
+
+def client_timeout() -> float:
+    import inspect
+
+    return float(inspect.signature(client.connect).parameters["timeout"].default)

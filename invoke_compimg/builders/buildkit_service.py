@@ -15,7 +15,7 @@ from typing import Any
 from ..building.specs import OutputSpec
 from ..dockerfile.model import Stage
 from ..engine.buildkit.http_solve import BUILDKIT_NETWORKS
-from ..errors import UserError
+from ..errors import EngineError, UserError
 from ..names import registry_hosts
 from .base import Builder, Plan, Unit
 from .buildkit import BuildKitBuilder
@@ -30,6 +30,7 @@ class BuildKitServiceBuilder(BuildKitBuilder):
         self._connect_lock = threading.Lock()
         self._warned = False
         self._host_platform: str | None = None
+        self._unreachable: EngineError | None = None
 
     @property
     def address(self) -> str:
@@ -67,11 +68,17 @@ class BuildKitServiceBuilder(BuildKitBuilder):
         from ..engine.control.transport import TLS
 
         with self._connect_lock:
+            if self._unreachable is not None:  # asked again (side-by-side units): the same line, at once
+                raise self._unreachable
             if self._control is None:
                 spec = self.settings.buildkit
                 assert spec is not None
                 tls = TLS(ca=spec.ca, cert=spec.cert, key=spec.key) if spec.ca or spec.cert else None
-                self._control = connect(spec.address, tls=tls)
+                try:
+                    self._control = connect(spec.address, tls=tls)
+                except EngineError as exc:
+                    self._unreachable = exc
+                    raise
             return self._control
 
     def close(self) -> None:

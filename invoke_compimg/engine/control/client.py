@@ -31,7 +31,7 @@ from ...errors import EngineError, Interrupted
 from ..buildkit.wire import StatusResponse, decode_status
 from .proto import control_pb2
 from .session import PATHS, Attached, Export, LocalExport, Session, TarExport, method_path
-from .transport import CHANNEL_OPTIONS, TLS, EngineBridge, channel_for, upgrade, wait_ready
+from .transport import CHANNEL_OPTIONS, TLS, EngineBridge, channel_for, probe, upgrade, wait_ready
 
 if TYPE_CHECKING:
     from ..client import Engine
@@ -319,7 +319,12 @@ def connect(address: str | None = None, *, engine: Engine | None = None, tls: TL
                               "answer HTTP/2") from None
         return Control(channel, where, [bridge.close])
     assert address is not None
-    channel, _ = channel_for(address, tls)
+    channel, _ = channel_for(address, tls)  # checks the address's form first
+    reason = probe(address)  # refused or no such socket: said now, not after gRPC's wait
+    if reason:
+        channel.close()
+        raise EngineError(f"cannot reach BuildKit at {address} ({reason}); check the address and that buildkitd "
+                          "listens there")
     try:
         wait_ready(channel, address, tls, timeout)
     except EngineError:

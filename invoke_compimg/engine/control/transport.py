@@ -202,7 +202,7 @@ def wait_ready(channel: Any, address: str, tls: TLS | None, timeout: float = CON
         return
     except grpc.FutureTimeoutError:
         pass
-    reason = _probe(address)
+    reason = probe(address)
     if reason:
         raise EngineError(f"cannot reach BuildKit at {address} ({reason}); check the address and that buildkitd "
                           "listens there")
@@ -213,7 +213,7 @@ def wait_ready(channel: Any, address: str, tls: TLS | None, timeout: float = CON
                       "without TLS; check the address, or give the server's TLS files")
 
 
-def _probe(address: str) -> str | None:
+def probe(address: str) -> str | None:
     """Why a plain connection to `address` fails, or None if it connects."""
     try:
         parsed = service_address(address)
