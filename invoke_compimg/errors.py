@@ -7,6 +7,8 @@ line and exits with its code, from a task, the console script or a user's own ta
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class UserError(Exception):
     """A mistake the user can fix: ``where: what is wrong; what to do``. `code` is the
@@ -39,11 +41,15 @@ class EngineError(UserError):
 
 
 class Interrupted(UserError):
-    """Ctrl-C: exit 130 after cleaning up."""
+    """Ctrl-C (exit 130), or SIGTERM (143: a cancelled CI job) or SIGHUP (129: a closed
+    terminal), after cleaning up: `detail` says what was done."""
 
-    def __init__(self, message: str = "interrupted: running builds were cancelled on the engine; "
-                                      "temporary containers and folders of this run were removed") -> None:
-        super().__init__(message, code=130)
+    WORDS: ClassVar[dict[int, str]] = {130: "interrupted", 143: "terminated", 129: "hung up"}  # 128 + signal
+
+    def __init__(self, detail: str = "running builds were cancelled on the engine; temporary containers and "
+                                     "folders of this run were removed", code: int = 130) -> None:
+        super().__init__(f"{self.WORDS.get(code, 'interrupted')}: {detail}", code=code)
+        self.detail = detail
 
 
 def one_line(text: str, limit: int = 120) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import COMPIMG, cli
-from engine_helpers import Builder, count_containers, extract_artifact
+from engine_helpers import Builder, count_containers, extract_artifact, processes_with
 
 from invoke_compimg import procs
 from invoke_compimg.building.project import Project
@@ -79,6 +79,25 @@ def test_ctrl_c_mid_run(make_project, api, unique) -> None:  # type: ignore[no-u
     import tempfile
 
     # BuildKit's session and connection sockets live in folders named by the process: gone too
+    assert glob.glob(os.path.join(tempfile.gettempdir(), f"compimg-*-{process.pid}-*")) == []
+
+
+@pytest.mark.parametrize(("signum", "word"), [(signal.SIGTERM, "terminated"), (signal.SIGHUP, "hung up")])
+def test_sigterm_or_sighup_mid_run_cleans_up_as_ctrl_c(make_project, api, unique, signum, word) -> None:  # type: ignore[no-untyped-def]
+    """A cancelled CI job (SIGTERM) or a closed terminal (SIGHUP): cancelled on the engine, one
+    line, exit 128 + the signal's number, and nothing left (containers, socket folders)."""
+    import glob
+    import tempfile
+
+    project = make_project(f"NAME slow\nFROM busybox\nRUN echo started && sleep 60 # {unique}\n")
+    process = _start(["build", "--no-cache"], project.context)
+    _wait_for(process, "[slow] started")
+    started = time.monotonic()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 128 + signum and time.monotonic() - started < 5, err
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(f"{word}: "), err
+    assert _settles(api, 0, project, unique) and processes_with(unique) == []
     assert glob.glob(os.path.join(tempfile.gettempdir(), f"compimg-*-{process.pid}-*")) == []
 
 

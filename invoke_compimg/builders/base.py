@@ -165,8 +165,7 @@ class Builder(ABC):
 
     def cancel(self) -> str:
         """Ctrl-C: cancel what the engine builds for us; the line to show."""
-        return ("interrupted: running builds were cancelled on the engine; temporary containers and "
-                "folders of this run were removed")
+        return "running builds were cancelled on the engine; temporary containers and folders of this run were removed"
 
     # --- shared by the builders ---------------------------------------------------------------
     def external_triggers(self, stage: Stage) -> tuple[str, ...]:

@@ -220,7 +220,7 @@ class ClassicBuilder(Builder):
 
     def cancel(self) -> str:
         if self.engine.kind.podman:
-            return ("interrupted: Podman has no API to cancel a build, so the step it is running finishes "
+            return ("Podman has no API to cancel a build, so the step it is running finishes "
                     "on its own and nothing is tagged; temporary containers and folders of this run were removed")
         # Docker cancels a classic build when its connection closes, which leaving the process does.
         return super().cancel()

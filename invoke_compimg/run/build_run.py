@@ -131,8 +131,10 @@ class BuildRun:
         KeyboardInterrupt) cancels what the engine builds for us, and says so truly."""
         try:
             yield
-        except (KeyboardInterrupt, Interrupted):
+        except KeyboardInterrupt:
             raise Interrupted(self.builder.cancel()) from None
+        except Interrupted as exc:  # a signal's handler raised it: its exit status stays
+            raise Interrupted(self.builder.cancel(), code=exc.code) from None
 
     # --- one unit -----------------------------------------------------------------------
     def _memo_key(self, unit: Unit, args: Mapping[str, str]) -> tuple[object, ...]:

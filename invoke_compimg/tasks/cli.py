@@ -21,7 +21,7 @@ from invoke import Argument, Config, Program
 from invoke.exceptions import UncastableEnvVar
 
 from ..errors import Interrupted, UserError
-from .exits import as_exit, ignore_further_interrupts
+from .exits import STOP_SIGNALS, as_exit, ignore_further_interrupts
 
 # Invoke's options that mean nothing for image builds are accepted but not shown.
 _SHOWN = ("help", "version", "list", "file", "context", "dry", "debug")
@@ -174,13 +174,15 @@ def arrange(argv: list[str]) -> tuple[list[str], str | None]:
 
 def _interrupted(signum: int, frame: Any) -> None:
     ignore_further_interrupts()
-    raise as_exit(Interrupted())
+    raise as_exit(Interrupted(code=128 + signum))
 
 
 def main() -> None:
     global _positional_context
     # Invoke turns Ctrl-C outside a task body into exit status 1; ours is 130 everywhere.
-    signal.signal(signal.SIGINT, _interrupted)
+    # SIGTERM (a cancelled CI job) and SIGHUP (a closed terminal) clean up the same way.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupted)
     try:
         argv, _positional_context = arrange(list(sys.argv))
     except UserError as error:

@@ -52,6 +52,9 @@ def exits(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each: clean up, then exit 128 + its number
+
+
 def ignore_further_interrupts() -> None:
     """After the first Ctrl-C a task cancels its builds, removes what it made and exits with
     status 130. A second Ctrl-C would land in whatever runs then: a `finally` that removes a
@@ -60,7 +63,8 @@ def ignore_further_interrupts() -> None:
     process then dies of SIGINT instead of exiting 130). So from here on Ctrl-C is ignored.
     Only for tasks, whose process ends now, never for the Python API."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def task_exits(func: F) -> F:
