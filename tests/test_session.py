@@ -172,6 +172,44 @@ def test_output_to_a_tar(make_project: Any, tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".compimg-")]
 
 
+def test_output_to_stdout_is_a_tar_with_the_progress_on_stderr(make_project: Any, tmp_path: Path) -> None:
+    """`-o -` (and `type=tar,dest=-`) as `docker build -o - > out.tar`: the tar on stdout, the
+    progress on stderr, no file or folder named `-`."""
+    import io
+    import subprocess
+
+    from conftest import COMPIMG
+
+    project = make_project(OUTPUT.format(word="s"))
+    for spec in ("-", "type=tar,dest=-"):
+        result = subprocess.run([*COMPIMG, "build", "--progress", "plain", "-o", spec], cwd=project.context,
+                                capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+        assert result.returncode == 0, result.stderr
+        with tarfile.open(fileobj=io.BytesIO(result.stdout)) as archive:
+            assert {"app", "sub/file"} <= set(archive.getnames())
+        assert b"exported" in result.stderr
+        assert not (project.context / "-").exists()
+
+
+def test_progress_whose_reader_left_does_not_stop_the_build(make_project: Any, tmp_path: Path) -> None:
+    """`compimg build | head -2`: the reader leaves, the build goes on and succeeds, as docker's."""
+    import subprocess
+
+    from conftest import COMPIMG
+
+    project = make_project(OUTPUT.format(word="p"))
+    out = tmp_path / "out"
+    process = subprocess.Popen([*COMPIMG, "build", "--no-cache", "--progress", "plain", "-o", str(out)],
+                               cwd=project.context, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL)
+    assert process.stdout is not None
+    process.stdout.readline()
+    process.stdout.close()  # as `head -1` does
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0 and err == b"", err
+    assert (out / "app").read_text() == "p\n"
+
+
 def test_output_is_refused_in_one_line_where_it_cannot_be(make_project: Any, tmp_path: Path) -> None:
     project = make_project(OUTPUT.format(word="x"))
     classic = cli("compimg", ["build", "-o", str(tmp_path / "o"), "--builder", "classic"], project.context)
@@ -179,6 +217,8 @@ def test_output_is_refused_in_one_line_where_it_cannot_be(make_project: Any, tmp
     assert "needs BuildKit with a session" in classic.stderr
     tagged = cli("compimg", ["build", "-o", str(tmp_path / "o"), "-t", "x:1"], project.context)
     assert tagged.returncode == 1 and "makes no image to tag" in tagged.stderr
+    local = cli("compimg", ["build", "-o", "type=local,dest=-"], project.context)
+    assert local.returncode == 1 and "files cannot go to stdout" in local.stderr
     bad = cli("compimg", ["build", "-o", "type=registry,ref=x"], project.context)
     assert bad.returncode == 1 and "type 'registry' is not supported here" in bad.stderr
     (tmp_path / "folder").mkdir()

@@ -114,11 +114,17 @@ def parse_ssh(value: str, environ: Mapping[str, str] | None = None) -> SshSpec:
     return SshSpec(ssh_id, tuple(checked))
 
 
+STDOUT = "-"  # an output's dest that means standard output
+
+
 def parse_output(value: str) -> OutputSpec:
-    """`type=local,dest=DIR`, `type=tar,dest=FILE`, or a folder (`--output DIR`)."""
+    """`type=local,dest=DIR`, `type=tar,dest=FILE`, or a folder (`--output DIR`); `-` (and
+    `dest=-` of a tar) is a tar on stdout, as `docker build -o - > out.tar`."""
     if "=" not in value:
         if not value:
             raise UserError("--output needs a value: write --output DIR or --output type=local,dest=DIR")
+        if value == STDOUT:
+            return OutputSpec("tar", STDOUT)
         return OutputSpec("local", os.path.abspath(os.path.expanduser(value)))
     fields = _fields(value, "--output")
     kind = fields.get("type", "local")
@@ -128,6 +134,11 @@ def parse_output(value: str) -> OutputSpec:
     dest = fields.get("dest")
     if not dest:
         raise UserError(f"--output {value}: give dest=PATH")
+    if dest == STDOUT:
+        if kind != "tar":
+            raise UserError(f"--output {value}: files cannot go to stdout; write type=tar,dest=- (or -o -) for a "
+                            "tar there, or give a folder")
+        return OutputSpec("tar", STDOUT)
     return OutputSpec(kind, os.path.abspath(os.path.expanduser(dest)))
 
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TextIO
+from typing import TextIO, cast
 
 from ..errors import UserError
 from .base import MODES, QUIET, NullReporter, Reporter, StageResult
 from .live import LiveReporter
 from .plain import PlainReporter
 from .quiet import QuietReporter
-from .text import clean_lines, format_table, isatty
+from .text import ReaderMayLeave, clean_lines, format_table, isatty
 
 __all__ = [
     "MODES", "QUIET", "LiveReporter", "NullReporter", "PlainReporter", "QuietReporter", "Reporter", "StageResult",
@@ -38,6 +38,8 @@ def make_reporter(mode: str, out: TextIO | None = None, err: TextIO | None = Non
     """The reporter for `mode` (one of MODES), writing to `out` (stdout) and `err` (stderr)."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    if out is sys.stdout:
+        out = cast(TextIO, ReaderMayLeave(out))
     if mode == "auto":
         mode = "tty" if isatty(out) and os.environ.get("TERM") != "dumb" else "plain"
     if mode == "plain":

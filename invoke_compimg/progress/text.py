@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from ..names import short_id
 from .base import StageResult
@@ -120,3 +122,36 @@ class StepNumbers:
         if not text:
             return self._last.get(stage)
         return self._numbers.get((stage, text))
+
+
+class ReaderMayLeave:
+    """stdout for progress lines, whose reader may leave (`compimg build | head -2`): the build
+    goes on without its progress, as `docker build` does, instead of dying of a broken pipe.
+    The file descriptor then points at /dev/null, so Python's last flush cannot fail either."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._left()
+
+    def _left(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding...: the stream's own
+        return getattr(self._stream, name)

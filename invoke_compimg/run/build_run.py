@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from ..builders import Builder, Sent, Unit, choose
 from ..building import reuse, scheduler
 from ..building.project import Project
 from ..building.settings import Settings
+from ..building.specs import STDOUT
 from ..dockerfile.model import Graph, Platform, Platforms, Stage
 from ..dockerfile.parse import parse_file
 from ..engine import images
@@ -99,7 +101,11 @@ class BuildRun:
             raise UserError(f"--output {output.dest}: writing a build's files needs BuildKit with a session, and this "
                             f"build uses the {self.builder.name} builder on {self.engine.kind.name}; "
                             "drop --output and use extract-artifact")
-        if output.type == "tar" and os.path.isdir(output.dest):
+        if output.dest == STDOUT:
+            if sys.stdout.isatty():
+                raise UserError("--output -: refusing to write a tar to the terminal; redirect stdout "
+                                "(compimg build -o - > out.tar)")
+        elif output.type == "tar" and os.path.isdir(output.dest):
             raise UserError(f"--output type=tar,dest={output.dest}: that is a folder; give a file name "
                             "(or type=local to write the files into the folder)")
         if output.type == "local" and os.path.exists(output.dest) and not os.path.isdir(output.dest):

@@ -58,7 +58,8 @@ def build_run(p: Project, settings: Settings) -> Iterator[tuple[BuildRun, Report
     from ..progress import make_reporter
     from ..run import BuildRun
 
-    reporter = make_reporter(settings.progress)
+    to_stdout = settings.output is not None and settings.output.dest == "-"  # a tar on stdout: progress on stderr
+    reporter = make_reporter(settings.progress, out=sys.stderr if to_stdout else None)
     try:
         for warning in settings.warnings:
             reporter.warning(warning)

@@ -261,12 +261,16 @@ def receive_into(incoming: Iterable[Packet], dest: str | os.PathLike[str], what:
 
 class TarFile:
     """A `tar` export written to `path`: the bytes go to a hidden file next to it, renamed
-    into place when the stream ends well and removed otherwise."""
+    into place when the stream ends well and removed otherwise. Path `-` is stdout (whose
+    reader sees a broken tar if the stream breaks, as with `docker build -o -`)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.to_stdout = str(path) == "-"
 
     def receive(self, chunks: Iterable[bytes]) -> int:
+        if self.to_stdout:
+            return self._to_stdout(chunks)
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -289,6 +293,21 @@ class TarFile:
                 raise ExportRefused(f"cannot write the export to {self.path} ({exc.strerror or exc}); "
                                     "nothing was written") from None
             raise
+        return size
+
+    @staticmethod
+    def _to_stdout(chunks: Iterable[bytes]) -> int:
+        size = 0
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:  # fd 1 itself: the progress goes to stderr meanwhile, and sys.stdout stays unused
+                    view = view[os.write(1, view):]
+                size += len(chunk)
+        except BrokenPipeError:
+            raise ExportRefused("the reader of the tar on stdout left before it was complete") from None
+        except OSError as exc:
+            raise ExportRefused(f"cannot write the export to stdout ({exc.strerror or exc})") from None
         return size
 
 
