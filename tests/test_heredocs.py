@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_helpers import Builder, config_of, image_listing
+from engine_helpers import Builder, config_of, image_listing, run_image
 
 from invoke_compimg.building.context import archive
 from invoke_compimg.dockerfile.heredocs import INLINE_FOLDER
@@ -299,3 +299,17 @@ def test_native_format_keeps_heredocs_as_written() -> None:
     lowered = multi_stage(parse_text(text), keep_heredocs=True)
     assert [lowered.lines[n].source.line for n in sorted(lowered.lines)] == [2, 3, 3, 3, 6, 6, 6, 9]
 
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("builder", ["classic", "buildkit"], indirect=True)
+def test_a_copy_heredocs_file_is_dated_when_the_dockerfile_was_written(builder: str, make_project: Any,
+                                                                       api: Any) -> None:
+    """Not 1970, not the 22nd century: the second the Dockerfile was written (a file of the
+    user's gets its own time in the image too)."""
+    import os
+
+    project = make_project("FROM busybox\nCOPY <<EOT /f\nhello\nEOT\n", {}, name="dated")
+    os.utime(project.dockerfile, (1_700_000_000.5, 1_700_000_000.5))
+    image = Builder(project).build()[project.graph.final.name]
+    assert run_image(api, image, ["stat", "-c", "%Y", "/f"]) == (0, "1700000000\n")

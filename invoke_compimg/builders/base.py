@@ -186,6 +186,15 @@ class Builder(ABC):
         with self.reading_context(unit.stage):
             return context.files_read(str(self.project.context), sources)
 
+    def written_ns(self) -> int:
+        """When the Dockerfile was last written (ns; 0 if unknown): the time of the files its
+        heredocs make, as they were written then (what BuildKit's own heredocs get is the
+        build's time; this one stays the same while the file does, so the layer does too)."""
+        try:
+            return self.project.dockerfile.stat().st_mtime_ns
+        except OSError:
+            return 0
+
     def reading_context(self, stage: Stage) -> contextlib.AbstractContextManager[None]:
         """The file system's errors while reading the build context, as one line."""
         return context.reading(f"stage '{stage.name}'", self.project.context, where=self.where, line=stage.line)

@@ -230,7 +230,8 @@ class BuildKitBuilder(Builder):
         # has a session of its own; the shared key per folder and unit keeps their files apart.
         session = dockerfile_session(
             context=str(self.project.context), allow=self.allowed(plan), dockerfile=plan.text.encode(),
-            files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()}, root_under=under,
+            files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()},
+            files_time_ns=self.written_ns(), root_under=under,
             shared_key=shared_key(str(self.project.context), unit.name),
             secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
             ssh={s.id: s.paths[0] for s in self.settings.ssh}, registry_hosts=self.registry_hosts(unit))
@@ -294,7 +295,7 @@ class BuildKitBuilder(Builder):
         no_cache = self.settings.no_cache and not unit.needs
         with self.reading_context(target):
             archive = context.archive(str(self.project.context), lowered.text, plan.paths, prefix=prefix,
-                                      files=lowered.files)
+                                      files=lowered.files, files_time=self.written_ns() / 1e9)
         with self._lock:
             self._running.add(build_id)
         try:

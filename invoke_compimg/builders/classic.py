@@ -186,7 +186,7 @@ class ClassicBuilder(Builder):
 
         with self.reading_context(stage):
             archive = context.archive(str(self.project.context), plan.text, plan.paths, prefix=plan.context_prefix,
-                                      files=plan.lowered.files)
+                                      files=plan.lowered.files, files_time=self.written_ns() / 1e9)
         try:
             with self.engine.errors(f"stage '{stage.name}'", where=self.where, line=stage.line):
                 cache_from = images.usable_cache_sources(self.engine, self.settings.cache_from,

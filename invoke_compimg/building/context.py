@@ -79,7 +79,7 @@ def included(root: str, matcher: patterns.Matcher) -> set[str]:
 
 
 def archive(context: str, dockerfile_text: str, paths: list[str], *, prefix: str = "",
-            files: Mapping[str, InlineFile] | None = None) -> IO[bytes]:
+            files: Mapping[str, InlineFile] | None = None, files_time: float = 0) -> IO[bytes]:
     """The build context as a tar file: `paths` of the context folder (see `files_read`)
     plus our Dockerfile and the `files` the lowering generated (heredocs). As the docker
     CLI does for a Dockerfile outside the context, `.dockerignore` gets the Dockerfile's
@@ -95,7 +95,7 @@ def archive(context: str, dockerfile_text: str, paths: list[str], *, prefix: str
     extra = [(DOCKERFILE_IN_CONTEXT, dockerfile_text)]
     if not prefix:
         extra.append((".dockerignore", ignore))
-    return context_tar(root, paths, extra, prefix=prefix, generated=files)
+    return context_tar(root, paths, extra, prefix=prefix, generated=files, generated_time=files_time)
 
 
 def _needs_extension(info: tarfile.TarInfo) -> bool:
@@ -105,14 +105,14 @@ def _needs_extension(info: tarfile.TarInfo) -> bool:
 
 
 def context_tar(root: str, files: list[str], extra_files: list[tuple[str, str]], *, prefix: str = "",
-                generated: Mapping[str, InlineFile] | None = None) -> IO[bytes]:
+                generated: Mapping[str, InlineFile] | None = None, generated_time: float = 0) -> IO[bytes]:
     """The build context as an uncompressed GNU tar (in a temporary file, at offset 0).
 
     `files` are context-relative paths, packed as the SDK's `create_archive` does (files,
     directories, symlinks as links, modes and owners as on disk); `extra_files` are
     (name, text) pairs (the Dockerfile, .dockerignore) that replace context files of the
     same name; `generated` are files the lowering made (heredocs: path -> bytes and mode),
-    owned by root like the extra files.
+    owned by root like the extra files and dated `generated_time`.
 
     GNU format, because the engine decides "is this an archive" from the first
     1024 bytes: a PAX header (Python's default) or a long-name header plus its data fills
@@ -127,7 +127,7 @@ def context_tar(root: str, files: list[str], extra_files: list[tuple[str, str]],
     """
     out = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, who closes it
     try:
-        _pack(out, root, files, extra_files, prefix, generated or {})
+        _pack(out, root, files, extra_files, prefix, generated or {}, int(generated_time))
     except BaseException:
         out.close()
         raise
@@ -136,7 +136,7 @@ def context_tar(root: str, files: list[str], extra_files: list[tuple[str, str]],
 
 
 def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[str, str]], prefix: str,
-          generated: Mapping[str, InlineFile]) -> None:
+          generated: Mapping[str, InlineFile], generated_time: int) -> None:
     extra_names = {name for name, _ in extra_files} | set(generated)
     with tarfile.open(mode="w", fileobj=out, format=tarfile.GNU_FORMAT) as archive:
         infos: list[tuple[tarfile.TarInfo, str]] = []  # with its path on disk
@@ -164,7 +164,7 @@ def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[s
             archive.addfile(info, io.BytesIO(data))
         for name, file in generated.items():
             info = tarfile.TarInfo(name)
-            info.size, info.mode = len(file.data), file.mode
+            info.size, info.mode, info.mtime = len(file.data), file.mode, generated_time
             archive.addfile(info, io.BytesIO(file.data))
         if prefix and not any(info.name == prefix.rstrip("/") for info, _ in infos):
             # The folder itself, even when no file of the context is read: a COPY of a missing

@@ -260,12 +260,14 @@ class Control:
 
 
 def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile: bytes, shared_key: str,
-                       files: Mapping[str, tuple[bytes, int]] | None = None, root_under: str = "",
+                       files: Mapping[str, tuple[bytes, int]] | None = None, files_time_ns: int = 0,
+                       root_under: str = "",
                        secrets: Sequence[tuple[str, str | None, str | None]] = (),
                        ssh: Mapping[str, str] | None = None,
                        registry_hosts: Iterable[str] | None = None) -> Session:
     """A session for one Dockerfile solve: the context folder (only `allow`, when given) as
-    dir `context`, with `files` (path -> (bytes, mode): what the lowering generated) beside
+    dir `context`, with `files` (path -> (bytes, mode): what the lowering generated, dated
+    `files_time_ns` to the second, or by their content when 0) beside
     its own (which then go under the folder `root_under`), `dockerfile` as the file
     `Dockerfile` of dir `dockerfile` (the names the frontend reads), `secrets` as (id, file
     path, environment variable), `ssh` agent sockets by id (only those), `registry_hosts`
@@ -273,7 +275,7 @@ def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile:
     from .fswalk import Dir, VirtualFile
     from .providers import Registries, Secret
 
-    generated = {path: VirtualFile(data, mode) for path, (data, mode) in (files or {}).items()}
+    generated = {path: VirtualFile(data, mode, files_time_ns) for path, (data, mode) in (files or {}).items()}
     return Session(shared_key=shared_key,
                    dirs=[Dir("context", context, allow=allow, files=generated, root_under=root_under),
                          Dir("dockerfile", None, files={"Dockerfile": VirtualFile(dockerfile)})],

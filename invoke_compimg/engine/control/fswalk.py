@@ -79,19 +79,23 @@ def requestable(go: int) -> bool:
 
 @dataclass(frozen=True)
 class VirtualFile:
-    """A file that exists only in memory (our generated Dockerfile), sent as if it were in
-    the dir's root. Its modification time, unless given, comes from its content: the daemon
-    decides what changed since the last transfer by size and time, so two contents of the
-    same size must never share a time."""
+    """A file that exists only in memory (our generated Dockerfile, heredocs' files), sent as
+    if it were in the dir's root. The daemon decides what changed since the last transfer by
+    size and time, so two contents of the same size must never share a time: the time comes
+    from the content, whole or (when a time is given, which then holds to the second) in its
+    nanoseconds."""
 
     data: bytes
     mode: int = 0o644
     mtime_ns: int = 0
 
     def __post_init__(self) -> None:
+        digest = int.from_bytes(hashlib.sha256(self.data).digest()[:4], "big")
         if not self.mtime_ns:
-            digest = int.from_bytes(hashlib.sha256(self.data).digest()[:4], "big")
             object.__setattr__(self, "mtime_ns", (1 << 60) + digest * 1_000_000_000)
+        else:  # the second given (what the user sees), the content in the nanoseconds
+            second = self.mtime_ns // 1_000_000_000 * 1_000_000_000
+            object.__setattr__(self, "mtime_ns", second + digest % 1_000_000_000)
 
 
 @dataclass(frozen=True)
