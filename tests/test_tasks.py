@@ -346,3 +346,68 @@ def test_ctrl_c_pressed_again_and_again_exits_130_without_a_traceback(make_proje
     while [c for c in api.containers(all=True) if unique in (c.get("Command") or "")]:
         assert time.monotonic() < deadline, "the cancelled steps' containers stayed"
         time.sleep(0.2)
+
+
+def _ids_and_names(api, image_ids) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    """{image ID: its names} of those of `image_ids` the engine still holds."""
+    import docker
+
+    found = {}
+    for image_id in image_ids:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            found[image_id] = api.inspect_image(image_id).get("RepoTags") or []
+    return found
+
+
+@pytest.mark.engine
+def test_a_tag_moved_by_a_rebuild_leaves_no_unnamed_image(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    """A user's report: `build -t x:dev`, an edit and `build`, another edit and `build -t x:dev`
+    left the first image as `<none>:<none>`, which `clean` could not find (it carried no name
+    of ours any more). Only this test's images are counted: their RUN lines hold its unique word."""
+    tag = f"{unique}:dev"
+    project = make_project(f"FROM busybox AS run\nRUN echo w1 {unique} > /v\n")
+    made: list[str] = []
+    try:
+        for word, args in [("w1", ["-t", tag]), ("w2", []), ("w3", ["-t", tag])]:
+            (project.context / "Dockerfile").write_text(f"FROM busybox AS run\nRUN echo {word} {unique} > /v\n")
+            result = cli("compimg", ["build", "--progress", "plain", *args], project.context)
+            assert result.returncode == 0, result.stderr
+            made.append(api.inspect_image(project.local_ref("run"))["Id"])
+        assert run_image(api, tag, ["cat", "/v"]) == (0, f"w3 {unique}\n")
+        left = _ids_and_names(api, made)
+        assert [i for i, names in left.items() if not names] == []  # nothing of ours unnamed (dangling)
+        assert list(left) == [made[2]]  # the superseded ones went: no pile-up
+        cleaned = cli("compimg", ["clean"], project.context)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert _ids_and_names(api, made) == {made[2]: [tag]}  # your name stays, on the last build
+    finally:  # an image left unnamed is found by nothing else
+        for image_id, names in _ids_and_names(api, made).items():
+            if not names:
+                api.remove_image(image_id)
+
+
+@pytest.mark.engine
+def test_a_superseded_image_a_container_uses_stays_named(make_project, api, unique) -> None:  # type: ignore[no-untyped-def]
+    """A rebuild failed ("conflict: unable to remove repository reference ... (must force)")
+    when a container used the image it superseded: the engine keeps the last name of an image
+    a container uses. The build succeeds, the image stays with its name, and `clean` removes it
+    once the container is gone."""
+    project = make_project(f"FROM busybox AS run\nRUN echo c1 {unique} > /v\n")
+    assert cli("compimg", ["build"], project.context).returncode == 0
+    first = api.inspect_image(project.local_ref("run"))["Id"]
+    container = api.create_container(first, command=["true"], network_disabled=True)
+    try:
+        (project.context / "Dockerfile").write_text(f"FROM busybox AS run\nRUN echo c2 {unique} > /v\n")
+        rebuilt = cli("compimg", ["build"], project.context)
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert api.inspect_image(project.local_ref("run"))["Id"] != first
+        names = _ids_and_names(api, [first])[first]
+        assert names and all(n.startswith(f"{project.repository}:") for n in names), names
+        cleaned = cli("compimg", ["clean"], project.context)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert "kept: still used by another image or container" in cleaned.stdout
+        assert _ids_and_names(api, [first])[first]  # still named: the next clean finds it
+    finally:
+        api.remove_container(container, force=True)
+    assert cli("compimg", ["clean"], project.context).returncode == 0
+    assert _ids_and_names(api, [first]) == {}

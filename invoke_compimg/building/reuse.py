@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..engine import images as engine_images
-from ..names import normalise_ref
+from ..names import normalise_ref, short_id
 from .context import fingerprint
 from .project import Project
 
@@ -119,16 +119,40 @@ def retire(engine: Engine, project: Project, name: str, previous: dict[str, Any]
     mine = project.inputs_ref(name, builder_mark(kind))
     names = [normalise_ref(ref) for ref in previous.get("RepoTags") or []]
     if any(n.startswith(mine) for n in names) or not any(n.startswith(project.inputs_ref(name)) for n in names):
-        _retire_image(engine, previous["Id"], previous.get("RepoTags") or [], mine, keep)
+        _retire_image(engine, project, name, previous["Id"], previous.get("RepoTags") or [], mine, keep)
         return
     # The name pointed at the other builder's image, which stays reusable: this builder's
     # own superseded image is found by its records.
     for old_id, ref in engine_images.tags_in_repository(engine, project.repository):
         if old_id != image_id and normalise_ref(ref).startswith(mine) and normalise_ref(ref) != keep:
-            _retire_image(engine, old_id, [ref], mine, keep)
+            _retire_image(engine, project, name, old_id, [ref], mine, keep)
 
 
-def _retire_image(engine: Engine, image_id: str, refs: Iterable[str], prefix: str, keep: str | None) -> None:
+def superseded_ref(project: Project, name: str, image_id: str) -> str:
+    """The name a superseded image of unit `name` keeps while only your names hold it (an
+    upper-case letter, as in the records: no stage name can hold it)."""
+    return f"{project.repository}:{name[:80]}--S-{short_id(image_id)}"
+
+
+def is_superseded_ref(project: Project, ref: str) -> bool:
+    plain = normalise_ref(ref)
+    return plain.startswith(project.repository + ":") and "--S-" in plain
+
+
+def release(engine: Engine, project: Project, image_id: str) -> None:
+    """A name of yours (`--tag`) moved off `image_id`. A superseded image of ours that this
+    name held (it carries only our superseded names now) goes with those names, as `retire`
+    removes one that nothing names; one a container uses keeps its name (`clean` finds it).
+    An image that no name of ours marks is not ours to remove, even when left unnamed."""
+    found = engine_images.inspect(engine, image_id)
+    refs = (found or {}).get("RepoTags") or []
+    if refs and all(is_superseded_ref(project, ref) for ref in refs):
+        for ref in refs:
+            engine_images.untag(engine, ref)  # the last one removes the image
+
+
+def _retire_image(engine: Engine, project: Project, name: str, image_id: str, refs: Iterable[str], prefix: str,
+                  keep: str | None) -> None:
     for ref in refs:
         # `keep` is the record just given to the new image (a --no-cache rebuild of the
         # same inputs has the same name): removing the name would remove it from there.
@@ -136,5 +160,16 @@ def _retire_image(engine: Engine, image_id: str, refs: Iterable[str], prefix: st
         if plain.startswith(prefix) and plain != keep:
             engine_images.untag(engine, ref)
     now = engine_images.inspect(engine, image_id)
-    if now is not None and not now.get("RepoTags"):
+    if now is None:
+        return
+    names = now.get("RepoTags") or []
+    if not names:
         engine_images.remove_unnamed(engine, image_id)
+    elif all(is_superseded_ref(project, n) for n in names):  # marked earlier; your name has gone since
+        for ref in names:
+            engine_images.untag(engine, ref)
+    elif not any(normalise_ref(n).startswith(project.repository + ":") for n in names):
+        # Only names of yours hold it (`--tag`): it stays, with a name of ours that says it is
+        # ours and superseded, so it goes when your name moves to a newer build (`release`),
+        # and `clean` finds it. Without one it would be left unnamed then, and unfindable.
+        engine_images.tag(engine, image_id, superseded_ref(project, name, image_id))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -51,20 +50,23 @@ def tag(engine: Engine, image_id: str, ref: str) -> None:
         engine.api.tag(image_id, repository, tag_ or "latest", force=True)
 
 
-def untag(engine: Engine, ref: str) -> None:
-    """Remove one name; the image goes too once no name or child image holds it."""
-    from .sdk import docker
-
-    with engine.errors(f"removing {ref}"), contextlib.suppress(docker.errors.NotFound):
-        engine.api.remove_image(ref, force=False, noprune=False)
+def untag(engine: Engine, ref: str) -> bool:
+    """Remove one name; the image goes too once no name or child image holds it. The last
+    name of an image a container uses stays (the engine refuses it without force, 409
+    Conflict), as does a name already gone: False then."""
+    return _removed(engine, ref, f"removing {ref}")
 
 
 def remove_unnamed(engine: Engine, image_id: str) -> bool:
     """Remove an image nothing names. One still in use (a container, a child image: the
     engine answers 409 Conflict) or already gone stays as it is; False then."""
+    return _removed(engine, image_id, f"removing {image_id[:19]}")
+
+
+def _removed(engine: Engine, ref: str, what: str) -> bool:
     try:
-        with engine.errors(f"removing {image_id[:19]}"):
-            engine.api.remove_image(image_id, force=False, noprune=False)
+        with engine.errors(what):
+            engine.api.remove_image(ref, force=False, noprune=False)
     except EngineError as exc:
         from .sdk import docker
 

@@ -77,7 +77,8 @@ def _clean_repository(engine: Engine, repository: str, removed: int | None, out:
     what = f"{len(made) - len(kept)} image(s) of {repository}"
     out.write(f"removed {removed} container(s) and {what}\n" if removed is not None else f"removed {what}\n")
     for image_id, names in sorted(kept.items()):
-        held = (f"still named {', '.join(normalise_ref(n) for n in names)}" if names
-                else "still used by another image or container")
+        # A name of ours stays on an image a container uses (the engine keeps an image's last name then)
+        yours = [normalise_ref(n) for n in names if not normalise_ref(n).startswith(repository + ":")]
+        held = f"still named {', '.join(yours)}" if yours else "still used by another image or container"
         out.write(f"untagged {short_id(image_id)}, kept: {held}\n")
     return len(made) - len(kept)

@@ -306,8 +306,11 @@ class BuildRun:
 
     def _apply_tags(self, stage: str, image_id: str) -> None:
         for ref in self.settings.tags.get(stage, ()):
+            before = images.image_id_of(self.engine, ref)
             images.tag(self.engine, image_id, ref)
             self.reporter.note(f"tagged {ref} ({image_id})", stage)
+            if before is not None and before != image_id:  # a superseded image of ours it held goes
+                reuse.release(self.engine, self.project, before)
 
     def close(self) -> None:
         """Release the builder's session and the engine's connections (after the run, however
