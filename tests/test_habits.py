@@ -4,6 +4,7 @@ engine marker point DOCKER_HOST at nothing: they must not need an engine."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import COMPIMG, ROOT, cli
+from invoke import Config, Context
 
 import invoke_compimg
 
@@ -161,6 +163,48 @@ def test_build_args_from_the_environment_and_on_every_task_that_builds(tmp_path:
         assert "--build-arg" in helped.stdout, task
         ran = cli("invoke", ["--dry", *task, "--build-arg", "A=1", "--build-arg", "B=2"], project, NO_ENGINE)
         assert ran.returncode == 0, (task, ran.stderr)
+
+
+BUILDING = {"build": [], "build-stage": ["build"], "assemble": [], "extract-artifact": ["build:/go"],
+            "shell": ["build"]}
+
+
+def test_every_task_that_builds_takes_every_build_flag(tmp_path: Path) -> None:
+    """`shell`, `extract-artifact` and `assemble` said "No idea what '--builder' is!": they
+    build, so they take what every build takes, declared once (`BuildFlags`)."""
+    from dataclasses import fields
+
+    from invoke_compimg.tasks.build_flags import BuildFlags
+
+    project = example(tmp_path / "app")
+    ns = invoke_compimg.collection(base=project)
+    shared = {f.name for f in fields(BuildFlags)}
+    assert {"builder", "build_arg", "platform", "network", "no_cache", "pull", "secret", "ssh", "buildkit_host",
+            "jobs", "cache_from", "progress", "quiet"} <= shared
+    for task in BUILDING:
+        assert shared <= {arg.name for arg in ns[task].get_arguments()}, task
+        assert shared <= set(inspect.signature(getattr(invoke_compimg, task.replace("-", "_"))).parameters), task
+    for task in ("parse", "clean"):  # they build nothing; parse's --builder is whose lowering it shows
+        assert not shared - {"builder"} & {arg.name for arg in ns[task].get_arguments()}, task
+    # Given on the command line, each reaches the settings (a wrong one is refused by them).
+    for task, words in BUILDING.items():
+        for flags, message in ((["--builder", "nope"], "--builder 'nope': choose one of auto, buildkit, classic"),
+                               (["--jobs", "0"], "--jobs '0': give a whole number of at least 1"),
+                               (["--secret", "id=x,src=/nonexistent"], "/nonexistent"),
+                               (["--buildkit-host", "http://x"], "--buildkit-host")):
+            refused = cli("compimg", ["--dry", task, *words, *flags], project, NO_ENGINE)
+            assert message in one_line(refused), (task, flags, refused.stderr)
+        accepted = cli("compimg", ["--dry", task, *words, "--builder", "classic", "--pull", "--no-cache", "--network",
+                                   "none", "--platform", "linux/amd64", "--cache-from", "x", "--jobs", "2"],
+                       project, NO_ENGINE)
+        assert accepted.returncode == 0 and accepted.stdout.startswith("would "), (task, accepted.stderr)
+    # And from the Python API.
+    c = Context(config=Config(defaults=ns.configuration()))
+    for call in (lambda: invoke_compimg.shell(c, "build", builder="nope", base=project),
+                 lambda: invoke_compimg.extract_artifact(c, "build:/go", builder="nope", base=project),
+                 lambda: invoke_compimg.assemble(c, builder="nope", base=project)):
+        with pytest.raises(invoke_compimg.UserError, match="--builder 'nope'"):
+            call()
 
 
 def test_short_flags_are_chosen_the_same_on_every_task_and_clash_with_no_core_flag(tmp_path: Path) -> None:
