@@ -218,14 +218,24 @@ def test_short_flags_are_chosen_the_same_on_every_task_and_clash_with_no_core_fl
     ns = invoke_compimg.collection(base=project)
     core = {name for arg in Program().core_args() + Program().task_args() for name in arg.names if len(name) == 1}
     letters: dict[str, set[str]] = {}  # short flag -> the long flags it stands for
-    for task in ns.tasks.values():
-        for arg in task.get_arguments():
-            for short in (n for n in arg.names if len(n) == 1):
-                letters.setdefault(short, set()).add(arg.names[0])
+    tasks = [*ns.tasks.values(), *ns.collections["stage"].tasks.values()]
+    assert len(tasks) == 7 + 3
+    for task in tasks:
+        args = {arg.names[0]: arg.names for arg in task.get_arguments()}
+        for short in (n for names in args.values() for n in names if len(n) == 1):
+            letters.setdefault(short, set()).add(next(long for long, names in args.items() if short in names))
+        if "quiet" in args or "progress" in args:  # the per-stage tasks took neither, so no -q
+            assert args["quiet"] == ("quiet", "q") and args["progress"] == ("progress",), task.name
     assert letters == {"t": {"tag"}, "q": {"quiet"}, "o": {"output"}}, letters  # one meaning each, on purpose
     assert not set(letters) & (core | RESERVED_SHORT)
-    quiet = cli("invoke", ["--dry", "compimg.build-stage", "build", "-q", "--progress", "tty"], project, NO_ENGINE)
-    assert one_line(quiet) == "--quiet and --progress tty say two things; give one"
+    for task in (["compimg.build-stage", "build"], ["compimg.stage.run"]):
+        quiet = cli("invoke", ["--dry", *task, "-q", "--progress", "tty"], project, NO_ENGINE)
+        assert one_line(quiet) == "--quiet and --progress tty say two things; give one"
+    for program, task in (("invoke", "compimg.stage.unit-tests"), ("compimg", "stage.unit-tests")):
+        for flags in (["-q"], ["--progress", "plain"], ["--progress=quiet", "--quiet"]):
+            staged = cli(program, ["--dry", task, *flags], project, NO_ENGINE)
+            assert staged.returncode == 0 and staged.stdout.endswith("would build stage unit_tests from the images of "
+                                                                     "its prerequisites\n"), (flags, staged.stderr)
 
 
 # --- 3. no silent misreads ------------------------------------------------------------------

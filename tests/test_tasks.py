@@ -99,6 +99,13 @@ def test_stage_tasks_and_build_stage_build_only_prerequisites(make_project) -> N
     assert result.returncode == 0, result.stderr
     assert "[a] #" in result.stdout and "[b] #" in result.stdout
     assert "BROKEN-WAS-BUILT" not in result.stdout + result.stderr
+    # A stage task takes -q as every task that builds: the stage's ID alone (its pre-tasks,
+    # which Invoke runs with no flags, show their builds as config says).
+    result = cli("invoke", ["compimg.stage.b", "-q"], folder)
+    assert result.returncode == 0, result.stderr
+    *before, last = result.stdout.splitlines()
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", last) and "[a] " in "\n".join(before), result.stdout
+    assert not [line for line in before if line.startswith("[b]")], result.stdout
     result = cli("invoke", ["compimg.build-stage", "b"], folder)
     assert result.returncode == 0 and "BROKEN-WAS-BUILT" not in result.stdout
     result = cli("invoke", ["compimg.build"], folder)

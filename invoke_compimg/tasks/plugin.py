@@ -23,6 +23,7 @@ from ..building.settings import CONFIG_DEFAULTS, Settings, configured
 from ..dockerfile.render import FORMATS
 from ..errors import Interrupted, UserError
 from ..names import short_id
+from . import build_flags
 from .binding import Binding, caller_folder, project_at, remember, strings, task_prefix
 from .build_flags import PLATFORM_HELP, BuildFlags
 from .exits import as_exit, task_exits
@@ -414,16 +415,21 @@ def _stage_collection(p: Project, bound: Binding) -> Collection:
     for stage in p.graph.stages:
         body = _stage_body(p, bound, stage.name)
         body.__doc__ = f"Build stage '{stage.name}' (line {stage.line}, FROM {base_label(stage)})."
-        tasks[stage.name] = CompimgTask(body, name=stage.task_name,
+        tasks[stage.name] = CompimgTask(body, name=stage.task_name, help=STAGE_TASK_HELP,
                                         pre=[tasks[d] for d in stage.depends_on])  # type: ignore[misc]
         stages.add_task(tasks[stage.name])
     return stages
 
 
-def _stage_body(p: Project, bound: Binding, stage_name: str) -> Callable[[Context], str]:
+# A stage task takes how its build is shown, as every task that builds does, and no build
+# setting: its pre-tasks, which Invoke runs with no flags, would then differ from it.
+STAGE_TASK_HELP = {name: help for name, help in build_flags.helps().items() if name in build_flags.OUTPUT_FLAGS}
+
+
+def _stage_body(p: Project, bound: Binding, stage_name: str) -> Callable[..., str]:
     @task_exits
-    def body(c: Context) -> str:
-        settings = bound.settings(c, target=stage_name)
+    def body(c: Context, progress: str | None = None, quiet: bool = False) -> str:
+        settings = bound.settings(c, target=stage_name, progress=build_flags.chosen_progress(progress, quiet))
         if _dry(c):
             print(f"would build stage {stage_name} from the images of its prerequisites")
             return ""
@@ -431,6 +437,7 @@ def _stage_body(p: Project, bound: Binding, stage_name: str) -> Callable[[Contex
             result = run.build_stage(p.graph.stage(stage_name))
             reporter.note(f"{result.outcome} {short_id(result.image_id)} ({result.size / 1e6:.1f} MB) "
                           f"as {p.local_ref(stage_name)}", stage_name)
+            reporter.result(result.image_id)  # quiet: the ID alone, as every task that builds prints it
         return result.image_id
 
     return body
