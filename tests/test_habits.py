@@ -135,6 +135,35 @@ def test_compimg_finds_the_dockerfile_the_docker_way(tmp_path: Path) -> None:
     assert result.stdout.startswith(f"{other}/Other.Dockerfile: 1 stage(s), final: only"), result.stderr
 
 
+def test_compimg_with_the_default_tasks_flags_and_no_task_name_builds(tmp_path: Path) -> None:
+    """Plain `compimg` builds; `compimg -q` said "No idea what '-q' is!". As `docker build -q .`:
+    the default task's flags, given without its name, are its."""
+    project = example(tmp_path / "app")
+    would = (f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build{{}}; "
+             "build arg GOFLAGS=-trimpath{}")
+    for args, tags, extra in ((["-q"], "", ""), (["--progress", "plain"], "", ""), (["--progress=quiet"], "", ""),
+                              (["-t", "x"], "; tag run as x", ""), (["-q", "-t=x", "."], "; tag run as x", ""),
+                              (["--no-cache", "app", "-q"], "", "; no cache"), (["-q", "build"], "", ""),
+                              (["app"], "", "")):
+        cwd = tmp_path if "app" in args else project
+        built = cli("compimg", ["--dry", *args], cwd, NO_ENGINE)
+        assert built.returncode == 0 and built.stdout.strip() == would.format(tags, extra), (args, built.stderr)
+    assert one_line(cli("compimg", ["--dry", "-q", "--progress", "tty"], project, NO_ENGINE)) == (
+        "--quiet and --progress tty say two things; give one")
+    target = cli("compimg", ["--dry", "--target", "build"], project, NO_ENGINE)
+    assert target.stdout.startswith("would build build (build) "), target.stderr
+    staged = cli("compimg", ["--dry", "-q", "stage.run"], project, NO_ENGINE)  # before a task name: that task's
+    assert staged.returncode == 0 and staged.stdout.endswith("would build stage run from the images of its "
+                                                             "prerequisites\n"), staged.stderr
+    # What the default task does not take stays a mistake; core flags keep their meaning.
+    assert one_line(cli("compimg", ["--cmd", "ls"], project, NO_ENGINE)) == "No idea what '--cmd' is!"
+    assert one_line(cli("compimg", ["-q", "parse"], project, NO_ENGINE)) == "No idea what '-q' is!"
+    helped = cli("compimg", ["--help"], project, NO_ENGINE)
+    assert helped.returncode == 0 and "Available tasks" in helped.stdout and "no task: build" in helped.stdout
+    version = cli("compimg", ["--version"], project, NO_ENGINE)
+    assert version.returncode == 0 and version.stdout.startswith("compimg "), version.stderr
+
+
 def test_build_arg_without_value_comes_from_the_environment(tmp_path: Path) -> None:
     project = example(tmp_path / "app")
     given = cli("invoke", ["--dry", "compimg.build", "--build-arg", "GOFLAGS"], project, {**NO_ENGINE, "GOFLAGS": ""})

@@ -66,6 +66,7 @@ class Operation:
 
 
 OPERATIONS: dict[str, Operation] = {}
+DEFAULT_TASK = "build"  # the collection's default: what `invoke compimg` and a bare `compimg` run
 
 # Invoke's core flags that it reads only to find the tasks: given after a task it takes them as
 # its own all the same, too late to do anything (`invoke compimg.build-stage x -r quiet` built

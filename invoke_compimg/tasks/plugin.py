@@ -27,7 +27,7 @@ from . import build_flags
 from .binding import Binding, caller_folder, project_at, remember, strings, task_prefix
 from .build_flags import PLATFORM_HELP, BuildFlags
 from .exits import as_exit, task_exits
-from .operation import OPERATIONS, CompimgTask, operation
+from .operation import DEFAULT_TASK, OPERATIONS, CompimgTask, operation
 
 if TYPE_CHECKING:
     from ..progress import Reporter
@@ -399,7 +399,7 @@ def _collection(p: Project | None, bound: Binding) -> Collection:
     ns = Collection(bound.key)
     ns.configure({bound.key: dict(CONFIG_DEFAULTS)})
     for task_name, op in OPERATIONS.items():
-        ns.add_task(op.task(bound), default=task_name == "build")
+        ns.add_task(op.task(bound), default=task_name == DEFAULT_TASK)
     if p is not None:
         ns.add_collection(_stage_collection(p, bound))
     return ns
