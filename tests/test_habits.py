@@ -577,3 +577,23 @@ def test_a_core_flag_after_a_task_is_one_line_not_swallowed(tmp_path: Path) -> N
                     "see `compimg --help build-stage` for the task's own flags")
     before = cli("invoke", ["--dry", "-r", str(project), "compimg.build-stage", "build"], tmp_path, NO_ENGINE)
     assert before.returncode == 0, before.stderr  # before the task it is Invoke's, as ever
+
+
+def test_jobs_is_said_to_bound_what_every_builder_sends_at_once(tmp_path: Path) -> None:
+    """`--help build` said --jobs was the classic builder's; every builder sends up to `jobs`
+    units at once (`BuildRun.build` hands `builder.jobs` to the scheduler): classic stages,
+    BuildKit solves."""
+    from invoke_compimg.builders.base import Builder
+    from invoke_compimg.builders.buildkit import BuildKitBuilder
+    from invoke_compimg.builders.buildkit_service import BuildKitServiceBuilder
+    from invoke_compimg.builders.classic import ClassicBuilder
+
+    for kind in (ClassicBuilder, BuildKitBuilder, BuildKitServiceBuilder):
+        assert kind.jobs is Builder.jobs, kind  # none of them narrows it: what the help says holds for all
+    project = example(tmp_path / "app")
+    for task in BUILDING:
+        helped = " ".join(cli("compimg", ["--help", task], project, NO_ENGINE).stdout.split())
+        assert re.search(r"--jobs=STRING builds sent at the same time \(default 4\): stages with the classic "
+                         r"builder, solves .* with BuildKit", helped), (task, helped)
+    readme = (ROOT / "README.md").read_text()
+    assert "| `jobs` | `4` | builds sent at the same time: stages (classic builder), solves (BuildKit" in readme

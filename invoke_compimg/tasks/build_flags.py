@@ -36,7 +36,8 @@ class BuildFlags:
         "rebuild everything: no engine cache, no reuse of unchanged stages"))
     builder: str | None = field(default=None, metadata=_about("auto (default), buildkit or classic"))
     jobs: int | None = field(default=None, metadata=_about(
-        "stages built at the same time with the classic builder (default 4)"))
+        "builds sent at the same time (default 4): stages with the classic builder, solves (the target's, each "
+        "tagged stage's) with BuildKit and a BuildKit service"))
     pull: bool = field(default=False, metadata=_about("pull external base images even when they are present"))
     cache_from: list[str] | None = field(default=None, metadata=_about(
         "REF of an image to use as a cache source; repeatable", repeatable=True))
