@@ -353,3 +353,24 @@ def test_ctrl_c_pressed_again_and_again_exits_130_without_a_traceback(make_proje
     while [c for c in api.containers(all=True) if unique in (c.get("Command") or "")]:
         assert time.monotonic() < deadline, "the cancelled steps' containers stayed"
         time.sleep(0.2)
+
+
+@pytest.mark.engine
+def test_an_output_written_into_the_context_is_read_by_copy_dot_until_dockerignored(make_project, tmp_path,  # type: ignore[no-untyped-def]
+                                                                                   builder) -> None:
+    """What the README's hint says: `--iidfile iid` in the context folder is a new context
+    file, so the next build of a `COPY . .` stage runs again; listed in .dockerignore it is not."""
+    _, folder = _project(make_project, "NAME build\nFROM busybox\nCOPY . /src\n")
+    meta = tmp_path / "meta.json"  # outside the context: it changes nothing
+
+    def reused(*flags: str) -> bool:
+        result = cli("compimg", ["-q", "--metadata-file", str(meta), *flags], folder)
+        assert result.returncode == 0, result.stderr
+        return bool(json.loads(meta.read_text())["build"]["compimg.reused"])
+
+    reused("--iidfile", "iid")
+    assert (folder / "iid").exists() and not reused()  # iid is new in the context: COPY . . reads it
+    assert reused()
+    (folder / ".dockerignore").write_text("iid\n")
+    reused()  # .dockerignore itself is a new file
+    assert reused("--iidfile", "iid") and reused()
