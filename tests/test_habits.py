@@ -4,6 +4,7 @@ engine marker point DOCKER_HOST at nothing: they must not need an engine."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import COMPIMG, ROOT, cli
+from invoke import Config, Context
 
 import invoke_compimg
 
@@ -133,6 +135,35 @@ def test_compimg_finds_the_dockerfile_the_docker_way(tmp_path: Path) -> None:
     assert result.stdout.startswith(f"{other}/Other.Dockerfile: 1 stage(s), final: only"), result.stderr
 
 
+def test_compimg_with_the_default_tasks_flags_and_no_task_name_builds(tmp_path: Path) -> None:
+    """Plain `compimg` builds; `compimg -q` said "No idea what '-q' is!". As `docker build -q .`:
+    the default task's flags, given without its name, are its."""
+    project = example(tmp_path / "app")
+    would = (f"would build run (build, run) from {project}/Dockerfile; tag build as my-app-build{{}}; "
+             "build arg GOFLAGS=-trimpath{}")
+    for args, tags, extra in ((["-q"], "", ""), (["--progress", "plain"], "", ""), (["--progress=quiet"], "", ""),
+                              (["-t", "x"], "; tag run as x", ""), (["-q", "-t=x", "."], "; tag run as x", ""),
+                              (["--no-cache", "app", "-q"], "", "; no cache"), (["-q", "build"], "", ""),
+                              (["app"], "", "")):
+        cwd = tmp_path if "app" in args else project
+        built = cli("compimg", ["--dry", *args], cwd, NO_ENGINE)
+        assert built.returncode == 0 and built.stdout.strip() == would.format(tags, extra), (args, built.stderr)
+    assert one_line(cli("compimg", ["--dry", "-q", "--progress", "tty"], project, NO_ENGINE)) == (
+        "--quiet and --progress tty say two things; give one")
+    target = cli("compimg", ["--dry", "--target", "build"], project, NO_ENGINE)
+    assert target.stdout.startswith("would build build (build) "), target.stderr
+    staged = cli("compimg", ["--dry", "-q", "stage.run"], project, NO_ENGINE)  # before a task name: that task's
+    assert staged.returncode == 0 and staged.stdout.endswith("would build stage run from the images of its "
+                                                             "prerequisites\n"), staged.stderr
+    # What the default task does not take stays a mistake; core flags keep their meaning.
+    assert one_line(cli("compimg", ["--cmd", "ls"], project, NO_ENGINE)) == "No idea what '--cmd' is!"
+    assert one_line(cli("compimg", ["-q", "parse"], project, NO_ENGINE)) == "No idea what '-q' is!"
+    helped = cli("compimg", ["--help"], project, NO_ENGINE)
+    assert helped.returncode == 0 and "Available tasks" in helped.stdout and "no task: build" in helped.stdout
+    version = cli("compimg", ["--version"], project, NO_ENGINE)
+    assert version.returncode == 0 and version.stdout.startswith("compimg "), version.stderr
+
+
 def test_build_arg_without_value_comes_from_the_environment(tmp_path: Path) -> None:
     project = example(tmp_path / "app")
     given = cli("invoke", ["--dry", "compimg.build", "--build-arg", "GOFLAGS"], project, {**NO_ENGINE, "GOFLAGS": ""})
@@ -163,6 +194,48 @@ def test_build_args_from_the_environment_and_on_every_task_that_builds(tmp_path:
         assert ran.returncode == 0, (task, ran.stderr)
 
 
+BUILDING = {"build": [], "build-stage": ["build"], "assemble": [], "extract-artifact": ["build:/go"],
+            "shell": ["build"]}
+
+
+def test_every_task_that_builds_takes_every_build_flag(tmp_path: Path) -> None:
+    """`shell`, `extract-artifact` and `assemble` said "No idea what '--builder' is!": they
+    build, so they take what every build takes, declared once (`BuildFlags`)."""
+    from dataclasses import fields
+
+    from invoke_compimg.tasks.build_flags import BuildFlags
+
+    project = example(tmp_path / "app")
+    ns = invoke_compimg.collection(base=project)
+    shared = {f.name for f in fields(BuildFlags)}
+    assert {"builder", "build_arg", "platform", "network", "no_cache", "pull", "secret", "ssh", "buildkit_host",
+            "jobs", "cache_from", "progress", "quiet"} <= shared
+    for task in BUILDING:
+        assert shared <= {arg.name for arg in ns[task].get_arguments()}, task
+        assert shared <= set(inspect.signature(getattr(invoke_compimg, task.replace("-", "_"))).parameters), task
+    for task in ("parse", "clean"):  # they build nothing; parse's --builder is whose lowering it shows
+        assert not shared - {"builder"} & {arg.name for arg in ns[task].get_arguments()}, task
+    # Given on the command line, each reaches the settings (a wrong one is refused by them).
+    for task, words in BUILDING.items():
+        for flags, message in ((["--builder", "nope"], "--builder 'nope': choose one of auto, buildkit, classic"),
+                               (["--jobs", "0"], "--jobs '0': give a whole number of at least 1"),
+                               (["--secret", "id=x,src=/nonexistent"], "/nonexistent"),
+                               (["--buildkit-host", "http://x"], "--buildkit-host")):
+            refused = cli("compimg", ["--dry", task, *words, *flags], project, NO_ENGINE)
+            assert message in one_line(refused), (task, flags, refused.stderr)
+        accepted = cli("compimg", ["--dry", task, *words, "--builder", "classic", "--pull", "--no-cache", "--network",
+                                   "none", "--platform", "linux/amd64", "--cache-from", "x", "--jobs", "2"],
+                       project, NO_ENGINE)
+        assert accepted.returncode == 0 and accepted.stdout.startswith("would "), (task, accepted.stderr)
+    # And from the Python API.
+    c = Context(config=Config(defaults=ns.configuration()))
+    for call in (lambda: invoke_compimg.shell(c, "build", builder="nope", base=project),
+                 lambda: invoke_compimg.extract_artifact(c, "build:/go", builder="nope", base=project),
+                 lambda: invoke_compimg.assemble(c, builder="nope", base=project)):
+        with pytest.raises(invoke_compimg.UserError, match="--builder 'nope'"):
+            call()
+
+
 def test_short_flags_are_chosen_the_same_on_every_task_and_clash_with_no_core_flag(tmp_path: Path) -> None:
     """`-p` was --push on build and --progress elsewhere; `-r` (build's --progress) is
     Invoke's --search-root after any other task, where it was swallowed in silence."""
@@ -174,14 +247,24 @@ def test_short_flags_are_chosen_the_same_on_every_task_and_clash_with_no_core_fl
     ns = invoke_compimg.collection(base=project)
     core = {name for arg in Program().core_args() + Program().task_args() for name in arg.names if len(name) == 1}
     letters: dict[str, set[str]] = {}  # short flag -> the long flags it stands for
-    for task in ns.tasks.values():
-        for arg in task.get_arguments():
-            for short in (n for n in arg.names if len(n) == 1):
-                letters.setdefault(short, set()).add(arg.names[0])
+    tasks = [*ns.tasks.values(), *ns.collections["stage"].tasks.values()]
+    assert len(tasks) == 7 + 3
+    for task in tasks:
+        args = {arg.names[0]: arg.names for arg in task.get_arguments()}
+        for short in (n for names in args.values() for n in names if len(n) == 1):
+            letters.setdefault(short, set()).add(next(long for long, names in args.items() if short in names))
+        if "quiet" in args or "progress" in args:  # the per-stage tasks took neither, so no -q
+            assert args["quiet"] == ("quiet", "q") and args["progress"] == ("progress",), task.name
     assert letters == {"t": {"tag"}, "q": {"quiet"}, "o": {"output"}}, letters  # one meaning each, on purpose
     assert not set(letters) & (core | RESERVED_SHORT)
-    quiet = cli("invoke", ["--dry", "compimg.build-stage", "build", "-q", "--progress", "tty"], project, NO_ENGINE)
-    assert one_line(quiet) == "--quiet and --progress tty say two things; give one"
+    for task in (["compimg.build-stage", "build"], ["compimg.stage.run"]):
+        quiet = cli("invoke", ["--dry", *task, "-q", "--progress", "tty"], project, NO_ENGINE)
+        assert one_line(quiet) == "--quiet and --progress tty say two things; give one"
+    for program, task in (("invoke", "compimg.stage.unit-tests"), ("compimg", "stage.unit-tests")):
+        for flags in (["-q"], ["--progress", "plain"], ["--progress=quiet", "--quiet"]):
+            staged = cli(program, ["--dry", task, *flags], project, NO_ENGINE)
+            assert staged.returncode == 0 and staged.stdout.endswith("would build stage unit_tests from the images of "
+                                                                     "its prerequisites\n"), (flags, staged.stderr)
 
 
 # --- 3. no silent misreads ------------------------------------------------------------------
@@ -494,3 +577,23 @@ def test_a_core_flag_after_a_task_is_one_line_not_swallowed(tmp_path: Path) -> N
                     "see `compimg --help build-stage` for the task's own flags")
     before = cli("invoke", ["--dry", "-r", str(project), "compimg.build-stage", "build"], tmp_path, NO_ENGINE)
     assert before.returncode == 0, before.stderr  # before the task it is Invoke's, as ever
+
+
+def test_jobs_is_said_to_bound_what_every_builder_sends_at_once(tmp_path: Path) -> None:
+    """`--help build` said --jobs was the classic builder's; every builder sends up to `jobs`
+    units at once (`BuildRun.build` hands `builder.jobs` to the scheduler): classic stages,
+    BuildKit solves."""
+    from invoke_compimg.builders.base import Builder
+    from invoke_compimg.builders.buildkit import BuildKitBuilder
+    from invoke_compimg.builders.buildkit_service import BuildKitServiceBuilder
+    from invoke_compimg.builders.classic import ClassicBuilder
+
+    for kind in (ClassicBuilder, BuildKitBuilder, BuildKitServiceBuilder):
+        assert kind.jobs is Builder.jobs, kind  # none of them narrows it: what the help says holds for all
+    project = example(tmp_path / "app")
+    for task in BUILDING:
+        helped = " ".join(cli("compimg", ["--help", task], project, NO_ENGINE).stdout.split())
+        assert re.search(r"--jobs=STRING builds sent at the same time \(default 4\): stages with the classic "
+                         r"builder, solves .* with BuildKit", helped), (task, helped)
+    readme = (ROOT / "README.md").read_text()
+    assert "| `jobs` | `4` | builds sent at the same time: stages (classic builder), solves (BuildKit" in readme

@@ -99,6 +99,13 @@ def test_stage_tasks_and_build_stage_build_only_prerequisites(make_project) -> N
     assert result.returncode == 0, result.stderr
     assert "[a] #" in result.stdout and "[b] #" in result.stdout
     assert "BROKEN-WAS-BUILT" not in result.stdout + result.stderr
+    # A stage task takes -q as every task that builds: the stage's ID alone (its pre-tasks,
+    # which Invoke runs with no flags, show their builds as config says).
+    result = cli("invoke", ["compimg.stage.b", "-q"], folder)
+    assert result.returncode == 0, result.stderr
+    *before, last = result.stdout.splitlines()
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", last) and "[a] " in "\n".join(before), result.stdout
+    assert not [line for line in before if line.startswith("[b]")], result.stdout
     result = cli("invoke", ["compimg.build-stage", "b"], folder)
     assert result.returncode == 0 and "BROKEN-WAS-BUILT" not in result.stdout
     result = cli("invoke", ["compimg.build"], folder)
@@ -411,3 +418,24 @@ def test_a_superseded_image_a_container_uses_stays_named(make_project, api, uniq
         api.remove_container(container, force=True)
     assert cli("compimg", ["clean"], project.context).returncode == 0
     assert _ids_and_names(api, [first]) == {}
+
+
+@pytest.mark.engine
+def test_an_output_written_into_the_context_is_read_by_copy_dot_until_dockerignored(make_project, tmp_path,  # type: ignore[no-untyped-def]
+                                                                                   builder) -> None:
+    """What the README's hint says: `--iidfile iid` in the context folder is a new context
+    file, so the next build of a `COPY . .` stage runs again; listed in .dockerignore it is not."""
+    _, folder = _project(make_project, "NAME build\nFROM busybox\nCOPY . /src\n")
+    meta = tmp_path / "meta.json"  # outside the context: it changes nothing
+
+    def reused(*flags: str) -> bool:
+        result = cli("compimg", ["-q", "--metadata-file", str(meta), *flags], folder)
+        assert result.returncode == 0, result.stderr
+        return bool(json.loads(meta.read_text())["build"]["compimg.reused"])
+
+    reused("--iidfile", "iid")
+    assert (folder / "iid").exists() and not reused()  # iid is new in the context: COPY . . reads it
+    assert reused()
+    (folder / ".dockerignore").write_text("iid\n")
+    reused()  # .dockerignore itself is a new file
+    assert reused("--iidfile", "iid") and reused()

@@ -10,6 +10,7 @@ habits:
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from invoke.exceptions import UncastableEnvVar
 
 from ..errors import Interrupted, UserError
 from .exits import STOP_SIGNALS, as_exit, ignore_further_interrupts
+from .operation import DEFAULT_TASK
 
 # Invoke's options that mean nothing for image builds are accepted but not shown.
 _SHOWN = ("help", "version", "list", "file", "context", "dry", "debug")
@@ -56,7 +58,8 @@ class CompimgProgram(Program):  # type: ignore[misc]
         ]
 
     def print_help(self) -> None:
-        print(f"Usage: {self.binary} [-f DOCKERFILE] [--context DIR] <task> [--task-opts] ... [CONTEXT]")
+        print(f"Usage: {self.binary} [-f DOCKERFILE] [--context DIR] [<task>] [--task-opts] ... [CONTEXT]")
+        print(f"       (no task: {DEFAULT_TASK}; `{self.binary} -q .` is `{self.binary} {DEFAULT_TASK} -q .`)")
         print("")
         print("Options:")
         print("")
@@ -117,19 +120,34 @@ _WHERE = ("-f", "--file", "--context")  # where the project is: read before any 
 def arrange(argv: list[str]) -> tuple[list[str], str | None]:
     """docker build's habits on Invoke's parser, which reads core flags only before the
     first task and knows no context argument: `-f/--file` and `--context` are taken from
-    anywhere (`compimg build -f ci.Dockerfile`) and put first, and a word that is an existing
+    anywhere (`compimg build -f ci.Dockerfile`) and put first; a word that is an existing
     folder, where a task expects no more positional argument, is the context, anywhere
-    among the flags (`compimg build . -t app`). Returns the arguments and that context."""
-    from .operation import LOAD_TIME_FLAGS, OPERATIONS, SHORT_FLAGS
+    among the flags (`compimg build . -t app`); and the default task's flags given with no
+    task name are its (`compimg -q .` is `compimg build -q .`). Returns the arguments and
+    that context."""
+    from .build_flags import OUTPUT_FLAGS
+    from .operation import DEFAULT_TASK, LOAD_TIME_FLAGS, OPERATIONS, SHORT_FLAGS
     from .plugin import collection  # noqa: F401  (registers the operations)
 
+    core = {name for arg in program.core_args() for name in arg.names}
     core_values = {name for arg in program.core_args() if arg.takes_value and not arg.optional
                    for name in arg.names}
+
+    def flags_of(task: str) -> dict[str, inspect.Parameter]:
+        """The flags of `task` (an operation, or `stage.<name>`), by each name they go by."""
+        op = OPERATIONS.get(task, OPERATIONS[DEFAULT_TASK])
+        params = {p.name.replace("_", "-"): p for p in op.flags()
+                  if task in OPERATIONS or p.name in OUTPUT_FLAGS}
+        params.update({short: params[long] for long, short in SHORT_FLAGS.items() if long in params})
+        return params
+
     lifted: list[str] = []
     rest: list[str] = argv[:1]
     context: str | None = None
-    op = None  # the task whose flags are being read (None: the core flags)
+    task: str | None = None  # the task whose flags are being read (None: the core flags)
+    params: dict[str, inspect.Parameter] = {}  # its flags
     positional: list[str] = []  # its positional arguments not given yet
+    orphans: list[str] = []  # the default task's flags, given before any task name
     words = iter(argv[1:])
     for word in words:
         name, eq, _ = word.partition("=")
@@ -140,35 +158,42 @@ def arrange(argv: list[str]) -> tuple[list[str], str | None]:
             lifted += [word] if eq else [word, next(words, "")]
             continue
         if word.startswith("-"):
-            if op is not None and name in LOAD_TIME_FLAGS:
+            if task is not None and name in LOAD_TIME_FLAGS:
                 raise UserError(f"{name} after the task is Invoke's own {LOAD_TIME_FLAGS[name]}, which means "
-                                f"nothing here; see `compimg --help {op.name}` for the task's own flags")
-            rest.append(word)
+                                f"nothing here; see `compimg --help {task}` for the task's own flags")
             flag = name.lstrip("-")
-            if op is None:
+            if task is None and flag not in core and flag in flags_of(DEFAULT_TASK):
+                taken = flags_of(DEFAULT_TASK)[flag]  # the default task's, named or not: after its name
+                orphans.append(word)
+                if not isinstance(taken.default, bool) and not eq:
+                    orphans.append(next(words, ""))
+                continue
+            rest.append(word)
+            if task is None:
                 takes_value = flag in core_values
             else:
-                params = {p.name.replace("_", "-"): p for p in op.flags()}
-                params.update({short: params[long] for long, short in SHORT_FLAGS.items() if long in params})
                 takes_value = flag in params and not isinstance(params[flag].default, bool)
                 if flag in params and params[flag].name in positional:
                     positional.remove(params[flag].name)
             if takes_value and not eq:
                 rest.append(next(words, ""))
             continue
-        if op is not None and positional:
+        if task is not None and positional:
             positional.pop(0)
             rest.append(word)
-        elif word in OPERATIONS or word.startswith("stage.") or op is None:
-            op = OPERATIONS.get(word)
-            positional = op.positional() if op else []
-            rest.append(word)
+        elif word in OPERATIONS or word.startswith("stage."):
+            task, params = word, flags_of(word)
+            positional = OPERATIONS[word].positional() if word in OPERATIONS else []
+            rest += [word, *orphans]  # `compimg -q build`: -q is build's
+            orphans = []
         elif os.path.isdir(word):
             if context is not None:
                 raise UserError(f"two build contexts given, '{context}' and '{word}'; give one")
             context = word
         else:
             rest.append(word)  # Invoke says it has "no idea what" this is
+    if orphans:  # `compimg -q`: no task name, so the default task's
+        rest[rest.index("--") if "--" in rest else len(rest):0] = [DEFAULT_TASK, *orphans]
     return [*rest[:1], *lifted, *rest[1:]], context
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from invoke import Argument, Context, Task
 
+from . import build_flags
 from .binding import Binding, caller_folder
 from .exits import exits, task_exits
 
@@ -65,6 +66,7 @@ class Operation:
 
 
 OPERATIONS: dict[str, Operation] = {}
+DEFAULT_TASK = "build"  # the collection's default: what `invoke compimg` and a bare `compimg` run
 
 # Invoke's core flags that it reads only to find the tasks: given after a task it takes them as
 # its own all the same, too late to do anything (`invoke compimg.build-stage x -r quiet` built
@@ -96,11 +98,19 @@ def _run_by_invoke(argv: list[str]) -> bool:
     return first.name in ("invoke", "inv") or (first.name == "__main__.py" and first.parent.name == "invoke")
 
 
-def operation(name: str, *, help: Mapping[str, str] | None = None,
-              repeatable: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the body as operation `name` and return its Python API function."""
+def operation(name: str, *, help: Mapping[str, str] | None = None, repeatable: tuple[str, ...] = (),
+              builds: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the body as operation `name` and return its Python API function.
+
+    `builds`: the task builds, so it takes every build flag (`build_flags.BuildFlags`, after
+    its own), and its body gets them as one keyword argument, `build_flags`; `help` may
+    word a build flag for this task."""
     def register(body: Callable[..., Any]) -> Callable[..., Any]:
-        op = Operation(name, exits(body), dict(help or {}), repeatable)
+        if builds:
+            op = Operation(name, exits(_taking_build_flags(body)), {**build_flags.helps(), **(help or {})},
+                           (*repeatable, *build_flags.repeatable()))
+        else:
+            op = Operation(name, exits(body), dict(help or {}), repeatable)
         OPERATIONS[name] = op
 
         @functools.wraps(body)
@@ -109,16 +119,31 @@ def operation(name: str, *, help: Mapping[str, str] | None = None,
             root = Path(base) if base is not None else caller_folder(sys._getframe(1))
             return op.body(c, Binding.of(dockerfile, context, key, root=root), *args, **flags)
 
-        params = list(inspect.signature(body).parameters.values())
+        params = list(inspect.signature(op.body).parameters.values())
         where = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, d, a in (
             ("dockerfile", "Dockerfile", "str | Path"), ("context", ".", "str | Path"), ("key", "compimg", "str"),
             ("base", None, "str | Path | None"))]
-        api.__signature__ = inspect.signature(body).replace(  # type: ignore[attr-defined]
+        api.__signature__ = inspect.signature(op.body).replace(  # type: ignore[attr-defined]
             parameters=[params[0], *params[2:], *where])
         api.operation = op  # type: ignore[attr-defined]
         return api
 
     return register
+
+
+def _taking_build_flags(body: Callable[..., Any]) -> Callable[..., Any]:
+    """`body(c, bound, *own, build_flags=BuildFlags)` as a function of its own flags and every
+    build flag, flat: what the task and the Python API take."""
+    own = [p for p in inspect.signature(body).parameters.values() if p.name != "build_flags"]
+    shared = build_flags.names()
+
+    @functools.wraps(body)
+    def flat(c: Context, bound: Binding, *args: Any, **kwargs: Any) -> Any:
+        given = {k: kwargs.pop(k) for k in shared & kwargs.keys()}
+        return body(c, bound, *args, build_flags=build_flags.BuildFlags(**given), **kwargs)
+
+    flat.__signature__ = inspect.Signature([*own, *build_flags.parameters()])  # type: ignore[attr-defined]
+    return flat
 
 
 class CompimgTask(Task):  # type: ignore[misc]

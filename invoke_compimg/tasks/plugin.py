@@ -23,9 +23,11 @@ from ..building.settings import CONFIG_DEFAULTS, Settings, configured
 from ..dockerfile.render import FORMATS
 from ..errors import Interrupted, UserError
 from ..names import short_id
+from . import build_flags
 from .binding import Binding, caller_folder, project_at, remember, strings, task_prefix
+from .build_flags import PLATFORM_HELP, BuildFlags
 from .exits import as_exit, task_exits
-from .operation import OPERATIONS, CompimgTask, operation
+from .operation import DEFAULT_TASK, OPERATIONS, CompimgTask, operation
 
 if TYPE_CHECKING:
     from ..progress import Reporter
@@ -35,10 +37,6 @@ if TYPE_CHECKING:
 # the engine, when they run: a tasks.py that adds our collection keeps `invoke --list` and
 # the user's other tasks quick.
 
-PROGRESS_HELP = "auto (default), plain, tty or quiet"
-QUIET_HELP = "print only errors and the image ID: --progress quiet (docker build -q)"
-PLATFORM_HELP = "os/arch[,os/arch...] to build for (default: the engine's own), e.g. linux/arm64"
-BUILD_ARG_HELP = "KEY=VALUE, or KEY to take it from the environment; repeatable"
 IIDFILE_HELP = "write the image ID to this file (docker build --iidfile), once the build succeeded"
 METADATA_HELP = "write a JSON of what was built, per stage (buildx's --metadata-file), once the build succeeded"
 
@@ -74,12 +72,6 @@ def _positional(value: str, what: str, task: str, bound: Binding) -> None:
     if value.startswith("-"):
         raise UserError(f"{task} needs {what} first, got '{value}'; for help on it run "
                         f"`{bound.help_command(task)}`")
-
-
-def _progress(progress: str | None, quiet: bool) -> str | None:
-    if quiet and progress not in (None, "quiet"):
-        raise UserError(f"--quiet and --progress {progress} say two things; give one")
-    return "quiet" if quiet else progress
 
 
 def _dry(c: Context) -> bool:
@@ -148,51 +140,24 @@ def _lowered(p: Project, goal: str, builder: str) -> tuple[str, str]:
             f"{how}; one multi-stage file for '{goal}', the context sent under {lowering.CONTEXT_PREFIX}")
 
 
-@operation("build", repeatable=("tag", "build_arg", "cache_from", "secret", "ssh"), help={
+@operation("build", builds=True, repeatable=("tag",), help={
     "target": "stage to build (default: the final stage); only what it needs is built",
     "tag": "REF for the target, or STAGE=REF (the seed's --tag=STAGE=REF); repeatable",
-    "build-arg": BUILD_ARG_HELP,
-    "no-cache": "rebuild everything: no engine cache, no reuse of unchanged stages",
     "push": "push the target's tags afterwards",
     "push-all": "with --push, push the tags of the other stages built too",
-    "jobs": "stages built at the same time with the classic builder (default 4)",
-    "builder": "auto (default), buildkit or classic",
-    "progress": PROGRESS_HELP,
-    "pull": "pull external base images even when they are present",
-    "cache-from": "REF of an image to use as a cache source; repeatable",
-    "cache-to": "'inline': embed cache metadata in the built images (for --cache-from)",
-    "network": "network of RUN steps: default, none or host (BuildKit); any network (classic)",
-    "secret": "id=ID,src=PATH or id=ID,env=VAR: a secret RUN --mount=type=secret,id=ID reads (BuildKit); "
-              "repeatable",
-    "ssh": "default or ID=SOCKET: an ssh agent RUN --mount=type=ssh reaches (BuildKit); repeatable",
     "output": "DIR, type=local,dest=DIR or type=tar,dest=FILE: write the target's files there instead of "
               "making its image (BuildKit)",
     "platform": PLATFORM_HELP + "; several need -o",
-    "buildkit-host": "build on a BuildKit service: unix://PATH or tcp://HOST:PORT (default: $BUILDKIT_HOST)",
-    "tlscacert": "CA certificate that signed the BuildKit service's (tcp://)",
-    "tlscert": "client certificate for the BuildKit service (with --tlskey)",
-    "tlskey": "client key for the BuildKit service (with --tlscert)",
-    "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP})
-def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] | None = None,
-          build_arg: list[str] | None = None, no_cache: bool = False, push: bool = False,
-          jobs: int | None = None, builder: str | None = None, progress: str | None = None,
-          pull: bool = False, cache_from: list[str] | None = None, cache_to: str | None = None,
-          push_all: bool = False, network: str | None = None, secret: list[str] | None = None,
-          ssh: list[str] | None = None, output: str | None = None, platform: str | None = None,
-          buildkit_host: str | None = None,
-          tlscacert: str | None = None, tlscert: str | None = None, tlskey: str | None = None, quiet: bool = False,
-          iidfile: str | None = None, metadata_file: str | None = None) -> dict[str, str]:
+    "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP})
+def build(c: Context, bound: Binding, target: str | None = None, tag: list[str] | None = None, push: bool = False,
+          push_all: bool = False, output: str | None = None, iidfile: str | None = None,
+          metadata_file: str | None = None, *, build_flags: BuildFlags) -> dict[str, str]:
     """Build the final stage (or --target) and every stage it needs, nothing else."""
     p = bound.project
     target = target or configured(c.config.get(bound.key), "target", bound.env_prefix(c))
     goal = p.stage(target, flag="--target").name if target else p.graph.final.name
     # A bool flag that is not given (False) leaves the decision to config.
-    settings = bound.settings(c, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
-                              push=push or None, jobs=jobs, builder=builder, progress=_progress(progress, quiet),
-                              pull=pull or None, cache_from=strings(cache_from), cache_to=cache_to,
-                              network=network, secrets=strings(secret), ssh=strings(ssh), output=output,
-                              platform=platform,
-                              buildkit_host=buildkit_host, tlscacert=tlscacert, tlscert=tlscert, tlskey=tlskey)
+    settings = bound.settings(c, target=goal, tags=tag, push=push or None, output=output, **build_flags.settings())
     _check_tags(p, settings, goal, strings(tag), "build --target")
     return _run_build(c, bound, settings, goal, push_all=push_all, files=(iidfile, metadata_file))
 
@@ -257,31 +222,25 @@ def _write_results(files: tuple[str | None, str | None], image_id: str, run: Bui
         write(*files, image_id, run.rows(), names)
 
 
-@operation("build-stage", repeatable=("tag", "build_arg"), help={
+@operation("build-stage", builds=True, repeatable=("tag",), help={
     "stage": "the stage to build", "tag": "REF to tag the stage with; repeatable",
-    "build-arg": BUILD_ARG_HELP, "no-cache": "do not use the engine's cache", "progress": PROGRESS_HELP,
-    "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP, "platform": PLATFORM_HELP})
-def build_stage(c: Context, bound: Binding, stage: str, tag: list[str] | None = None,
-                build_arg: list[str] | None = None, no_cache: bool = False, progress: str | None = None,
-                quiet: bool = False, iidfile: str | None = None, metadata_file: str | None = None,
-                platform: str | None = None) -> dict[str, str]:
+    "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP})
+def build_stage(c: Context, bound: Binding, stage: str, tag: list[str] | None = None, iidfile: str | None = None,
+                metadata_file: str | None = None, *, build_flags: BuildFlags) -> dict[str, str]:
     """Build one stage and only the stages it needs (for debugging)."""
     p = bound.project
     _positional(stage, "a STAGE", "build-stage", bound)
     goal = p.stage(stage).name
-    settings = bound.settings(c, target=goal, tags=tag, build_args=build_arg, no_cache=no_cache or None,
-                              progress=_progress(progress, quiet), push=False, platform=platform)
+    settings = bound.settings(c, target=goal, tags=tag, push=False, **build_flags.settings())
     _check_tags(p, settings, goal, strings(tag), "build-stage")
     return _run_build(c, bound, settings, goal, files=(iidfile, metadata_file))
 
 
-@operation("assemble", repeatable=("tag", "build_arg"), help={
+@operation("assemble", builds=True, repeatable=("tag",), help={
     "stage": "stage to assemble (default: the final stage)", "tag": "REF to tag it with",
-    "progress": PROGRESS_HELP, "build-arg": BUILD_ARG_HELP, "quiet": QUIET_HELP, "iidfile": IIDFILE_HELP,
-    "metadata-file": METADATA_HELP})
+    "iidfile": IIDFILE_HELP, "metadata-file": METADATA_HELP})
 def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str] | None = None,
-             progress: str | None = None, build_arg: list[str] | None = None, quiet: bool = False,
-             iidfile: str | None = None, metadata_file: str | None = None) -> str:
+             iidfile: str | None = None, metadata_file: str | None = None, *, build_flags: BuildFlags) -> str:
     """Build the final (or named) stage from its prerequisites' existing images."""
     p = bound.project
     goal = p.stage(stage, flag="--stage").name if stage else p.graph.final.name
@@ -290,7 +249,7 @@ def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str
     if outside:
         raise UserError(f"--tag {outside[0]}: assemble builds only '{goal}'; write --tag REF, "
                         f"or `{bound.task('assemble')} --stage {outside[0].partition('=')[0]}`")
-    settings = bound.settings(c, target=goal, tags=tags, build_args=build_arg, progress=_progress(progress, quiet))
+    settings = bound.settings(c, target=goal, tags=tags, **build_flags.settings())
     _check_files(iidfile, metadata_file)
     if _dry(c):
         print(f"would assemble {goal} from the images of {', '.join(p.graph.stage(goal).depends_on) or 'no stage'}"
@@ -305,13 +264,11 @@ def assemble(c: Context, bound: Binding, stage: str | None = None, tag: list[str
         return result.image_id
 
 
-@operation("extract-artifact", repeatable=("build_arg",), help={
+@operation("extract-artifact", builds=True, help={
     "artifact": "STAGE:/PATH to copy out (a file or a directory)",
-    "dest": "folder to copy into (default: current folder)", "progress": PROGRESS_HELP,
-    "build-arg": BUILD_ARG_HELP, "quiet": QUIET_HELP, "platform": PLATFORM_HELP})
-def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".", progress: str | None = None,
-                     build_arg: list[str] | None = None, quiet: bool = False,
-                     platform: str | None = None) -> list[str]:
+    "dest": "folder to copy into (default: current folder)"})
+def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".", *,
+                     build_flags: BuildFlags) -> list[str]:
     """Copy STAGE:/PATH out of a stage's image onto the host (like `docker cp`)."""
     p = bound.project
     _positional(artifact, "STAGE:/PATH", "extract-artifact", bound)
@@ -319,8 +276,7 @@ def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".",
     if not colon or not path.startswith("/"):
         raise UserError(f"'{artifact}': write STAGE:/ABSOLUTE/PATH, e.g. build:/go/bin/app")
     goal = p.stage(stage_name, flag="extract-artifact").name
-    settings = bound.settings(c, target=goal, build_args=build_arg, progress=_progress(progress, quiet),
-                              platform=platform)
+    settings = bound.settings(c, target=goal, **build_flags.settings())
     if _dry(c):
         print(f"would build {goal} and copy {path} into {dest}")
         return []
@@ -334,18 +290,17 @@ def extract_artifact(c: Context, bound: Binding, artifact: str, dest: str = ".",
     return result.names
 
 
-@operation("shell", repeatable=("build_arg",), help={
+@operation("shell", builds=True, help={
     "stage": "stage whose image to open",
     "cmd": "command to run instead of `sh` (shell syntax runs through sh -c)",
     "progress": "auto, plain, tty or quiet (the build before the shell)",
-    "build-arg": BUILD_ARG_HELP, "quiet": "--progress quiet for the build before the shell"})
-def shell(c: Context, bound: Binding, stage: str, cmd: str = "sh", progress: str | None = None,
-          build_arg: list[str] | None = None, quiet: bool = False) -> None:
+    "quiet": "--progress quiet for the build before the shell"})
+def shell(c: Context, bound: Binding, stage: str, cmd: str = "sh", *, build_flags: BuildFlags) -> None:
     """Open a shell (or run --cmd) in a stage's image, for debugging that stage."""
     p = bound.project
     _positional(stage, "a STAGE", "shell", bound)
     goal = p.stage(stage).name
-    settings = bound.settings(c, target=goal, build_args=build_arg, progress=_progress(progress, quiet))
+    settings = bound.settings(c, target=goal, **build_flags.settings())
     if _dry(c):
         print(f"would build {goal} and run `{cmd}` in it")
         return
@@ -444,7 +399,7 @@ def _collection(p: Project | None, bound: Binding) -> Collection:
     ns = Collection(bound.key)
     ns.configure({bound.key: dict(CONFIG_DEFAULTS)})
     for task_name, op in OPERATIONS.items():
-        ns.add_task(op.task(bound), default=task_name == "build")
+        ns.add_task(op.task(bound), default=task_name == DEFAULT_TASK)
     if p is not None:
         ns.add_collection(_stage_collection(p, bound))
     return ns
@@ -460,16 +415,21 @@ def _stage_collection(p: Project, bound: Binding) -> Collection:
     for stage in p.graph.stages:
         body = _stage_body(p, bound, stage.name)
         body.__doc__ = f"Build stage '{stage.name}' (line {stage.line}, FROM {base_label(stage)})."
-        tasks[stage.name] = CompimgTask(body, name=stage.task_name,
+        tasks[stage.name] = CompimgTask(body, name=stage.task_name, help=STAGE_TASK_HELP,
                                         pre=[tasks[d] for d in stage.depends_on])  # type: ignore[misc]
         stages.add_task(tasks[stage.name])
     return stages
 
 
-def _stage_body(p: Project, bound: Binding, stage_name: str) -> Callable[[Context], str]:
+# A stage task takes how its build is shown, as every task that builds does, and no build
+# setting: its pre-tasks, which Invoke runs with no flags, would then differ from it.
+STAGE_TASK_HELP = {name: help for name, help in build_flags.helps().items() if name in build_flags.OUTPUT_FLAGS}
+
+
+def _stage_body(p: Project, bound: Binding, stage_name: str) -> Callable[..., str]:
     @task_exits
-    def body(c: Context) -> str:
-        settings = bound.settings(c, target=stage_name)
+    def body(c: Context, progress: str | None = None, quiet: bool = False) -> str:
+        settings = bound.settings(c, target=stage_name, progress=build_flags.chosen_progress(progress, quiet))
         if _dry(c):
             print(f"would build stage {stage_name} from the images of its prerequisites")
             return ""
@@ -477,6 +437,7 @@ def _stage_body(p: Project, bound: Binding, stage_name: str) -> Callable[[Contex
             result = run.build_stage(p.graph.stage(stage_name))
             reporter.note(f"{result.outcome} {short_id(result.image_id)} ({result.size / 1e6:.1f} MB) "
                           f"as {p.local_ref(stage_name)}", stage_name)
+            reporter.result(result.image_id)  # quiet: the ID alone, as every task that builds prints it
         return result.image_id
 
     return body
