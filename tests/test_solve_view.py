@@ -117,3 +117,75 @@ def test_a_step_running_without_output_is_not_waiting(monkeypatch: pytest.Monkey
     time.sleep(1.5)
     v.finish()
     assert [e for e in reporter.events if e[0] == "note"] == []
+
+
+# --- a solve for several platforms (the names this engine's BuildKit gave examples/cross-go's) ---
+
+CROSS_GO = """\
+NAME build
+FROM --platform=$BUILDPLATFORM golang:1.19
+ARG TARGETOS TARGETARCH
+COPY . .
+RUN GOOS=$TARGETOS GOARCH=$TARGETARCH CGO_ENABLED=0 go build -o /out/app .
+
+NAME run
+FROM scratch
+COPY build:/out/app /app
+ENTRYPOINT ["/app"]
+"""
+GO_BUILD = "RUN GOOS=linux GOARCH={} CGO_ENABLED=0 go build -o /out/app ."
+CROSS = {  # digest -> (name, inputs), every vertex as the first status announces them
+    "sha256:from": ("[linux/amd64 build 1/3] FROM docker.io/library/golang:1.19", ()),
+    "sha256:ctx": ("[internal] load build context", ()),
+    "sha256:copy": ("[linux/amd64 build 2/3] COPY . .", ("sha256:from", "sha256:ctx")),
+    "sha256:amd": ("[linux/amd64 build 3/3] " + GO_BUILD.format("amd64"), ("sha256:copy",)),
+    "sha256:amd-app": ("[linux/amd64 run 1/1] COPY --from=build /out/app /app", ("sha256:amd",)),
+    "sha256:arm": ("[linux/amd64 build 3/3] " + GO_BUILD.format("arm64"), ("sha256:copy",)),
+    "sha256:arm-app": ("[linux/arm64 run 1/1] COPY --from=build /out/app /app", ("sha256:arm",)),
+}
+
+
+def cross(digest: str, **times: Any) -> Vertex:
+    name, inputs = CROSS[digest]
+    return Vertex(digest, inputs, name, **times)
+
+
+def test_a_step_of_each_platform_is_named_with_its_platform_and_the_stage_ends_after_all() -> None:
+    graph = parse_text(CROSS_GO)
+    reporter = FakeReporter()
+    v = SolveView("run", multi_stage(graph, graph.needs("run")), reporter, platforms=("linux/amd64", "linux/arm64"))
+    v.feed(status(Vertex("sha256:meta", (), "[linux/amd64 internal] load metadata for docker.io/library/golang:1.19",
+                         started=T, completed=T), *(cross(d) for d in CROSS)))
+    v.feed(status(cross("sha256:from", started=T, completed=T, cached=True),
+                  cross("sha256:ctx", started=T, completed=T), cross("sha256:copy", started=T, completed=T + 0.1)))
+    # both platforms' go build run on linux/amd64 (the build platform); each is named for its own
+    v.feed(status(cross("sha256:amd", started=T + 0.1), cross("sha256:arm", started=T + 0.1)))
+    v.feed(status(cross("sha256:amd", started=T + 0.1, completed=T + 1.6)))
+    assert finished(reporter) == []  # arm64's go build still runs
+    v.feed(status(cross("sha256:amd-app", started=T + 1.6, completed=T + 1.7),
+                  cross("sha256:arm", started=T + 0.1, completed=T + 18.8)))
+    assert [(e[1], e[4]) for e in finished(reporter)] == [("build", "built")]  # now, with both done
+    v.feed(status(cross("sha256:arm-app", started=T + 18.8, completed=T + 18.9)))
+    v.finish()
+    go = "RUN GOOS=$TARGETOS GOARCH=$TARGETARCH CGO_ENABLED=0 go build -o /out/app ."
+    assert [e for e in reporter.events if e[0] == "step"] == [
+        ("step", "build", "[build 1/3] FROM --platform=$BUILDPLATFORM golang:1.19"),  # shared: no platform
+        ("step", "build", "[build 2/3] COPY . ."),
+        ("step", "build", f"[linux/amd64 build 3/3] {go}"),
+        ("step", "build", f"[linux/arm64 build 3/3] {go}"),
+        ("step", "run", "[linux/amd64 run 1/1] COPY build:/out/app /app"),
+        ("step", "run", "[linux/arm64 run 1/1] COPY build:/out/app /app"),
+    ]
+    done = [e[2] for e in reporter.events[:reporter.events.index(finished(reporter)[0])] if e[0] == "step_done"]
+    assert f"[linux/arm64 build 3/3] {go}" in done and f"[linux/amd64 build 3/3] {go}" in done
+
+
+def test_a_stage_whose_platforms_come_from_the_cache_in_one_status_ends_after_both() -> None:
+    graph = parse_text(CROSS_GO)
+    reporter = FakeReporter()
+    v = SolveView("run", multi_stage(graph, graph.needs("run")), reporter, platforms=("linux/amd64", "linux/arm64"))
+    v.feed(status(*(cross(d) for d in CROSS)))
+    v.feed(status(*(cross(d, cached=True, started=T, completed=T) for d in CROSS)))
+    events = reporter.events
+    last_steps = [i for i, e in enumerate(events) if e[0] == "step_done" and "build 3/3" in e[2]]
+    assert len(last_steps) == 2 and events.index(finished(reporter)[0]) > last_steps[-1]

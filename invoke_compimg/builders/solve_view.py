@@ -74,6 +74,7 @@ class SolveView:
         self.titles: dict[str, tuple[str, str]] = {}  # vertex digest -> (stage, title)
         self.finished: dict[str, str] = {}  # stages built inside the solve, shown finished -> outcome
         self._ran: set[str] = set()  # stages with a step that ran (not from the cache)
+        self._shown_done: set[str] = set()  # vertexes shown done or cached
         self._lock = threading.Lock()  # `progress` is fed on the solve's thread and read by the watcher
         self._last_status = time.monotonic()
         self._watcher: threading.Thread | None = None
@@ -102,11 +103,41 @@ class SolveView:
             return None  # context transfer, metadata: BuildKit's own bookkeeping
         stage, source = self.source(step)
         if source is not None:
-            text = f"[{stage} {step.index}/{step.total}] {one_line(source.source.text, 200)}"
+            platform = self._built_for(digest, step) if len(self.platforms) > 1 else None
+            label = f"{platform} {stage}" if platform else stage
+            text = f"[{label} {step.index}/{step.total}] {one_line(source.source.text, 200)}"
         else:
             text = plain_paths(name)
         self.titles[digest] = (stage, text)
         return stage, text
+
+    def _built_for(self, digest: str, step: StepName) -> str | None:
+        """The platform a step of a solve for several is built for, as buildx names it: the one
+        platform whose result it ends up in (None when it serves several: a step they share).
+        BuildKit's name says where it runs, which is the build platform for every platform's
+        step of a `FROM --platform=$BUILDPLATFORM` stage; what it feeds says whose it is."""
+        with self._lock:
+            vertexes = dict(self.progress.vertexes)
+        consumers: dict[str, list[str]] = {}
+        for vertex in vertexes.values():
+            for given in vertex.inputs:
+                consumers.setdefault(given, []).append(vertex.digest)
+        served: set[str] = set()
+        seen: set[str] = set()
+        todo = [digest]
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            after = [c for c in consumers.get(current, []) if parse_name(vertexes[c].name).platform]
+            if after:
+                todo += after
+            elif current in vertexes or current == digest:
+                own = parse_name(vertexes[current].name).platform if current in vertexes else step.platform
+                if own:
+                    served.add(own)
+        return served.pop() if len(served) == 1 else None
 
     def feed(self, status: StatusResponse) -> None:
         with self._lock:
@@ -129,12 +160,23 @@ class SolveView:
             self.reporter.output(stage, event.text)
         elif event.kind in ("cached", "done"):
             self.reporter.step_done(stage, text, event.seconds, event.kind == "cached")
+            self._shown_done.add(event.vertex)
             if event.kind == "done":
                 self._ran.add(stage)
-            if event.step.index is not None and event.step.index == event.step.total:
-                self._stage_done(stage)  # a stage's steps are a chain: its last one done, it is done
+            if event.step.index is not None and event.step.index == event.step.total and self._last_steps_done(stage):
+                self._stage_done(stage)  # a stage's steps are a chain: its last one done (each platform's), it is done
         elif event.kind == "warning":
             self.reporter.warning(f"[{stage}] {event.text}")
+
+    def _last_steps_done(self, stage: str) -> bool:
+        """Has the last step of `stage` been shown done for every platform the solve builds it
+        for (one vertex each)? Shown, not merged: one status can finish them all, and its
+        events are shown one by one."""
+        with self._lock:
+            vertexes = list(self.progress.vertexes.values())
+        return all(vertex.digest in self._shown_done for vertex in vertexes
+                   if (step := parse_name(vertex.name)).index is not None and step.index == step.total
+                   and self.source(step)[0] == stage)
 
     def _stage_done(self, stage: str, outcome: str | None = None) -> None:
         """A stage built inside this solve is done: shown so now (the target is done when its
