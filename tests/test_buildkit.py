@@ -345,6 +345,22 @@ def test_frontend_parse_error_names_the_users_line(make_project: Any) -> None:
     assert "line 2" not in error, error
 
 
+def test_a_from_platform_without_its_image_says_so(make_project: Any, api: Any, unique: str) -> None:
+    api.tag("busybox", unique, "base")  # linux/amd64 only
+    advice = ("; no linux/arm64 image of it is on the engine, and BuildKit could not fetch one; pull it for that "
+              "platform, or run this stage on the build platform (FROM --platform=$BUILDPLATFORM ...)")
+    project = make_project(f"FROM --platform=linux/arm64 {unique}:base\nRUN true\n")
+    result = cli("compimg", ["build"], project.context)
+    error = result.stderr.strip()
+    assert result.returncode == 1 and error.splitlines() == [error]
+    assert error.startswith(f"{project.dockerfile}:1: stage 'stage-0' failed at FROM --platform=linux/arm64 "
+                            f"{unique}:base: ") and error.endswith(advice), error
+    (project.context / "Dockerfile").write_text(f"FROM {unique}:base\nRUN true\n")  # the flag's way: the same
+    flag = cli("compimg", ["build", "--platform", "linux/arm64"], project.context).stderr.strip()
+    assert flag.startswith(f"{project.dockerfile}:1: stage 'stage-0' failed at FROM {unique}:base: ")
+    assert flag.endswith(advice), flag
+
+
 def test_a_solve_the_daemon_refuses_is_one_line(make_project: Any, monkeypatch: pytest.MonkeyPatch,
                                                spy: SolveSpy) -> None:
     project = make_project("NAME build\nFROM busybox\nRUN true\n")

@@ -119,6 +119,38 @@ def test_a_step_running_without_output_is_not_waiting(monkeypatch: pytest.Monkey
     assert [e for e in reporter.events if e[0] == "note"] == []
 
 
+# --- failures the frontend reports without a location (as this engine's BuildKit sends them) ---
+
+def failure_of(dockerfile: str, error: str, *vertexes: Vertex, platforms: tuple[str, ...] = ()) -> str:
+    graph = parse_text(dockerfile)
+    v = SolveView(graph.final.name, multi_stage(graph, graph.needs(graph.final.name)), FakeReporter(),
+                  platforms=platforms)
+    v.feed(status(*vertexes))
+    v.finish()
+    return str(v.failure(error, "/p/Dockerfile", 1))
+
+
+LLB = "failed to solve with frontend dockerfile.v0: failed to create LLB definition: "
+METADATA = "[internal] load metadata for docker.io/library/busybox:latest"
+NO_REGISTRY = ('failed to do request: Head "https://registry-1.docker.io/v2/library/busybox/manifests/latest": '
+               "dial tcp: lookup registry-1.docker.io on 10.255.255.53:53: no such host")
+
+
+def test_a_from_platform_whose_image_is_not_here_says_so_as_the_platform_flag_does() -> None:
+    metadata = Vertex("sha256:m", (), METADATA, started=T, completed=T, error=NO_REGISTRY)
+    advice = ("no linux/arm64 image of it is on the engine, and BuildKit could not fetch one; pull it for that "
+              "platform, or run this stage on the build platform (FROM --platform=$BUILDPLATFORM ...)")
+    written = failure_of("FROM --platform=linux/arm64 busybox\nRUN true\n", LLB + NO_REGISTRY, metadata)
+    assert written == (f"/p/Dockerfile:1: stage 'stage-0' failed at FROM --platform=linux/arm64 busybox: "
+                       f"{NO_REGISTRY}; {advice}")
+    flag = failure_of("FROM busybox\nRUN true\n", LLB + NO_REGISTRY, metadata, platforms=("linux/arm64",))
+    assert flag == f"/p/Dockerfile:1: stage 'stage-0' failed at FROM busybox: {NO_REGISTRY}; {advice}"
+    # the build platform's own image: the name or the tag is wrong
+    native = failure_of("FROM --platform=$BUILDPLATFORM busybox\n", LLB + NO_REGISTRY, metadata,
+                        platforms=("linux/arm64",))
+    assert native.endswith(f"{NO_REGISTRY}; check the image name and tag")
+
+
 # --- a solve for several platforms (the names this engine's BuildKit gave examples/cross-go's) ---
 
 CROSS_GO = """\

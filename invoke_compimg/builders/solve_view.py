@@ -252,7 +252,7 @@ class SolveView:
             step = parse_name(vertex.name)
             message = plain_paths(reason(vertex.error or error or "failed"))
             if step.stage == "internal":
-                found = self._base_image_failure(step.text, message, where)
+                found = self._base_image_failure(step, message, where)
                 if found is not None:
                     return found
                 continue
@@ -279,23 +279,38 @@ class SolveView:
                     return stage, step.source
         return None
 
-    def _base_image_failure(self, text: str, message: str, where: str) -> EngineError | None:
+    def _base_image_failure(self, step: StepName, message: str, where: str) -> EngineError | None:
         """`[internal] load metadata for docker.io/library/x:y` failed: the stage whose FROM
-        names that image, at its line (not the target's)."""
+        names that image, at its line (not the target's). For another platform than the one
+        the steps run on (`--platform`, or the FROM's own), say that no image of it is here."""
+        text = step.text
         if not text.startswith("load metadata for "):
             return None
         wanted = normalise_ref(text[len("load metadata for "):])
         for stage, steps in self.lowered.stages.items():
             base = steps[0].source if steps else None
             if isinstance(base, From) and not base.stage and normalise_ref(base.image) == wanted:
+                platform = step.platform or self._from_platform(base)
                 advice = "check the image name and tag"
-                if self.platforms and self.platforms[0] != self.host:
-                    advice = (f"no {self.platforms[0]} image of it is on the engine, and BuildKit could not fetch "
+                if platform and platform != self.host:
+                    advice = (f"no {platform} image of it is on the engine, and BuildKit could not fetch "
                               "one; pull it for that platform, or run this stage on the build platform "
                               "(FROM --platform=$BUILDPLATFORM ...)")
                 return step_failed(stage, message, where=where, line=base.line, instruction=base.text,
                                    advice=advice)
         return None
+
+    def _from_platform(self, base: From) -> str | None:
+        """The platform a FROM's image is for: its own `--platform=` (BuildKit's platform ARGs
+        filled in), else the build's; None when that cannot be known here (another ARG)."""
+        target = self.platforms[0] if self.platforms else self.host
+        written = next((flag.split("=", 1)[1] for flag in base.flags if flag.startswith("--platform=")), None)
+        if written is None:
+            return target
+        value = written
+        for name, platform in (("BUILDPLATFORM", self.host), ("TARGETPLATFORM", target)):
+            value = value.replace("${" + name + "}", platform).replace("$" + name, platform)
+        return None if "$" in value else value
 
 
 def reason(text: str) -> str:
