@@ -345,6 +345,29 @@ def test_frontend_parse_error_names_the_users_line(make_project: Any) -> None:
     assert "line 2" not in error, error
 
 
+@pytest.mark.parametrize("chosen", ["buildkit", "classic"])
+@pytest.mark.parametrize(("instruction", "message"), [
+    ("EXPOSE abc", "Invalid containerPort: abc"),
+    ("EXPOSE 80/tcpp", "Invalid proto: tcpp"),
+])
+def test_an_instruction_the_engine_refuses_is_its_line(make_project: Any, chosen: str, instruction: str,
+                                                       message: str) -> None:
+    project = make_project(f"FROM busybox\n{instruction}\n")
+    result = cli("compimg", ["build", "--builder", chosen], project.context)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (f"{project.dockerfile}:2: stage 'stage-0' failed at "
+                                                      f"{instruction}: {message}")
+
+
+def test_an_add_url_that_cannot_be_fetched_is_its_line(make_project: Any) -> None:
+    project = make_project("FROM busybox\nADD http://example.invalid/x /x\n")
+    result = cli("compimg", ["build"], project.context)
+    error = result.stderr.strip()
+    assert result.returncode == 1 and error.splitlines() == [error]
+    assert error.startswith(f"{project.dockerfile}:2: stage 'stage-0' failed at ADD http://example.invalid/x /x: "
+                            'failed to load cache key: Get "http://example.invalid/x"'), error
+
+
 def test_a_from_platform_without_its_image_says_so(make_project: Any, api: Any, unique: str) -> None:
     api.tag("busybox", unique, "base")  # linux/amd64 only
     advice = ("; no linux/arm64 image of it is on the engine, and BuildKit could not fetch one; pull it for that "

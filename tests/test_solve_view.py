@@ -136,6 +136,29 @@ NO_REGISTRY = ('failed to do request: Head "https://registry-1.docker.io/v2/libr
                "dial tcp: lookup registry-1.docker.io on 10.255.255.53:53: no such host")
 
 
+@pytest.mark.parametrize(("instruction", "message"), [
+    ("EXPOSE abc", "Invalid containerPort: abc"),
+    ("EXPOSE 80/tcpp", "Invalid proto: tcpp"),
+])
+def test_a_frontend_error_is_the_line_of_the_instruction_it_quotes(instruction: str, message: str) -> None:
+    text = failure_of(f"FROM busybox\n{instruction}\n", LLB + message)
+    assert text == f"/p/Dockerfile:2: stage 'stage-0' failed at {instruction}: {message}"
+    # two instructions with that value: which one is not known, so neither is named
+    text = failure_of(f"FROM busybox\n{instruction}\n{instruction} 22\n", LLB + message)
+    assert text == f"/p/Dockerfile:1: stage 'stage-0' failed: {message}"
+
+
+def test_an_add_whose_url_cannot_be_fetched_is_its_line() -> None:
+    fetch = 'Get "http://example.invalid/x": dial tcp: lookup example.invalid on 10.255.255.53:53: no such host'
+    text = failure_of("NAME app\nFROM busybox\nRUN true\nADD http://example.invalid/x /x\n",
+                      "failed to load cache key: " + fetch,
+                      Vertex("sha256:f", (), "[app 1/3] FROM docker.io/library/busybox", cached=True),
+                      Vertex("sha256:u", (), "http://example.invalid/x", started=T, completed=T, error=fetch),
+                      Vertex("sha256:a", ("sha256:f", "sha256:u"), "[app 3/3] ADD http://example.invalid/x /x"))
+    assert text == ("/p/Dockerfile:4: stage 'app' failed at ADD http://example.invalid/x /x: "
+                    f"failed to load cache key: {fetch}")
+
+
 def test_a_from_platform_whose_image_is_not_here_says_so_as_the_platform_flag_does() -> None:
     metadata = Vertex("sha256:m", (), METADATA, started=T, completed=T, error=NO_REGISTRY)
     advice = ("no linux/arm64 image of it is on the engine, and BuildKit could not fetch one; pull it for that "

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..dockerfile.lowering import CONTEXT_PREFIX, keyword
-from ..dockerfile.model import From, Run
+from ..dockerfile.model import From, Instruction, Run
 from ..engine.buildkit import Progress, ProgressEvent, StatusResponse, StepName, parse_name
 from ..errors import EngineError, one_line
 from ..names import normalise_ref
@@ -35,6 +35,8 @@ WAIT_NOTICE = 3.0
 # Instructions that become a BuildKit step (and so count in `[stage i/n]`).
 _STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
 _PARSE_ERROR_LINE = re.compile(r"(?:dockerfile parse error )?line (\d+): ")
+_QUOTED = re.compile(r'"([^"\s]+)"')  # a value an engine message quotes
+_WORD_PARTS = re.compile(r"[/:=,]")  # an argument's parts a frontend message may quote alone (`80/tcpp`: `tcpp`)
 _EXECUTOR_FAILED = re.compile(r"executor failed running \[(.*)\]: ", re.DOTALL)
 # Our folder at the start of a path in an engine message (`"/ctx/a"`, `ctx/a`), never a
 # `ctx` inside the user's own path (`sub/ctx/b`).
@@ -269,7 +271,34 @@ class SolveView:
         if ran_step is not None:
             stage, run = ran_step
             return step_failed(stage, message, where=where, line=run.line, instruction=run.text)
+        quoted = self._quoted_instruction(message)
+        if quoted is not None:
+            stage, instruction = quoted
+            return step_failed(stage, message, where=where, line=instruction.line, instruction=instruction.text)
         return step_failed(self.target, message, where=where, line=fallback_line)
+
+    def _quoted_instruction(self, message: str) -> tuple[str, Instruction] | None:
+        """The instruction a message without a location is about: the one instruction of the
+        solve's stages with the value the message quotes among its arguments (the frontend's
+        `Invalid containerPort: abc` of `EXPOSE abc`, `Invalid proto: tcpp` of `EXPOSE 80/tcpp`;
+        the `Get "http://host/x"` of `ADD http://host/x /x`). None unless exactly one has it."""
+        values = set(_QUOTED.findall(message))
+        tail = message.rsplit(": ", 1)[-1].strip()
+        if ": " in message and tail and not any(c.isspace() for c in tail):
+            values.add(tail)
+        if not values:
+            return None
+        found: dict[Instruction, str] = {}
+        for stage, steps in self.lowered.stages.items():
+            for step in steps:
+                words = step.source.value.split() + step.text.split()[1:]
+                parts = {part for word in words for part in (word, *_WORD_PARTS.split(word))}
+                if values & parts:
+                    found.setdefault(step.source, stage)
+        if len(found) != 1:
+            return None
+        instruction, stage = next(iter(found.items()))
+        return stage, instruction
 
     def _run_step(self, command: str) -> tuple[str, Run] | None:
         """The stage and RUN instruction whose command the executor ran (`/bin/sh -c CMD`)."""
