@@ -368,6 +368,21 @@ def test_an_add_url_that_cannot_be_fetched_is_its_line(make_project: Any) -> Non
                             'failed to load cache key: Get "http://example.invalid/x"'), error
 
 
+def test_copy_link_says_which_dockerfile_has_it(make_project: Any) -> None:
+    project = make_project("FROM busybox\n\nCOPY --link a /a\n", {"a": "a\n"})
+    result = cli("compimg", ["build"], project.context)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"{project.dockerfile}:3: COPY --link needs Dockerfile 1.4 (BuildKit 0.10+), and the Dockerfile frontend "
+        "built into this BuildKit is older (Docker 20.10's is 1.2): drop --link, or add a "
+        "'# syntax=docker/dockerfile:1.4' line at the top of the file where the engine can pull that image")
+    # That line is sent: BuildKit then asks for that frontend (which this engine, offline, cannot fetch).
+    (project.context / "Dockerfile").write_text("# syntax=docker/dockerfile:1.4\nFROM busybox\nCOPY --link a /a\n")
+    result = cli("compimg", ["build"], project.context)
+    assert result.returncode == 0 or ("docker/dockerfile" in result.stderr
+                                      and "needs Dockerfile 1.4" not in result.stderr), result.stderr
+
+
 def test_a_from_platform_without_its_image_says_so(make_project: Any, api: Any, unique: str) -> None:
     api.tag("busybox", unique, "base")  # linux/amd64 only
     advice = ("; no linux/arm64 image of it is on the engine, and BuildKit could not fetch one; pull it for that "

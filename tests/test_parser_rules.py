@@ -179,6 +179,14 @@ def test_syntax_directive_is_recorded() -> None:
     assert "only one syntax parser directive" in refused("# syntax=a\n# syntax=b\nFROM busybox\n")
 
 
+def test_the_syntax_directive_is_sent_to_buildkit() -> None:
+    # BuildKit's built-in frontend hands a file with `# syntax=` to that frontend: it must be in
+    # the file sent (the classic builder knows no frontends: not there).
+    graph = parse_text("# syntax=docker/dockerfile:1.4\n# escape=`\nFROM busybox\nCOPY --link a /a\n")
+    assert multi_stage(graph).text.startswith("# syntax=docker/dockerfile:1.4\n# escape=`\n")
+    assert per_stage(graph, "stage-0").text == "# escape=`\nFROM busybox\nCOPY --link a /a\n"
+
+
 def test_a_name_block_based_on_its_own_name_is_refused_at_its_from() -> None:
     message = refused("NAME base\nFROM busybox\n\nNAME run\nFROM run\nRUN true\n")
     assert message == ("Dockerfile:5: stage 'run' is based on itself (NAME run, then FROM run); base it on an "

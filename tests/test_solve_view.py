@@ -159,6 +159,19 @@ def test_an_add_whose_url_cannot_be_fetched_is_its_line() -> None:
                     f"failed to load cache key: {fetch}")
 
 
+def test_copy_link_on_an_older_frontend_says_which_dockerfile_has_it() -> None:
+    # (the line of the file sent: ours drops the blank line)
+    text = failure_of("FROM busybox\n\nCOPY --link a /a\n", LLB + "dockerfile parse error line 2: Unknown flag: link")
+    assert text == ("/p/Dockerfile:3: COPY --link needs Dockerfile 1.4 (BuildKit 0.10+), and the Dockerfile frontend "
+                    "built into this BuildKit is older (Docker 20.10's is 1.2): drop --link, or add a "
+                    "'# syntax=docker/dockerfile:1.4' line at the top of the file where the engine can pull that image")
+    # any other unknown flag: the frontend's words, at the user's line
+    text = failure_of("FROM busybox\nHEALTHCHECK --start-interval=1s CMD true\n",
+                      LLB + "dockerfile parse error line 2: Unknown flag: start-interval")
+    assert text == ("/p/Dockerfile:2: stage 'stage-0' failed at HEALTHCHECK --start-interval=1s CMD true: "
+                    "Unknown flag: start-interval; fix that line")
+
+
 def test_a_from_platform_whose_image_is_not_here_says_so_as_the_platform_flag_does() -> None:
     metadata = Vertex("sha256:m", (), METADATA, started=T, completed=T, error=NO_REGISTRY)
     advice = ("no linux/arm64 image of it is on the engine, and BuildKit could not fetch one; pull it for that "

@@ -37,6 +37,10 @@ _STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
 _PARSE_ERROR_LINE = re.compile(r"(?:dockerfile parse error )?line (\d+): ")
 _QUOTED = re.compile(r'"([^"\s]+)"')  # a value an engine message quotes
 _WORD_PARTS = re.compile(r"[/:=,]")  # an argument's parts a frontend message may quote alone (`80/tcpp`: `tcpp`)
+_UNKNOWN_FLAG = re.compile(r"^Unknown flag: ([\w-]+)$")
+# Flags of our parser (the newest Dockerfile syntax) that an older built-in frontend lacks: the
+# Dockerfile version and the BuildKit release whose built-in frontend first has them.
+NEWER_FLAGS = {("COPY", "link"): ("1.4", "0.10"), ("ADD", "link"): ("1.4", "0.10")}
 _EXECUTOR_FAILED = re.compile(r"executor failed running \[(.*)\]: ", re.DOTALL)
 # Our folder at the start of a path in an engine message (`"/ctx/a"`, `ctx/a`), never a
 # `ctx` inside the user's own path (`sub/ctx/b`).
@@ -248,6 +252,9 @@ class SolveView:
             sent = self.lowered.lines[int(parse_error.group(1))]
             stage = next((name for name, steps in self.lowered.stages.items() if sent in steps), self.target)
             message = _PARSE_ERROR_LINE.sub("", plain_paths(reason(error or "")))
+            newer = _newer_flag(message, sent.source)
+            if newer is not None:
+                return EngineError(newer, where=where, line=sent.source.line, stage=stage)
             return step_failed(stage, message, where=where, line=sent.source.line, instruction=sent.source.text,
                                advice="fix that line")
         for vertex in self.progress.failed():
@@ -340,6 +347,20 @@ class SolveView:
         for name, platform in (("BUILDPLATFORM", self.host), ("TARGETPLATFORM", target)):
             value = value.replace("${" + name + "}", platform).replace("$" + name, platform)
         return None if "$" in value else value
+
+
+def _newer_flag(message: str, instruction: Instruction) -> str | None:
+    """`Unknown flag: link` of `COPY --link`: the frontend that read the file predates the flag
+    (this engine's built-in Dockerfile 1.2 has no --link). What to do, in one line, or None."""
+    unknown = _UNKNOWN_FLAG.match(message)
+    newer = NEWER_FLAGS.get((instruction.keyword, unknown.group(1))) if unknown else None
+    if unknown is None or newer is None:
+        return None
+    flag = f"{instruction.keyword} --{unknown.group(1)}"
+    version, buildkit = newer
+    return (f"{flag} needs Dockerfile {version} (BuildKit {buildkit}+), and the Dockerfile frontend built into "
+            f"this BuildKit is older (Docker 20.10's is 1.2): drop --{unknown.group(1)}, or add a "
+            f"'# syntax=docker/dockerfile:{version}' line at the top of the file where the engine can pull that image")
 
 
 def reason(text: str) -> str:
