@@ -345,6 +345,60 @@ def test_frontend_parse_error_names_the_users_line(make_project: Any) -> None:
     assert "line 2" not in error, error
 
 
+@pytest.mark.parametrize("chosen", ["buildkit", "classic"])
+@pytest.mark.parametrize(("instruction", "message"), [
+    ("EXPOSE abc", "Invalid containerPort: abc"),
+    ("EXPOSE 80/tcpp", "Invalid proto: tcpp"),
+])
+def test_an_instruction_the_engine_refuses_is_its_line(make_project: Any, chosen: str, instruction: str,
+                                                       message: str) -> None:
+    project = make_project(f"FROM busybox\n{instruction}\n")
+    result = cli("compimg", ["build", "--builder", chosen], project.context)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (f"{project.dockerfile}:2: stage 'stage-0' failed at "
+                                                      f"{instruction}: {message}")
+
+
+def test_an_add_url_that_cannot_be_fetched_is_its_line(make_project: Any) -> None:
+    project = make_project("FROM busybox\nADD http://example.invalid/x /x\n")
+    result = cli("compimg", ["build"], project.context)
+    error = result.stderr.strip()
+    assert result.returncode == 1 and error.splitlines() == [error]
+    assert error.startswith(f"{project.dockerfile}:2: stage 'stage-0' failed at ADD http://example.invalid/x /x: "
+                            'failed to load cache key: Get "http://example.invalid/x"'), error
+
+
+def test_copy_link_says_which_dockerfile_has_it(make_project: Any) -> None:
+    project = make_project("FROM busybox\n\nCOPY --link a /a\n", {"a": "a\n"})
+    result = cli("compimg", ["build"], project.context)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"{project.dockerfile}:3: COPY --link needs Dockerfile 1.4 (BuildKit 0.10+), and the Dockerfile frontend "
+        "built into this BuildKit is older (Docker 20.10's is 1.2): drop --link, or add a "
+        "'# syntax=docker/dockerfile:1.4' line at the top of the file where the engine can pull that image")
+    # That line is sent: BuildKit then asks for that frontend (which this engine, offline, cannot fetch).
+    (project.context / "Dockerfile").write_text("# syntax=docker/dockerfile:1.4\nFROM busybox\nCOPY --link a /a\n")
+    result = cli("compimg", ["build"], project.context)
+    assert result.returncode == 0 or ("docker/dockerfile" in result.stderr
+                                      and "needs Dockerfile 1.4" not in result.stderr), result.stderr
+
+
+def test_a_from_platform_without_its_image_says_so(make_project: Any, api: Any, unique: str) -> None:
+    api.tag("busybox", unique, "base")  # linux/amd64 only
+    advice = ("; no linux/arm64 image of it is on the engine, and BuildKit could not fetch one; pull it for that "
+              "platform, or run this stage on the build platform (FROM --platform=$BUILDPLATFORM ...)")
+    project = make_project(f"FROM --platform=linux/arm64 {unique}:base\nRUN true\n")
+    result = cli("compimg", ["build"], project.context)
+    error = result.stderr.strip()
+    assert result.returncode == 1 and error.splitlines() == [error]
+    assert error.startswith(f"{project.dockerfile}:1: stage 'stage-0' failed at FROM --platform=linux/arm64 "
+                            f"{unique}:base: ") and error.endswith(advice), error
+    (project.context / "Dockerfile").write_text(f"FROM {unique}:base\nRUN true\n")  # the flag's way: the same
+    flag = cli("compimg", ["build", "--platform", "linux/arm64"], project.context).stderr.strip()
+    assert flag.startswith(f"{project.dockerfile}:1: stage 'stage-0' failed at FROM {unique}:base: ")
+    assert flag.endswith(advice), flag
+
+
 def test_a_solve_the_daemon_refuses_is_one_line(make_project: Any, monkeypatch: pytest.MonkeyPatch,
                                                spy: SolveSpy) -> None:
     project = make_project("NAME build\nFROM busybox\nRUN true\n")

@@ -6,6 +6,7 @@ another architecture reported in one line."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,23 @@ def test_the_go_example_cross_compiled_to_arm64(cross: Any, tmp_path: Path) -> N
 
 def test_two_platforms_into_one_folder(cross: Any, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = cli("compimg", ["build", "--platform", "linux/amd64,linux/arm64", "-o", str(out)], cross.context)
+    result = cli("compimg", ["build", "--platform", "linux/amd64,linux/arm64", "-o", str(out), "--progress", "plain"],
+                 cross.context)
     assert result.returncode == 0, result.stderr
     assert machine(out / "linux_amd64" / "app") == "x86-64"
     assert machine(out / "linux_arm64" / "app") == "aarch64"
     assert sorted(p.name for p in out.iterdir()) == ["linux_amd64", "linux_arm64"]
+    # Each platform's go build once, named for its platform as buildx does (both run on the
+    # build platform); steps they share, once without one; the stage ends after both.
+    lines = result.stdout.splitlines()
+    go = "RUN GOOS=$TARGETOS GOARCH=$TARGETARCH CGO_ENABLED=0 go build -o /out/app ."
+    steps = {m[2]: m[1] for line in lines if (m := re.match(r"^\[build\] (#\d+) (\[.*)$", line))}
+    assert sorted(steps) == ["[build 1/3] FROM --platform=$BUILDPLATFORM golang:1.19", "[build 2/3] COPY . .",
+                             f"[linux/amd64 build 3/3] {go}", f"[linux/arm64 build 3/3] {go}"], lines
+    ended = next(i for i, line in enumerate(lines) if re.match(r"^\[build\] (built|cached)", line))
+    for title in (f"[linux/amd64 build 3/3] {go}", f"[linux/arm64 build 3/3] {go}"):
+        number = steps[title]
+        assert any(re.match(rf"^\[build\] {number} (DONE|CACHED)", line) for line in lines[:ended]), lines
 
 
 def test_one_platform_is_an_image_and_the_platform_counts_for_reuse(cross: Any, api: Any, tmp_path: Path) -> None:

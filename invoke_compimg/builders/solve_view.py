@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..dockerfile.lowering import CONTEXT_PREFIX, keyword
-from ..dockerfile.model import From, Run
+from ..dockerfile.model import From, Instruction, Run
 from ..engine.buildkit import Progress, ProgressEvent, StatusResponse, StepName, parse_name
 from ..errors import EngineError, one_line
 from ..names import normalise_ref
@@ -35,6 +35,12 @@ WAIT_NOTICE = 3.0
 # Instructions that become a BuildKit step (and so count in `[stage i/n]`).
 _STEP_KEYWORDS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
 _PARSE_ERROR_LINE = re.compile(r"(?:dockerfile parse error )?line (\d+): ")
+_QUOTED = re.compile(r'"([^"\s]+)"')  # a value an engine message quotes
+_WORD_PARTS = re.compile(r"[/:=,]")  # an argument's parts a frontend message may quote alone (`80/tcpp`: `tcpp`)
+_UNKNOWN_FLAG = re.compile(r"^Unknown flag: ([\w-]+)$")
+# Flags of our parser (the newest Dockerfile syntax) that an older built-in frontend lacks: the
+# Dockerfile version and the BuildKit release whose built-in frontend first has them.
+NEWER_FLAGS = {("COPY", "link"): ("1.4", "0.10"), ("ADD", "link"): ("1.4", "0.10")}
 _EXECUTOR_FAILED = re.compile(r"executor failed running \[(.*)\]: ", re.DOTALL)
 # Our folder at the start of a path in an engine message (`"/ctx/a"`, `ctx/a`), never a
 # `ctx` inside the user's own path (`sub/ctx/b`).
@@ -74,6 +80,7 @@ class SolveView:
         self.titles: dict[str, tuple[str, str]] = {}  # vertex digest -> (stage, title)
         self.finished: dict[str, str] = {}  # stages built inside the solve, shown finished -> outcome
         self._ran: set[str] = set()  # stages with a step that ran (not from the cache)
+        self._shown_done: set[str] = set()  # vertexes shown done or cached
         self._lock = threading.Lock()  # `progress` is fed on the solve's thread and read by the watcher
         self._last_status = time.monotonic()
         self._watcher: threading.Thread | None = None
@@ -102,11 +109,41 @@ class SolveView:
             return None  # context transfer, metadata: BuildKit's own bookkeeping
         stage, source = self.source(step)
         if source is not None:
-            text = f"[{stage} {step.index}/{step.total}] {one_line(source.source.text, 200)}"
+            platform = self._built_for(digest, step) if len(self.platforms) > 1 else None
+            label = f"{platform} {stage}" if platform else stage
+            text = f"[{label} {step.index}/{step.total}] {one_line(source.source.text, 200)}"
         else:
             text = plain_paths(name)
         self.titles[digest] = (stage, text)
         return stage, text
+
+    def _built_for(self, digest: str, step: StepName) -> str | None:
+        """The platform a step of a solve for several is built for, as buildx names it: the one
+        platform whose result it ends up in (None when it serves several: a step they share).
+        BuildKit's name says where it runs, which is the build platform for every platform's
+        step of a `FROM --platform=$BUILDPLATFORM` stage; what it feeds says whose it is."""
+        with self._lock:
+            vertexes = dict(self.progress.vertexes)
+        consumers: dict[str, list[str]] = {}
+        for vertex in vertexes.values():
+            for given in vertex.inputs:
+                consumers.setdefault(given, []).append(vertex.digest)
+        served: set[str] = set()
+        seen: set[str] = set()
+        todo = [digest]
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            after = [c for c in consumers.get(current, []) if parse_name(vertexes[c].name).platform]
+            if after:
+                todo += after
+            elif current in vertexes or current == digest:
+                own = parse_name(vertexes[current].name).platform if current in vertexes else step.platform
+                if own:
+                    served.add(own)
+        return served.pop() if len(served) == 1 else None
 
     def feed(self, status: StatusResponse) -> None:
         with self._lock:
@@ -129,12 +166,23 @@ class SolveView:
             self.reporter.output(stage, event.text)
         elif event.kind in ("cached", "done"):
             self.reporter.step_done(stage, text, event.seconds, event.kind == "cached")
+            self._shown_done.add(event.vertex)
             if event.kind == "done":
                 self._ran.add(stage)
-            if event.step.index is not None and event.step.index == event.step.total:
-                self._stage_done(stage)  # a stage's steps are a chain: its last one done, it is done
+            if event.step.index is not None and event.step.index == event.step.total and self._last_steps_done(stage):
+                self._stage_done(stage)  # a stage's steps are a chain: its last one done (each platform's), it is done
         elif event.kind == "warning":
             self.reporter.warning(f"[{stage}] {event.text}")
+
+    def _last_steps_done(self, stage: str) -> bool:
+        """Has the last step of `stage` been shown done for every platform the solve builds it
+        for (one vertex each)? Shown, not merged: one status can finish them all, and its
+        events are shown one by one."""
+        with self._lock:
+            vertexes = list(self.progress.vertexes.values())
+        return all(vertex.digest in self._shown_done for vertex in vertexes
+                   if (step := parse_name(vertex.name)).index is not None and step.index == step.total
+                   and self.source(step)[0] == stage)
 
     def _stage_done(self, stage: str, outcome: str | None = None) -> None:
         """A stage built inside this solve is done: shown so now (the target is done when its
@@ -204,13 +252,16 @@ class SolveView:
             sent = self.lowered.lines[int(parse_error.group(1))]
             stage = next((name for name, steps in self.lowered.stages.items() if sent in steps), self.target)
             message = _PARSE_ERROR_LINE.sub("", plain_paths(reason(error or "")))
+            newer = _newer_flag(message, sent.source)
+            if newer is not None:
+                return EngineError(newer, where=where, line=sent.source.line, stage=stage)
             return step_failed(stage, message, where=where, line=sent.source.line, instruction=sent.source.text,
                                advice="fix that line")
         for vertex in self.progress.failed():
             step = parse_name(vertex.name)
             message = plain_paths(reason(vertex.error or error or "failed"))
             if step.stage == "internal":
-                found = self._base_image_failure(step.text, message, where)
+                found = self._base_image_failure(step, message, where)
                 if found is not None:
                     return found
                 continue
@@ -227,7 +278,34 @@ class SolveView:
         if ran_step is not None:
             stage, run = ran_step
             return step_failed(stage, message, where=where, line=run.line, instruction=run.text)
+        quoted = self._quoted_instruction(message)
+        if quoted is not None:
+            stage, instruction = quoted
+            return step_failed(stage, message, where=where, line=instruction.line, instruction=instruction.text)
         return step_failed(self.target, message, where=where, line=fallback_line)
+
+    def _quoted_instruction(self, message: str) -> tuple[str, Instruction] | None:
+        """The instruction a message without a location is about: the one instruction of the
+        solve's stages with the value the message quotes among its arguments (the frontend's
+        `Invalid containerPort: abc` of `EXPOSE abc`, `Invalid proto: tcpp` of `EXPOSE 80/tcpp`;
+        the `Get "http://host/x"` of `ADD http://host/x /x`). None unless exactly one has it."""
+        values = set(_QUOTED.findall(message))
+        tail = message.rsplit(": ", 1)[-1].strip()
+        if ": " in message and tail and not any(c.isspace() for c in tail):
+            values.add(tail)
+        if not values:
+            return None
+        found: dict[Instruction, str] = {}
+        for stage, steps in self.lowered.stages.items():
+            for step in steps:
+                words = step.source.value.split() + step.text.split()[1:]
+                parts = {part for word in words for part in (word, *_WORD_PARTS.split(word))}
+                if values & parts:
+                    found.setdefault(step.source, stage)
+        if len(found) != 1:
+            return None
+        instruction, stage = next(iter(found.items()))
+        return stage, instruction
 
     def _run_step(self, command: str) -> tuple[str, Run] | None:
         """The stage and RUN instruction whose command the executor ran (`/bin/sh -c CMD`)."""
@@ -237,23 +315,52 @@ class SolveView:
                     return stage, step.source
         return None
 
-    def _base_image_failure(self, text: str, message: str, where: str) -> EngineError | None:
+    def _base_image_failure(self, step: StepName, message: str, where: str) -> EngineError | None:
         """`[internal] load metadata for docker.io/library/x:y` failed: the stage whose FROM
-        names that image, at its line (not the target's)."""
+        names that image, at its line (not the target's). For another platform than the one
+        the steps run on (`--platform`, or the FROM's own), say that no image of it is here."""
+        text = step.text
         if not text.startswith("load metadata for "):
             return None
         wanted = normalise_ref(text[len("load metadata for "):])
         for stage, steps in self.lowered.stages.items():
             base = steps[0].source if steps else None
             if isinstance(base, From) and not base.stage and normalise_ref(base.image) == wanted:
+                platform = step.platform or self._from_platform(base)
                 advice = "check the image name and tag"
-                if self.platforms and self.platforms[0] != self.host:
-                    advice = (f"no {self.platforms[0]} image of it is on the engine, and BuildKit could not fetch "
+                if platform and platform != self.host:
+                    advice = (f"no {platform} image of it is on the engine, and BuildKit could not fetch "
                               "one; pull it for that platform, or run this stage on the build platform "
                               "(FROM --platform=$BUILDPLATFORM ...)")
                 return step_failed(stage, message, where=where, line=base.line, instruction=base.text,
                                    advice=advice)
         return None
+
+    def _from_platform(self, base: From) -> str | None:
+        """The platform a FROM's image is for: its own `--platform=` (BuildKit's platform ARGs
+        filled in), else the build's; None when that cannot be known here (another ARG)."""
+        target = self.platforms[0] if self.platforms else self.host
+        written = next((flag.split("=", 1)[1] for flag in base.flags if flag.startswith("--platform=")), None)
+        if written is None:
+            return target
+        value = written
+        for name, platform in (("BUILDPLATFORM", self.host), ("TARGETPLATFORM", target)):
+            value = value.replace("${" + name + "}", platform).replace("$" + name, platform)
+        return None if "$" in value else value
+
+
+def _newer_flag(message: str, instruction: Instruction) -> str | None:
+    """`Unknown flag: link` of `COPY --link`: the frontend that read the file predates the flag
+    (this engine's built-in Dockerfile 1.2 has no --link). What to do, in one line, or None."""
+    unknown = _UNKNOWN_FLAG.match(message)
+    newer = NEWER_FLAGS.get((instruction.keyword, unknown.group(1))) if unknown else None
+    if unknown is None or newer is None:
+        return None
+    flag = f"{instruction.keyword} --{unknown.group(1)}"
+    version, buildkit = newer
+    return (f"{flag} needs Dockerfile {version} (BuildKit {buildkit}+), and the Dockerfile frontend built into "
+            f"this BuildKit is older (Docker 20.10's is 1.2): drop --{unknown.group(1)}, or add a "
+            f"'# syntax=docker/dockerfile:{version}' line at the top of the file where the engine can pull that image")
 
 
 def reason(text: str) -> str:

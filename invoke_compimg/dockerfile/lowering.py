@@ -86,8 +86,11 @@ def under(prefix: str, path: str) -> str:
     return prefix.rstrip("/") if clean in ("", ".") else prefix + clean
 
 
-def _header(graph: Graph) -> list[str]:
-    return [f"# escape={graph.escape}"] if graph.escape != "\\" else []
+def _header(graph: Graph, *, syntax: bool = False) -> list[str]:
+    """The parser directives sent: the escape character, and for BuildKit the `# syntax=`
+    frontend the file asks for (BuildKit's built-in frontend hands the file to that one)."""
+    lines = [f"# syntax={graph.syntax}"] if syntax and graph.syntax else []
+    return lines + ([f"# escape={graph.escape}"] if graph.escape != "\\" else [])
 
 
 class _Writer:
@@ -236,7 +239,7 @@ def multi_stage(graph: Graph, stages: Iterable[Stage] | None = None, *, name_all
     referenced = {dep for stage in chosen for dep in stage.depends_on}
     writer = _Writer(graph, lambda n: n, context_prefix, mounts=True, expand_platform=False,
                      build_args=build_args, image_config=image_config, keep_heredocs=keep_heredocs)
-    entries: list[tuple[str, Step | None]] = [(line, None) for line in _header(graph)]
+    entries: list[tuple[str, Step | None]] = [(line, None) for line in _header(graph, syntax=True)]
     entries += [(arg.text, Step(arg.text, arg)) for arg in graph.global_args]
     per: dict[str, tuple[Step, ...]] = {}
     for stage in chosen:

@@ -11,7 +11,7 @@ from .wire import StatusResponse, Vertex, VertexLog
 
 _STEP = re.compile(r"^\[(?:(?P<platform>[^\s\]]+/[^\s\]]+) )?(?:(?P<stage>[^\s\]/]+) )?"
                    r"(?P<index>\d+)/(?P<total>\d+)\] (?P<text>.*)$", re.DOTALL)
-_BRACKETED = re.compile(r"^\[(?P<stage>[^\]]+)\] (?P<text>.*)$", re.DOTALL)
+_BRACKETED = re.compile(r"^\[(?:(?P<platform>[^\s\]]+/[^\s\]]+) )?(?P<stage>[^\]]+)\] (?P<text>.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -21,21 +21,24 @@ class StepName:
     `exporting to image` has no stage. With a single stage BuildKit names none, even for
     `FROM x AS build` (`[2/3] RUN ...`): stage None. Unnamed stages of a multi-stage file
     are `stage-0`, `stage-1`, ... Steps shared by several stages (the same FROM) are one
-    vertex, named after one of them."""
+    vertex, named after one of them. In a solve for several platforms BuildKit puts the
+    platform a step runs on first (`[linux/arm64 build 2/3] ...`, `[linux/arm64 internal]
+    load metadata for ...`): `platform`."""
 
     stage: str | None
     index: int | None
     total: int | None
     text: str
+    platform: str | None = None
 
 
 def parse_name(name: str) -> StepName:
     match = _STEP.match(name)
     if match:
-        return StepName(match["stage"], int(match["index"]), int(match["total"]), match["text"])
+        return StepName(match["stage"], int(match["index"]), int(match["total"]), match["text"], match["platform"])
     match = _BRACKETED.match(name)
     if match:
-        return StepName(match["stage"], None, None, match["text"])
+        return StepName(match["stage"], None, None, match["text"], match["platform"])
     return StepName(None, None, None, name)
 
 
