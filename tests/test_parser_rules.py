@@ -187,18 +187,6 @@ def test_the_syntax_directive_is_sent_to_buildkit() -> None:
     assert per_stage(graph, "stage-0").text == "# escape=`\nFROM busybox\nCOPY --link a /a\n"
 
 
-def test_a_name_block_based_on_its_own_name_is_refused_at_its_from() -> None:
-    message = refused("NAME base\nFROM busybox\n\nNAME run\nFROM run\nRUN true\n")
-    assert message == ("Dockerfile:5: stage 'run' is based on itself (NAME run, then FROM run); base it on an "
-                       "earlier stage or an image (for an image of that name, write its tag: FROM run:latest)")
-    assert "stage 'run' is based on itself" in refused("NAME run\nFROM Run AS run\n")
-    # Docker's own rule where Docker's syntax is used: `FROM x AS x` is the image x
-    native = parse_text("FROM run AS run\nRUN true\n")
-    assert native.stage("run").base == "run" and not native.stage("run").base_stage
-    tagged = parse_text("NAME run\nFROM run:latest\n")  # the image, said so
-    assert tagged.stage("run").base == "run:latest" and not tagged.stage("run").base_stage
-
-
 def test_global_args_expand_as_buildkit_does() -> None:
     # A default may use an earlier ARG; an ARG without default or build arg is unset.
     text = "ARG REPO=busy\nARG IMAGE=${REPO}box\nARG UNSET\nFROM ${IMAGE}:${UNSET-latest}\n"

@@ -215,12 +215,6 @@ class _Parser:
         if not image:
             raise self.fail(base.line, f"FROM {base.written} expands to nothing; give the ARG a "
                                        "default or pass --build-arg")
-        if pending_name is not None and image.lower() == draft.name:
-            # Docker reads `FROM x AS x` as the image x; a NAME block based on its own name is
-            # a stage meant to build on itself (or on one of the same name), never the image.
-            raise self.fail(base.line, f"stage '{draft.name}' is based on itself (NAME {draft.name}, then "
-                                       f"FROM {base.written}); base it on an earlier stage or an image (for an "
-                                       f"image of that name, write its tag: FROM {image}:latest)")
         stage = self._stage_ref(image, base.line, index, as_base=True)
         draft.instructions.append(dataclasses.replace(base, image=stage or image, stage=stage))
         self.drafts.append(draft)
