@@ -21,6 +21,7 @@ from ..dockerfile.lowering import CONTEXT_PREFIX, extraction, multi_stage
 from ..dockerfile.model import Instruction, Stage, classic_only
 from ..engine import buildkit as engine_buildkit
 from ..errors import BuildRejected, EngineError, Interrupted, UserError
+from ..names import split_ref
 from .base import Builder, Plan, Sent, Unit, step_failed
 from .solve_view import SolveView, plain_paths, reason
 
@@ -40,6 +41,7 @@ class BuildKitBuilder(Builder):
         self._running: set[str] = set()  # build IDs of the tar solves going on
         self._cancels: set[threading.Event] = set()  # one per session solve going on
         self._solves_over = threading.Condition(self._lock)  # notified as each session solve ends
+        self._builtin_frontend = False  # the `# syntax=` frontend could not be fetched: not asked for again
 
     @property
     def with_session(self) -> bool:
@@ -168,7 +170,8 @@ class BuildKitBuilder(Builder):
         threading.Thread(target=connect, name="compimg-buildkit-connect", daemon=True).start()
 
     def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None) -> Sent:
-        for attempt in (1, 2):
+        lost_once = False
+        while True:
             try:
                 if self.with_session:
                     return self._solve_with_session(unit, plan, args, output)
@@ -178,11 +181,44 @@ class BuildKitBuilder(Builder):
                                     "extract-artifact", where=self.where, line=unit.stage.line)
                 return self._solve_with_tar(unit, plan, args)
             except LostInput as lost:
-                if attempt == 2:
+                if lost_once:
                     raise lost.error from None
+                lost_once = True
                 self.reporter.warning(f"[{unit.name}] BuildKit lost this build's context or session "
                                       f"({lost.text}); sending it again, once")
-        raise AssertionError("unreachable")
+            except EngineError as exc:
+                if not self._frontend_unavailable(exc):
+                    raise
+
+    def _frontend_unavailable(self, error: EngineError) -> bool:
+        """The `# syntax=` frontend could not be fetched (no registry, say): said once, and the
+        file goes to BuildKit's built-in frontend instead, which builds it (we lower heredocs
+        ourselves). True if the solve is to be sent again."""
+        ref = self.graph.syntax
+        if not ref or self._builtin_frontend:
+            return False
+        repository = split_ref(ref.split("@", 1)[0])[0]
+        text = str(error)
+        if "gateway.v0" not in text or repository not in text:
+            return False
+        with self._lock:
+            warned, self._builtin_frontend = self._builtin_frontend, True
+        if not warned:
+            reason = text.rsplit(": ", 1)[-1]
+            self.reporter.warning(f"# syntax={ref}: BuildKit cannot fetch that Dockerfile frontend ({reason}); "
+                                  "building with its built-in one (compimg lowers heredocs itself)")
+        return True
+
+    def sent_text(self, text: str) -> str:
+        """The Dockerfile text as sent: without its `# syntax=` line once that frontend proved
+        out of reach (a bare `#` after the other directives keeps every line where it was)."""
+        if not self._builtin_frontend or not text.startswith("# syntax="):
+            return text
+        lines = text.split("\n")
+        directives = 1
+        while directives < len(lines) and lines[directives].startswith("# escape="):
+            directives += 1
+        return "\n".join([*lines[1:directives], "#", *lines[directives:]])
 
     def extract(self, image_ref: str, path: str, dest: str) -> list[str] | None:
         """A local export of one path: `FROM scratch`, `COPY --from=IMAGE PATH /NAME`, solved
@@ -229,7 +265,7 @@ class BuildKitBuilder(Builder):
         # BuildKit 0.8 reads the context from `context` whatever `contextkey` says, so each solve
         # has a session of its own; the shared key per folder and unit keeps their files apart.
         session = dockerfile_session(
-            context=str(self.project.context), allow=self.allowed(plan), dockerfile=plan.text.encode(),
+            context=str(self.project.context), allow=self.allowed(plan), dockerfile=self.sent_text(plan.text).encode(),
             files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()},
             files_time_ns=self.written_ns(), root_under=under,
             shared_key=shared_key(str(self.project.context), unit.name),
@@ -294,7 +330,8 @@ class BuildKitBuilder(Builder):
         # from the cache even under --no-cache: they were made now, and it must be the same image.
         no_cache = self.settings.no_cache and not unit.needs
         with self.reading_context(target):
-            archive = context.archive(str(self.project.context), lowered.text, plan.paths, prefix=prefix,
+            archive = context.archive(str(self.project.context), self.sent_text(lowered.text), plan.paths,
+                                      prefix=prefix,
                                       files=lowered.files, files_time=self.written_ns() / 1e9)
         with self._lock:
             self._running.add(build_id)
