@@ -318,6 +318,18 @@ def test_concurrent_builds_of_one_project_with_different_tags(make_project, api,
     again = cli("compimg", ["build", f"--tag={unique}-again"], project.context)
     assert again.returncode == 0, again.stderr
     assert run_image(api, f"{unique}-again") == (0, "built\n")
+    # Runs at the same time take our local name from each other's stage images, and none
+    # retires an image it did not supersede itself: those are left unnamed (noted for a fix).
+    # This test's are known by its marker in their last step, and removed.
+    import contextlib
+
+    import docker
+
+    for image in api.images(filters={"dangling": True}, quiet=True):
+        with contextlib.suppress(docker.errors.APIError):  # gone meanwhile (a prune elsewhere): fine
+            history = api.history(image)
+            if history and unique in (history[0].get("CreatedBy") or ""):
+                api.remove_image(image)
 
 
 def test_two_projects_with_the_same_stage_names_do_not_mix(make_project, api) -> None:  # type: ignore[no-untyped-def]
