@@ -31,7 +31,7 @@ from unittest import mock
 from invoke_compimg.building.project import Project
 from invoke_compimg.building.settings import Settings
 from invoke_compimg.engine.client import Engine
-from invoke_compimg.errors import UserError
+from invoke_compimg.errors import EngineError, UserError
 from invoke_compimg.procs import owner
 from invoke_compimg.progress import PlainReporter
 
@@ -617,6 +617,15 @@ NEEDS_REGISTRY = {"registry"}
 # Recorded from an engine that refuses `POST /grpc` (as a proxy in front of it may): BuildKit
 # solves with a tar through `POST /build`, one warning line says why.
 REFUSES_GRPC = {"run_buildkit_tar", "buildkit_errors_tar", "buildkit_interrupt_tar"}
+
+
+def failure(seen: Any, name: str) -> tuple[str, str]:
+    """(the error's line, what was shown before it) of one send of a replayed scenario (`seen`)."""
+    result, error, shown = seen[name]
+    assert result is None and isinstance(error, EngineError), (result, error)
+    text = str(error)
+    assert text.splitlines() == [text]  # one line, whatever the engine said
+    return text, shown
 
 
 @contextlib.contextmanager

@@ -315,6 +315,26 @@ def _unwrap(message: bytes) -> bytes:
     return control_pb2.BytesMessage.FromString(message).data
 
 
+def _control_methods(served: Any) -> dict[str, Any]:
+    """The Control methods a fake serves (recording or replaying), by path: its `_solve`,
+    `_status`, `_list_workers` and `_session`."""
+    import grpc
+
+    from invoke_compimg.engine.control.proto import control_pb2
+
+    return {
+        SOLVE: grpc.unary_unary_rpc_method_handler(
+            served._solve, request_deserializer=control_pb2.SolveRequest.FromString,
+            response_serializer=control_pb2.SolveResponse.SerializeToString),
+        STATUS: grpc.unary_stream_rpc_method_handler(
+            served._status, request_deserializer=control_pb2.StatusRequest.FromString),
+        LIST_WORKERS: grpc.unary_unary_rpc_method_handler(
+            served._list_workers, request_deserializer=control_pb2.ListWorkersRequest.FromString,
+            response_serializer=control_pb2.ListWorkersResponse.SerializeToString),
+        SESSION: _session_handler(served._session),
+    }
+
+
 def _session_handler(open_line: Callable[[Iterable[bytes], Any], Iterator[bytes]]) -> Any:
     """Control.Session as a handler: `open_line(incoming bytes, context)` yields the bytes to send."""
     import grpc
@@ -357,17 +377,7 @@ class ControlRecorder:
         self.workers = self.channel.unary_unary(
             LIST_WORKERS, request_serializer=control_pb2.ListWorkersRequest.SerializeToString,
             response_deserializer=control_pb2.ListWorkersResponse.FromString)
-        methods = {
-            SOLVE: grpc.unary_unary_rpc_method_handler(
-                self._solve, request_deserializer=control_pb2.SolveRequest.FromString,
-                response_serializer=control_pb2.SolveResponse.SerializeToString),
-            STATUS: grpc.unary_stream_rpc_method_handler(
-                self._status, request_deserializer=control_pb2.StatusRequest.FromString),
-            LIST_WORKERS: grpc.unary_unary_rpc_method_handler(
-                self._list_workers, request_deserializer=control_pb2.ListWorkersRequest.FromString,
-                response_serializer=control_pb2.ListWorkersResponse.SerializeToString),
-            SESSION: _session_handler(self._session),
-        }
+        methods = _control_methods(self)
         self.address = self.folder.socket_path("relay")
         self.server = grpc_server(generic(methods, self._unknown), self.address)
 
@@ -568,9 +578,7 @@ class FakeControl:
     Every `POST /grpc` the fake answers 101 is piped into one `grpc.server` of this."""
 
     def __init__(self, owner: Any) -> None:
-        import grpc
 
-        from invoke_compimg.engine.control.proto import control_pb2
 
         self.owner = owner
         self.folder = Folder("compimg-fake-grpc-")
@@ -579,17 +587,7 @@ class FakeControl:
         self.sessions: dict[str, SessionLine] = {}  # actual session id -> the line to it
         self.session_meta: dict[str, dict[str, list[str]]] = {}  # actual session id -> its metadata
         self.connections: list[socket.socket] = []
-        methods = {
-            SOLVE: grpc.unary_unary_rpc_method_handler(
-                self._solve, request_deserializer=control_pb2.SolveRequest.FromString,
-                response_serializer=control_pb2.SolveResponse.SerializeToString),
-            STATUS: grpc.unary_stream_rpc_method_handler(
-                self._status, request_deserializer=control_pb2.StatusRequest.FromString),
-            LIST_WORKERS: grpc.unary_unary_rpc_method_handler(
-                self._list_workers, request_deserializer=control_pb2.ListWorkersRequest.FromString,
-                response_serializer=control_pb2.ListWorkersResponse.SerializeToString),
-            SESSION: _session_handler(self._session),
-        }
+        methods = _control_methods(self)
         self.address = self.folder.socket_path("control")
         self.server = grpc_server(generic(methods, self._unknown), self.address)
 

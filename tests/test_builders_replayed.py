@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_scenarios import replayed
+from engine_scenarios import failure, replayed
 from fake_engine import FakeEngine
-
-from invoke_compimg.errors import EngineError
 
 FAILING_RUN = "RUN echo before-failure && echo to-stderr >&2 && exit 3"
 
@@ -26,15 +24,6 @@ def engine_said(fake: FakeEngine, path: str, index: int = 0) -> str:
         return str(json.loads(found.body or "{}")["message"])
     messages = [json.loads(line) for chunk in found.chunks for line in chunk.splitlines() if line.strip()]
     return str(next(m["errorDetail"]["message"] for m in messages if "errorDetail" in m))
-
-
-def failure(seen: Any, name: str) -> tuple[str, str]:
-    """(the error's line, what was shown before it) of one send of the scenario."""
-    result, error, shown = seen[name]
-    assert result is None and isinstance(error, EngineError), (result, error)
-    text = str(error)
-    assert text.splitlines() == [text]  # one line, whatever the engine said
-    return text, shown
 
 
 @pytest.fixture(scope="module")

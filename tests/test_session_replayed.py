@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_scenarios import replayed
+from engine_scenarios import failure, replayed
 from fake_control import FILESEND, FILESYNC, SESSION, SOLVE
 from fake_engine import FakeEngine, Request
 
@@ -37,15 +37,6 @@ def read(requests: list[Request], directory: str) -> list[dict[str, Any]]:
 def engine_said(fake: FakeEngine, index: int) -> str:
     """The details of the `index`th Solve error the real engine answered (its words)."""
     return [c.error["details"] for c in fake.calls if c.grpc == SOLVE and c.error][index]
-
-
-def failure(seen: Any, name: str) -> tuple[str, str]:
-    """(the error's line, what was shown before it) of one send of the scenario."""
-    result, error, shown = seen[name]
-    assert result is None and isinstance(error, EngineError), (result, error)
-    text = str(error)
-    assert text.splitlines() == [text]  # one line, whatever the engine said
-    return text, shown
 
 
 @pytest.fixture(scope="module")
