@@ -485,6 +485,8 @@ class _RelayedSession:
     def handler(self) -> Any:
         import grpc
 
+        from invoke_compimg.engine.control.h2_server import Method
+
         def relay(method: str) -> Any:
             def handle(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
                 sent: list[bytes] = []
@@ -497,7 +499,6 @@ class _RelayedSession:
                         yield message
 
                 forward = self.line.channel.stream_stream(method)(passed_on(), metadata=_pairs(metadata))
-                context.add_callback(forward.cancel)
                 error = None
                 try:
                     for message in forward:
@@ -507,13 +508,14 @@ class _RelayedSession:
                     error = _error(exc)
                     context.abort(exc.code(), exc.details() or "")
                 finally:
+                    forward.cancel()
                     if method != HEALTH:  # asked every second: when is not the daemon's answer to us
                         self.call.callbacks.append(  # type: ignore[union-attr]
                             callback_record(method, metadata, sent, answered, error))
 
-            return grpc.stream_stream_rpc_method_handler(handle)
+            return Method(handle, streaming=True)
 
-        return generic({}, relay)
+        return relay
 
 
 def callback_record(method: str, metadata: dict[str, list[str]], daemon: list[bytes], session: list[bytes],

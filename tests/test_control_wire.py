@@ -286,8 +286,7 @@ def test_filesync_serves_data_and_virtual_files(tmp_path: Path) -> None:
 
 
 def test_session_refuses_an_unknown_dir(tmp_path: Path) -> None:
-    import grpc
-
+    from invoke_compimg.engine.control import h2_server
     from invoke_compimg.engine.control.session import Session
 
     class Aborted(Exception):
@@ -307,7 +306,7 @@ def test_session_refuses_an_unknown_dir(tmp_path: Path) -> None:
     context = Context()
     with pytest.raises(Aborted, match="no access allowed to dir 'home'"):
         list(session._filesync(iter(()), context))  # type: ignore[arg-type]
-    assert context.code == grpc.StatusCode.NOT_FOUND
+    assert context.code == h2_server.NOT_FOUND
 
 
 # --- FileSend: a local export into the user's folder ---------------------------------------

@@ -3,7 +3,8 @@
 - `client`: `connect` (through a Docker engine's `POST /grpc`, or a buildkitd address),
   `Control.list_workers`, `Control.attach(session)`, `Control.solve(...)`.
 - `session`: `Session`, what a build may ask of this machine (dirs, secrets, ssh agents,
-  registry credentials, exports), served by a `grpc.server` of ours.
+  registry credentials, exports); `h2_server` serves it from the bytes of the Control.Session
+  call (gRPC on HTTP/2 with `h2`, many small messages gathered into few writes).
 - `transport`: the h2c upgrade through the Docker SDK and the unix-socket bridge; buildkitd
   addresses and TLS.
 - `fswalk`, `diffcopy_send`, `diffcopy_receive`: fsutil's file transfer, both ways.

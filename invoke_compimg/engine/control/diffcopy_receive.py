@@ -250,6 +250,8 @@ def receive_into(incoming: Iterable[Packet], dest: str | os.PathLike[str], what:
             except OSError as exc:
                 raise ExportRefused(f"cannot put {what} into {dest} ({exc.strerror}); "
                                     "the destination is as it was") from None
+            # gone before our FIN: the daemon ends the solve on it, and the caller may look
+            shutil.rmtree(staging, ignore_errors=True)
 
         try:
             yield from receiver.run(incoming, merge)

@@ -7,10 +7,9 @@ call `Control.Session`, a bidirectional stream of BytesMessages, with the gRPC m
 context it received under it: the same key for the same folder means only changes travel)
 and one `x-docker-expose-session-grpc-method` per method we serve (full paths; the daemon
 compares them lower-cased). The stream's bytes are an HTTP/2 connection on which the daemon
-is the client: we pipe them into a `grpc.server` of ours listening on a unix socket in a
-private folder (0700). The daemon checks `grpc.health.v1.Health/Check` about once a second
-and drops the session on a failure; we answer SERVING (field 1 = 1, encoded by hand so that
-no second `grpc.health.v1` descriptor can clash with grpcio-health-checking).
+is the client: `h2_server` serves it from those bytes (no socket). The daemon checks
+`grpc.health.v1.Health/Check` about once a second and drops the session on a failure; we
+answer SERVING (field 1 = 1, encoded by hand).
 
 What is served is narrow, see `fswalk`, `diffcopy_send`, `diffcopy_receive`, `providers`.
 Several solves may use one session at the same time; only an export (FileSend) needs the
@@ -22,22 +21,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import socket
+import queue
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import h2.exceptions as h2_exceptions
 
-from ...errors import EngineError
-from ...procs import socket_folder
 from .diffcopy_receive import ExportRefused, TarFile, receive_into
 from .diffcopy_send import Refused, Sender
 from .fswalk import BadPattern, Dir, Request, walk
+from .h2_server import FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, Call, Method, Server
 from .proto import auth_pb2, control_pb2, filesync_pb2, fsutil_pb2, secrets_pb2, sshforward_pb2
 from .providers import Agents, NotFound, Registries, Secret, Secrets
 
@@ -159,46 +156,45 @@ class Session:
 
     # --- the handlers --------------------------------------------------------------------
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> Callable[[str], Method | None]:
+        """The methods served, by path (what `h2_server.Server` looks up)."""
         methods = {
-            PATHS["filesync"]: grpc.stream_stream_rpc_method_handler(
-                self._filesync, request_deserializer=fsutil_pb2.Packet.FromString,
-                response_serializer=fsutil_pb2.Packet.SerializeToString),
-            PATHS["filesend"]: grpc.stream_stream_rpc_method_handler(self._filesend),  # raw bytes
-            PATHS["secret"]: grpc.unary_unary_rpc_method_handler(
-                self._secret, request_deserializer=secrets_pb2.GetSecretRequest.FromString,
-                response_serializer=secrets_pb2.GetSecretResponse.SerializeToString),
-            PATHS["ssh_check"]: grpc.unary_unary_rpc_method_handler(
-                self._ssh_check, request_deserializer=sshforward_pb2.CheckAgentRequest.FromString,
-                response_serializer=sshforward_pb2.CheckAgentResponse.SerializeToString),
-            PATHS["ssh_forward"]: grpc.stream_stream_rpc_method_handler(
-                self._ssh_forward, request_deserializer=sshforward_pb2.BytesMessage.FromString,
-                response_serializer=sshforward_pb2.BytesMessage.SerializeToString),
-            HEALTH_CHECK: grpc.unary_unary_rpc_method_handler(self._health),
+            PATHS["filesync"]: Method(self._filesync, streaming=True, decode=fsutil_pb2.Packet.FromString,
+                                      encode=fsutil_pb2.Packet.SerializeToString),
+            PATHS["filesend"]: Method(self._filesend, streaming=True),  # raw bytes
+            PATHS["secret"]: Method(self._secret, streaming=False, decode=secrets_pb2.GetSecretRequest.FromString,
+                                    encode=secrets_pb2.GetSecretResponse.SerializeToString),
+            PATHS["ssh_check"]: Method(self._ssh_check, streaming=False,
+                                       decode=sshforward_pb2.CheckAgentRequest.FromString,
+                                       encode=sshforward_pb2.CheckAgentResponse.SerializeToString),
+            PATHS["ssh_forward"]: Method(self._ssh_forward, streaming=True,
+                                         decode=sshforward_pb2.BytesMessage.FromString,
+                                         encode=sshforward_pb2.BytesMessage.SerializeToString),
+            HEALTH_CHECK: Method(self._health, streaming=False),
         }
         if self.registries is not None:
-            methods[PATHS["credentials"]] = grpc.unary_unary_rpc_method_handler(
-                self._credentials, request_deserializer=auth_pb2.CredentialsRequest.FromString,
-                response_serializer=auth_pb2.CredentialsResponse.SerializeToString)
-        return _Handler(methods)
+            methods[PATHS["credentials"]] = Method(self._credentials, streaming=False,
+                                                   decode=auth_pb2.CredentialsRequest.FromString,
+                                                   encode=auth_pb2.CredentialsResponse.SerializeToString)
+        return methods.get
 
-    def _health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def _health(self, request: bytes, context: Call) -> bytes:
         self.health_checks += 1
         return HEALTH_SERVING
 
-    def _filesync(self, incoming: Iterable[fsutil_pb2.Packet], context: grpc.ServicerContext) -> Iterator[Any]:
+    def _filesync(self, incoming: Iterable[fsutil_pb2.Packet], context: Call) -> Iterator[Any]:
         meta = _metadata(context)
         name = (meta.get("dir-name") or [""])[0]
         directory = self._dirs.get(name)  # fixed when the session is made: no lock
         if directory is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no access allowed to dir {name!r}")
+            context.abort(NOT_FOUND, f"no access allowed to dir {name!r}")
         assert directory is not None
         request = Request(include=meta.get("include-patterns"), exclude=meta.get("exclude-patterns"),
                           follow=meta.get("followpaths"))
         try:
             entries = walk(directory, request)
         except (BadPattern, OSError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"dir {name!r}: {exc}")
+            context.abort(INVALID_ARGUMENT, f"dir {name!r}: {exc}")
         root = os.path.realpath(directory.root) if directory.root is not None else None
         sender = Sender(entries, root)
         transfer = Transfer(name, len(entries))
@@ -206,16 +202,16 @@ class Session:
         try:
             yield from sender.run(incoming)
         except Refused as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            context.abort(PERMISSION_DENIED, str(exc))
         except OSError as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"dir {name!r}: {exc.strerror or exc}")
+            context.abort(PERMISSION_DENIED, f"dir {name!r}: {exc.strerror or exc}")
         finally:
             transfer.files, transfer.bytes = sender.files_sent, sender.sent_bytes
 
-    def _filesend(self, incoming: Iterable[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def _filesend(self, incoming: Iterable[bytes], context: Call) -> Iterator[bytes]:
         export = self._export
         if export is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no export was asked of this session")
+            context.abort(FAILED_PRECONDITION, "no export was asked of this session")
         try:
             if isinstance(export, TarExport):
                 TarFile(export.path).receive(_unwrap(incoming))
@@ -226,44 +222,36 @@ class Session:
             for packet in receive_into(packets, export.dest, "the export"):
                 yield packet.SerializeToString()
         except ExportRefused as exc:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            context.abort(PERMISSION_DENIED, str(exc))
 
-    def _secret(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def _secret(self, request: Any, context: Call) -> Any:
         try:
             return secrets_pb2.GetSecretResponse(data=self._secrets.get(request.ID))
         except NotFound:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"secret {request.ID} not found")
+            context.abort(NOT_FOUND, f"secret {request.ID} not found")
 
-    def _ssh_check(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def _ssh_check(self, request: Any, context: Call) -> Any:
         try:
             self._agents.check(request.ID)
         except NotFound as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            context.abort(NOT_FOUND, str(exc))
         return sshforward_pb2.CheckAgentResponse()
 
-    def _ssh_forward(self, incoming: Iterable[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+    def _ssh_forward(self, incoming: Iterable[Any], context: Call) -> Iterator[Any]:
         agent_id = (_metadata(context).get(SSH_ID_KEY) or ["default"])[0]
         try:
             for answer in self._agents.forward(agent_id, (m.data for m in incoming)):
                 yield sshforward_pb2.BytesMessage(data=answer)
         except NotFound as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            context.abort(NOT_FOUND, str(exc))
 
-    def _credentials(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def _credentials(self, request: Any, context: Call) -> Any:
         assert self.registries is not None
         found = self.registries.credentials(request.Host)
         return auth_pb2.CredentialsResponse(Username=found.username, Secret=found.secret)
 
 
-class _Handler(grpc.GenericRpcHandler):
-    def __init__(self, methods: dict[str, grpc.RpcMethodHandler]) -> None:
-        self.methods = methods
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        return self.methods.get(handler_call_details.method)
-
-
-def _metadata(context: grpc.ServicerContext) -> dict[str, list[str]]:
+def _metadata(context: Call) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for key, value in context.invocation_metadata():
         if isinstance(value, str):
@@ -289,74 +277,68 @@ def _unwrap(messages: Iterable[bytes]) -> Iterator[bytes]:
 
 
 class Attached:
-    """A session served to the daemon through one Control.Session call. `close()` ends the
-    call, the server, the pipe's threads and the private folder."""
+    """A session served to the daemon through one Control.Session call: the call's incoming
+    BytesMessages feed an `h2_server.Server`, whose bytes go back as BytesMessages, several
+    writes joined into one. `close()` ends the call, the server and the pump."""
+
+    JOIN = 1 << 20  # the most bytes joined into one BytesMessage (the daemon takes 4 MiB)
 
     def __init__(self, session: Session, channel: grpc.Channel) -> None:
         self.session = session
-        self.folder = socket_folder("session")
         self.closed = threading.Event()
-        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="compimg-session")
-        self.server = grpc.server(self.executor,
-                                  handlers=[session.handler()],
-                                  options=[("grpc.max_receive_message_length", 64 << 20),
-                                           ("grpc.max_send_message_length", 64 << 20)])
-        address = os.path.join(self.folder, "session.sock")
+        self.outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.server = Server(session.handler(), self.outgoing.put, name="compimg-session")
         try:
-            if not self.server.add_insecure_port(f"unix:{address}"):
-                raise OSError(f"cannot listen on {address}")
-            self.server.start()
-            self.local = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.local.connect(address)
             call = channel.stream_stream(PATHS["session"], request_serializer=_wrap,
                                          response_deserializer=_unwrap_one)
             self.call = call(self._to_daemon(), metadata=session.metadata())
             self.pump = threading.Thread(target=self._from_daemon, name="compimg-session-pipe", daemon=True)
             self.pump.start()
-        except (OSError, RuntimeError) as exc:  # grpc's server says RuntimeError when it cannot listen
-            self.close()
-            raise EngineError(f"cannot serve the build's session on {address} ({exc})") from None
         except BaseException:
             self.close()
             raise
 
     def _to_daemon(self) -> Iterator[bytes]:
-        while not self.closed.is_set():
-            try:
-                data = self.local.recv(256 * 1024)
-            except OSError:
+        while True:
+            data = self.outgoing.get()
+            if data is None or self.closed.is_set():
                 return
-            if not data:
-                return
-            yield data
+            chunks, size = [data], len(data)
+            while size < self.JOIN:  # what gathered while the last one was sent goes as one
+                try:
+                    more = self.outgoing.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.outgoing.put(None)
+                    break
+                chunks.append(more)
+                size += len(more)
+            joined = b"".join(chunks)
+            for start in range(0, len(joined), self.JOIN):
+                yield joined[start:start + self.JOIN]
 
     def _from_daemon(self) -> None:
         try:
             for data in self.call:
-                self.local.sendall(data)
-        except (grpc.RpcError, OSError) as exc:
+                self.server.receive(data)
+        except (grpc.RpcError, h2_exceptions.ProtocolError) as exc:
             if not self.closed.is_set():
                 log.debug("session %s ended: %s", self.session.id, exc)
         finally:
-            with contextlib.suppress(OSError):
-                self.local.shutdown(socket.SHUT_RDWR)
+            self.server.close()
+            self.outgoing.put(None)
 
     def close(self) -> None:
         self.closed.set()
         call = getattr(self, "call", None)
         if call is not None:
             call.cancel()
-        local = getattr(self, "local", None)
-        if local is not None:
-            with contextlib.suppress(OSError):
-                local.shutdown(socket.SHUT_RDWR)
-            local.close()
-        self.server.stop(grace=None).wait(5)
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.server.close()
+        self.outgoing.put(None)
         pump = getattr(self, "pump", None)
         if pump is not None:
             pump.join(5)
-        shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> Attached:
         return self
