@@ -95,8 +95,7 @@ def test_large_messages_both_ways_under_flow_control(serve: Any) -> None:
     blob = os.urandom(3 << 20)
 
     def mirror(requests: Iterator[bytes], call: Call) -> Iterator[bytes]:
-        for message in requests:
-            yield message
+        yield from requests
 
     served = serve({"/t.T/Mirror": Method(mirror, streaming=True)})
     got = list(served.channel.stream_stream("/t.T/Mirror")(iter([blob] * 8), timeout=60))

@@ -166,7 +166,7 @@ class Server:
 
     def _event(self, event: Any) -> None:
         if isinstance(event, h2.events.RequestReceived):
-            self._start(event.stream_id, event.headers)
+            self._start(event.stream_id, event.headers)  # type: ignore[arg-type]  # str: header_encoding
         elif isinstance(event, h2.events.DataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is None:
@@ -240,12 +240,11 @@ class Server:
         status, details = OK, ""
         try:
             if method.streaming:
-                requests = (method.decode(m) for m in stream.messages(self))
-                for answer in method.handle(requests, call):
+                decoded = (method.decode(m) for m in stream.messages(self))
+                for answer in method.handle(decoded, call):
                     self._write_message(stream, method.encode(answer))
             else:
-                requests = stream.messages(self)
-                request = next(requests, None)
+                request = next(stream.messages(self), None)
                 if request is None:
                     raise Aborted(INTERNAL, "the call sent no request")
                 self._write_message(stream, method.encode(method.handle(method.decode(request), call)))
