@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker") or "docker"
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import run; run()"]
 
 
 def _hello(folder: Path) -> tuple[str, str]:

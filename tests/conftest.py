@@ -128,7 +128,7 @@ def make_project(tmp_path: Path, request: pytest.FixtureRequest, unique: str) ->
                 api.remove_image(ref, force=True)
 
 
-COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import main; main()"]
+COMPIMG = [sys.executable, "-c", "from invoke_compimg.tasks.cli import run; run()"]
 INVOKE = [sys.executable, "-m", "invoke"]
 
 

@@ -361,7 +361,7 @@ def test_permission_denied_on_the_socket_is_one_line() -> None:
         if subprocess.run([*as_nobody, "import invoke_compimg.tasks.cli, docker"], cwd=folder, env=env,
                           capture_output=True).returncode:
             pytest.skip(f"nobody cannot read the checkout or the venv ({root})")
-        result = subprocess.run([*as_nobody, "from invoke_compimg.tasks.cli import main; main()", "build"],
+        result = subprocess.run([*as_nobody, "from invoke_compimg.tasks.cli import run; run()", "build"],
                                 cwd=folder, capture_output=True, text=True, timeout=60, env=env)
     finally:
         shutil.rmtree(folder)

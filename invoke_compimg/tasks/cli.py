@@ -10,11 +10,13 @@ habits:
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +223,30 @@ def main() -> None:
     except BrokenPipeError:  # `compimg --list | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+
+
+def run() -> None:
+    """The `compimg` command: `main`, then the process ends without Python's teardown.
+
+    Freeing every module and object at exit took 25-45 ms of a 0.3 s warm no-op here (with
+    0.15 s for all of `invoke --version`). Nothing of ours is left to it: what a build makes
+    is removed by the code that made it, threads that are not daemons are waited for, and
+    exit handlers (temporary folders' finalizers among them) still run."""
+    code: Any = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    if code is not None and not isinstance(code, int):  # sys.exit("message"), as Python prints it
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that left (`| head`), or a stream closed
+            code = code or 1
+    os._exit(code or 0)
