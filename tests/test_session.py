@@ -290,3 +290,27 @@ def test_output_spec_shorthand_and_errors() -> None:
     assert parse_output("type=tar,dest=a.tar") == OutputSpec("tar", os.path.abspath("a.tar"))
     with pytest.raises(UserError, match="give dest=PATH"):
         parse_output("type=local")
+
+
+def test_an_unchanged_output_is_not_written_again(make_project: Any, tmp_path: Path) -> None:
+    project = make_project(OUTPUT.format(word="same"))
+    out = tmp_path / "out"
+
+    def build(*flags: str) -> str:
+        result = cli("compimg", ["build", "--progress", "plain", "-o", str(out), *flags], project.context)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "(exported)" in build()
+    written = os.stat(out / "app")
+    again = build()
+    assert "is up to date (inputs unchanged since it was written)" in again and "#" not in again  # no solve
+    assert os.stat(out / "app").st_ino == written.st_ino
+    (out / "app").unlink()  # the user removes a file the build wrote: written again
+    assert "(exported)" in build() and (out / "app").read_text() == "same\n"
+    (out / "app").write_text("edit\n")  # or edits one (same size)
+    assert "(exported)" in build() and (out / "app").read_text() == "same\n"
+    assert "up to date" in build()
+    assert "(exported)" in build("--no-cache")  # as docker build -o: always written
+    (project.context / "Dockerfile").write_text(OUTPUT.format(word="new"))
+    assert "(exported)" in build() and (out / "app").read_text() == "new\n"

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ..builders import Builder, Sent, Unit, choose
+from ..builders import Builder, Plan, Sent, Unit, choose
 from ..building import reuse, scheduler
+from ..building.exports import ExportRecord
 from ..building.project import Project
 from ..building.settings import Settings
 from ..building.specs import STDOUT
@@ -83,7 +84,7 @@ class BuildRun:
         self._warn_unused_args(needed)
         if self.settings.output is not None:
             self._check_output(targets[0])
-        if self.settings.output is not None or not self.builder.stores_images:
+        if self.settings.no_cache or not self.builder.stores_images:
             self.builder.prepare()  # a solve will surely be sent
         units = self.builder.units(needed, targets)
         by_name = {u.name: u for u in units}
@@ -163,11 +164,7 @@ class BuildRun:
         self.reporter.stage_started(stage.name)
         self._ensure_images(unit.stages)
         plan = builder.plan(unit, {u.name: i for u, i in known.items()})
-        with builder.reading_context(stage):  # the files are hashed: unreadable or gone is one line
-            digest = reuse.inputs_digest(self.engine, self.images, kind=builder.name, name=stage.name,
-                                         text=plan.text, image_refs=plan.images, args=args,
-                                         platforms=self.settings.platforms, context=str(self.project.context),
-                                         paths=plan.paths)
+        digest = self._inputs_digest(unit, plan, args)
         found = None if self.settings.no_cache else reuse.find(self.engine, self.project, stage.name, digest)
         sent: Sent | None = None
         if found is not None:
@@ -199,10 +196,20 @@ class BuildRun:
         self.project.remember(key, result)
         return self._done(result)
 
+    def _inputs_digest(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> str | None:
+        builder, stage = self.builder, unit.stage
+        with builder.reading_context(stage):  # the files are hashed: unreadable or gone is one line
+            return reuse.inputs_digest(self.engine, self.images, kind=builder.name, name=stage.name,
+                                       text=plan.text, image_refs=plan.images, args=args,
+                                       platforms=self.settings.platforms, context=str(self.project.context),
+                                       paths=plan.paths)
+
     def _solve_unit(self, unit: Unit, args: Mapping[str, str], ready: Callable[[str], None]) -> StageResult:
-        """A unit solved every time, as `docker build -o` and buildctl do (BuildKit's cache makes
-        an unchanged one quick): the target of an `--output` build (its files written, no image),
-        or any unit on a BuildKit service (no image store: the result is pushed or nothing)."""
+        """A unit solved as `docker build -o` and buildctl do (BuildKit's cache makes an unchanged
+        one quick): the target of an `--output` build (its files written, no image), or any unit
+        on a BuildKit service (no image store: the result is pushed or nothing). An output whose
+        inputs and destination are as the last export left them is not written again
+        (`building.exports`)."""
         output = self.settings.output if unit.name == self._exporting else None
         stage = unit.stage
         started = time.monotonic()
@@ -210,12 +217,24 @@ class BuildRun:
         if self.builder.stores_images:
             self._ensure_images(unit.stages)
         plan = self.builder.plan(unit, {})
+        record, digest = None, None
+        if output is not None and output.dest != STDOUT and self.builder.stores_images and not self.settings.no_cache:
+            record, digest = ExportRecord(output.dest, output.type), self._inputs_digest(unit, plan, args)
+            if digest is not None and record.holds(digest):
+                ready("")
+                self.reporter.stage_finished(stage.name, "", time.monotonic() - started, "reused")
+                self.reporter.note(f"{output.dest} is up to date (inputs unchanged since it was written)", stage.name)
+                return self._done(StageResult(stage.name, "", -1, 0.0, "reused", self.builder.name))
+            record.forget()
+        self.builder.prepare()  # a solve will be sent: grpc's import and the connection, meanwhile
         try:
             sent = self.builder.send(unit, plan, args, output)
         except EngineError as exc:
             self.reporter.stage_failed(exc.stage or stage.name, str(exc))  # the stage whose step failed
             raise
         ready(sent.image_id)
+        if record is not None and digest is not None:
+            record.remember(digest)
         seconds = time.monotonic() - started
         self._record_inside(unit, sent)
         outcome = "exported" if output is not None else "pushed" if sent.image_id else "cached"
