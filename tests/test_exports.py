@@ -36,7 +36,7 @@ def test_it_holds_until_the_destination_or_the_inputs_change(tmp_path: Path) -> 
 
 
 def test_a_recent_file_is_compared_by_content(tmp_path: Path) -> None:
-    dest, record = make(tmp_path)
+    _, record = make(tmp_path)
     data = json.loads(record.path.read_text())
     assert set(data["hashes"]) == {"app", "sub/file"}  # just written: racily clean
     data["hashes"]["app"] = "0" * 64  # as if the content had changed within the same timestamp

@@ -165,7 +165,8 @@ class BuildKitBuilder(Builder):
         (0.1-0.2 s that would otherwise come after it)."""
         def connect() -> None:
             with contextlib.suppress(Exception):  # the solve connects again and says why
-                self.control()
+                if self.with_session:  # asked once per engine: a refusal is not asked again
+                    self.control()
 
         threading.Thread(target=connect, name="compimg-buildkit-connect", daemon=True).start()
 
