@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib
 import os
 import socket
 import sys
@@ -133,6 +134,16 @@ class Engine:
         self._closings = 0  # how many times close() ran: what was computed across one is not kept
 
     # --- clients ------------------------------------------------------------------------
+    @staticmethod
+    def import_sdk_meanwhile() -> None:
+        """Import the SDK on a thread of its own while a long call (a solve) waits, so the calls
+        after it (tagging the result) do not wait 0.1 s for it. Python's import lock makes a
+        caller that needs it sooner wait for that import to finish."""
+        if "docker" not in sys.modules:
+            threading.Thread(target=importlib.import_module, args=("docker",), name="compimg-sdk-import",
+                             daemon=True).start()
+
+
     @property
     def api(self) -> docker.APIClient:
         client = getattr(self._local, "api", None)
@@ -356,6 +367,8 @@ class Engine:
         `attach_socket` takes it: over every transport the SDK has (unix, tcp, TLS, ssh).
         Bytes the engine sent right after the 101 (an HTTP/2 server's SETTINGS) may already sit
         in the HTTP client's buffer: `Upgraded.read` hands them on first."""
+        if self._unix is not None:
+            return self._upgrade_unix(path, headers)
         api = self.api
         with self.errors(f"POST {path}"):
             response = api._post(api._url(path), headers={"Connection": "Upgrade", **headers}, stream=True,
@@ -385,6 +398,26 @@ class Engine:
         return Upgraded(response, read, sock)
 
 
+    def _upgrade_unix(self, path: str, headers: Mapping[str, str]) -> Upgraded:
+        """`upgrade` on a unix socket, without the SDK (see `unix_http.UnixJSON.upgrade`)."""
+        url = f"/v{self.kind.api_version}{path}"
+        try:
+            sock, buffered = self._unix.upgrade(url, dict(headers))  # type: ignore[union-attr]
+        except Answer as exc:
+            raise UpgradeRefused(path, exc.status, exc.message) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc, url) from exc
+
+        def read(size: int) -> bytes:
+            nonlocal buffered
+            if buffered:
+                data, buffered = buffered[:size], buffered[size:]
+                return data
+            return sock.recv(size)
+
+        return Upgraded(None, read, sock)
+
+
 class UpgradeRefused(EngineError):
     """The engine did not switch protocols at `path` (an engine without that endpoint)."""
 
@@ -397,8 +430,8 @@ class Upgraded:
     """A connection the engine switched to another protocol: `read` (bytes already buffered
     first; b"" at the end), `sendall`, `shutdown_write`, `close`."""
 
-    def __init__(self, response: requests.Response, reader: Callable[[int], bytes], sock: Any) -> None:
-        self.response = response  # kept alive: dropping it closes TLS sockets
+    def __init__(self, response: requests.Response | None, reader: Callable[[int], bytes], sock: Any) -> None:
+        self.response = response  # kept alive: dropping it closes TLS sockets (None: no SDK)
         self.read = reader
         self.sock = sock
 
@@ -411,9 +444,12 @@ class Upgraded:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.sock.close()
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it (close does not)
         with contextlib.suppress(Exception):
-            self.response.close()
+            self.sock.close()
+        if self.response is not None:
+            with contextlib.suppress(Exception):
+                self.response.close()
 
 
 def explanation(exc: Any) -> str:

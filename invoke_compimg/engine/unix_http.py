@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 client for the engine's JSON GETs over its unix socket.
+"""A small HTTP/1.1 client for the engine's JSON GETs, and its protocol upgrades, over its unix socket.
 
 An unchanged build asks the engine only a few questions (its version, whether an image of a
 name exists), and the Docker SDK, with requests and urllib3, costs a command about 0.1 s to
@@ -8,6 +8,7 @@ the engine is a unix socket. Everything else, and every other transport, goes th
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -65,16 +66,58 @@ class UnixJSON:
         if response.status == 404:
             return None
         if response.status >= 400:  # a proxy in front of the engine may answer in HTML
-            try:
-                data = json.loads(body)
-            except ValueError:
-                data = None
-            message = data.get("message") if isinstance(data, dict) else body.decode("utf-8", "replace")
-            raise Answer(response.status, " ".join(str(message).split())[:300])
+            raise Answer(response.status, _message(body))
         try:
             return json.loads(body) if body else None
         except ValueError:
             raise ConnectionError(f"the engine's answer to GET {url} is not JSON: {body[:80]!r}") from None
 
+    def upgrade(self, url: str, headers: dict[str, str]) -> tuple[socket.socket, bytes]:
+        """POST `url` asking to switch protocols; the socket and the bytes the engine sent after
+        its `101` (an HTTP/2 server's SETTINGS come at once). `Answer` for another status.
+        The SDK has no API for this (its `attach_socket` is for containers), and reaching into
+        requests' internals to take the socket back costs the SDK's import (0.1 s) first."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+            fields = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "localhost", "Connection": "Upgrade",
+                                                            "Content-Length": "0", **headers}.items())
+            sock.sendall(f"POST {url} HTTP/1.1\r\n{fields}\r\n".encode("latin-1"))
+            received = b""
+            while b"\r\n\r\n" not in received:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError(f"the engine closed the connection of POST {url}")
+                received += data
+                if len(received) > 1 << 20:
+                    raise ConnectionError(f"the engine's answer to POST {url} has no end of headers")
+            head, _, rest = received.partition(b"\r\n\r\n")
+            status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = status_line.split(" ", 2)
+            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            if status != 101:
+                # the body, if any, came with the headers or follows: enough of it for one line
+                with contextlib.suppress(OSError):
+                    sock.settimeout(1.0)
+                    while len(rest) < 4096 and (more := sock.recv(4096)):
+                        rest += more
+                raise Answer(status, _message(rest) or status_line)
+            sock.settimeout(None)
+            return sock, rest
+        except BaseException:
+            sock.close()
+            raise
+
     def close(self) -> None:
         """Nothing is held between requests."""
+
+
+def _message(body: bytes) -> str:
+    """The engine's `{"message": ...}`, or the text (a proxy may answer in HTML), on one line."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    message = data.get("message") if isinstance(data, dict) else body.decode("utf-8", "replace")
+    return " ".join(str(message).split())[:300]

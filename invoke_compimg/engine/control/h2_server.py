@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ class Server:
         self.conn = h2.connection.H2Connection(config=config)
         self.lock = threading.Condition()
         self.streams: dict[int, _Stream] = {}
+        self.handlers: list[threading.Thread] = []
         self.closed = False
         with self.lock:
             self.conn.initiate_connection()
@@ -197,8 +199,10 @@ class Server:
             stream.incoming.put(_END)
             self.lock.notify_all()
             return
-        threading.Thread(target=self._serve, args=(stream, method), name=f"{self.name}-{stream_id}",
-                         daemon=True).start()
+        handler = threading.Thread(target=self._serve, args=(stream, method), name=f"{self.name}-{stream_id}",
+                                   daemon=True)
+        self.handlers = [t for t in self.handlers if t.is_alive()] + [handler]
+        handler.start()
 
     def _data(self, stream: _Stream, data: bytes, flow: int) -> None:
         stream.partial += data
@@ -345,11 +349,17 @@ class Server:
         self.lock.notify_all()
 
     def close(self) -> None:
-        """End every call (handlers see their requests end, their writes fail) and the writer."""
+        """End every call (handlers see their requests end, their writes fail) and the writer,
+        and wait for the handlers to finish (an export removes its staging folder), 5 s at most."""
         with self.lock:
             if not self.closed:
                 self._close_all()
+            handlers = list(self.handlers)
         self.writer.join(5)
+        deadline = time.monotonic() + 5
+        for handler in handlers:
+            if handler is not threading.current_thread():
+                handler.join(max(0.0, deadline - time.monotonic()))
 
 
 def _quote(text: str) -> str:
