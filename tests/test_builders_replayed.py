@@ -96,8 +96,10 @@ def test_buildkit_without_grpc_says_once_that_it_sends_a_tar(buildkit: Any) -> N
     [refused] = [e for e in fake.exchanges if e.path.endswith("/grpc")]
     assert refused.status == 404  # the engine's answer to a path it does not serve
     [line] = [line for line in seen.failing[2].splitlines() if line.startswith("warning:")]
+    said = json.loads(refused.body or "{}").get("message")  # the engine's own words, not its JSON
+    assert said
     assert line == (f"warning: building without a BuildKit session: the Docker engine does not serve POST /grpc (it "
-                    f"answered 404 {' '.join((refused.body or '').split())}); context files are sent as a tar, and "
+                    f"answered 404 {said}); context files are sent as a tar, and "
                     "secrets, ssh mounts and --output are not available")
     assert len(fake.requests("POST", "/grpc$")) == 1  # asked once per engine
     assert not any("warning:" in shown for name, (_, _, shown) in seen.items() if name != "failing")
