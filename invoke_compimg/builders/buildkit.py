@@ -19,11 +19,9 @@ from ..building import context
 from ..building.specs import OutputSpec
 from ..dockerfile.lowering import CONTEXT_PREFIX, extraction, multi_stage
 from ..dockerfile.model import Instruction, Stage, classic_only
-from ..engine import buildkit as engine_buildkit
 from ..errors import BuildRejected, EngineError, Interrupted, UserError
 from ..names import split_ref
 from .base import Builder, Plan, Sent, Unit, step_failed
-from .solve_view import SolveView, plain_paths, reason
 
 
 class BuildKitBuilder(Builder):
@@ -88,6 +86,8 @@ class BuildKitBuilder(Builder):
         return Exporter.image([self.project.local_ref(unit.name)])
 
     def network(self) -> str | None:
+        from ..engine import buildkit as engine_buildkit  # (each of these imports waits for a solve)
+
         return engine_buildkit.network_for(self.engine, self.settings.network)
 
     @property
@@ -245,6 +245,7 @@ class BuildKitBuilder(Builder):
     def _solve_with_session(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None,
                             *, quiet: bool = False) -> Sent:
         from ..engine.control.client import CacheEntry, SolveFailed, dockerfile_attrs, dockerfile_session
+        from .solve_view import SolveView
 
         target = unit.stage
         under = ""
@@ -312,6 +313,9 @@ class BuildKitBuilder(Builder):
 
     # --- through POST /build?version=2, with a tar of the context -----------------------------
     def _solve_with_tar(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
+        from ..engine import buildkit as engine_buildkit
+        from .solve_view import SolveView, plain_paths, reason
+
         target = unit.stage
         for stage in unit.stages:
             for mount in stage.mounts:
@@ -366,6 +370,8 @@ class BuildKitBuilder(Builder):
             running, cancels = list(self._running), list(self._cancels)
         for event in cancels:
             event.set()
+        if running:
+            from ..engine import buildkit as engine_buildkit
         for build_id in running:
             with contextlib.suppress(Exception):  # the connection closing cancels it too
                 engine_buildkit.cancel(self.engine, build_id)

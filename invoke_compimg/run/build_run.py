@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..builders import Builder, Plan, Sent, Unit, choose
 from ..building import reuse, scheduler
@@ -28,10 +29,11 @@ from ..dockerfile.parse import parse_file
 from ..engine import images
 from ..engine.client import Engine
 from ..errors import EngineError, Interrupted, UserError
-from ..host.artifacts import copy_out, count_entries, missing_path
-from ..host.safe_extract import Extracted
 from ..names import normalise_ref
 from ..progress import Reporter, StageResult
+
+if TYPE_CHECKING:
+    from ..host.safe_extract import Extracted
 
 
 class BuildRun:
@@ -274,6 +276,9 @@ class BuildRun:
         """Copy `path` of `image_id` (stage `stage`'s image) into the folder `dest`, merged in as
         `docker cp` does: through the builder when it has a way of its own (BuildKit: a local
         export, no container), else out of a container that is never started."""
+        from ..host.artifacts import copy_out, count_entries
+        from ..host.safe_extract import Extracted
+
         names = self._extract_by_builder(stage, image_id, path, dest) if self.builder.exports else None
         if names is None:
             return copy_out(self.engine, self.project, stage, image_id, path, dest, self.reporter,
@@ -294,6 +299,8 @@ class BuildRun:
             self.reporter.note(f"copying {stage}:{path} into {dest}")
             return self.builder.extract(normalise_ref(ref), path, dest)
         except FileNotFoundError:
+            from ..host.artifacts import missing_path
+
             raise missing_path(self.project, stage, path, self.settings.task("shell")) from None
         finally:
             if record is None:

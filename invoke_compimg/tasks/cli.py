@@ -98,6 +98,14 @@ class CompimgProgram(Program):  # type: ignore[misc]
         self.config.set_project_location(str(context.resolve()))
         self.config.load_project()
 
+    def print_version(self) -> None:
+        """The version is read from the installed distribution only when asked for (4 ms of
+        importlib.metadata otherwise paid by every command)."""
+        from .. import __getattr__ as package_attr
+
+        self.version = package_attr("__version__")
+        super().print_version()
+
 
 program = CompimgProgram(name="compimg", binary="compimg", config_class=CompimgConfig)
 _positional_context: str | None = None
@@ -215,9 +223,6 @@ def main() -> None:
     except UserError as error:
         print(error, file=sys.stderr)
         sys.exit(error.code)
-    from .. import __getattr__ as package_attr
-
-    program.version = package_attr("__version__")
     try:
         program.run(argv)
     except BrokenPipeError:  # `compimg --list | head`: the reader left; no traceback
