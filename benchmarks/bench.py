@@ -141,7 +141,9 @@ class _Editor:
 
 def _tools(folder: Path, tag: str, workload: str) -> dict[str, Callable[[bool], float]]:
     both = workload == "seed interface"  # both stages tagged: the seed's own interface
-    output = ["-o", "type=local,dest=out"] if workload == "output" else []
+    # each tool writes its own folder, as it keeps its own images: neither rewrites the other's
+    def output(tool: str) -> list[str]:
+        return ["-o", f"type=local,dest=out-{tool}"] if workload == "output" else []
     edit = _Editor(folder) if workload == "editloop" else None
 
     def timed(command: list[str], env: dict[str, str], cold: bool) -> float:
@@ -153,7 +155,8 @@ def _tools(folder: Path, tag: str, workload: str) -> dict[str, Callable[[bool], 
     def compimg(builder: str) -> Callable[[bool], float]:
         tags = [f"--tag=build={tag}-{builder}-build", f"--tag=run={tag}-{builder}"] if both else []
         return lambda cold: timed([*COMPIMG, "-f", "seed.Dockerfile", "build", "--builder", builder,
-                                   "--progress", "plain", *tags, *output, *(["--no-cache"] if cold else [])], {}, cold)
+                                   "--progress", "plain", *tags, *output("compimg"),
+                                   *(["--no-cache"] if cold else [])], {}, cold)
 
     def docker(buildkit: bool) -> Callable[[bool], float]:
         extra = ["--network=none"] if buildkit else []
@@ -162,7 +165,7 @@ def _tools(folder: Path, tag: str, workload: str) -> dict[str, Callable[[bool], 
 
         def run(cold: bool) -> float:
             common = [DOCKER, "build", "-q", *extra, *(["--no-cache"] if cold else []), "-f", "native.Dockerfile"]
-            seconds = timed([*common, *(output or ["-t", name]), "."], env, cold)
+            seconds = timed([*common, *(output("docker") or ["-t", name]), "."], env, cold)
             if both:
                 seconds += _timed([*common, "--target", "build", "-t", f"{name}-build", "."], folder, env)
             return seconds

@@ -273,7 +273,7 @@ def _unwrap(messages: Iterable[bytes]) -> Iterator[bytes]:
         yield _unwrap_one(message)
 
 
-# --- attaching: Control.Session <-> our grpc.server ----------------------------------------
+# --- attaching: Control.Session <-> h2_server -----------------------------------------------
 
 
 class Attached:

@@ -4,8 +4,9 @@ Docker engine (20.10 serves BuildKit's Control on its API): `POST /grpc` with
 `Connection: Upgrade` and `Upgrade: h2c` answers `101 Switching Protocols`, and the same
 connection then speaks HTTP/2 (gRPC) with us as the client; the engine's HTTP/2 server sends
 its SETTINGS at once, so bytes may already sit in the HTTP client's read buffer after the
-101 and must be passed on first. `upgrade` does this with the Docker SDK's own `APIClient`,
-so every engine it reaches (unix socket, tcp, TLS, ssh://) works the same. grpcio cannot be
+101 and must be passed on first. `upgrade` does this through `Engine.upgrade`: on a unix
+socket with the standard library (`unix_http`, no SDK import), elsewhere with the Docker SDK's
+own `APIClient`, so every engine it reaches (tcp, TLS, ssh://) works the same. grpcio cannot be
 handed a socket, so `EngineBridge` listens on a unix socket in a private folder (0700) and
 pipes each connection grpcio makes into a fresh upgraded engine connection.
 
