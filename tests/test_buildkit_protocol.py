@@ -315,24 +315,22 @@ def test_context_tar_unreadable_file_is_a_user_error(tmp_path: Path) -> None:
         context_tar(str(tmp_path), ["nothere"], [])
 
 
-# --- network_for (engine-free part: a stand-in that only answers `networks`) ---------------
+# --- network_for (engine-free part: a stand-in that only answers GET /networks) -------------
 
 
 class NetworksOnly(Engine):
-    """An Engine whose client answers only `networks`."""
+    """An Engine that answers only `GET /networks?filters=...` (names containing the one asked)."""
 
     def __init__(self, names: list[str]) -> None:
         super().__init__({})
         self.names = names
         self.calls = 0
 
-    @property
-    def api(self) -> Any:
-        return self
-
-    def networks(self, names: list[str]) -> list[dict[str, str]]:
+    def get_json(self, path: str, *args: str) -> Any | None:
+        assert path == "/networks?filters={0}", path
         self.calls += 1
-        return [{"Name": n} for n in self.names if names[0] in n]
+        [asked] = json.loads(args[0])["name"]
+        return [{"Name": n} for n in self.names if asked in n]
 
 
 def test_network_for_asks_once_per_engine() -> None:

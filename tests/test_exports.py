@@ -38,7 +38,8 @@ def test_it_holds_until_the_destination_or_the_inputs_change(tmp_path: Path) -> 
 def test_a_recent_file_is_compared_by_content(tmp_path: Path) -> None:
     _, record = make(tmp_path)
     data = json.loads(record.path.read_text())
-    assert set(data["hashes"]) == {"app", "sub/file"}  # just written: racily clean
+    assert set(data["hashes"]) == {"app", "sub/file", "link"}  # just written: racily clean
+    assert data["hashes"]["link"] == "link:app"  # a link by its target
     data["hashes"]["app"] = "0" * 64  # as if the content had changed within the same timestamp
     record.path.write_text(json.dumps(data))
     assert not record.holds("d1")

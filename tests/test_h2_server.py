@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -29,19 +30,24 @@ class Served:
         self.listener.bind(self.path)
         self.listener.listen(1)
         self.server: Server | None = None
+        self.peer: socket.socket | None = None
         threading.Thread(target=self._accept, daemon=True).start()
         self.channel = grpc.insecure_channel(f"unix:{self.path}")
 
     def _accept(self) -> None:
         peer, _ = self.listener.accept()
 
+        self.peer = peer
+
         def send(data: bytes) -> None:
             self.writes.append(len(data))
-            peer.sendall(data)
+            with contextlib.suppress(OSError):  # the test's client went first
+                peer.sendall(data)
 
         self.server = Server(self.methods.get, send, name="test-h2")
-        while data := peer.recv(1 << 16):
-            self.server.receive(data)
+        with contextlib.suppress(OSError):
+            while data := peer.recv(1 << 16):
+                self.server.receive(data)
         self.server.close()
 
     def close(self) -> None:
@@ -49,6 +55,8 @@ class Served:
         self.listener.close()
         if self.server is not None:
             self.server.close()
+        if self.peer is not None:
+            self.peer.close()
 
 
 @pytest.fixture
@@ -150,9 +158,12 @@ def test_close_ends_a_handler_waiting_for_requests(serve: Any) -> None:
 
     def waiting(requests: Iterator[bytes], call: Call) -> Iterator[bytes]:
         yield b"ready"
-        for _ in requests:
-            pass
-        ended.set()
+        try:
+            for _ in requests:
+                pass
+        except h2_server._Gone:  # cut off, not ended by the peer
+            ended.set()
+            raise
 
     served = serve({"/t.T/Wait": Method(waiting, streaming=True)})
     requests_open = threading.Event()
@@ -167,3 +178,60 @@ def test_close_ends_a_handler_waiting_for_requests(serve: Any) -> None:
     served.server.close()
     assert ended.wait(10)
     requests_open.set()
+
+
+def test_a_call_cut_off_is_not_a_call_ended(serve: Any) -> None:
+    """A reset (Ctrl-C, a dropped session) raises in the handler's requests, so a tar export
+    never takes half a stream for a whole one; a normal end just ends them."""
+    outcome: list[str] = []
+    seen = threading.Event()
+
+    def receive(requests: Iterator[bytes], call: Call) -> Iterator[bytes]:
+        try:
+            for _ in requests:
+                seen.set()
+            outcome.append("ended")
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+            raise
+        yield b"done"
+
+    served = serve({"/t.T/Receive": Method(receive, streaming=True)})
+    assert list(served.channel.stream_stream("/t.T/Receive")(iter([b"a", b"b"]), timeout=10)) == [b"done"]
+    assert outcome == ["ended"]
+    hold = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield b"part of a tar"
+        hold.wait(10)
+
+    call = served.channel.stream_stream("/t.T/Receive")(requests(), timeout=30)
+    assert seen.wait(10)
+    call.cancel()
+    deadline = time.monotonic() + 10
+    while len(outcome) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    hold.set()
+    assert outcome[1] == "_Gone"
+
+
+def test_the_window_of_a_cut_off_call_is_given_back(serve: Any) -> None:
+    """Bytes a slow handler had not taken when its call was reset do not shrink the
+    connection's window for the calls after it (or the session would stall)."""
+    release = threading.Event()
+
+    def slow(requests: Iterator[bytes], call: Call) -> Iterator[bytes]:
+        release.wait(10)
+        yield from ()
+
+    def count(requests: Iterator[bytes], call: Call) -> Iterator[bytes]:
+        yield str(sum(len(m) for m in requests)).encode()
+
+    served = serve({"/t.T/Slow": Method(slow, streaming=True), "/t.T/Count": Method(count, streaming=True)})
+    blob = b"x" * (1 << 20)
+    for _ in range(3):  # each leaves about 3 MiB held back: three would have used up the window
+        cut = served.channel.stream_stream("/t.T/Slow")(iter([blob] * 7), timeout=30)
+        time.sleep(1.0)  # 7 MiB sent to a handler that takes nothing
+        cut.cancel()
+    release.set()
+    assert list(served.channel.stream_stream("/t.T/Count")(iter([blob] * 9), timeout=20)) == [str(9 << 20).encode()]

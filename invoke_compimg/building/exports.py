@@ -120,13 +120,19 @@ def _stat(found: os.stat_result) -> list[int]:
 
 
 def _racy(entries: Snapshot, at: object) -> list[str]:
-    """Regular files changed within SETTLED_SECONDS before `at` (all of them if `at` is unknown)."""
+    """Files and links changed within SETTLED_SECONDS before `at` (all of them if `at` is unknown)."""
     since = at - int(SETTLED_SECONDS * 1e9) if isinstance(at, int) else None
     return [path for path, (mode, _, mtime, ctime, _) in entries.items()
-            if stat.S_ISREG(mode) and (since is None or max(mtime, ctime) >= since)]
+            if (stat.S_ISREG(mode) or stat.S_ISLNK(mode)) and (since is None or max(mtime, ctime) >= since)]
 
 
 def _sha256(path: str) -> str | None:
+    """A file's content hash, or a link's target: what a replacement in the same tick could change."""
+    if os.path.islink(path):
+        try:
+            return "link:" + os.readlink(path)
+        except OSError:
+            return None
     digest = hashlib.sha256()
     try:
         with open(path, "rb", buffering=0) as file:

@@ -97,12 +97,15 @@ class UnixJSON:
             parts = status_line.split(" ", 2)
             status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             if status != 101:
-                # the body, if any, came with the headers or follows: enough of it for one line
+                # the body, if any, came with the headers or follows: its Content-Length (the
+                # engine keeps the connection open after it), else what came, for one line
+                lengths = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
+                           if line.lower().startswith(b"content-length:")]
+                wanted = min(int(lengths[0]), 4096) if lengths and lengths[0].isdigit() else 0
                 with contextlib.suppress(OSError):
-                    sock.settimeout(1.0)
-                    while len(rest) < 4096 and (more := sock.recv(4096)):
+                    while len(rest) < wanted and (more := sock.recv(4096)):
                         rest += more
-                raise Answer(status, _message(rest) or status_line)
+                raise Answer(status, _message(rest[:4096]) or status_line)
             sock.settimeout(None)
             return sock, rest
         except BaseException:

@@ -235,7 +235,9 @@ class BuildRun:
             self.reporter.stage_failed(exc.stage or stage.name, str(exc))  # the stage whose step failed
             raise
         ready(sent.image_id)
-        if record is not None and digest is not None:
+        # remembered only if the inputs did not change while it was built (an edit during the
+        # build went into this export; put back later, the digest would match the wrong files)
+        if record is not None and digest is not None and self._inputs_digest(unit, plan, args) == digest:
             record.remember(digest)
         seconds = time.monotonic() - started
         self._record_inside(unit, sent)

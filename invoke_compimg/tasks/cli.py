@@ -242,9 +242,13 @@ def run() -> None:
         main()
     except SystemExit as exc:
         code = exc.code
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    shutdown = getattr(threading, "_shutdown", None)  # what Python's own exit does: waits for the
+    if shutdown is not None:  # threads that are not daemons, and runs the hooks that end idle pools
+        shutdown()
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
     if code is not None and not isinstance(code, int):  # sys.exit("message"), as Python prints it
         print(code, file=sys.stderr)
         code = 1

@@ -97,8 +97,9 @@ def network_for(engine: Engine, requested: str | None) -> str | None:
                             f"{', '.join(BUILDKIT_NETWORKS)}")
         return requested
 
-    def has_bridge() -> bool:
+    def has_bridge() -> bool:  # the SDK's `networks(names=["bridge"])`, through get_json (no SDK import)
         with engine.errors("listing networks"):
-            return any(n.get("Name") == "bridge" for n in engine.api.networks(names=["bridge"]) or [])
+            found = engine.get_json("/networks?filters={0}", json.dumps({"name": ["bridge"]}))
+        return any(isinstance(n, dict) and n.get("Name") == "bridge" for n in found or [])
 
     return requested if engine.remember("bridge network", has_bridge) else "none"

@@ -24,6 +24,7 @@ bytes to write and must not block for long: `Attached` queues them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -81,7 +82,8 @@ class _Gone(Exception):
     """The stream was reset, or the connection closed: nothing more can be sent on it."""
 
 
-_END = object()
+_END = object()  # the peer ended its requests: a normal end
+_GONE = object()  # the stream was reset or the connection closed: reading raises _Gone
 
 
 class Call:
@@ -121,10 +123,14 @@ class _Stream:
         self.gone = False
 
     def messages(self, server: Server) -> Iterator[bytes]:
+        """The requests; raises _Gone if the call is cut off rather than ended (a tar export
+        must not take a cut-off stream for a whole one)."""
         while True:
             item = self.incoming.get()
-            if item is _END:
-                self.incoming.put(_END)  # a second reader, or a second look, sees the end too
+            if item is _END or item is _GONE:
+                self.incoming.put(item)  # a second reader, or a second look, sees it too
+                if item is _GONE:
+                    raise _Gone()
                 return
             server._taken(self, len(item) + 5)
             yield item
@@ -160,7 +166,12 @@ class Server:
         with self.lock:
             if self.closed:
                 return
-            events = self.conn.receive_data(data)
+            try:
+                events = self.conn.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                self._flush()  # the GOAWAY h2 wrote
+                self._close_all()
+                raise
             for event in events:
                 self._event(event)
             self._flush()
@@ -226,8 +237,10 @@ class Server:
 
     def _taken(self, stream: _Stream, size: int) -> None:
         with self.lock:
+            if stream.gone:  # its window was given back when it went
+                return
             stream.queued -= size
-            if stream.unacknowledged and stream.queued <= RECEIVE_WINDOW // 2 and not stream.gone:
+            if stream.unacknowledged and stream.queued <= RECEIVE_WINDOW // 2:
                 self._acknowledge(stream)
                 self._flush()
 
@@ -281,8 +294,12 @@ class Server:
     def _write(self) -> None:
         with self.lock:
             while not self.closed:
-                if not self._send_round():
-                    self.lock.wait()
+                try:
+                    if not self._send_round():
+                        self.lock.wait()
+                except h2.exceptions.ProtocolError:  # the connection broke under us: every call ends
+                    log.debug("session connection ended", exc_info=True)
+                    self._close_all()
 
     def _send_round(self) -> bool:
         """Send what can be sent now; False when nothing could."""
@@ -326,8 +343,17 @@ class Server:
 
     def _finished(self, stream: _Stream) -> None:
         self.streams.pop(stream.id, None)
-        stream.gone = True  # nothing more is written; a handler still reading sees the end
+        self._release(stream)  # nothing more is written; a handler still reading sees the end
         stream.incoming.put(_END)
+
+    def _release(self, stream: _Stream) -> None:
+        """The stream is over: the connection's window for what it still held back is given
+        back (h2 gives back only that part for an ended stream), or other calls would stall."""
+        stream.gone = True
+        stream.unacknowledged += max(stream.queued, 0)
+        stream.queued = 0
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection itself is gone
+            self._acknowledge(stream)
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
@@ -337,8 +363,8 @@ class Server:
     # --- ending -------------------------------------------------------------------------
 
     def _gone(self, stream: _Stream) -> None:
-        stream.gone = True
-        stream.incoming.put(_END)
+        self._release(stream)
+        stream.incoming.put(_GONE)
         self.lock.notify_all()
 
     def _close_all(self) -> None:
