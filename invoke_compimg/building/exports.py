@@ -25,11 +25,10 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 
-from .file_hashes import SETTLED_SECONDS, cache_folder
+from .file_hashes import SETTLED_SECONDS, cache_folder, sha256_of, write_json
 
 FORMAT = 1
 MAX_ENTRIES = 20_000
@@ -94,17 +93,7 @@ class ExportRecord:
             hashes[path] = found
         data = {"format": FORMAT, "dest": self.dest, "kind": self.kind, "digest": digest, "entries": entries,
                 "at": at, "hashes": hashes}
-        with contextlib.suppress(OSError):  # a cache: a read-only home only costs the next build a solve
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=".export-", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as file:
-                    json.dump(data, file, separators=(",", ":"))
-                os.replace(temporary, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+        write_json(self.path, data)  # a read-only home only costs the next build a solve
 
     def _file(self, path: str) -> str:
         return self.dest if path == "." else os.path.join(self.dest, path)
@@ -128,19 +117,10 @@ def _racy(entries: Snapshot, at: object) -> list[str]:
 
 def _sha256(path: str) -> str | None:
     """A file's content hash, or a link's target: what a replacement in the same tick could change."""
-    if os.path.islink(path):
-        try:
-            return "link:" + os.readlink(path)
-        except OSError:
-            return None
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb", buffering=0) as file:
-            while chunk := file.read(1 << 20):
-                digest.update(chunk)
+        return "link:" + os.readlink(path) if os.path.islink(path) else sha256_of(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def _raise(error: OSError) -> None:

@@ -58,12 +58,8 @@ class FileHashes:
         entry = known.get(path)
         if isinstance(entry, list) and entry[:4] == key and isinstance(entry[4], str):
             return entry[4]
-        digest = hashlib.sha256()
-        with open(os.path.join(self.root, path), "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        value = sha256_of(os.path.join(self.root, path))
         self.read += 1
-        value = digest.hexdigest()
         settled = time.time_ns() - int(SETTLED_SECONDS * 1e9)
         if stat.st_mtime_ns < settled:  # any later write moves the time; ctime in the key catches utime
             known[path] = [*key, value]
@@ -77,15 +73,29 @@ class FileHashes:
         """Write what was learnt (atomically); a cache folder we cannot write is no error."""
         if not self._changed or self._known is None:
             return
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=self.path.name, dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as out:
-                    json.dump({"format": FORMAT, "root": self.root, "files": self._known}, out)
-                os.replace(temporary, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+        write_json(self.path, {"format": FORMAT, "root": self.root, "files": self._known})
         self._changed = False
+
+
+def sha256_of(path: str) -> str:
+    """The hex SHA-256 of a file's content (OSError if it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write a cache record atomically; a cache folder we cannot write is no error."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=path.name, dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out, separators=(",", ":"))
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise

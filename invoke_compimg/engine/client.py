@@ -143,7 +143,6 @@ class Engine:
             threading.Thread(target=importlib.import_module, args=("docker",), name="compimg-sdk-import",
                              daemon=True).start()
 
-
     @property
     def api(self) -> docker.APIClient:
         client = getattr(self._local, "api", None)
@@ -397,25 +396,16 @@ class Engine:
 
         return Upgraded(response, read, sock)
 
-
     def _upgrade_unix(self, path: str, headers: Mapping[str, str]) -> Upgraded:
         """`upgrade` on a unix socket, without the SDK (see `unix_http.UnixJSON.upgrade`)."""
         url = f"/v{self.kind.api_version}{path}"
         try:
-            sock, buffered = self._unix.upgrade(url, dict(headers))  # type: ignore[union-attr]
+            sock, response = self._unix.upgrade(url, dict(headers))  # type: ignore[union-attr]
         except Answer as exc:
             raise UpgradeRefused(path, exc.status, exc.message) from None
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc, url) from exc
-
-        def read(size: int) -> bytes:
-            nonlocal buffered
-            if buffered:
-                data, buffered = buffered[:size], buffered[size:]
-                return data
-            return sock.recv(size)
-
-        return Upgraded(None, read, sock)
+        return Upgraded(response, response.fp.read1, sock)
 
 
 class UpgradeRefused(EngineError):
@@ -430,8 +420,9 @@ class Upgraded:
     """A connection the engine switched to another protocol: `read` (bytes already buffered
     first; b"" at the end), `sendall`, `shutdown_write`, `close`."""
 
-    def __init__(self, response: requests.Response | None, reader: Callable[[int], bytes], sock: Any) -> None:
-        self.response = response  # kept alive: dropping it closes TLS sockets (None: no SDK)
+    def __init__(self, response: requests.Response | http.client.HTTPResponse, reader: Callable[[int], bytes],
+                 sock: Any) -> None:
+        self.response = response  # kept alive: dropping it closes TLS sockets, and http.client's reader
         self.read = reader
         self.sock = sock
 
@@ -447,9 +438,8 @@ class Upgraded:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it (close does not)
         with contextlib.suppress(Exception):
             self.sock.close()
-        if self.response is not None:
-            with contextlib.suppress(Exception):
-                self.response.close()
+        with contextlib.suppress(Exception):
+            self.response.close()
 
 
 def explanation(exc: Any) -> str:

@@ -8,7 +8,6 @@ the engine is a unix socket. Everything else, and every other transport, goes th
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import socket
@@ -72,45 +71,28 @@ class UnixJSON:
         except ValueError:
             raise ConnectionError(f"the engine's answer to GET {url} is not JSON: {body[:80]!r}") from None
 
-    def upgrade(self, url: str, headers: dict[str, str]) -> tuple[socket.socket, bytes]:
-        """POST `url` asking to switch protocols; the socket and the bytes the engine sent after
-        its `101` (an HTTP/2 server's SETTINGS come at once). `Answer` for another status.
-        The SDK has no API for this (its `attach_socket` is for containers), and reaching into
-        requests' internals to take the socket back costs the SDK's import (0.1 s) first."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+    def upgrade(self, url: str, headers: dict[str, str]) -> tuple[socket.socket, http.client.HTTPResponse]:
+        """POST `url` asking to switch protocols; the socket and the `101` response, whose
+        `fp.read1` hands on first what the engine sent right after it (an HTTP/2 server's
+        SETTINGS come at once; keep the response: dropping it closes that reader).
+        `Answer` for another status. The SDK has no API for this (its `attach_socket` is for
+        containers), and reaching into requests' internals to take the socket back costs the
+        SDK's import (0.1 s) first."""
+        connection = _UnixConnection(self.path, self.timeout)
         try:
-            sock.connect(self.path)
-            fields = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "localhost", "Connection": "Upgrade",
-                                                            "Content-Length": "0", **headers}.items())
-            sock.sendall(f"POST {url} HTTP/1.1\r\n{fields}\r\n".encode("latin-1"))
-            received = b""
-            while b"\r\n\r\n" not in received:
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError(f"the engine closed the connection of POST {url}")
-                received += data
-                if len(received) > 1 << 20:
-                    raise ConnectionError(f"the engine's answer to POST {url} has no end of headers")
-            head, _, rest = received.partition(b"\r\n\r\n")
-            status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = status_line.split(" ", 2)
-            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-            if status != 101:
-                # the body, if any, came with the headers or follows: its Content-Length (the
-                # engine keeps the connection open after it), else what came, for one line
-                lengths = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
-                           if line.lower().startswith(b"content-length:")]
-                wanted = min(int(lengths[0]), 4096) if lengths and lengths[0].isdigit() else 0
-                with contextlib.suppress(OSError):
-                    while len(rest) < wanted and (more := sock.recv(4096)):
-                        rest += more
-                raise Answer(status, _message(rest[:4096]) or status_line)
-            sock.settimeout(None)
-            return sock, rest
-        except BaseException:
-            sock.close()
+            connection.request("POST", url, headers={"Connection": "Upgrade", "Content-Length": "0", **headers})
+            response = connection.getresponse()  # a 1xx answer has no body: the stream stays as it is
+            if response.status != 101:
+                raise Answer(response.status, _message(response.read(4096)) or f"{response.status} {response.reason}")
+        except (FileNotFoundError, PermissionError, ConnectionRefusedError, Answer):
+            connection.close()
             raise
+        except (http.client.HTTPException, OSError) as exc:
+            connection.close()
+            raise ConnectionError(f"Connection aborted ({exc or type(exc).__name__})") from exc
+        sock = connection.sock
+        sock.settimeout(None)
+        return sock, response
 
     def close(self) -> None:
         """Nothing is held between requests."""

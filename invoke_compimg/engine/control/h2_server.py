@@ -44,7 +44,7 @@ import h2.settings
 log = logging.getLogger(__name__)
 
 # gRPC status codes (grpc/doc/statuscodes.md) that a session answers
-OK, CANCELLED, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION = 0, 1, 3, 5, 7, 9
+OK, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION = 0, 3, 5, 7, 9
 UNIMPLEMENTED, INTERNAL = 12, 13
 
 RECEIVE_WINDOW = 8 << 20  # what the daemon may send before we have taken it (per stream and in all)
@@ -92,10 +92,6 @@ class Call:
     def __init__(self, stream: _Stream) -> None:
         self._stream = stream
 
-    @property
-    def method(self) -> str:
-        return self._stream.path
-
     def invocation_metadata(self) -> list[tuple[str, str]]:
         return list(self._stream.metadata)
 
@@ -103,9 +99,6 @@ class Call:
         """End the call with `code` (an int, or a `grpc.StatusCode`) and `details`."""
         number = code.value[0] if hasattr(code, "value") else int(code)
         raise Aborted(number, details)
-
-    def is_active(self) -> bool:
-        return not self._stream.gone
 
 
 class _Stream:
