@@ -277,8 +277,6 @@ class BuildKitBuilder(Builder):
             target=target.name, build_args=args, no_cache=self.settings.no_cache and not unit.needs,
             network=self.network(), platform=",".join(self.settings.platforms) or None)
         control = self.control()  # cannot reach it: that one line, not a stage's failure
-        if self.stores_images:
-            self.engine.import_sdk_meanwhile()  # the result is tagged through the SDK after the solve
         cancel = threading.Event()
         with self._lock:
             self._cancels.add(cancel)

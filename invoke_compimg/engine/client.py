@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib
 import os
 import socket
 import sys
@@ -134,15 +133,6 @@ class Engine:
         self._closings = 0  # how many times close() ran: what was computed across one is not kept
 
     # --- clients ------------------------------------------------------------------------
-    @staticmethod
-    def import_sdk_meanwhile() -> None:
-        """Import the SDK on a thread of its own while a long call (a solve) waits, so the calls
-        after it (tagging the result) do not wait 0.1 s for it. Python's import lock makes a
-        caller that needs it sooner wait for that import to finish."""
-        if "docker" not in sys.modules:
-            threading.Thread(target=importlib.import_module, args=("docker",), name="compimg-sdk-import",
-                             daemon=True).start()
-
     @property
     def api(self) -> docker.APIClient:
         client = getattr(self._local, "api", None)
@@ -164,19 +154,27 @@ class Engine:
         assert self._kind is not None
         return self._kind
 
-    def get_json(self, path: str, *args: str) -> Any | None:
-        """The engine's JSON answer to GET `path` of its versioned API (`{0}`... filled with
-        `args`, quoted as the SDK quotes them), or None when it answers 404. Raises the SDK's
-        APIError (or `unix_http.Answer`) for another error status: see `errors`."""
+    def get_json(self, path: str, *args: str, params: Mapping[str, str] | None = None) -> Any | None:
+        """The engine's JSON answer to GET `path` of its versioned API; see `request`."""
+        return self.request("GET", path, *args, params=params)
+
+    def request(self, method: str, path: str, *args: str, params: Mapping[str, str] | None = None,
+                absent_ok: bool = True) -> Any | None:
+        """The engine's JSON answer (None for an empty one) to `METHOD path` of its versioned
+        API (`{0}`... filled with `args`, quoted as the SDK quotes them; `params` the query),
+        or None when it answers 404 and `absent_ok`. Raises the SDK's APIError (or `unix_http.Answer`) for
+        another error status: see `errors`. Without the SDK on a unix socket."""
         quoted = path.format(*(urllib.parse.quote(arg, safe="/:") for arg in args))
         if self._unix is not None:
-            return self._unix.get(f"/v{self.kind.api_version}{quoted}")
+            query = "?" + urllib.parse.urlencode(dict(params)) if params else ""
+            return self._unix.request(method, f"/v{self.kind.api_version}{quoted}{query}", absent_ok=absent_ok)
         api = self.api
-        response = api._get(api._url(path, *args))
-        if response.status_code == 404:
+        send = {"GET": api._get, "POST": api._post, "DELETE": api._delete}[method]
+        response = send(api._url(path, *args), params=dict(params or {}))
+        if response.status_code == 404 and absent_ok:
             return None
         api._raise_for_status(response)
-        return response.json()
+        return response.json() if response.content.strip() else None
 
     def remember(self, key: str, compute: Any) -> Any:
         """What `compute()` says about this engine, asked once per Engine (whether it has a
@@ -306,8 +304,10 @@ class Engine:
             yield
         except EngineError:
             raise
-        except Answer as exc:
-            raise EngineError(f"{what}: {exc.message}", where=where, line=line) from exc
+        except Answer as exc:  # worded as the SDK's errors are (`_mapped`)
+            missing = exc.status == 404 and "no such image" in exc.message.lower()
+            said = f"no such image ({exc.message})" if missing else exc.message
+            raise EngineError(f"{what}: {said}", where=where, line=line) from exc
         except Exception as exc:
             mapped = self._mapped(exc, what)
             if mapped is None:

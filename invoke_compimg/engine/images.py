@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import EngineError
 from ..names import normalise_ref, split_ref
 from .client import Engine
+from .unix_http import Answer
 
 
 def inspect(engine: Engine, ref: str) -> dict[str, Any] | None:
@@ -46,8 +49,9 @@ def onbuild_history(engine: Engine, image_id: str) -> tuple[str, ...]:
 
 def tag(engine: Engine, image_id: str, ref: str) -> None:
     repository, tag_ = split_ref(ref)
-    with engine.errors(f"tagging {ref}"):
-        engine.api.tag(image_id, repository, tag_ or "latest", force=True)
+    with engine.errors(f"tagging {ref}"):  # (the query as the SDK's `tag(..., force=True)` sends it)
+        engine.request("POST", "/images/{0}/tag", image_id,
+                       params={"tag": tag_ or "latest", "repo": repository, "force": "1"}, absent_ok=False)
 
 
 def untag(engine: Engine, ref: str) -> bool:
@@ -65,26 +69,35 @@ def remove_unnamed(engine: Engine, image_id: str) -> bool:
 
 def _removed(engine: Engine, ref: str, what: str) -> bool:
     try:
-        with engine.errors(what):
-            engine.api.remove_image(ref, force=False, noprune=False)
+        with engine.errors(what):  # (the query as the SDK's `remove_image(ref)` sends it)
+            return engine.request("DELETE", "/images/{0}", ref, params={"force": "False", "noprune": "False"}) \
+                is not None  # None: 404, already gone
     except EngineError as exc:
-        from .sdk import docker
-
-        cause = exc.__cause__
-        if isinstance(cause, docker.errors.APIError) and cause.status_code in (404, 409):
+        if _status(exc.__cause__) == 409:
             return False
         raise
-    return True
+
+
+def _status(error: BaseException | None) -> int | None:
+    """The HTTP status of an engine's error answer (ours on a unix socket, or the SDK's)."""
+    if isinstance(error, Answer):
+        return error.status
+    sdk = sys.modules.get("docker")  # an SDK error comes only from a loaded SDK
+    if sdk is not None and isinstance(error, sdk.errors.APIError):
+        return int(error.status_code or 0)
+    return None
 
 
 def tags_in_repository(engine: Engine, repository: str) -> list[tuple[str, str]]:
     """(image ID, tag as the engine spells it) for every tag of `repository` (compared in
     normalised form: Podman answers `docker.io/compimg/...`)."""
+    listed = {"only_ids": "0", "all": "0"}  # (the query as the SDK's `images(name=...)` sends it)
     with engine.errors("listing images"):
-        images = engine.api.images(name=repository)
+        images = engine.get_json("/images/json", params={
+            **listed, "filters": json.dumps({"reference": [repository]})}) or []
         if not images:  # engines that match `name` only against their own spelling
-            images = [i for i in engine.api.images() if any(normalise_ref(t).startswith(repository + ":")
-                                                            for t in i.get("RepoTags") or [])]
+            images = [i for i in engine.get_json("/images/json", params=listed) or []
+                      if any(normalise_ref(t).startswith(repository + ":") for t in i.get("RepoTags") or [])]
     return [(image["Id"], tag) for image in images for tag in image.get("RepoTags") or []
             if normalise_ref(tag).startswith(repository + ":")]
 

@@ -1,9 +1,11 @@
-"""A small HTTP/1.1 client for the engine's JSON GETs, and its protocol upgrades, over its unix socket.
+"""A small HTTP/1.1 client for the engine's JSON requests, and its protocol upgrades, over its unix socket.
 
 An unchanged build asks the engine only a few questions (its version, whether an image of a
-name exists), and the Docker SDK, with requests and urllib3, costs a command about 0.1 s to
-import: those questions go through this client and the standard library's http.client when
-the engine is a unix socket. Everything else, and every other transport, goes through the SDK.
+name exists), and a BuildKit build only a few more (tag the result, remove what it
+superseded); the Docker SDK, with requests and urllib3, costs a command about 0.1 s of CPU to
+import, which a solve on a two-core machine feels. Those requests go through this client and
+the standard library's http.client when the engine is a unix socket. Streams (pull, push, the
+classic builder, containers), and every other transport, go through the SDK.
 """
 
 from __future__ import annotations
@@ -40,20 +42,28 @@ class Answer(Exception):
 
 
 class UnixJSON:
-    """JSON GETs on one unix socket. A connection per request: connecting to a local socket
-    costs microseconds, and a kept-alive connection the engine closed meanwhile could not be
-    told from one lost mid-request."""
+    """JSON requests without a body on one unix socket. A connection per request: connecting
+    to a local socket costs microseconds, and a kept-alive connection the engine closed
+    meanwhile could not be told from one lost mid-request."""
 
     def __init__(self, path: str, timeout: float = 60.0) -> None:
         self.path = path
         self.timeout = timeout
 
     def get(self, url: str) -> Any | None:
-        """The decoded answer to `GET url`; None for 404; `Answer` for another error status;
-        OSError when the engine cannot be reached (ConnectionError when it went away)."""
+        """The decoded answer to `GET url`; see `request`."""
+        return self.request("GET", url)
+
+    def request(self, method: str, url: str, *, absent_ok: bool = True) -> Any | None:
+        """The decoded answer to `METHOD url` (None for an empty body); None for 404 when
+        `absent_ok`; `Answer` for another error status; OSError when the engine cannot be reached
+        (ConnectionError when it went away)."""
         connection = _UnixConnection(self.path, self.timeout)
         try:
-            connection.request("GET", url, headers={"Accept": "application/json", "Connection": "close"})
+            headers = {"Accept": "application/json", "Connection": "close"}
+            if method != "GET":
+                headers["Content-Length"] = "0"
+            connection.request(method, url, headers=headers)
             response = connection.getresponse()
             body = response.read()
         except (FileNotFoundError, PermissionError, ConnectionRefusedError):
@@ -62,14 +72,14 @@ class UnixJSON:
             raise ConnectionError(f"Connection aborted ({exc or type(exc).__name__})") from exc
         finally:
             connection.close()
-        if response.status == 404:
+        if response.status == 404 and absent_ok:
             return None
         if response.status >= 400:  # a proxy in front of the engine may answer in HTML
             raise Answer(response.status, _message(body))
         try:
-            return json.loads(body) if body else None
+            return json.loads(body) if body.strip() else None
         except ValueError:
-            raise ConnectionError(f"the engine's answer to GET {url} is not JSON: {body[:80]!r}") from None
+            raise ConnectionError(f"the engine's answer to {method} {url} is not JSON: {body[:80]!r}") from None
 
     def upgrade(self, url: str, headers: dict[str, str]) -> tuple[socket.socket, http.client.HTTPResponse]:
         """POST `url` asking to switch protocols; the socket and the `101` response, whose
