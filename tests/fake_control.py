@@ -356,7 +356,6 @@ class ControlRecorder:
         import grpc
 
         from invoke_compimg.engine.control.proto import control_pb2
-        from invoke_compimg.engine.control.transport import CHANNEL_OPTIONS
 
         self.proxy = proxy
         self.folder = Folder("compimg-rec-grpc-")
@@ -370,7 +369,8 @@ class ControlRecorder:
                 splice(engine_read, engine, conn)
 
         threading.Thread(target=dialled, daemon=True, name="fake-grpc-upstream").start()
-        self.channel = grpc.insecure_channel(f"unix:{upstream}", options=CHANNEL_OPTIONS)
+        self.channel = grpc.insecure_channel(f"unix:{upstream}", options=[
+            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
         self.solve = self.channel.unary_unary(SOLVE, request_serializer=control_pb2.SolveRequest.SerializeToString,
                                               response_deserializer=control_pb2.SolveResponse.FromString)
         self.status = self.channel.unary_stream(STATUS, request_serializer=control_pb2.StatusRequest.SerializeToString)

@@ -72,12 +72,21 @@ def test_something_listens_that_speaks_no_grpc(mute: str) -> None:
 
 
 def test_something_listens_that_does_not_finish_a_tls_handshake(mute: str, tmp_path: Path) -> None:
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not a certificate, and no server to check it against\n")
+    from test_control import _certificates
+
+    ca, _, _ = _certificates(tmp_path)
     with pytest.raises(EngineError) as caught:
         client.connect(mute, tls=TLS(ca=str(ca)), timeout=QUICK)
     assert str(caught.value) == (f"cannot talk to BuildKit at {mute}: something listens but the TLS handshake or gRPC "
                                  "failed; check that the CA, certificate and key match the server's TLS setup")
+
+
+def test_a_ca_file_that_holds_no_certificate(mute: str, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    with pytest.raises(EngineError) as caught:
+        client.connect(mute, tls=TLS(ca=str(ca)), timeout=QUICK)
+    assert str(caught.value).startswith(f"cannot use the TLS CA file {ca}: it holds no PEM certificate (")
 
 
 @pytest.mark.parametrize(("address", "tls", "message"), [

@@ -424,13 +424,13 @@ def test_nothing_is_left_running(api: Any, tmp_path: Path) -> None:
         ctl.solve(session=session, frontend_attrs=client.dockerfile_attrs(network="none"),
                   exporter=client.Exporter.local(str(tmp_path / "dest")))
         assert attached.server.streams is not None  # served from the Session call's bytes: no socket
-        folders = [ctl._closers[0].__self__.folder]  # type: ignore[attr-defined]
-        assert all(os.path.isdir(f) and os.stat(f).st_mode & 0o777 == 0o700 for f in folders)
+        connection = ctl.connection()  # the upgraded /grpc connection itself: no socket of ours either
+        assert connection.alive
     ctl.close()
     time.sleep(0.2)
     left = {t.name for t in threading.enumerate()} - before
     assert not [n for n in left if n.startswith("compimg")], left
-    assert not any(os.path.exists(f) for f in folders)
+    assert not connection.alive and connection.reader is not None and not connection.reader.is_alive()
     assert os.listdir(tmp_path / "dest") == ["a.txt"]
 
 

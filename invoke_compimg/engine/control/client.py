@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from ...errors import EngineError, Interrupted
 from ..buildkit.wire import StatusResponse, decode_status
+from .grpc_frames import UNAVAILABLE
+from .h2_client import Call, Connection, RpcError
 from .proto import control_pb2
 from .session import PATHS, Attached, Export, LocalExport, Session, TarExport, method_path
-from .transport import CHANNEL_OPTIONS, TLS, EngineBridge, channel_for, probe, upgrade, wait_ready
+from .transport import TLS, engine_connection, service_connection
 
 if TYPE_CHECKING:
     from ..client import Engine
@@ -140,24 +140,27 @@ class Cancelled(Interrupted):
 
 class Control:
     """A connection to a Control service (see `connect`). Thread-safe: several solves may
-    run at once, each on its own thread."""
+    run at once, each on its own thread. A connection that was lost (the engine restarted, a
+    proxy cut it) is made again for the next call."""
 
-    def __init__(self, channel: grpc.Channel, address: str, closers: Sequence[Callable[[], None]] = ()) -> None:
-        self.channel = channel
+    def __init__(self, dial: Callable[[], Connection], address: str) -> None:
         self.address = address
-        self._closers = list(closers)
-        self._solve = channel.unary_unary(SOLVE, request_serializer=control_pb2.SolveRequest.SerializeToString,
-                                          response_deserializer=control_pb2.SolveResponse.FromString)
-        self._status = channel.unary_stream(STATUS, request_serializer=control_pb2.StatusRequest.SerializeToString,
-                                            response_deserializer=None)
-        self._list_workers = channel.unary_unary(
-            LIST_WORKERS, request_serializer=control_pb2.ListWorkersRequest.SerializeToString,
-            response_deserializer=control_pb2.ListWorkersResponse.FromString)
+        self._dial = dial
+        self._lock = threading.Lock()
+        self._connection = dial()  # at once: an unreachable service is one line here
+
+    def connection(self) -> Connection:
+        with self._lock:
+            if not self._connection.alive:
+                self._connection.close()
+                self._connection = self._dial()
+            return self._connection
 
     def list_workers(self) -> list[Worker]:
         try:
-            answer = self._list_workers(control_pb2.ListWorkersRequest(), timeout=30)
-        except grpc.RpcError as exc:
+            answer = control_pb2.ListWorkersResponse.FromString(self.connection().unary(
+                LIST_WORKERS, control_pb2.ListWorkersRequest().SerializeToString(), timeout=30))
+        except RpcError as exc:
             raise self._error("listing BuildKit's workers", exc) from exc
         return [Worker(r.ID, tuple(Platform(p.OS, p.Architecture, p.Variant) for p in r.platforms), dict(r.Labels))
                 for r in answer.record]
@@ -165,7 +168,7 @@ class Control:
     def attach(self, session: Session) -> Attached:
         """Serve `session` to the daemon until the returned object is closed (a context
         manager). Solves name it by `session.id`."""
-        return Attached(session, self.channel)
+        return Attached(session, self.connection())
 
     def solve(self, *, session: Session | None, frontend: str = "dockerfile.v0",
               frontend_attrs: Mapping[str, str] | None = None, exporter: Exporter | None = None,
@@ -197,16 +200,19 @@ class Control:
     def _run(self, request: control_pb2.SolveRequest, on_status: Callable[[StatusResponse], object] | None,
              cancel: threading.Event | None) -> dict[str, str]:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        status_call = self._status(control_pb2.StatusRequest(Ref=request.Ref))
+        connection = self.connection()
+        status_call = connection.call(STATUS)
+        status_call.send(control_pb2.StatusRequest(Ref=request.Ref).SerializeToString(), end=True)
         reader = threading.Thread(target=_read_status, args=(status_call, events), name="compimg-buildkit-status",
                                   daemon=True)
         reader.start()
-        solve_call = self._solve.future(request)
+        solve_call = connection.call(SOLVE)
         solve_call.add_done_callback(lambda call: events.put(("solved", call)))
-        solved: Any = None
+        solved: Call | None = None
         status_over = False
         drain_until = 0.0
         try:
+            solve_call.send(request.SerializeToString(), end=True)
             while solved is None or (not status_over and time.monotonic() < drain_until):
                 if cancel is not None and cancel.is_set() and solved is None:
                     raise Cancelled()
@@ -229,28 +235,22 @@ class Control:
             status_call.cancel()
             reader.join(5)
         try:
-            answer = solved.result()
-        except grpc.FutureCancelledError:
-            raise Cancelled() from None
-        except grpc.RpcError as exc:
+            answer = control_pb2.SolveResponse.FromString(solved.result())
+        except RpcError as exc:
             raise self._error("the solve", exc) from exc
         return dict(answer.ExporterResponse)
 
-    def _error(self, what: str, exc: grpc.RpcError) -> EngineError:
-        code = exc.code() if hasattr(exc, "code") else None
-        details = (exc.details() if hasattr(exc, "details") else "") or str(exc)
-        if code == grpc.StatusCode.UNAVAILABLE:
+    def _error(self, what: str, exc: RpcError) -> EngineError:
+        if exc.code == UNAVAILABLE:
             who = self.address if self.address.startswith("the ") else f"BuildKit at {self.address}"
-            return EngineError(f"lost {who} during {what} ({details}); check that it is running, then retry")
+            return EngineError(f"lost {who} during {what} ({exc.details}); check that it is running, then retry")
         if what == "the solve":
-            return SolveFailed(details, code.name if code else "UNKNOWN")
-        return EngineError(f"{what} at {self.address}: {details}")
+            return SolveFailed(exc.details, exc.name)
+        return EngineError(f"{what} at {self.address}: {exc.details}")
 
     def close(self) -> None:
-        self.channel.close()
-        for closer in reversed(self._closers):
-            closer()
-        self._closers = []
+        with self._lock:
+            self._connection.close()
 
     def __enter__(self) -> Control:
         return self
@@ -283,14 +283,14 @@ def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile:
                    ssh=dict(ssh or {}), registries=Registries(hosts=registry_hosts))
 
 
-def _read_status(call: Any, events: queue.Queue[tuple[str, Any]]) -> None:
+def _read_status(call: Call, events: queue.Queue[tuple[str, Any]]) -> None:
     try:
         for payload in call:
             try:
                 events.put(("status", decode_status(payload)))
             except ValueError:  # ProtocolError: an unreadable update is left out, the build goes on
                 continue
-    except grpc.RpcError:
+    except RpcError:
         pass  # cancelled after the solve, or the solve failed: its own error says why
     finally:
         events.put(("status-over", None))
@@ -304,35 +304,9 @@ def connect(address: str | None = None, *, engine: Engine | None = None, tls: TL
     if (address is None) == (engine is None):
         raise ValueError("give either address or engine")
     if engine is not None:
-        first = upgrade(engine)  # proves the engine serves /grpc, and serves the first connection
-        try:
-            bridge = EngineBridge(engine, first)
-        except BaseException:
-            first.close()
-            raise
-        channel = grpc.insecure_channel(bridge.target, options=list(CHANNEL_OPTIONS))
-        where = f"the Docker engine at {engine.address}"
-        try:
-            wait_ready(channel, "unix://" + bridge.path, None, timeout)
-        except EngineError:
-            channel.close()
-            bridge.close()
-            raise EngineError(f"cannot talk to BuildKit through {where}: the upgraded /grpc connection did not "
-                              "answer HTTP/2") from None
-        return Control(channel, where, [bridge.close])
+        return Control(lambda: engine_connection(engine, timeout), f"the Docker engine at {engine.address}")
     assert address is not None
-    channel, _ = channel_for(address, tls)  # checks the address's form first
-    reason = probe(address)  # refused or no such socket: said now, not after gRPC's wait
-    if reason:
-        channel.close()
-        raise EngineError(f"cannot reach BuildKit at {address} ({reason}); check the address and that buildkitd "
-                          "listens there")
-    try:
-        wait_ready(channel, address, tls, timeout)
-    except EngineError:
-        channel.close()
-        raise
-    return Control(channel, address)
+    return Control(lambda: service_connection(address, tls, timeout), address)
 
 
 __all__ = ["PATHS", "CacheEntry", "Cancelled", "Control", "Exporter", "Platform", "SolveFailed", "Worker",

@@ -11,11 +11,10 @@ messages leave in a few writes. `h2` (pure Python) keeps the HTTP/2 state: HPACK
 control, settings, pings.
 
 gRPC over HTTP/2, as far as a session needs it (grpc/doc/PROTOCOL-HTTP2.md): a call is one
-stream; the request's `:path` names the method and its other headers are the metadata; every
-message is a 5-byte prefix (compressed flag 0, big-endian length) and its bytes, in DATA
-frames cut anywhere; the answer is headers (`:status 200`, `content-type application/grpc`),
-messages, then trailers with `grpc-status` (and `grpc-message`). We never compress and do not
-announce that we accept compression, so no peer sends a compressed message.
+stream; the request's `:path` names the method and its other headers are the metadata; the
+messages are framed as `grpc_frames` says; the answer is headers (`:status 200`,
+`content-type application/grpc`), messages, then trailers with `grpc-status` (and
+`grpc-message`).
 
 Threads: the caller feeds received bytes through `receive` (one thread); each call runs its
 handler on a thread of its own; one writer thread owns every send. `send` (given) takes the
@@ -29,7 +28,6 @@ import logging
 import queue
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,16 +39,28 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from .grpc_frames import (
+    FAILED_PRECONDITION,
+    INTERNAL,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    OK,
+    PERMISSION_DENIED,
+    UNIMPLEMENTED,
+    Deframer,
+    frame,
+    quote,
+    taken_in_batches,
+)
+
 log = logging.getLogger(__name__)
 
-# gRPC status codes (grpc/doc/statuscodes.md) that a session answers
-OK, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, FAILED_PRECONDITION = 0, 3, 5, 7, 9
-UNIMPLEMENTED, INTERNAL = 12, 13
+__all__ = ["FAILED_PRECONDITION", "INTERNAL", "INVALID_ARGUMENT", "NOT_FOUND", "OK", "PERMISSION_DENIED",
+           "UNIMPLEMENTED", "Aborted", "Call", "Method", "Server"]
 
 RECEIVE_WINDOW = 8 << 20  # what the daemon may send before we have taken it (per stream and in all)
 OUT_BUFFER = 4 << 20  # a handler waits while its stream has this much unsent (a file is not read whole)
 WRITE_ROUND = 1 << 20  # the most one stream sends before the writer hands its bytes on
-MAX_MESSAGE = 64 << 20
 
 
 def _identity(message: Any) -> Any:
@@ -107,7 +117,7 @@ class _Stream:
         self.path = path
         self.metadata = metadata
         self.incoming: queue.Queue[Any] = queue.Queue()
-        self.partial = bytearray()  # received bytes of a message not yet whole
+        self.deframer = Deframer()  # received bytes of a message not yet whole
         self.unacknowledged = 0  # received bytes whose window is not given back yet
         self.queued = 0  # bytes of whole messages the handler has not taken
         self.out = bytearray()  # framed messages not yet sent
@@ -118,15 +128,12 @@ class _Stream:
     def messages(self, server: Server) -> Iterator[bytes]:
         """The requests; raises _Gone if the call is cut off rather than ended (a tar export
         must not take a cut-off stream for a whole one)."""
-        while True:
-            item = self.incoming.get()
-            if item is _END or item is _GONE:
-                self.incoming.put(item)  # a second reader, or a second look, sees it too
-                if item is _GONE:
-                    raise _Gone()
-                return
-            server._taken(self, len(item) + 5)
-            yield item
+        yield from taken_in_batches(self.incoming, lambda item: item is _END or item is _GONE,
+                                    lambda size: server._taken(self, size))
+        if self.incoming.get() is _GONE:  # (the end stays in the queue: a second look sees it too)
+            self.incoming.put(_GONE)
+            raise _Gone()
+        self.incoming.put(_END)
 
 
 class Server:
@@ -199,7 +206,7 @@ class Server:
         self.streams[stream_id] = stream
         method = self.lookup(path)
         if method is None:
-            stream.trailers = [("grpc-status", str(UNIMPLEMENTED)), ("grpc-message", _quote(f"unknown method {path}"))]
+            stream.trailers = [("grpc-status", str(UNIMPLEMENTED)), ("grpc-message", quote(f"unknown method {path}"))]
             stream.incoming.put(_END)
             self.lock.notify_all()
             return
@@ -209,20 +216,16 @@ class Server:
         handler.start()
 
     def _data(self, stream: _Stream, data: bytes, flow: int) -> None:
-        stream.partial += data
         stream.unacknowledged += flow
-        while len(stream.partial) >= 5:
-            length = int.from_bytes(stream.partial[1:5], "big")
-            if stream.partial[0] != 0 or length > MAX_MESSAGE:
-                self.conn.reset_stream(stream.id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-                self.streams.pop(stream.id, None)
-                self._gone(stream)
-                return
-            if len(stream.partial) < 5 + length:
-                break
-            message = bytes(stream.partial[5:5 + length])
-            del stream.partial[:5 + length]
-            stream.queued += 5 + length
+        try:
+            messages = stream.deframer.feed(data)
+        except ValueError:
+            self.conn.reset_stream(stream.id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self.streams.pop(stream.id, None)
+            self._gone(stream)
+            return
+        for message in messages:
+            stream.queued += 5 + len(message)
             stream.incoming.put(message)
         # Give the window back at once unless the handler is behind: then when it takes them.
         if stream.queued <= RECEIVE_WINDOW // 2:
@@ -270,7 +273,7 @@ class Server:
                 return
             stream.trailers = [("grpc-status", str(status))]
             if details:
-                stream.trailers.append(("grpc-message", _quote(details)))
+                stream.trailers.append(("grpc-message", quote(details)))
             self.lock.notify_all()
 
     def _write_message(self, stream: _Stream, message: bytes) -> None:
@@ -279,7 +282,7 @@ class Server:
                 self.lock.wait()
             if stream.gone:
                 raise _Gone()
-            stream.out += b"\x00" + len(message).to_bytes(4, "big") + message
+            stream.out += frame(message)
             self.lock.notify_all()
 
     # --- bytes out: one writer ----------------------------------------------------------
@@ -380,7 +383,3 @@ class Server:
             if handler is not threading.current_thread():
                 handler.join(max(0.0, deadline - time.monotonic()))
 
-
-def _quote(text: str) -> str:
-    """`grpc-message` is percent-encoded UTF-8 (printable ASCII but '%' kept as is)."""
-    return urllib.parse.quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")

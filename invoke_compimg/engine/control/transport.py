@@ -1,4 +1,4 @@
-"""How a gRPC channel reaches a Control service: through a Docker engine, or a buildkitd.
+"""How a connection reaches a Control service: through a Docker engine, or a buildkitd.
 
 Docker engine (20.10 serves BuildKit's Control on its API): `POST /grpc` with
 `Connection: Upgrade` and `Upgrade: h2c` answers `101 Switching Protocols`, and the same
@@ -6,37 +6,29 @@ connection then speaks HTTP/2 (gRPC) with us as the client; the engine's HTTP/2 
 its SETTINGS at once, so bytes may already sit in the HTTP client's read buffer after the
 101 and must be passed on first. `upgrade` does this through `Engine.upgrade`: on a unix
 socket with the standard library (`unix_http`, no SDK import), elsewhere with the Docker SDK's
-own `APIClient`, so every engine it reaches (tcp, TLS, ssh://) works the same. grpcio cannot be
-handed a socket, so `EngineBridge` listens on a unix socket in a private folder (0700) and
-pipes each connection grpcio makes into a fresh upgraded engine connection.
+own `APIClient`, so every engine it reaches (tcp, TLS, ssh://) works the same. The upgraded
+connection is our gRPC client's connection (`h2_client`).
 
-buildkitd: `unix://PATH` and `tcp://HOST:PORT`, straight to grpcio, with TLS when `TLS`
-files are given.
+buildkitd: `unix://PATH` and `tcp://HOST:PORT`, with TLS (ALPN `h2`) when `TLS` files are
+given.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
-import threading
-from collections.abc import Callable
+import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...errors import EngineError
 from ...names import service_address
-from ...procs import socket_folder
+from .h2_client import Connection
 
 if TYPE_CHECKING:
     from ..client import Engine, Upgraded
 
 CONNECT_TIMEOUT = 10.0
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.use_local_subchannel_pool", 1),  # one connection of our own, never shared with another channel
-]
 
 
 def upgrade(engine: Engine) -> Upgraded:
@@ -44,103 +36,32 @@ def upgrade(engine: Engine) -> Upgraded:
     return engine.upgrade("/grpc", {"Upgrade": "h2c"})
 
 
-def _pipe(read: Callable[[int], bytes], write: Callable[[bytes], None], done: Callable[[], None]) -> None:
-    try:
-        while True:
-            data = read(256 * 1024)
-            if not data:
-                break
-            write(data)
-    except (OSError, ValueError):  # closed under us
-        pass
-    finally:
-        done()
+def engine_connection(engine: Engine, timeout: float = CONNECT_TIMEOUT) -> Connection:
+    """A gRPC connection to the engine's BuildKit, through a fresh `POST /grpc` upgrade."""
+    connection = Connection(upgrade(engine), name="compimg-grpc")
+    if not connection.ready(timeout):
+        connection.close()
+        raise EngineError(f"cannot talk to BuildKit through the Docker engine at {engine.address}: the upgraded "
+                          "/grpc connection did not answer HTTP/2") from None
+    return connection
 
 
-class EngineBridge:
-    """A unix socket (in a private folder) whose every connection is piped into a fresh
-    `upgrade` of the engine; `first` (an already made upgrade) serves the first one."""
+class _SocketStream:
+    """A socket as `h2_client.ByteStream`."""
 
-    def __init__(self, engine: Engine, first: Upgraded | None = None) -> None:
-        self.engine = engine
-        self.pending = first
-        try:
-            self.folder = socket_folder("grpc")
-        except OSError as exc:
-            raise EngineError(f"cannot make a folder for BuildKit's connection ({exc}); check TMPDIR") from None
-        self.path = os.path.join(self.folder, "engine.sock")
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.listener.bind(self.path)
-            self.listener.listen(8)
-        except OSError as exc:
-            self.listener.close()
-            shutil.rmtree(self.folder, ignore_errors=True)
-            raise EngineError(f"cannot listen on {self.path} for BuildKit's connection ({exc})") from None
-        self.lock = threading.Lock()
-        self.open: list[tuple[socket.socket, Upgraded]] = []
-        self.threads: list[threading.Thread] = []
-        self.closed = False
-        self.acceptor = threading.Thread(target=self._accept, name="compimg-grpc-bridge", daemon=True)
-        self.acceptor.start()
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
 
-    @property
-    def target(self) -> str:
-        return f"unix:{self.path}"
+    def read(self, size: int) -> bytes:
+        return self.sock.recv(size)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                if self.closed:
-                    client.close()
-                    return
-                engine, self.pending = self.pending, None
-            try:
-                engine = engine or upgrade(self.engine)
-            except EngineError:
-                client.close()  # grpcio sees the connection fail and reports UNAVAILABLE
-                continue
-            self._serve(client, engine)
-
-    def _serve(self, client: socket.socket, engine: Upgraded) -> None:
-        def client_done() -> None:
-            engine.shutdown_write()
-
-        def engine_done() -> None:
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_WR)
-
-        with self.lock:
-            self.open.append((client, engine))
-            for target, args in ((_pipe, (client.recv, engine.sendall, client_done)),
-                                 (_pipe, (engine.read, client.sendall, engine_done))):
-                thread = threading.Thread(target=target, args=args, name="compimg-grpc-pipe", daemon=True)
-                thread.start()
-                self.threads.append(thread)
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
 
     def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            pending, self.pending = self.pending, None
-            connections, self.open = self.open, []
-        if pending is not None:
-            pending.close()
         with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for client, engine in connections:
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_RDWR)
-            client.close()
-            engine.close()
-        self.acceptor.join(5)
-        for thread in self.threads:
-            thread.join(5)
-        shutil.rmtree(self.folder, ignore_errors=True)
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv (close does not)
+        self.sock.close()
 
 
 @dataclass(frozen=True)
@@ -154,83 +75,82 @@ class TLS:
     server_name: str | None = None
 
 
-def _read(path: str | None, what: str) -> bytes | None:
+def _read(path: str | None, what: str) -> None:
+    """Check that a TLS file can be read, for a line that names it."""
     if path is None:
-        return None
+        return
     try:
-        with open(path, "rb") as file:
-            return file.read()
+        with open(path, "rb"):
+            pass
     except OSError as exc:
         raise EngineError(f"cannot read the TLS {what} {path} ({exc.strerror})") from None
 
 
-def channel_for(address: str, tls: TLS | None = None) -> tuple[Any, str]:
-    """A grpcio channel to a buildkitd at `unix://PATH` or `tcp://HOST:PORT` (not yet
-    connected), and the grpc target it dials."""
-    import grpc
+def _tls_context(tls: TLS) -> ssl.SSLContext:
+    _read(tls.ca, "CA file")
+    _read(tls.cert, "certificate")
+    _read(tls.key, "key")
+    try:
+        context = ssl.create_default_context(cafile=tls.ca)
+    except ssl.SSLError as exc:
+        raise EngineError(f"cannot use the TLS CA file {tls.ca}: it holds no PEM certificate ({exc.reason or exc}); "
+                          "give the CA certificate that signed the server's") from None
+    context.set_alpn_protocols(["h2"])
+    if tls.cert and tls.key:
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise EngineError(f"cannot use the TLS certificate {tls.cert} with the key {tls.key} ({exc})") from None
+    return context
 
+
+def service_connection(address: str, tls: TLS | None = None, timeout: float = CONNECT_TIMEOUT) -> Connection:
+    """A gRPC connection to a buildkitd at `unix://PATH` or `tcp://HOST:PORT` (with `tls`),
+    made now, so that a wrong address or TLS setup is one line here and not a gRPC error
+    later. Tells "nothing listens" from "it listens but we cannot talk"."""
     parsed = service_address(address)
     if parsed is None:
         shape = "tcp://host:port" if address.startswith("tcp://") else "unix:///path/to/buildkitd.sock or tcp://host:port"
         raise EngineError(f"BuildKit address {address!r}: write {shape}")
     kind, host, port = parsed
-    if kind == "unix":
-        if tls is not None:
-            raise EngineError(f"{address}: TLS is for tcp:// addresses only")
-        target = "unix:" + host
-        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS), target
-    target = f"{host}:{port}"
-    if tls is None:
-        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS), target
-    if (tls.cert is None) != (tls.key is None):
+    if kind == "unix" and tls is not None:
+        raise EngineError(f"{address}: TLS is for tcp:// addresses only")
+    if tls is not None and (tls.cert is None) != (tls.key is None):
         raise EngineError(f"{address}: give both a TLS client certificate and its key, or neither")
-    credentials = grpc.ssl_channel_credentials(root_certificates=_read(tls.ca, "CA file"),
-                                               private_key=_read(tls.key, "key"),
-                                               certificate_chain=_read(tls.cert, "certificate"))
-    options = list(CHANNEL_OPTIONS)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.secure_channel(target, credentials, options=options), target
-
-
-def wait_ready(channel: Any, address: str, tls: TLS | None, timeout: float = CONNECT_TIMEOUT) -> None:
-    """Connect now, so that a wrong address or TLS setup is one line here and not a gRPC
-    error later. Tells "nothing listens" from "it listens but we cannot talk"."""
-    import grpc
-
+    context = _tls_context(tls) if tls is not None else None
     try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-        return
-    except grpc.FutureTimeoutError:
-        pass
-    reason = probe(address)
-    if reason:
-        raise EngineError(f"cannot reach BuildKit at {address} ({reason}); check the address and that buildkitd "
-                          "listens there")
-    if tls is not None:
-        raise EngineError(f"cannot talk to BuildKit at {address}: something listens but the TLS handshake or "
-                          "gRPC failed; check that the CA, certificate and key match the server's TLS setup")
-    raise EngineError(f"cannot talk to BuildKit at {address}: something listens but does not answer gRPC "
-                      "without TLS; check the address, or give the server's TLS files")
-
-
-def probe(address: str) -> str | None:
-    """Why a plain connection to `address` fails, or None if it connects."""
-    try:
-        parsed = service_address(address)
-        if parsed is None:
-            return "not an address"
-        kind, host, port = parsed
         if kind == "unix":
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(3)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
                 sock.connect(host)
+            except OSError:
+                sock.close()
+                raise
         else:
-            with socket.create_connection((host.strip("[]"), port), timeout=3):
-                pass
+            sock = socket.create_connection((host.strip("[]"), port), timeout=timeout)
     except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
-    return None
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise EngineError(f"cannot reach BuildKit at {address} ({why}); check the address and that buildkitd "
+                          "listens there") from None
+    cannot_talk = (f"cannot talk to BuildKit at {address}: something listens but the TLS handshake or gRPC failed; "
+                   "check that the CA, certificate and key match the server's TLS setup" if tls is not None else
+                   f"cannot talk to BuildKit at {address}: something listens but does not answer gRPC without TLS; "
+                   "check the address, or give the server's TLS files")
+    if context is not None:
+        assert tls is not None
+        try:
+            sock = context.wrap_socket(sock, server_hostname=tls.server_name or host.strip("[]"))
+        except (ssl.SSLError, OSError):
+            sock.close()
+            raise EngineError(cannot_talk) from None
+    sock.settimeout(None)
+    connection = Connection(_SocketStream(sock), authority=host if kind == "tcp" else "localhost",
+                            name="compimg-buildkitd")
+    if not connection.ready(timeout):
+        connection.close()
+        raise EngineError(cannot_talk)
+    return connection
 
 
-__all__ = ["TLS", "EngineBridge", "channel_for", "upgrade", "wait_ready"]
+__all__ = ["TLS", "engine_connection", "service_connection", "upgrade"]
