@@ -156,7 +156,17 @@ def _pairs(metadata: dict[str, list[str]]) -> list[tuple[str, str]]:
 
 
 def _error(exc: Any) -> dict[str, str]:
-    return {"code": exc.code().name, "details": exc.details() or ""}
+    """A failed call as recorded: grpcio's RpcError, or our client's (`h2_client.RpcError`)."""
+    if callable(getattr(exc, "code", None)):
+        return {"code": exc.code().name, "details": exc.details() or ""}
+    return {"code": exc.name, "details": exc.details}
+
+
+def _grpc_code(exc: Any) -> Any:
+    """Our client's status as grpcio's StatusCode (to end a relayed call with it)."""
+    import grpc
+
+    return next(code for code in grpc.StatusCode if code.value[0] == exc.code)
 
 
 def _texts(files: dict[str, bytes]) -> tuple[dict[str, str], dict[str, str]]:
@@ -353,30 +363,22 @@ class ControlRecorder:
     in `proxy` (`add`, `busy`, `fire`, `take_drop`)."""
 
     def __init__(self, proxy: Any, engine_read: Callable[[int], bytes], engine: socket.socket) -> None:
-        import grpc
-
-        from invoke_compimg.engine.control.proto import control_pb2
+        from invoke_compimg.engine.control.h2_client import Connection
 
         self.proxy = proxy
         self.folder = Folder("compimg-rec-grpc-")
-        upstream = self.folder.socket_path("engine")
-        listener = listen(upstream)
 
-        def dialled() -> None:  # the channel's one connection, piped into the engine's 101 connection
-            with contextlib.suppress(OSError):
-                conn, _ = listener.accept()
-                listener.close()
-                splice(engine_read, engine, conn)
+        class EngineStream:  # the engine's 101 connection, read through the buffer that may hold its first bytes
+            read = staticmethod(engine_read)
+            sendall = staticmethod(engine.sendall)
 
-        threading.Thread(target=dialled, daemon=True, name="fake-grpc-upstream").start()
-        self.channel = grpc.insecure_channel(f"unix:{upstream}", options=[
-            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
-        self.solve = self.channel.unary_unary(SOLVE, request_serializer=control_pb2.SolveRequest.SerializeToString,
-                                              response_deserializer=control_pb2.SolveResponse.FromString)
-        self.status = self.channel.unary_stream(STATUS, request_serializer=control_pb2.StatusRequest.SerializeToString)
-        self.workers = self.channel.unary_unary(
-            LIST_WORKERS, request_serializer=control_pb2.ListWorkersRequest.SerializeToString,
-            response_deserializer=control_pb2.ListWorkersResponse.FromString)
+            @staticmethod
+            def close() -> None:
+                with contextlib.suppress(OSError):
+                    engine.shutdown(socket.SHUT_RDWR)
+
+        # Upstream through the code's own client: what the engine answers is written down as it came.
+        self.upstream = Connection(EngineStream(), name="fake-grpc-upstream")
         methods = _control_methods(self)
         self.address = self.folder.socket_path("relay")
         self.server = grpc_server(generic(methods, self._unknown), self.address)
@@ -393,57 +395,60 @@ class ControlRecorder:
 
     def close(self) -> None:
         self.server.stop(grace=1).wait(5)
-        self.channel.close()
+        self.upstream.close()
         self.folder.remove()
 
     def _unknown(self, method: str) -> None:
         self.proxy.add(Call(method, error={"code": "UNIMPLEMENTED", "details": "not relayed by the recorder"}))
 
     def _solve(self, request: Any, context: Any) -> Any:
-        import grpc
-
+        from invoke_compimg.engine.control.h2_client import RpcError
         from invoke_compimg.engine.control.proto import control_pb2
 
         call = self.proxy.add(Call(SOLVE, message_dict(request)))
         with self.proxy.busy():
-            future = self.solve.future(request)
-            context.add_callback(future.cancel)
+            upstream = self.upstream.call(SOLVE)
+            upstream.send(request.SerializeToString(), end=True)
+            context.add_callback(upstream.cancel)
             try:
-                answer = future.result()
-            except grpc.FutureCancelledError:
-                call.cancelled = True
-                return control_pb2.SolveResponse()  # to no one: the code is gone
-            except grpc.RpcError as exc:
+                answer = control_pb2.SolveResponse.FromString(upstream.result())
+            except RpcError as exc:
+                if not context.is_active():
+                    call.cancelled = True
+                    return control_pb2.SolveResponse()  # to no one: the code is gone
                 call.error = _error(exc)
-                context.abort(exc.code(), exc.details() or "")
+                context.abort(_grpc_code(exc), exc.details)
             call.response = message_dict(answer)
             return answer
 
     def _status(self, request: Any, context: Any) -> Iterator[bytes]:
-        import grpc
+        from invoke_compimg.engine.control.h2_client import RpcError
 
         call = self.proxy.add(Call(STATUS, message_dict(request), statuses=[]))
         with self.proxy.busy():
-            stream = self.status(request)
+            stream = self.upstream.call(STATUS)
+            stream.send(request.SerializeToString(), end=True)
             context.add_callback(stream.cancel)
             try:
                 for count, payload in enumerate(stream, 1):
                     call.statuses.append(base64.b64encode(payload).decode())  # type: ignore[union-attr]
                     yield payload
                     self.proxy.fire("GRPC", STATUS, count, payload)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:
+            except RpcError as exc:
+                if exc.name != "CANCELLED":
                     call.error = _error(exc)
 
     def _list_workers(self, request: Any, context: Any) -> Any:
-        import grpc
+        from invoke_compimg.engine.control.h2_client import RpcError
+        from invoke_compimg.engine.control.proto import control_pb2
 
         call = self.proxy.add(Call(LIST_WORKERS, message_dict(request)))
         try:
-            answer = self.workers(request, timeout=30)
-        except grpc.RpcError as exc:
+            answer = control_pb2.ListWorkersResponse.FromString(
+                self.upstream.unary(LIST_WORKERS, request.SerializeToString(), timeout=30))
+        except RpcError as exc:
             call.error = _error(exc)
-            context.abort(exc.code(), exc.details() or "")
+            context.abort(_grpc_code(exc), exc.details)
         call.response = message_dict(answer)
         return answer
 
@@ -457,7 +462,7 @@ class ControlRecorder:
         if self.proxy.take_drop():
             call.dropped = True  # the engine never hears of it: its solve finds no session
         else:
-            attached = Attached(_RelayedSession(metadata, line, call), self.channel)
+            attached = Attached(_RelayedSession(metadata, line, call), self.upstream)
 
         def close() -> None:
             if attached is not None:
