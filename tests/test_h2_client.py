@@ -202,3 +202,63 @@ def test_something_that_is_not_http2_is_not_ready(tmp_path: Path) -> None:
     connection.close()
     peer.close()
     listener.close()
+
+
+def test_a_stalled_link_never_holds_up_a_cancel_a_new_call_or_close() -> None:
+    """A peer that opens big windows and then stops reading (a link that went away mid-upload):
+    the sender blocks in its write, and nothing else waits for it."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    ours, peer = socket.socketpair()
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    server.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1,
+                            h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20})
+    server.increment_flow_control_window(2**31 - 1 - 65535)
+    peer.sendall(server.data_to_send())
+
+    def serve_a_little() -> None:  # read what came, answer once, then read no more
+        server.receive_data(peer.recv(65536))
+        peer.sendall(server.data_to_send())
+
+    connection = Connection(_SocketStream(ours))
+    serve_a_little()
+    assert connection.ready(5)
+    call = connection.call("/t.T/Upload")
+    serve_a_little()
+    failed: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            call.send(b"y" * (64 << 20))
+        except RpcError as exc:
+            failed.append(exc)
+
+    sender = threading.Thread(target=upload, daemon=True)
+    sender.start()
+    time.sleep(1)
+    assert sender.is_alive()  # stalled in its write
+    for action in (call.cancel, lambda: connection.call("/t.T/Other"), connection.close):
+        started = time.monotonic()
+        done = threading.Thread(target=action, daemon=True)
+        done.start()
+        done.join(5)
+        assert not done.is_alive() and time.monotonic() - started < 2
+    sender.join(5)
+    assert not sender.is_alive() and not connection.alive
+    peer.close()
+
+
+def test_a_server_going_away_ends_the_calls_in_one_line_and_closes(service: Service) -> None:
+    connection = service.connect()
+    call = connection.call("/t.T/Hang")
+    call.send(b"", end=True)
+    time.sleep(0.3)
+    service.server.stop(grace=5)  # GOAWAY, then the call may finish: h2 ends it at once
+    with pytest.raises(RpcError) as caught:
+        call.result(8)
+    assert caught.value.code == UNAVAILABLE and "going away" in caught.value.details
+    connection.reader.join(5)
+    assert not connection.reader.is_alive() and not connection.alive

@@ -147,10 +147,13 @@ class Control:
         self.address = address
         self._dial = dial
         self._lock = threading.Lock()
+        self._closed = False
         self._connection = dial()  # at once: an unreachable service is one line here
 
     def connection(self) -> Connection:
         with self._lock:
+            if self._closed:  # a late call on another thread must not open a connection nobody closes
+                raise EngineError(f"the connection to {self.address} was closed")
             if not self._connection.alive:
                 self._connection.close()
                 self._connection = self._dial()
@@ -168,7 +171,10 @@ class Control:
     def attach(self, session: Session) -> Attached:
         """Serve `session` to the daemon until the returned object is closed (a context
         manager). Solves name it by `session.id`."""
-        return Attached(session, self.connection())
+        try:
+            return Attached(session, self.connection())
+        except RpcError as exc:
+            raise self._error("attaching a session", exc) from exc
 
     def solve(self, *, session: Session | None, frontend: str = "dockerfile.v0",
               frontend_attrs: Mapping[str, str] | None = None, exporter: Exporter | None = None,
@@ -201,18 +207,22 @@ class Control:
              cancel: threading.Event | None) -> dict[str, str]:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
         connection = self.connection()
-        status_call = connection.call(STATUS)
-        status_call.send(control_pb2.StatusRequest(Ref=request.Ref).SerializeToString(), end=True)
+        try:
+            status_call = connection.call(STATUS)
+            status_call.send(control_pb2.StatusRequest(Ref=request.Ref).SerializeToString(), end=True)
+            solve_call = connection.call(SOLVE)
+        except RpcError as exc:  # the connection went between asking for it and using it
+            raise self._error("the solve", exc) from exc
         reader = threading.Thread(target=_read_status, args=(status_call, events), name="compimg-buildkit-status",
                                   daemon=True)
         reader.start()
-        solve_call = connection.call(SOLVE)
         solve_call.add_done_callback(lambda call: events.put(("solved", call)))
         solved: Call | None = None
         status_over = False
         drain_until = 0.0
         try:
-            solve_call.send(request.SerializeToString(), end=True)
+            with contextlib.suppress(RpcError):  # the call failed at once: its status says why, below
+                solve_call.send(request.SerializeToString(), end=True)
             while solved is None or (not status_over and time.monotonic() < drain_until):
                 if cancel is not None and cancel.is_set() and solved is None:
                     raise Cancelled()
@@ -250,6 +260,7 @@ class Control:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._connection.close()
 
     def __enter__(self) -> Control:

@@ -48,6 +48,7 @@ from .grpc_frames import (
 RECEIVE_WINDOW = 8 << 20  # what the daemon may send before we have taken it (per call and in all)
 READ_SIZE = 256 << 10
 MAX_FRAME = 1 << 20  # the largest DATA frame the server may send: fewer frames for h2 (Python) to parse
+OUTBOX_LIMIT = 4 << 20  # a sender waits while this much is not yet written
 _END = object()
 
 
@@ -150,7 +151,11 @@ class Call:
 class Connection:
     """A gRPC client on one HTTP/2 connection over `stream` (prior knowledge: the stream
     speaks HTTP/2 from its first byte, as an upgraded `/grpc` does). `ready(timeout)` waits for
-    the server's settings. Thread-safe: calls may be made and used from any thread."""
+    the server's settings. Thread-safe: calls may be made and used from any thread.
+
+    h2's state is kept under `lock`; what it has to send goes to an outbox, written by one
+    thread at a time outside the lock (`_write_out`), so that a link that stalls a write never
+    holds up a cancel, a close, or the reader."""
 
     def __init__(self, stream: ByteStream, *, authority: str = "localhost", name: str = "compimg-grpc") -> None:
         self.stream = stream
@@ -159,6 +164,8 @@ class Connection:
         self.calls: dict[int, Call] = {}
         self.broken: str | None = None  # why the connection is over
         self._settled = threading.Event()  # the server's SETTINGS came (or the connection broke)
+        self._outbox = bytearray()
+        self._writing = False  # a thread is writing the outbox out
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         with self.lock:
             self.conn.initiate_connection()
@@ -167,6 +174,7 @@ class Connection:
                                        h2.settings.SettingCodes.ENABLE_PUSH: 0})
             self.conn.increment_flow_control_window(RECEIVE_WINDOW)
             self._flush()
+        self._write_out()
         self.reader = threading.Thread(target=self._read, name=f"{name}-reader", daemon=True)
         self.reader.start()
 
@@ -196,6 +204,7 @@ class Connection:
             self.calls[stream_id] = call
             self.conn.send_headers(stream_id, headers)
             self._flush()
+        self._write_out()
         return call
 
     def unary(self, path: str, request: bytes, timeout: float | None = None) -> bytes:
@@ -204,15 +213,12 @@ class Connection:
         return call.result(timeout)
 
     def close(self) -> None:
-        """End every call (UNAVAILABLE) and the connection."""
-        with self.lock:
-            if self.broken is None:
-                with contextlib.suppress(h2.exceptions.ProtocolError, OSError):
-                    self.conn.close_connection()
-                    self._flush()
-            self._break("the connection was closed")
+        """End every call (UNAVAILABLE) and the connection: the stream first, so that a write
+        blocked on a stalled link fails now rather than when TCP gives up."""
         with contextlib.suppress(Exception):
             self.stream.close()
+        with self.lock:
+            self._break("the connection was closed")
         if self.reader is not threading.current_thread():
             self.reader.join(5)
 
@@ -220,30 +226,41 @@ class Connection:
     def _read(self) -> None:
         reason = "the server closed the connection"
         try:
-            while True:
+            while self.broken is None:
                 data = self.stream.read(READ_SIZE)
                 if not data:
                     break
                 with self.lock:
                     if self.broken is not None:
-                        return
+                        break
                     for event in self.conn.receive_data(data):
                         self._event(event)
                     self._flush()
                     self.lock.notify_all()  # windows may have opened
+                self._write_out()
         except h2.exceptions.ProtocolError as exc:
-            reason = f"the server broke HTTP/2 ({type(exc).__name__}: {exc})"
+            if self.conn.state_machine.state == h2.connection.ConnectionState.CLOSED:
+                reason = "the server is going away (GOAWAY); calls it had not finished cannot go on"
+            else:
+                reason = f"the server broke HTTP/2 ({type(exc).__name__}: {exc})"
         except (OSError, ValueError) as exc:  # (ValueError: a reader closed under us)
             reason = f"the connection failed ({exc or type(exc).__name__})"
-        with self.lock:
-            self._break(reason)
+        except BaseException as exc:  # a bug of ours: every call ends, none waits forever
+            reason = f"the gRPC client failed ({type(exc).__name__}: {exc})"
+            raise
+        finally:
+            with self.lock:
+                self._break(reason)
+            with contextlib.suppress(Exception):  # the server sees us go: it drops our calls
+                self.stream.close()
 
     def _event(self, event: Any) -> None:
         if isinstance(event, h2.events.RemoteSettingsChanged):
             self._settled.set()
             return
         if isinstance(event, h2.events.ConnectionTerminated):
-            self._break(f"the server ended the connection ({_error_name(event.error_code)})")
+            self._break(f"the server is going away (GOAWAY {_error_name(event.error_code)}); calls it had not "
+                        "finished cannot go on")
             return
         stream_id = getattr(event, "stream_id", None)
         call = self.calls.get(stream_id) if stream_id else None
@@ -263,7 +280,10 @@ class Connection:
         elif isinstance(event, h2.events.StreamReset):
             self.calls.pop(call.id, None)
             self._release(call)
-            code = CANCELLED if event.error_code == h2.errors.ErrorCodes.CANCEL else UNAVAILABLE
+            # (as gRPC's clients take them: a stream refused may be sent again, anything else is the server's fault)
+            error = event.error_code
+            code = (CANCELLED if error == h2.errors.ErrorCodes.CANCEL else
+                    UNAVAILABLE if error == h2.errors.ErrorCodes.REFUSED_STREAM else INTERNAL)
             call._finish(code, f"the server reset the call ({_error_name(event.error_code)})")
 
     def _data(self, call: Call, data: bytes, flow: int) -> None:
@@ -288,7 +308,7 @@ class Connection:
         if call._queued <= RECEIVE_WINDOW // 2:  # at once, unless the consumer is behind
             self._acknowledge(call)
 
-    # --- under the lock ---------------------------------------------------------------------
+    # --- for the calls ------------------------------------------------------------------------
     def _taken(self, call: Call, size: int) -> None:
         with self.lock:
             call._queued -= size
@@ -296,6 +316,7 @@ class Connection:
                 with contextlib.suppress(h2.exceptions.ProtocolError):
                     self._acknowledge(call)
                     self._flush()
+        self._write_out()
 
     def _acknowledge(self, call: Call) -> None:
         if call._unacknowledged:
@@ -303,61 +324,87 @@ class Connection:
             call._unacknowledged = 0
 
     def _release(self, call: Call) -> None:
-        """The call is over: the connection's window for what it still held back goes back."""
-        call._unacknowledged += max(call._queued, 0)
+        """The call is over: the connection's window for what it had not given back yet goes
+        back (h2 gives back only that part for an ended stream), or other calls would stall."""
         call._queued = 0
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self._acknowledge(call)
 
     def _send(self, call: Call, data: bytes, end: bool) -> None:
         view = memoryview(data)
-        with self.lock:
-            while True:
+        while True:
+            with self.lock:
                 if call.done():
-                    if call.code == OK and not view:
-                        return
+                    if call.code == OK:
+                        return  # the server answered before it took all we had: nothing more is wanted
                     raise RpcError(call.code if call.code is not None else UNAVAILABLE, call.details)
                 if not view:
+                    if end:
+                        with contextlib.suppress(h2.exceptions.StreamClosedError):
+                            self.conn.end_stream(call.id)
+                            self._flush()
                     break
+                room = min(self.conn.local_flow_control_window(call.id), self.conn.max_outbound_frame_size,
+                           len(view))
+                if room <= 0 or len(self._outbox) >= OUTBOX_LIMIT:
+                    self.lock.wait()  # for the peer's window, or for the outbox to go out
+                    continue
                 try:
-                    room = min(self.conn.local_flow_control_window(call.id), self.conn.max_outbound_frame_size,
-                               len(view))
-                    if room <= 0:
-                        self.lock.wait()
-                        continue
                     self.conn.send_data(call.id, view[:room].tobytes())
                 except h2.exceptions.StreamClosedError:
                     return  # the server ended the call first: its status says how
                 view = view[room:]
                 self._flush()
-            if end:
-                with contextlib.suppress(h2.exceptions.StreamClosedError):
-                    self.conn.end_stream(call.id)
-                    self._flush()
+            self._write_out()
+        self._write_out()
 
     def _cancel(self, call: Call, code: int, details: str) -> None:
         with self.lock:
             if call.done():
                 return
             self._end(call, code, details, h2.errors.ErrorCodes.CANCEL)
+        self._write_out()
 
     def _end(self, call: Call, code: int, details: str, error: h2.errors.ErrorCodes) -> None:
         self.calls.pop(call.id, None)
         if self.broken is None:
-            with contextlib.suppress(h2.exceptions.ProtocolError, OSError):
+            with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.reset_stream(call.id, error)
                 self._release(call)
                 self._flush()
         call._finish(code, details)
         self.lock.notify_all()
 
+    # --- bytes out ------------------------------------------------------------------------------
     def _flush(self) -> None:
+        """(Under the lock) what h2 has to send joins the outbox; `_write_out` sends it."""
         data = self.conn.data_to_send()
-        if data:
-            try:
+        if data and self.broken is None:
+            self._outbox += data
+
+    def _write_out(self) -> None:
+        """(Not under the lock) send the outbox, unless another thread is at it: that one sends
+        ours too. One writer at a time keeps the bytes in order."""
+        with self.lock:
+            if self._writing or not self._outbox:
+                return
+            self._writing = True
+        try:
+            while True:
+                with self.lock:
+                    data = bytes(self._outbox)
+                    self._outbox.clear()
+                    self.lock.notify_all()  # senders waiting for room in the outbox
+                    if not data or self.broken is not None:
+                        return
                 self.stream.sendall(data)
-            except OSError as exc:
+        except (OSError, ValueError) as exc:
+            with self.lock:
                 self._break(f"the connection failed ({exc or type(exc).__name__})")
+        finally:
+            with self.lock:
+                self._writing = False
+                self.lock.notify_all()
 
     def _break(self, reason: str) -> None:
         if self.broken is None:
@@ -365,6 +412,7 @@ class Connection:
         calls, self.calls = list(self.calls.values()), {}
         for call in calls:
             call._finish(UNAVAILABLE, self.broken)
+        self._outbox.clear()
         self._settled.set()
         self.lock.notify_all()
 

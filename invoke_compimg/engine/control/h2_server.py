@@ -343,10 +343,9 @@ class Server:
         stream.incoming.put(_END)
 
     def _release(self, stream: _Stream) -> None:
-        """The stream is over: the connection's window for what it still held back is given
+        """The stream is over: the connection's window for what it had not given back yet goes
         back (h2 gives back only that part for an ended stream), or other calls would stall."""
         stream.gone = True
-        stream.unacknowledged += max(stream.queued, 0)
         stream.queued = 0
         with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection itself is gone
             self._acknowledge(stream)
