@@ -204,12 +204,12 @@ class _Includes:
 
 
 def _allowed(path: str, allow: Sequence[str] | None, is_dir: bool) -> bool:
+    """Is `path` one of the `allow`ed paths (cleaned), inside one, or a folder that leads to one?"""
     if path in ("", "."):
         return True  # the root itself (listed as a folder when it sits under `root_under`)
     if allow is None:
         return True
     for item in allow:
-        item = clean(item)
         if item == "." or path == item or path.startswith(item + "/"):
             return True
         if is_dir and item.startswith(path + "/"):
@@ -228,6 +228,7 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
         includes = sorted(set((includes or []) + targets))
     include = _Includes(includes) if includes is not None else None
     excluder = Matcher(list(request.exclude)) if request.exclude else None
+    allow = None if directory.allow is None else [clean(path) for path in directory.allow]
     entries: list[Entry] = []
     links: dict[tuple[int, int], str] = {}
 
@@ -235,7 +236,7 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
         for path, info, source in _children(root, directory, prefix):
             is_dir = isinstance(source, VirtualFolder) or (info is not None and st.S_ISDIR(info.st_mode))
             virtual = isinstance(source, (VirtualFile, VirtualFolder))
-            if not virtual and not _allowed(str(source), directory.allow, is_dir):
+            if not virtual and not _allowed(str(source), allow, is_dir):
                 continue
             if include is not None and not include.keep(path, is_dir):
                 continue
