@@ -47,7 +47,6 @@ class Service:
                                   options=[("grpc.max_receive_message_length", 64 << 20),
                                            ("grpc.max_send_message_length", 64 << 20)])
         self.server.add_insecure_port(f"unix:{self.path}")
-        self.server.start()
 
     def echo(self, request: bytes, context: Any) -> bytes:
         self.seen_metadata.extend(context.invocation_metadata())
@@ -74,6 +73,11 @@ class Service:
         for _ in range(int(request)):
             yield b"x" * (4 * MIB)
 
+    def listen_tls(self, cert: Path, key: Path) -> int:
+        """The same methods on 127.0.0.1 with TLS too; the port."""
+        credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+        return self.server.add_secure_port("127.0.0.1:0", credentials)
+
     def connect(self) -> Connection:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(self.path)
@@ -85,6 +89,7 @@ class Service:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     made = Service(tmp_path)
+    made.server.start()
     yield made
     made.server.stop(0)
 
@@ -262,3 +267,33 @@ def test_a_server_going_away_ends_the_calls_in_one_line_and_closes(service: Serv
     assert caught.value.code == UNAVAILABLE and "going away" in caught.value.details
     connection.reader.join(5)
     assert not connection.reader.is_alive() and not connection.alive
+
+
+def test_over_tls_both_ways_at_once(tmp_path: Path) -> None:
+    """TLS (ALPN h2) to grpcio's server, reading and writing at the same time: every TLS
+    operation runs on the stream's own thread (`transport._TLSStream`)."""
+    from test_control import _certificates
+
+    from invoke_compimg.engine.control.transport import TLS, service_connection
+
+    ca, cert, key = _certificates(tmp_path)
+    served = Service(tmp_path)
+    port = served.listen_tls(cert, key)
+    served.server.start()
+    try:
+        connection = service_connection(f"tcp://127.0.0.1:{port}", TLS(ca=str(ca)), timeout=5)
+        call = connection.call("/t.T/Join")
+        sent = threading.Thread(target=lambda: [call.send(b"y" * (3 * MIB)) for _ in range(8)] and call.done_sending())
+        sent.start()
+        big = connection.call("/t.T/Big")
+        big.send(b"6", end=True)
+        assert sum(len(m) for m in big) == 24 * MIB  # received while the upload goes on
+        assert list(call) == [b"got 3145728"] * 8 and served.taken == 24 * MIB
+        sent.join(10)
+        before = {t.name for t in threading.enumerate()}
+        assert "compimg-tls" in before
+        connection.close()
+        time.sleep(0.2)
+        assert "compimg-tls" not in {t.name for t in threading.enumerate()}
+    finally:
+        served.server.stop(0)

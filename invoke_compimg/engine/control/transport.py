@@ -16,8 +16,11 @@ given.
 from __future__ import annotations
 
 import contextlib
+import queue
+import select
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,6 +65,119 @@ class _SocketStream:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv (close does not)
         self.sock.close()
+
+
+class _TLSStream:
+    """A TLS socket as `h2_client.ByteStream`, every TLS operation on one thread of its own:
+    OpenSSL does not promise that one connection may be read and written from two threads at
+    once (the client reads on one and writes on others), and CPython 3.13.6 hung doing so
+    (cpython#137583). Reads come from a queue; `sendall` waits until its bytes are written."""
+
+    CHUNK = 256 << 10
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._wake_read, self._wake = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._incoming: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+        self._done = threading.Condition()
+        self._out = bytearray()
+        self._written = 0  # bytes written since the start
+        self._queued = 0  # bytes handed to sendall since the start
+        self._failed: OSError | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="compimg-tls", daemon=True)
+        self._thread.start()
+
+    def read(self, size: int) -> bytes:
+        item = self._incoming.get()
+        if item is None or isinstance(item, BaseException):
+            self._incoming.put(item)  # a second look sees the end too
+            if isinstance(item, BaseException):
+                raise OSError(f"TLS connection failed ({item})")
+            return b""
+        return item
+
+    def sendall(self, data: bytes) -> None:
+        with self._done:
+            if self._failed is not None or self._closed:
+                raise self._failed or OSError("TLS connection closed")
+            self._out += data
+            self._queued += len(data)
+            target = self._queued
+            self._wake.send(b"w")
+            while self._written < target and self._failed is None and not self._closed:
+                self._done.wait()
+            if self._written < target:
+                raise self._failed or OSError("TLS connection closed")
+
+    def close(self) -> None:
+        with self._done:
+            self._closed = True
+            self._done.notify_all()
+        with contextlib.suppress(OSError):
+            self._wake.send(b"c")
+        if self._thread is not threading.current_thread():
+            self._thread.join(5)
+        for end in (self._wake, self._wake_read):
+            end.close()
+
+    def _run(self) -> None:
+        want_write = False  # a TLS read asked to write first (or the other way round)
+        try:
+            while not self._closed:
+                with self._done:
+                    pending = bool(self._out)
+                writers = [self.sock] if pending or want_write else []
+                readable, writable, _ = select.select([self.sock, self._wake_read], writers, [])
+                if self._wake_read in readable:
+                    with contextlib.suppress(BlockingIOError):
+                        self._wake_read.recv(4096)
+                if self.sock in readable or (want_write and writable):
+                    want_write = self._receive()
+                if self.sock in writable and pending:
+                    self._send()
+        except BaseException as exc:  # the reader sees it; writers see it too
+            with self._done:
+                self._failed = exc if isinstance(exc, OSError) else OSError(str(exc))
+                self._done.notify_all()
+            self._incoming.put(exc)
+        finally:
+            with self._done:
+                self._closed = True
+                self._done.notify_all()
+            self._incoming.put(None)
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+    def _receive(self) -> bool:
+        """Read what TLS has now; True if it must write before it can read on."""
+        while True:
+            try:
+                data = self.sock.recv(self.CHUNK)
+            except ssl.SSLWantReadError:
+                return False
+            except ssl.SSLWantWriteError:
+                return True
+            if not data:
+                self._closed = True
+                return False
+            self._incoming.put(data)
+            if not self.sock.pending():
+                return False
+
+    def _send(self) -> None:
+        with self._done:
+            chunk = bytes(self._out[:self.CHUNK])
+        try:
+            sent = self.sock.send(chunk)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        with self._done:
+            del self._out[:sent]
+            self._written += sent
+            self._done.notify_all()
 
 
 @dataclass(frozen=True)
@@ -145,8 +261,8 @@ def service_connection(address: str, tls: TLS | None = None, timeout: float = CO
             sock.close()
             raise EngineError(cannot_talk) from None
     sock.settimeout(None)
-    connection = Connection(_SocketStream(sock), authority=host if kind == "tcp" else "localhost",
-                            name="compimg-buildkitd")
+    stream = _TLSStream(sock) if isinstance(sock, ssl.SSLSocket) else _SocketStream(sock)
+    connection = Connection(stream, authority=host if kind == "tcp" else "localhost", name="compimg-buildkitd")
     if not connection.ready(timeout):
         connection.close()
         raise EngineError(cannot_talk)
