@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -159,19 +159,20 @@ class Engine:
         return self.request("GET", path, *args, params=params)
 
     def request(self, method: str, path: str, *args: str, params: Mapping[str, str] | None = None,
-                absent_ok: bool = True) -> Any | None:
+                none_for: Collection[int] = (404,)) -> Any | None:
         """The engine's JSON answer (None for an empty one) to `METHOD path` of its versioned
         API (`{0}`... filled with `args`, quoted as the SDK quotes them; `params` the query),
-        or None when it answers 404 and `absent_ok`. Raises the SDK's APIError (or `unix_http.Answer`) for
-        another error status: see `errors`. Without the SDK on a unix socket."""
+        or None when it answers a status of `none_for` (404: no such thing). Raises the SDK's
+        APIError (or `unix_http.Answer`) for another error status: see `errors`. Without the SDK
+        on a unix socket."""
         quoted = path.format(*(urllib.parse.quote(arg, safe="/:") for arg in args))
         if self._unix is not None:
             query = "?" + urllib.parse.urlencode(dict(params)) if params else ""
-            return self._unix.request(method, f"/v{self.kind.api_version}{quoted}{query}", absent_ok=absent_ok)
+            return self._unix.request(method, f"/v{self.kind.api_version}{quoted}{query}", none_for=none_for)
         api = self.api
         send = {"GET": api._get, "POST": api._post, "DELETE": api._delete}[method]
         response = send(api._url(path, *args), params=dict(params or {}))
-        if response.status_code == 404 and absent_ok:
+        if response.status_code in none_for:
             return None
         api._raise_for_status(response)
         return response.json() if response.content.strip() else None

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import EngineError
 from ..names import normalise_ref, split_ref
 from .client import Engine
-from .unix_http import Answer
 
 
 def inspect(engine: Engine, ref: str) -> dict[str, Any] | None:
@@ -51,7 +49,7 @@ def tag(engine: Engine, image_id: str, ref: str) -> None:
     repository, tag_ = split_ref(ref)
     with engine.errors(f"tagging {ref}"):  # (the query as the SDK's `tag(..., force=True)` sends it)
         engine.request("POST", "/images/{0}/tag", image_id,
-                       params={"tag": tag_ or "latest", "repo": repository, "force": "1"}, absent_ok=False)
+                       params={"tag": tag_ or "latest", "repo": repository, "force": "1"}, none_for=())
 
 
 def untag(engine: Engine, ref: str) -> bool:
@@ -68,24 +66,9 @@ def remove_unnamed(engine: Engine, image_id: str) -> bool:
 
 
 def _removed(engine: Engine, ref: str, what: str) -> bool:
-    try:
-        with engine.errors(what):  # (the query as the SDK's `remove_image(ref)` sends it)
-            return engine.request("DELETE", "/images/{0}", ref, params={"force": "False", "noprune": "False"}) \
-                is not None  # None: 404, already gone
-    except EngineError as exc:
-        if _status(exc.__cause__) == 409:
-            return False
-        raise
-
-
-def _status(error: BaseException | None) -> int | None:
-    """The HTTP status of an engine's error answer (ours on a unix socket, or the SDK's)."""
-    if isinstance(error, Answer):
-        return error.status
-    sdk = sys.modules.get("docker")  # an SDK error comes only from a loaded SDK
-    if sdk is not None and isinstance(error, sdk.errors.APIError):
-        return int(error.status_code or 0)
-    return None
+    with engine.errors(what):  # (the query as the SDK's `remove_image(ref)` sends it)
+        return engine.request("DELETE", "/images/{0}", ref, params={"force": "False", "noprune": "False"},
+                              none_for=(404, 409)) is not None  # None: already gone, or still in use
 
 
 def tags_in_repository(engine: Engine, repository: str) -> list[tuple[str, str]]:

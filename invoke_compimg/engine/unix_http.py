@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Collection
 from typing import Any
 
 
@@ -54,9 +55,9 @@ class UnixJSON:
         """The decoded answer to `GET url`; see `request`."""
         return self.request("GET", url)
 
-    def request(self, method: str, url: str, *, absent_ok: bool = True) -> Any | None:
-        """The decoded answer to `METHOD url` (None for an empty body); None for 404 when
-        `absent_ok`; `Answer` for another error status; OSError when the engine cannot be reached
+    def request(self, method: str, url: str, *, none_for: Collection[int] = (404,)) -> Any | None:
+        """The decoded answer to `METHOD url` (None for an empty body); None for a status of
+        `none_for`; `Answer` for another error status; OSError when the engine cannot be reached
         (ConnectionError when it went away)."""
         connection = _UnixConnection(self.path, self.timeout)
         try:
@@ -72,7 +73,7 @@ class UnixJSON:
             raise ConnectionError(f"Connection aborted ({exc or type(exc).__name__})") from exc
         finally:
             connection.close()
-        if response.status == 404 and absent_ok:
+        if response.status in none_for:
             return None
         if response.status >= 400:  # a proxy in front of the engine may answer in HTML
             raise Answer(response.status, _message(body))

@@ -28,10 +28,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import h2_client
 from .diffcopy_receive import ExportRefused, TarFile, receive_into
 from .diffcopy_send import Refused, Sender
 from .fswalk import BadPattern, Dir, Request, walk
+from .grpc_frames import OK
+from .h2_client import Call as ClientCall
 from .h2_client import Connection, RpcError
 from .h2_server import FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, Call, Method, Server
 from .proto import auth_pb2, control_pb2, filesync_pb2, fsutil_pb2, secrets_pb2, sshforward_pb2
@@ -310,10 +311,10 @@ class Attached:
         finally:
             self.server.close()
 
-    def _ended(self, call: h2_client.Call) -> None:
+    def _ended(self, call: ClientCall) -> None:
         """The daemon ended the session (or the connection was lost): the sender stops, and
         with it the server (not here: this is the connection's reader thread)."""
-        if call.code != h2_client.OK and not self.closed.is_set():
+        if call.code != OK and not self.closed.is_set():
             log.debug("session %s ended: %s", self.session.id, call.details)
         self.outgoing.put(None)
 
