@@ -187,3 +187,24 @@ def test_an_unchanged_build_imports_neither_the_sdk_nor_grpc(make_project) -> No
     second = subprocess.run([sys.executable, "-c", code], cwd=project.context, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines()[-1] == "[]", second.stdout
+
+
+def test_a_build_with_a_session_imports_only_what_it_uses(make_project) -> None:  # type: ignore[no-untyped-def]
+    """Each module imported before the solve is start-up time that `docker build` does not
+    have: a BuildKit build with a session sends no tar (tarfile, the HTTP solve), receives no
+    files (diffcopy_receive) and talks to the engine without the SDK."""
+    import os
+    import subprocess
+    import sys
+
+    project = make_project("NAME build\nFROM busybox\nCOPY f /f\n", {"f": "x"})
+    code = ("import sys; sys.argv = ['compimg', 'build', '--no-cache', '--progress', 'quiet']\n"
+            "from invoke_compimg.tasks.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print(sorted(m for m in ('docker', 'requests', 'grpc', 'tarfile', 'uuid', "
+            "'invoke_compimg.engine.buildkit.http_solve', 'invoke_compimg.engine.control.diffcopy_receive') "
+            "if m in sys.modules))\n")
+    env = {**os.environ, "INVOKE_COMPIMG_BUILDER": "buildkit"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=project.context, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout

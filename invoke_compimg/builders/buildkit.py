@@ -11,7 +11,6 @@ import posixpath
 import re
 import socket
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -330,7 +329,7 @@ class BuildKitBuilder(Builder):
         lowered = multi_stage(self.graph, unit.stages, context_prefix=prefix, build_args=self.args_for(unit.stages),
                               image_config=self.image_config)
         view = SolveView(target.name, lowered, self.reporter)
-        build_id = f"compimg-{uuid.uuid4().hex}"
+        build_id = f"compimg-{os.urandom(16).hex()}"
         # A solve after another of this run (`unit.needs`) reads that one's fresh results
         # from the cache even under --no-cache: they were made now, and it must be the same image.
         no_cache = self.settings.no_cache and not unit.needs

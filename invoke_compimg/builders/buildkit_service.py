@@ -14,7 +14,7 @@ from typing import Any
 
 from ..building.specs import OutputSpec
 from ..dockerfile.model import Stage
-from ..engine.buildkit.http_solve import BUILDKIT_NETWORKS
+from ..engine.buildkit.network import BUILDKIT_NETWORKS
 from ..errors import EngineError, UserError
 from ..names import registry_hosts
 from .base import Builder, Plan, Unit

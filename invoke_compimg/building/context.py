@@ -15,16 +15,18 @@ import io
 import os
 import posixpath
 import stat as stat_module
-import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from .. import patterns
 from ..dockerfile.heredocs import InlineFile
 from ..errors import UserError
 from ..links import resolve_through_links
 from .file_hashes import FileHashes
+
+if TYPE_CHECKING:  # a build with a session sends no tar: tarfile is imported when one is made
+    import tarfile
 
 _WILDCARDS = set("*?[")
 DOCKERFILE_IN_CONTEXT = ".compimg.Dockerfile"  # the lowered Dockerfile's name in what we send
@@ -100,6 +102,8 @@ def archive(context: str, dockerfile_text: str, paths: list[str], *, prefix: str
 
 def _needs_extension(info: tarfile.TarInfo) -> bool:
     """Whether GNU tar writes an extra ././@LongLink header before this member."""
+    import tarfile
+
     encoded = [s.encode("utf-8", "surrogateescape") for s in (info.name, info.linkname)]
     return any(len(b) >= tarfile.LENGTH_NAME for b in encoded)
 
@@ -137,6 +141,8 @@ def context_tar(root: str, files: list[str], extra_files: list[tuple[str, str]],
 
 def _pack(out: IO[bytes], root: str, files: list[str], extra_files: list[tuple[str, str]], prefix: str,
           generated: Mapping[str, InlineFile], generated_time: int) -> None:
+    import tarfile
+
     extra_names = {name for name, _ in extra_files} | set(generated)
     with tarfile.open(mode="w", fileobj=out, format=tarfile.GNU_FORMAT) as archive:
         infos: list[tuple[tarfile.TarInfo, str]] = []  # with its path on disk

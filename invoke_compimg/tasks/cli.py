@@ -25,7 +25,7 @@ from invoke.exceptions import UncastableEnvVar
 
 from ..errors import Interrupted, UserError
 from .exits import STOP_SIGNALS, as_exit, ignore_further_interrupts
-from .operation import DEFAULT_TASK
+from .operation import DEFAULT_TASK, OPERATIONS
 
 # Invoke's options that mean nothing for image builds are accepted but not shown.
 _SHOWN = ("help", "version", "list", "file", "context", "dry", "debug")
@@ -92,6 +92,7 @@ class CompimgProgram(Program):  # type: ignore[misc]
         argv = sys.argv[1:]
         self.collection = collection(dockerfile.resolve(), context.resolve(), "compimg", base=Path.cwd(),
                                      prefix="compimg ", stages=_mentions_stage_tasks(argv),
+                                     operations=_named_operations(argv),
                                      report=lists_tasks(argv) and not _asks_for_help(argv))
         self.collection.name = None
         # The project's config (invoke.yaml) is the context folder's, as a tasks.py's is its folder's.
@@ -118,6 +119,17 @@ def _mentions_stage_tasks(argv: list[str]) -> bool:
     from .plugin import lists_tasks
 
     return lists_tasks(argv) or any(word.startswith(("stage.", "--complete")) for word in argv)
+
+
+def _named_operations(argv: list[str]) -> set[str] | None:
+    """The operations this command line can run (None: all, to list, help or complete): Invoke's
+    parser copies the flags of every task it knows, twice, about 1 ms for each operation
+    a build would never run."""
+    from .plugin import lists_tasks
+
+    if lists_tasks(argv) or any(word.startswith("--complete") for word in argv):
+        return None
+    return {word.replace("_", "-") for word in argv} & set(OPERATIONS) or {DEFAULT_TASK}
 
 
 def _asks_for_help(argv: list[str]) -> bool:

@@ -10,11 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ...errors import BuildRejected, EngineError, UserError
+from ...errors import BuildRejected, EngineError
 from ..client import Engine, explanation
 from .wire import StatusResponse, decode_status
-
-BUILDKIT_NETWORKS = ("default", "none", "host")
 
 
 @dataclass(frozen=True)
@@ -85,21 +83,3 @@ def cancel(engine: Engine, build_id: str) -> None:
     """Ask the engine to cancel the solve started with `build_id` (a no-op if it has ended)."""
     with engine.errors(f"cancelling build {build_id}"):
         engine.post("/build/cancel", params={"id": build_id})
-
-
-def network_for(engine: Engine, requested: str | None) -> str | None:
-    """The `networkmode` to send. BuildKit knows only default, none and host; `default`
-    means the `bridge` network, so on an engine without one (dockerd --bridge=none) a
-    build that did not choose a network is sent `none`. Asks the engine once."""
-    if requested not in (None, "default"):
-        if requested not in BUILDKIT_NETWORKS:
-            raise UserError(f"network {requested!r}: BuildKit builds can use only "
-                            f"{', '.join(BUILDKIT_NETWORKS)}")
-        return requested
-
-    def has_bridge() -> bool:  # the SDK's `networks(names=["bridge"])`, through get_json (no SDK import)
-        with engine.errors("listing networks"):
-            found = engine.get_json("/networks?filters={0}", json.dumps({"name": ["bridge"]}))
-        return any(isinstance(n, dict) and n.get("Name") == "bridge" for n in found or [])
-
-    return requested if engine.remember("bridge network", has_bridge) else "none"

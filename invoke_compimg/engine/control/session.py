@@ -23,12 +23,10 @@ import logging
 import os
 import queue
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .diffcopy_receive import ExportRefused, TarFile, receive_into
 from .diffcopy_send import Refused, Sender
 from .fswalk import BadPattern, Dir, Request, walk
 from .grpc_frames import OK
@@ -109,7 +107,7 @@ class Session:
     secrets: Sequence[Secret] = ()
     ssh: Mapping[str, str] = field(default_factory=dict)
     registries: Registries | None = field(default_factory=Registries)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: os.urandom(16).hex())  # uuid4's length, without uuid's import
     transfers: list[Transfer] = field(default_factory=list)  # every FileSync.DiffCopy served
     health_checks: int = 0  # answered so far
 
@@ -209,6 +207,8 @@ class Session:
             transfer.files, transfer.bytes = sender.files_sent, sender.sent_bytes
 
     def _filesend(self, incoming: Iterable[bytes], context: Call) -> Iterator[bytes]:
+        from .diffcopy_receive import ExportRefused, TarFile, receive_into  # (only builds with outputs need it)
+
         export = self._export
         if export is None:
             context.abort(FAILED_PRECONDITION, "no export was asked of this session")
