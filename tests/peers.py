@@ -164,32 +164,86 @@ def _remove_tree(root: Path, attempts: int = 20) -> None:
 
 # --- a second dockerd ------------------------------------------------------------------
 
+_TLS_FOLDERS: dict[str, Path] = {}
+
+
+def tls_folder(host: str) -> Path:
+    """The DOCKER_CERT_PATH of a second engine started with `tls=True`."""
+    return _TLS_FOLDERS[host]
+
+
+def engine_client(host: str) -> Any:
+    """The SDK's client of a second engine (with its TLS files, and deaf to REQUESTS_CA_BUNDLE,
+    which would replace its CA: docker-py#2433)."""
+    import docker
+
+    if host not in _TLS_FOLDERS:
+        return docker.APIClient(base_url=host, version="auto")
+    certs = _TLS_FOLDERS[host]
+    client = docker.APIClient(base_url=host, version="1.41", tls=docker.tls.TLSConfig(
+        client_cert=(str(certs / "cert.pem"), str(certs / "key.pem")), ca_cert=str(certs / "ca.pem"), verify=True))
+    client.trust_env = False
+    return client
+
+
+
+def engine_certificates(folder: Path) -> None:
+    """What `docker` and dockerd read for TLS, as Docker's "protect the daemon socket" guide
+    makes them (openssl): ca.pem, server-cert.pem and server-key.pem for 127.0.0.1, and the
+    client's cert.pem and key.pem (DOCKER_CERT_PATH)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=compimg test CA")
+    server_usage = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"
+    for name, subject, usage in (("server", "/CN=127.0.0.1", server_usage),
+                                 ("client", "/CN=client", "extendedKeyUsage=clientAuth")):
+        (folder / f"{name}.ext").write_text(usage + "\n")
+        key, cert = ("server-key.pem", "server-cert.pem") if name == "server" else ("key.pem", "cert.pem")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", f"{name}.csr", "-subj", subject)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+                "-out", cert, "-days", "1", "-extfile", f"{name}.ext")
+
 
 @contextlib.contextmanager
-def second_engine_running(api: Any, images: tuple[str, ...] = STAND_INS) -> Iterator[str]:
+def second_engine_running(api: Any, images: tuple[str, ...] = STAND_INS, *, tls: bool = False) -> Iterator[str]:
     """A second dockerd on tcp://127.0.0.1:PORT with its own data, exec root and pid file,
-    holding copies of `images` from `api`'s engine; yields its DOCKER_HOST."""
+    holding copies of `images` from `api`'s engine; yields its DOCKER_HOST. `tls`: it verifies
+    clients (--tlsverify) with the files `engine_certificates` makes in `certs/` beside its
+    data (the yielded host's DOCKER_CERT_PATH is `tls_folder(host)`)."""
     dockerd = shutil.which("dockerd")
     if dockerd is None or os.geteuid() != 0:
         pytest.fail("a second engine needs dockerd and root (scripts/engine installs it)")
     root = Path(tempfile.mkdtemp(prefix="cx-", dir="/tmp"))  # short: dockerd's socket paths are limited
     port = free_port()
     host = f"tcp://127.0.0.1:{port}"
+    certs = root / "certs"
+    tls_args: list[str] = []
+    if tls:
+        engine_certificates(certs)
+        tls_args = ["--tlsverify", "--tlscacert", str(certs / "ca.pem"), "--tlscert", str(certs / "server-cert.pem"),
+                    "--tlskey", str(certs / "server-key.pem")]
+        _TLS_FOLDERS[host] = certs
     log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [dockerd, "--host", host, "--data-root", str(root / "data"), "--exec-root", str(root / "x"),
          "--pidfile", str(root / "pid"), "--bridge=none", "--iptables=false", "--ip-masq=false",
-         "--ip6tables=false"], stdout=log, stderr=subprocess.STDOUT)
+         "--ip6tables=false", *tls_args], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/_ping")
-        import docker
+        if tls:
+            wait_port(port)
+        else:
+            wait_http(f"http://127.0.0.1:{port}/_ping")
 
-        remote = docker.APIClient(base_url=host, version="auto")
+        remote = engine_client(host)
         for ref in images:
             remote.load_image(b"".join(api.get_image(ref)))
         remote.close()
         yield host
     finally:
+        _TLS_FOLDERS.pop(host, None)
         stop_process(process)
         log.close()
         _kill_all(_with_descendants(set(processes_mentioning(str(root)))))  # its containerd, shims
@@ -436,6 +490,12 @@ def sshd_running() -> Iterator[SshPeer]:
 @pytest.fixture(scope="module")
 def second_engine(api) -> Iterator[str]:  # type: ignore[no-untyped-def]
     with second_engine_running(api) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def tls_engine(api) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    with second_engine_running(api, tls=True) as host:
         yield host
 
 

@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import peers
 import pytest
@@ -23,6 +24,7 @@ from invoke_compimg.building.project import Project
 # The peers' fixtures, bound here so pytest finds them (a plain import would read as unused).
 registry = peers.registry
 second_engine = peers.second_engine
+tls_engine = peers.tls_engine
 
 pytestmark = pytest.mark.engine
 HELLO = (ROOT / "examples/hello-go/Dockerfile").read_text()
@@ -45,6 +47,56 @@ def test_build_and_extract_on_a_remote_engine(second_engine, api, tmp_path) -> N
     assert api.images(name="remote-hello") == []
     assert api.images(name=Project(project / "Dockerfile", project).repository) == []
     assert remote.containers(all=True) == []
+
+
+def test_an_engine_behind_tls_while_requests_trusts_other_cas(tls_engine, make_project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A remote engine as Docker's guide protects it (--tlsverify; DOCKER_TLS_VERIFY and
+    DOCKER_CERT_PATH here), with REQUESTS_CA_BUNDLE naming the system's CAs, as a company's
+    proxy setup does (and this machine): the docker CLI trusts DOCKER_CERT_PATH/ca.pem all the
+    same, and so do we. The BuildKit session, the context and an export travel over TLS."""
+    import hashlib
+
+    import requests
+
+    payload = os.urandom(3 << 20)
+    project = make_project("NAME build\nFROM busybox\nCOPY big.bin /big.bin\nRUN sha256sum /big.bin > /sum\n"
+                           "NAME run\nFROM busybox\nCOPY build:/sum /sum\nCOPY build:/big.bin /big.bin\n",
+                           {"big.bin": payload})
+    certs = peers.tls_folder(tls_engine)
+    env = {"DOCKER_HOST": tls_engine, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs),
+           "REQUESTS_CA_BUNDLE": requests.certs.where(), "INVOKE_COMPIMG_BUILDER": "buildkit"}
+    result = cli("compimg", ["build", "--tag", "tls-app", "--progress", "plain"], project.context, env)
+    assert result.returncode == 0, result.stderr
+    assert "without a BuildKit session" not in result.stderr + result.stdout
+    out = tmp_path / "out"
+    result = cli("compimg", ["build", "-o", str(out)], project.context, env)
+    assert result.returncode == 0, result.stderr
+    assert (out / "big.bin").read_bytes() == payload
+    assert (out / "sum").read_text().split()[0] == hashlib.sha256(payload).hexdigest()
+    remote = peers.engine_client(tls_engine)
+    assert remote.inspect_image("tls-app")["Size"] > len(payload)
+    assert remote.containers(all=True) == []
+    # Wrong TLS settings: one line each, that says what to fix.
+    stranger = tmp_path / "stranger"
+    peers.engine_certificates(stranger)  # a CA and a client certificate the engine does not know
+    for changes, words in (({"DOCKER_CERT_PATH": str(tmp_path / "none")}, "lacks ca.pem, cert.pem, key.pem"),
+                           ({"DOCKER_TLS_VERIFY": None, "DOCKER_CERT_PATH": None}, "it speaks TLS only"),
+                           ({"DOCKER_CERT_PATH": str(stranger)}, "vouches for"),
+                           ({"DOCKER_CERT_PATH": str(_mixed(certs, stranger, tmp_path / "mixed"))},
+                            "refused our client certificate")):
+        result = cli("compimg", ["build"], project.context, {**env, **changes})
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and words in result.stderr, (changes, result.stderr)
+        assert tls_engine in result.stderr
+
+
+def _mixed(engine_certs: Path, stranger: Path, folder: Path) -> Path:
+    """The engine's CA with a client certificate it never signed."""
+    folder.mkdir()
+    shutil.copy(engine_certs / "ca.pem", folder / "ca.pem")
+    for name in ("cert.pem", "key.pem"):
+        shutil.copy(stranger / name, folder / name)
+    return folder
 
 
 def test_push_to_a_registry(registry, make_project, api) -> None:  # type: ignore[no-untyped-def]

@@ -44,7 +44,7 @@ def run(units: Sequence[U], needs: Callable[[U], Sequence[U]], build_one: BuildO
                 pending.remove(unit)
                 active.add(unit)
                 threading.Thread(target=work, args=(unit, dict(ids)), daemon=True,
-                                 name=f"compimg-{unit}").start()
+                                 name=f"compimg-{getattr(unit, 'name', unit)}").start()  # not the whole repr
         if not active:
             break
         kind, unit, value = events.get()

@@ -233,6 +233,9 @@ class Engine:
         if url.startswith("ssh://"):
             return EngineError(f"cannot reach the Docker engine at {self.address} through ssh ({reason(exc)}); "
                                f"check that `ssh {_ssh_target(url)} docker version` works")
+        tls = _tls_failure(str(exc), self._env.get("DOCKER_CERT_PATH") or "~/.docker")
+        if tls is not None:
+            return EngineError(f"cannot reach the Docker engine at {self.address}: {tls}")
         why = reason(exc)
         advice = ("ask for access to its socket (e.g. join the `docker` group) or run as root"
                   if why == "permission denied" else "start Docker, or set DOCKER_HOST to the engine to use")
@@ -244,7 +247,16 @@ class Engine:
 
         from .sdk import docker, load_paramiko
 
-        params = dict(docker.utils.kwargs_from_env(environment=self._env))
+        try:
+            params = dict(docker.utils.kwargs_from_env(environment=self._env))
+        except docker.errors.TLSParameterError:  # the SDK's words name a parameter of its own
+            folder = self._env.get("DOCKER_CERT_PATH") or os.path.join(os.path.expanduser("~"), ".docker")
+            missing = [name for name in ("ca.pem", "cert.pem", "key.pem")
+                       if not os.path.isfile(os.path.join(folder, name))]
+            raise EngineError(f"cannot use TLS to reach the Docker engine at {self.address}: {folder} lacks "
+                              f"{', '.join(missing) or 'a readable ca.pem, cert.pem or key.pem'}; point "
+                              "DOCKER_CERT_PATH at the folder that holds the engine's ca.pem and your cert.pem "
+                              "and key.pem, or unset DOCKER_TLS_VERIFY") from None
         url = str(params.get("base_url") or "")
         ssh = url.startswith("ssh://")
         if ssh:
@@ -261,6 +273,7 @@ class Engine:
         version = self._kind.api_version if self._kind and self._kind.api_version else MINIMUM_API_VERSION
         try:
             client = docker.APIClient(version=version, **params)
+            _keep_the_engines_tls_verification(client)
             if first:
                 found = client.version(api_version=False)
                 client._version = str(found["ApiVersion"])
@@ -456,6 +469,44 @@ def reason(exc: BaseException) -> str:
         if marker in text:
             return marker.lower()
     return " ".join(text.split())[:200]
+
+
+def _tls_failure(text: str, folder: str) -> str | None:
+    """What a failed TLS handshake with the engine means, and what to check (None: not TLS)."""
+    if "HTTP request to an HTTPS server" in text:
+        return ("it speaks TLS only; set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH to the folder with its ca.pem "
+                "and your cert.pem and key.pem")
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        detail = text.split("certificate verify failed: ", 1)[-1].split(" (_ssl", 1)[0].strip(" )'\"")
+        return (f"its certificate is not one that {folder}/ca.pem vouches for ({detail or 'verify failed'}); "
+                "put the CA that signed the engine's certificate there")
+    if "BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text or "UNKNOWN_CA" in text:
+        return (f"it refused our client certificate {folder}/cert.pem; the engine (--tlsverify) takes only "
+                "certificates signed by its --tlscacert")
+    if "SSLError" in text or "WRONG_VERSION_NUMBER" in text:
+        detail = text.split("SSLError(", 1)[-1].split(" (_ssl", 1)[0].strip(" ()'\"")
+        return f"the TLS handshake failed ({detail}); check DOCKER_HOST's port and DOCKER_TLS_VERIFY"
+    return None
+
+
+def _keep_the_engines_tls_verification(client: Any) -> None:
+    """requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (set for a company's proxy, say)
+    replace the CA a session verifies with, and turn verification back on where DOCKER_TLS
+    without DOCKER_TLS_VERIFY asked for none (docker-py#2433): the engine at DOCKER_HOST was
+    then "certificate verify failed" while the docker CLI reached it. Its own setting
+    (DOCKER_CERT_PATH/ca.pem, or no verification) stands, as for the docker CLI."""
+    own = client.verify
+    if own is True:  # no TLS settings of the engine's: requests' own rules
+        return
+    merge = client.merge_environment_settings
+
+    def merged(url: str, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+        settings = merge(url, proxies, stream, verify, cert)
+        if verify is None:  # the request did not choose: the engine's setting, not the environment's
+            settings["verify"] = own
+        return dict(settings)
+
+    client.merge_environment_settings = merged
 
 
 def _ssh_target(url: str) -> str:

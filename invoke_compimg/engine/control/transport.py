@@ -21,12 +21,13 @@ import select
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...errors import EngineError
 from ...names import service_address
-from .h2_client import Connection
+from .h2_client import ByteStream, Connection
 
 if TYPE_CHECKING:
     from ..client import Engine, Upgraded
@@ -40,13 +41,33 @@ def upgrade(engine: Engine) -> Upgraded:
 
 
 def engine_connection(engine: Engine, timeout: float = CONNECT_TIMEOUT) -> Connection:
-    """A gRPC connection to the engine's BuildKit, through a fresh `POST /grpc` upgrade."""
-    connection = Connection(upgrade(engine), name="compimg-grpc")
+    """A gRPC connection to the engine's BuildKit, through a fresh `POST /grpc` upgrade (over
+    TLS, every TLS operation on one thread: `_TLSStream`)."""
+    upgraded = upgrade(engine)
+    stream: ByteStream = upgraded
+    if isinstance(upgraded.sock, ssl.SSLSocket):
+        stream = _upgraded_tls(upgraded, timeout, engine.address)
+    connection = Connection(stream, name="compimg-grpc")
     if not connection.ready(timeout):
         connection.close()
         raise EngineError(f"cannot talk to BuildKit through the Docker engine at {engine.address}: the upgraded "
                           "/grpc connection did not answer HTTP/2") from None
     return connection
+
+
+def _upgraded_tls(upgraded: Upgraded, timeout: float, address: str) -> _TLSStream:
+    """The upgraded TLS connection as a `_TLSStream`. The HTTP client's reader may hold bytes
+    past the 101 (the engine's SETTINGS): one `read` of more than it can hold takes them all,
+    or, holding none, waits for the SETTINGS every HTTP/2 server sends first."""
+    sock = upgraded.sock
+    try:
+        sock.settimeout(timeout)
+        first = upgraded.read(1 << 20)
+    except OSError as exc:
+        upgraded.close()
+        raise EngineError(f"cannot talk to BuildKit through the Docker engine at {address}: the upgraded /grpc "
+                          f"connection did not answer HTTP/2 ({exc})") from None
+    return _TLSStream(sock, first=first, on_close=upgraded.close)
 
 
 class _SocketStream:
@@ -75,12 +96,16 @@ class _TLSStream:
 
     CHUNK = 256 << 10
 
-    def __init__(self, sock: ssl.SSLSocket) -> None:
+    def __init__(self, sock: ssl.SSLSocket, *, first: bytes = b"",
+                 on_close: Callable[[], object] | None = None) -> None:
         sock.setblocking(False)
         self.sock = sock
+        self._on_close = on_close  # what else the connection holds (an HTTP response)
         self._wake_read, self._wake = socket.socketpair()
         self._wake_read.setblocking(False)
         self._incoming: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+        if first:  # read before the stream was ours
+            self._incoming.put(first)
         self._done = threading.Condition()
         self._out = bytearray()
         self._written = 0  # bytes written since the start
@@ -122,10 +147,15 @@ class _TLSStream:
             self._thread.join(5)
         for end in (self._wake, self._wake_read):
             end.close()
+        if self._on_close is not None:
+            with contextlib.suppress(Exception):
+                self._on_close()
 
     def _run(self) -> None:
         want_write = False  # a TLS read asked to write first (or the other way round)
         try:
+            if self.sock.pending():  # decrypted before the stream was ours: select would not say so
+                want_write = self._receive()
             while not self._closed:
                 with self._done:
                     pending = bool(self._out)
