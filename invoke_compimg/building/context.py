@@ -234,7 +234,7 @@ def files_read(context: str, sources: Iterable[str]) -> list[str]:
         if any(_matches(path, s) for s in normalised):
             chosen.add(path)
             parent = posixpath.dirname(path)
-            while parent:
+            while parent and parent not in chosen:  # a sibling's walk up went on from here already
                 chosen.add(parent)
                 parent = posixpath.dirname(parent)
     return sorted(p for p in chosen if p in candidates or os.path.isdir(os.path.join(root, p)))
@@ -246,14 +246,17 @@ def fingerprint(context: str, paths: Iterable[str], hashes: FileHashes | None = 
     digest = hashlib.sha256()
     root = os.path.abspath(context)
     hashes = hashes if hashes is not None else FileHashes(root)
-    for path in paths:
-        full = os.path.join(root, path)
+    prefix = os.path.join(root, "")
+    for path in paths:  # (once per context file before every build: kept lean)
+        full = prefix + path
         stat = os.lstat(full)
-        digest.update(f"{path}\0{stat.st_mode:o}\0".encode())
-        if stat_module.S_ISLNK(stat.st_mode):
-            digest.update(os.readlink(full).encode())
-        elif stat_module.S_ISREG(stat.st_mode):
-            digest.update(hashes.sha256(path, stat).encode())
-        digest.update(b"\0")
+        mode = stat.st_mode
+        if stat_module.S_ISLNK(mode):
+            content = os.readlink(full)
+        elif stat_module.S_ISREG(mode):
+            content = hashes.sha256(path, stat)
+        else:
+            content = ""
+        digest.update(f"{path}\0{mode:o}\0{content}\0".encode())
     hashes.save()
     return digest.hexdigest()
