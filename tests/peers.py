@@ -172,6 +172,19 @@ def tls_folder(host: str) -> Path:
     return _TLS_FOLDERS[host]
 
 
+def _wait_ping(host: str, timeout: float = 60) -> None:
+    """Until the engine at `host` answers /_ping (over TLS: the port opens before the API serves)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            engine_client(host).ping()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def engine_client(host: str) -> Any:
     """The SDK's client of a second engine (with its TLS files, and deaf to REQUESTS_CA_BUNDLE,
     which would replace its CA: docker-py#2433)."""
@@ -234,6 +247,7 @@ def second_engine_running(api: Any, images: tuple[str, ...] = STAND_INS, *, tls:
     try:
         if tls:
             wait_port(port)
+            _wait_ping(host)
         else:
             wait_http(f"http://127.0.0.1:{port}/_ping")
 

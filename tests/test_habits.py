@@ -144,7 +144,10 @@ def test_compimg_with_the_default_tasks_flags_and_no_task_name_builds(tmp_path: 
     for args, tags, extra in ((["-q"], "", ""), (["--progress", "plain"], "", ""), (["--progress=quiet"], "", ""),
                               (["-t", "x"], "; tag run as x", ""), (["-q", "-t=x", "."], "; tag run as x", ""),
                               (["--no-cache", "app", "-q"], "", "; no cache"), (["-q", "build"], "", ""),
-                              (["app"], "", "")):
+                              (["app"], "", ""),
+                              # a flag's value that is another task's name is still the value
+                              (["-t", "shell"], "; tag run as shell", ""),
+                              (["-t=clean", "."], "; tag run as clean", "")):
         cwd = tmp_path if "app" in args else project
         built = cli("compimg", ["--dry", *args], cwd, NO_ENGINE)
         assert built.returncode == 0 and built.stdout.strip() == would.format(tags, extra), (args, built.stderr)

@@ -233,7 +233,8 @@ class Engine:
         if url.startswith("ssh://"):
             return EngineError(f"cannot reach the Docker engine at {self.address} through ssh ({reason(exc)}); "
                                f"check that `ssh {_ssh_target(url)} docker version` works")
-        tls = _tls_failure(str(exc), self._env.get("DOCKER_CERT_PATH") or "~/.docker")
+        tls = _tls_failure(str(exc), self._env.get("DOCKER_CERT_PATH") or "~/.docker",
+                           bool(self._env.get("DOCKER_TLS_VERIFY") or self._env.get("DOCKER_CERT_PATH")))
         if tls is not None:
             return EngineError(f"cannot reach the Docker engine at {self.address}: {tls}")
         why = reason(exc)
@@ -256,7 +257,8 @@ class Engine:
             raise EngineError(f"cannot use TLS to reach the Docker engine at {self.address}: {folder} lacks "
                               f"{', '.join(missing) or 'a readable ca.pem, cert.pem or key.pem'}; point "
                               "DOCKER_CERT_PATH at the folder that holds the engine's ca.pem and your cert.pem "
-                              "and key.pem, or unset DOCKER_TLS_VERIFY") from None
+                              "and key.pem (or, for an engine without TLS, unset DOCKER_TLS_VERIFY and "
+                              "DOCKER_CERT_PATH)") from None
         url = str(params.get("base_url") or "")
         ssh = url.startswith("ssh://")
         if ssh:
@@ -471,8 +473,10 @@ def reason(exc: BaseException) -> str:
     return " ".join(text.split())[:200]
 
 
-def _tls_failure(text: str, folder: str) -> str | None:
-    """What a failed TLS handshake with the engine means, and what to check (None: not TLS)."""
+def _tls_failure(text: str, folder: str, tls: bool) -> str | None:
+    """What a failed TLS handshake with the engine means, and what to check (None: not TLS).
+    `tls`: TLS settings are given (an engine that refuses a client certificate may close the
+    connection before its alert is read: then all we see is a reset or an early EOF)."""
     if "HTTP request to an HTTPS server" in text:
         return ("it speaks TLS only; set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH to the folder with its ca.pem "
                 "and your cert.pem and key.pem")
@@ -480,9 +484,11 @@ def _tls_failure(text: str, folder: str) -> str | None:
         detail = text.split("certificate verify failed: ", 1)[-1].split(" (_ssl", 1)[0].strip(" )'\"")
         return (f"its certificate is not one that {folder}/ca.pem vouches for ({detail or 'verify failed'}); "
                 "put the CA that signed the engine's certificate there")
-    if "BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text or "UNKNOWN_CA" in text:
-        return (f"it refused our client certificate {folder}/cert.pem; the engine (--tlsverify) takes only "
-                "certificates signed by its --tlscacert")
+    refused = ("BAD_CERTIFICATE", "CERTIFICATE_REQUIRED", "UNKNOWN_CA")
+    closed = ("UNEXPECTED_EOF", "EOF occurred in violation of protocol", "Connection reset", "Connection aborted")
+    if any(marker in text for marker in refused) or (tls and any(marker in text for marker in closed)):
+        return (f"it refused our client certificate {folder}/cert.pem (or closed the connection during the TLS "
+                "handshake); the engine (--tlsverify) takes only certificates signed by its --tlscacert")
     if "SSLError" in text or "WRONG_VERSION_NUMBER" in text:
         detail = text.split("SSLError(", 1)[-1].split(" (_ssl", 1)[0].strip(" ()'\"")
         return f"the TLS handshake failed ({detail}); check DOCKER_HOST's port and DOCKER_TLS_VERIFY"
@@ -491,7 +497,7 @@ def _tls_failure(text: str, folder: str) -> str | None:
 
 def _keep_the_engines_tls_verification(client: Any) -> None:
     """requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (set for a company's proxy, say)
-    replace the CA a session verifies with, and turn verification back on where DOCKER_TLS
+    replace the CA a session verifies with, and turn verification back on where DOCKER_CERT_PATH
     without DOCKER_TLS_VERIFY asked for none (docker-py#2433): the engine at DOCKER_HOST was
     then "certificate verify failed" while the docker CLI reached it. Its own setting
     (DOCKER_CERT_PATH/ca.pem, or no verification) stands, as for the docker CLI."""

@@ -124,12 +124,13 @@ def _mentions_stage_tasks(argv: list[str]) -> bool:
 def _named_operations(argv: list[str]) -> set[str] | None:
     """The operations this command line can run (None: all, to list, help or complete): Invoke's
     parser copies the flags of every task it knows, twice, about 1 ms for each operation
-    a build would never run."""
+    a build would never run. Any word that is an operation's name counts (a flag's value too:
+    one more task is harmless), and the default task always does (`compimg -t shell .` runs it)."""
     from .plugin import lists_tasks
 
     if lists_tasks(argv) or any(word.startswith("--complete") for word in argv):
         return None
-    return {word.replace("_", "-") for word in argv} & set(OPERATIONS) or {DEFAULT_TASK}
+    return ({word.replace("_", "-") for word in argv} & set(OPERATIONS)) | {DEFAULT_TASK}
 
 
 def _asks_for_help(argv: list[str]) -> bool:
