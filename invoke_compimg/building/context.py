@@ -57,10 +57,11 @@ def dockerignore_patterns(context: str) -> list[str]:
     return patterns.read_dockerignore(read_dockerignore(context) or "")
 
 
-def included(root: str, matcher: patterns.Matcher) -> set[str]:
+def included(root: str, matcher: patterns.Matcher, under: str = "") -> set[str]:
     """Every path of the context folder (files, folders, links; relative, '/'-separated)
     that `.dockerignore` leaves in, walked as Docker walks it: an excluded folder is entered
-    only when an exception (`!`) may bring something inside it back."""
+    only when an exception (`!`) may bring something inside it back. `under`: only that path,
+    what is below it and the folders on the way to it (as the whole walk would find them)."""
     found: set[str] = set()
 
     def walk(relative: str) -> None:
@@ -76,8 +77,35 @@ def included(root: str, matcher: patterns.Matcher) -> set[str]:
                 if folder:
                     walk(path)
 
-    walk("")
+    relative = ""
+    for name in under.split("/") if under else ():
+        relative = f"{relative}/{name}" if relative else name
+        try:
+            folder = stat_module.S_ISDIR(os.lstat(os.path.join(root, relative)).st_mode)
+        except OSError:  # not there (or not a folder on the way): the walk would not find it
+            return found
+        if matcher.matches(relative):
+            if not (folder and matcher.may_hold_exception(relative)):
+                return found
+        else:
+            found.add(relative)
+        if not folder:
+            return found
+    walk(relative)
     return found
+
+
+def _walk_roots(sources: Iterable[str]) -> list[str]:
+    """Where the paths of normalised COPY `sources` can be: each one's leading folders before a
+    wildcard ("" for the whole context), without one that another holds."""
+    roots: set[str] = set()
+    for source in sources:
+        parts = source.split("/") if source else []
+        fixed = next((i for i, part in enumerate(parts) if _WILDCARDS & set(part)), len(parts))
+        roots.add("/".join(parts[:fixed]))
+    if "" in roots:
+        return [""]
+    return [r for r in sorted(roots) if not any(r.startswith(other + "/") for other in roots)]
 
 
 def archive(context: str, dockerfile_text: str, paths: list[str], *, prefix: str = "",
@@ -223,12 +251,16 @@ def files_read(context: str, sources: Iterable[str]) -> list[str]:
         matcher = patterns.Matcher(dockerignore_patterns(context))
     except patterns.BadPattern as exc:
         raise UserError(f"{os.path.join(root, '.dockerignore')}: {exc}; fix that pattern") from None
-    candidates = included(root, matcher)
     if "" in normalised:
-        return sorted(candidates)
+        return sorted(included(root, matcher))
     # `COPY link/file` and `COPY link` read where the link leads (inside the context), and the
     # link itself, which the engine follows in the context it was sent.
     normalised = sorted({p for s in normalised for p in resolve_through_links(root, s) or [s]})
+    # Only where the sources can be is walked: a context's other trees (a .git, node_modules)
+    # cost every build, the warm no-op included, a stat per file.
+    candidates: set[str] = set()
+    for start in _walk_roots(normalised):
+        candidates |= included(root, matcher, under=start)
     chosen: set[str] = set()
     for path in candidates:
         if any(_matches(path, s) for s in normalised):
