@@ -233,7 +233,7 @@ class Engine:
         if url.startswith("ssh://"):
             return EngineError(f"cannot reach the Docker engine at {self.address} through ssh ({reason(exc)}); "
                                f"check that `ssh {_ssh_target(url)} docker version` works")
-        tls = _tls_failure(str(exc), self._env.get("DOCKER_CERT_PATH") or "~/.docker",
+        tls = _tls_failure(str(exc), self._cert_folder,
                            bool(self._env.get("DOCKER_TLS_VERIFY") or self._env.get("DOCKER_CERT_PATH")))
         if tls is not None:
             return EngineError(f"cannot reach the Docker engine at {self.address}: {tls}")
@@ -241,6 +241,11 @@ class Engine:
         advice = ("ask for access to its socket (e.g. join the `docker` group) or run as root"
                   if why == "permission denied" else "start Docker, or set DOCKER_HOST to the engine to use")
         return EngineError(f"cannot reach the Docker engine at {self.address} ({why}); {advice}")
+
+    @property
+    def _cert_folder(self) -> str:
+        """Where the SDK (and the docker CLI) read the TLS files: DOCKER_CERT_PATH, else ~/.docker."""
+        return self._env.get("DOCKER_CERT_PATH") or os.path.join(os.path.expanduser("~"), ".docker")
 
     def _connect(self) -> docker.APIClient:
         import requests.exceptions
@@ -251,7 +256,7 @@ class Engine:
         try:
             params = dict(docker.utils.kwargs_from_env(environment=self._env))
         except docker.errors.TLSParameterError:  # the SDK's words name a parameter of its own
-            folder = self._env.get("DOCKER_CERT_PATH") or os.path.join(os.path.expanduser("~"), ".docker")
+            folder = self._cert_folder
             missing = [name for name in ("ca.pem", "cert.pem", "key.pem")
                        if not os.path.isfile(os.path.join(folder, name))]
             raise EngineError(f"cannot use TLS to reach the Docker engine at {self.address}: {folder} lacks "

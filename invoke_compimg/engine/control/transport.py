@@ -50,9 +50,13 @@ def engine_connection(engine: Engine, timeout: float = CONNECT_TIMEOUT) -> Conne
     connection = Connection(stream, name="compimg-grpc")
     if not connection.ready(timeout):
         connection.close()
-        raise EngineError(f"cannot talk to BuildKit through the Docker engine at {engine.address}: the upgraded "
-                          "/grpc connection did not answer HTTP/2") from None
+        raise _no_http2(engine.address)
     return connection
+
+
+def _no_http2(address: str, why: str = "") -> EngineError:
+    return EngineError(f"cannot talk to BuildKit through the Docker engine at {address}: the upgraded /grpc "
+                       f"connection did not answer HTTP/2{f' ({why})' if why else ''}")
 
 
 def _upgraded_tls(upgraded: Upgraded, timeout: float, address: str) -> _TLSStream:
@@ -65,8 +69,7 @@ def _upgraded_tls(upgraded: Upgraded, timeout: float, address: str) -> _TLSStrea
         first = upgraded.read(1 << 20)
     except OSError as exc:
         upgraded.close()
-        raise EngineError(f"cannot talk to BuildKit through the Docker engine at {address}: the upgraded /grpc "
-                          f"connection did not answer HTTP/2 ({exc})") from None
+        raise _no_http2(address, str(exc)) from None
     return _TLSStream(sock, first=first, on_close=upgraded.close)
 
 
