@@ -222,7 +222,9 @@ class Matcher:
         return any(p.exception for p in self.patterns)
 
     def matches(self, path: str) -> bool:
-        parent = posixpath.dirname(path) or "."
+        if not self.patterns:
+            return False  # no .dockerignore: asked of every context file, before every build
+        parent = path.rpartition("/")[0] or "."
         parent_parts = parent.split("/")
         matched = False
         for pattern in self.patterns:

@@ -261,14 +261,18 @@ def files_read(context: str, sources: Iterable[str]) -> list[str]:
     candidates: set[str] = set()
     for start in _walk_roots(normalised):
         candidates |= included(root, matcher, under=start)
+    # (per context file before every build, the warm no-op included: kept lean)
+    folders = tuple(s + "/" for s in normalised if not _WILDCARDS & set(s))
+    plain = {s for s in normalised if not _WILDCARDS & set(s)}
+    wild = [s for s in normalised if _WILDCARDS & set(s)]
     chosen: set[str] = set()
     for path in candidates:
-        if any(_matches(path, s) for s in normalised):
+        if path in plain or path.startswith(folders) or any(_matches(path, s) for s in wild):
             chosen.add(path)
-            parent = posixpath.dirname(path)
+            parent = path.rpartition("/")[0]
             while parent and parent not in chosen:  # a sibling's walk up went on from here already
                 chosen.add(parent)
-                parent = posixpath.dirname(parent)
+                parent = parent.rpartition("/")[0]
     return sorted(p for p in chosen if p in candidates or os.path.isdir(os.path.join(root, p)))
 
 
