@@ -66,3 +66,11 @@ class BuildRejected(EngineError):
         self.engine_message = engine_message
         self.status_code = status_code
         super().__init__(f"the engine refused the build: {engine_message}")
+
+
+class UpgradeRefused(EngineError):
+    """The engine did not switch protocols at `path` (an engine without that endpoint)."""
+
+    def __init__(self, path: str, status: int, text: str) -> None:
+        self.path, self.status = path, status
+        super().__init__(f"the Docker engine does not serve POST {path} (it answered {status} {text})".rstrip())

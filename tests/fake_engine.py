@@ -283,8 +283,27 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def refused_session(handler: _Handler, path: str) -> bool:
+    """Answer `POST /session` (the engine's own session connection, upgraded to h2c, on which
+    the engine is the HTTP/2 client) as an engine that does not serve it, and say so. The
+    recordings hold sessions as Control.Session calls, replayed one gRPC message at a time; the
+    engine's raw HTTP/2 on /session could not be replayed (its stream ids, window updates and
+    health checks vary run to run). The code then takes Control.Session, as it does on such an
+    engine; tests/test_session.py covers /session against the real engine."""
+    if handler.command != "POST" or not re.fullmatch(r"(/v[0-9.]+)?/session", path):
+        return False
+    body = b'{"message":"page not found"}\n'
+    handler.wfile.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    handler.wfile.flush()
+    handler.server.owner.session_refusals += 1
+    return True
+
+
 class _Socket:
     """A server on a fresh unix socket, run on a thread."""
+
+    session_refusals = 0  # `POST /session` requests answered 404 (see `refused_session`)
 
     def __init__(self) -> None:
         self.folder = tempfile.mkdtemp(prefix="compimg-fake-")
@@ -470,6 +489,8 @@ class RecordingProxy(_Socket):
 
     def serve(self, handler: _Handler, body: bytes) -> None:
         path, query = self.split(handler)
+        if refused_session(handler, path):
+            return
         found = Exchange(handler.command, path, query, sent=describe(body, handler.headers.get("Content-Type", "")))
         grpc = path.endswith("/grpc") and handler.headers.get("Upgrade", "").lower() == "h2c"
         with self._lock:
@@ -736,6 +757,8 @@ class FakeEngine(_Socket):
     # --- serving -----------------------------------------------------------------------------
     def serve(self, handler: _Handler, body: bytes) -> None:
         path, query = self.split(handler)
+        if refused_session(handler, path):
+            return
         request = Request(handler.command, path, query, describe(body, handler.headers.get("Content-Type", "")))
         with self._lock:
             self.log.append(request)

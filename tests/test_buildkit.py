@@ -723,3 +723,34 @@ def test_fidelity_against_docker_buildkit_build_of_the_native_file(make_project:
     assert ours["app/owned/c.bin"][3:5] == (7, 8) and ours["app/tree/b.txt"][2] & 0o7777 == 0o4755
     assert ours["app/tree/hard"][1] == "hard" or ours["app/tree/sub/c.bin"][1] == "hard"
     assert config_of(api, ids["run"]) == config_of(api, peer)
+
+
+def test_on_its_unix_socket_the_engine_takes_the_session_on_its_own_connection(
+        make_project: Any, engine: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`POST /session` (the engine is the HTTP/2 client; one HTTP/2 layer) rather than
+    Control.Session inside the /grpc connection (two): the context read, a local export."""
+    if not engine.over_unix_socket:
+        pytest.skip("the engine here is not reached through a unix socket")
+    from invoke_compimg.building.specs import OutputSpec
+    from invoke_compimg.engine.control import session as control_session
+
+    ways: list[str] = []
+    engine_attached = control_session.EngineAttached.__init__
+    control_attached = control_session.Attached.__init__
+
+    def on_the_engines_connection(self: Any, *args: Any) -> None:
+        ways.append("/session")
+        engine_attached(self, *args)
+
+    def through_control(self: Any, *args: Any) -> None:
+        ways.append("Control.Session")
+        control_attached(self, *args)
+
+    monkeypatch.setattr(control_session.EngineAttached, "__init__", on_the_engines_connection)
+    monkeypatch.setattr(control_session.Attached, "__init__", through_control)
+    project = make_project("NAME build\nFROM busybox\nCOPY a.txt /out/a.txt\nRUN echo made >> /out/a.txt\n"
+                           "NAME artifact\nFROM scratch\nCOPY build:/out /\n", files={"a.txt": "from the context\n"})
+    dest = tmp_path / "dest"
+    build(project, no_cache=True, output=OutputSpec("local", str(dest)))
+    assert (dest / "a.txt").read_text() == "from the context\nmade\n"
+    assert ways == ["/session"]

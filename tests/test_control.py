@@ -423,7 +423,7 @@ def test_nothing_is_left_running(api: Any, tmp_path: Path) -> None:
     with ctl.attach(session) as attached:
         ctl.solve(session=session, frontend_attrs=client.dockerfile_attrs(network="none"),
                   exporter=client.Exporter.local(str(tmp_path / "dest")))
-        assert attached.server.streams is not None  # served from the Session call's bytes: no socket
+        assert attached.server.streams is not None  # served on an upgraded connection's bytes: nothing listens
         connection = ctl.connection()  # the upgraded /grpc connection itself: no socket of ours either
         assert connection.alive
     ctl.close()

@@ -21,11 +21,11 @@ import socket
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EngineError
+from ..errors import EngineError, UpgradeRefused
 from ..words import yes_or_no
 from .unix_http import Answer, UnixJSON
 
@@ -381,17 +381,26 @@ class Engine:
         api = self.api
         api._raise_for_status(api._post(api._url(path), params=dict(params)))
 
-    def upgrade(self, path: str, headers: Mapping[str, str]) -> Upgraded:
+    @property
+    def over_unix_socket(self) -> bool:
+        """Is the engine reached through a unix socket (then requests go through `unix_http`)?"""
+        return self._unix is not None
+
+    def upgrade(self, path: str, headers: Mapping[str, str] | Sequence[tuple[str, str]]) -> Upgraded:
         """POST `path` asking to switch protocols (`Upgrade: h2c` for BuildKit's gRPC API) and
         return the connection once the engine answered 101, taken as the SDK's own
         `attach_socket` takes it: over every transport the SDK has (unix, tcp, TLS, ssh).
         Bytes the engine sent right after the 101 (an HTTP/2 server's SETTINGS) may already sit
-        in the HTTP client's buffer: `Upgraded.read` hands them on first."""
+        in the HTTP client's buffer: `Upgraded.read` hands them on first. A header name given
+        twice (pairs) needs a unix socket: the SDK's requests take one value per name."""
+        pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
         if self._unix is not None:
-            return self._upgrade_unix(path, headers)
+            return self._upgrade_unix(path, pairs)
+        if len({name.lower() for name, _ in pairs}) < len(pairs):
+            raise ValueError(f"POST {path}: a header given twice can be sent to an engine on a unix socket only")
         api = self.api
         with self.errors(f"POST {path}"):
-            response = api._post(api._url(path), headers={"Connection": "Upgrade", **headers}, stream=True,
+            response = api._post(api._url(path), headers={"Connection": "Upgrade", **dict(pairs)}, stream=True,
                                  timeout=None)
         if response.status_code != 101:
             text = " ".join(response.text.split())[:200]
@@ -417,24 +426,16 @@ class Engine:
 
         return Upgraded(response, read, sock)
 
-    def _upgrade_unix(self, path: str, headers: Mapping[str, str]) -> Upgraded:
+    def _upgrade_unix(self, path: str, headers: Sequence[tuple[str, str]]) -> Upgraded:
         """`upgrade` on a unix socket, without the SDK (see `unix_http.UnixJSON.upgrade`)."""
         url = f"/v{self.kind.api_version}{path}"
         try:
-            sock, response = self._unix.upgrade(url, dict(headers))  # type: ignore[union-attr]
+            sock, response = self._unix.upgrade(url, headers)  # type: ignore[union-attr]
         except Answer as exc:
             raise UpgradeRefused(path, exc.status, exc.message) from None
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc, url) from exc
         return Upgraded(response, response.fp.read1, sock)
-
-
-class UpgradeRefused(EngineError):
-    """The engine did not switch protocols at `path` (an engine without that endpoint)."""
-
-    def __init__(self, path: str, status: int, text: str) -> None:
-        self.path, self.status = path, status
-        super().__init__(f"the Docker engine does not serve POST {path} (it answered {status} {text})".rstrip())
 
 
 class Upgraded:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 
@@ -82,16 +82,20 @@ class UnixJSON:
         except ValueError:
             raise ConnectionError(f"the engine's answer to {method} {url} is not JSON: {body[:80]!r}") from None
 
-    def upgrade(self, url: str, headers: dict[str, str]) -> tuple[socket.socket, http.client.HTTPResponse]:
+    def upgrade(self, url: str, headers: Sequence[tuple[str, str]]) -> tuple[socket.socket, http.client.HTTPResponse]:
         """POST `url` asking to switch protocols; the socket and the `101` response, whose
         `fp.read1` hands on first what the engine sent right after it (an HTTP/2 server's
         SETTINGS come at once; keep the response: dropping it closes that reader).
+        `headers` may repeat a name (`/session` takes one line per method served).
         `Answer` for another status. The SDK has no API for this (its `attach_socket` is for
         containers), and reaching into requests' internals to take the socket back costs the
         SDK's import (0.1 s) first."""
         connection = _UnixConnection(self.path, self.timeout)
         try:
-            connection.request("POST", url, headers={"Connection": "Upgrade", "Content-Length": "0", **headers})
+            connection.putrequest("POST", url, skip_accept_encoding=True)
+            for name, value in [("Connection", "Upgrade"), ("Content-Length", "0"), *headers]:
+                connection.putheader(name, value)
+            connection.endheaders()
             response = connection.getresponse()  # a 1xx answer has no body: the stream stays as it is
             if response.status != 101:
                 raise Answer(response.status, _message(response.read(4096)) or f"{response.status} {response.reason}")

@@ -21,11 +21,11 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ...errors import EngineError
+from ...errors import EngineError, UpgradeRefused
 from ...names import service_address
 from .h2_client import ByteStream, Connection
 
@@ -38,6 +38,24 @@ CONNECT_TIMEOUT = 10.0
 def upgrade(engine: Engine) -> Upgraded:
     """`POST /grpc` upgraded to h2c (see `Engine.upgrade`): BuildKit's Control service."""
     return engine.upgrade("/grpc", {"Upgrade": "h2c"})
+
+
+def engine_session(engine: Engine, metadata: Sequence[tuple[str, str]]) -> Upgraded | None:
+    """The engine's own `POST /session` upgraded to h2c, with a session's names (`metadata`)
+    as headers, one line per method served; the engine is then the HTTP/2 client (see
+    `session.EngineAttached`). None where it is not asked: an engine reached other than
+    through its unix socket (the SDK's requests send one value per header name), or one that
+    did not switch protocols (asked once per Engine). Such engines get `Control.Session`."""
+    if not engine.over_unix_socket or engine.notes.get(NO_SESSION_ENDPOINT):
+        return None
+    try:
+        return engine.upgrade("/session", [("Upgrade", "h2c"), *metadata])
+    except UpgradeRefused:
+        engine.remember(NO_SESSION_ENDPOINT, lambda: True)
+        return None
+
+
+NO_SESSION_ENDPOINT = "no /session"  # the engine's note: it did not switch protocols there
 
 
 def engine_connection(engine: Engine, timeout: float = CONNECT_TIMEOUT) -> Connection:
