@@ -222,6 +222,7 @@ class Matcher:
         return any(p.exception for p in self.patterns)
 
     def matches(self, path: str) -> bool:
+        """Is the clean relative `path` excluded (the last pattern that matches it decides)?"""
         if not self.patterns:
             return False  # no .dockerignore: asked of every context file, before every build
         parent = path.rpartition("/")[0] or "."

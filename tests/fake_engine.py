@@ -289,7 +289,7 @@ def refused_session(handler: _Handler, path: str) -> bool:
     recordings hold sessions as Control.Session calls, replayed one gRPC message at a time; the
     engine's raw HTTP/2 on /session could not be replayed (its stream ids, window updates and
     health checks vary run to run). The code then takes Control.Session, as it does on such an
-    engine; tests/test_session.py covers /session against the real engine."""
+    engine; tests/test_session_connection.py and tests/test_buildkit.py cover /session."""
     if handler.command != "POST" or not re.fullmatch(r"(/v[0-9.]+)?/session", path):
         return False
     body = b'{"message":"page not found"}\n'

@@ -10,6 +10,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,63 @@ def test_the_engine_going_away_ends_the_session_and_its_threads(fake_engine: Any
         assert fake.call(HEALTH_CHECK, b"") == b"\x08\x01"
         assert fake.upgraded is not None
         fake.upgraded.shutdown(socket.SHUT_RDWR)  # the engine's end of the connection
-        attached.reader.join(5)
-        assert not attached.reader.is_alive() and attached.server.closed
+        for thread in attached.threads:
+            thread.join(5)
+        assert not any(t.is_alive() for t in attached.threads) and attached.server.closed
         attached.close()  # and closing after that is no error
         assert not attached.server.writer.is_alive()
+
+
+def test_closing_does_not_wait_on_an_engine_that_stopped_reading(tmp_path: Path) -> None:
+    """The engine asks for a big file, then reads no more (hung, or gone without closing): the
+    session's sending blocks, and `close()` (a solve's end, Ctrl-C) still returns at once, its
+    threads ended."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    from invoke_compimg.engine.control.fswalk import Dir
+    from invoke_compimg.engine.control.grpc_frames import frame
+    from invoke_compimg.engine.control.proto import fsutil_pb2
+
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "big.bin").write_bytes(b"\0" * (32 << 20))
+    session = Session(dirs=[Dir("context", str(tmp_path / "ctx"))])
+    ours, engine = socket.socketpair()
+
+    class Ours:
+        def read(self, size: int) -> bytes:
+            return ours.recv(size)
+
+        def sendall(self, data: bytes) -> None:
+            ours.sendall(data)
+
+        def close(self) -> None:
+            with contextlib.suppress(OSError):
+                ours.shutdown(socket.SHUT_RDWR)
+            ours.close()
+
+    daemon = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    daemon.initiate_connection()
+    daemon.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: (1 << 31) - 1})
+    daemon.increment_flow_control_window((1 << 31) - 1 - 65535)
+    daemon.send_headers(1, [(":method", "POST"), (":path", PATHS["filesync"]), (":scheme", "http"),
+                            (":authority", "engine"), ("content-type", "application/grpc"), ("te", "trailers"),
+                            ("dir-name", "context")])
+    request = fsutil_pb2.Packet(type=fsutil_pb2.Packet.PACKET_REQ, ID=0)  # big.bin, the listing's first
+    daemon.send_data(1, frame(request.SerializeToString()))
+    engine.sendall(daemon.data_to_send())
+    attached = EngineAttached(session, Ours())
+    received = b""
+    while b"\0" * 4096 not in received:  # the file's bytes have begun to arrive; then nothing is read
+        received += engine.recv(1 << 16)
+    time.sleep(0.5)  # they fill the socket, and the sending waits on it
+    assert all(t.is_alive() for t in attached.threads)
+    started = time.monotonic()
+    closer = threading.Thread(target=attached.close, daemon=True)
+    closer.start()
+    closer.join(15)
+    assert not closer.is_alive(), "close() waited on the engine"
+    assert time.monotonic() - started < 6  # (the server gives a handler up to 5 s to finish)
+    assert not any(t.is_alive() for t in attached.threads) and not attached.server.writer.is_alive()
+    engine.close()

@@ -74,6 +74,8 @@ def test_one_solve_of_every_needed_stage_through_the_session(errors: Any) -> Non
     assert first["Session"] == attached.sent["metadata"]["x-docker-expose-session-uuid"][0]
     assert attached.sent["metadata"]["x-docker-expose-session-name"] == ["compimg"]
     assert not fake.requests("POST", "/build$")  # no tar, no /build
+    # The engine's own /session was asked first, and refused here (see fake_engine.refused_session).
+    assert fake.session_refusals >= 1
 
 
 def test_the_daemon_reads_the_dockerfile_from_the_session_as_sent(errors: Any) -> None:
