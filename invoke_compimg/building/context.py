@@ -262,9 +262,9 @@ def files_read(context: str, sources: Iterable[str]) -> list[str]:
     for start in _walk_roots(normalised):
         candidates |= included(root, matcher, under=start)
     # (per context file before every build, the warm no-op included: kept lean)
-    folders = tuple(s + "/" for s in normalised if not _WILDCARDS & set(s))
-    plain = {s for s in normalised if not _WILDCARDS & set(s)}
     wild = [s for s in normalised if _WILDCARDS & set(s)]
+    plain = set(normalised).difference(wild)
+    folders = tuple(s + "/" for s in plain)
     chosen: set[str] = set()
     for path in candidates:
         if path in plain or path.startswith(folders) or any(_matches(path, s) for s in wild):

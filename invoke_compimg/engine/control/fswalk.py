@@ -347,11 +347,10 @@ def _entry(path: str, info: os.stat_result | None, source: str | VirtualFile | V
     mode = go_mode(info.st_mode)
     if mode & GO_SOCKET:
         return None
-    real = source if isinstance(source, str) else path
     linkname = ""
     size = info.st_size
     devmajor = devminor = 0
-    data: str | None = real if requestable(mode) else None
+    data: str | None = source if requestable(mode) else None
     kind = st.S_IFMT(info.st_mode)
     if kind == st.S_IFDIR:
         size = 0

@@ -280,18 +280,56 @@ def _unwrap(messages: Iterable[bytes]) -> Iterator[bytes]:
 # --- attaching: Control.Session <-> h2_server -----------------------------------------------
 
 
-class Attached:
-    """A session served to the daemon through one Control.Session call: the call's incoming
-    BytesMessages feed an `h2_server.Server`, whose bytes go back as BytesMessages, several
-    writes joined into one. `close()` ends the call, the server and the sender."""
+class _Served:
+    """What both ways of serving a session share: the `h2_server.Server`, whose bytes wait in
+    `outgoing` for a sender thread of ours (the server hands them on under its lock, which
+    must never wait on a daemon that stopped reading), joined into writes of up to `JOIN`."""
 
-    JOIN = 1 << 20  # the most bytes joined into one BytesMessage (the daemon takes 4 MiB)
+    JOIN = 1 << 20  # the most bytes joined into one write (a BytesMessage: the daemon takes 4 MiB)
 
-    def __init__(self, session: Session, connection: Connection) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
         self.closed = threading.Event()
         self.outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.server = Server(session.handler(), self.outgoing.put, name="compimg-session")
+
+    def _to_daemon(self) -> Iterator[bytes]:
+        while True:
+            data = self.outgoing.get()
+            if data is None or self.closed.is_set():
+                return
+            chunks, size = [data], len(data)
+            while size < self.JOIN:  # what gathered while the last one was sent goes as one
+                try:
+                    more = self.outgoing.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.outgoing.put(None)
+                    break
+                chunks.append(more)
+                size += len(more)
+            joined = b"".join(chunks)
+            for start in range(0, len(joined), self.JOIN):
+                yield joined[start:start + self.JOIN]
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> _Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Attached(_Served):
+    """A session served to the daemon through one Control.Session call: the call's incoming
+    BytesMessages feed the server, whose bytes go back as BytesMessages. `close()` ends the
+    call, the server and the sender."""
+
+    def __init__(self, session: Session, connection: Connection) -> None:
+        super().__init__(session)
         try:
             # The daemon's bytes go into the server on the connection's reader thread (it never
             # blocks there: each call's handler has a thread of its own), one hop fewer than a
@@ -322,26 +360,6 @@ class Attached:
             log.debug("session %s ended: %s", self.session.id, call.details)
         self.outgoing.put(None)
 
-    def _to_daemon(self) -> Iterator[bytes]:
-        while True:
-            data = self.outgoing.get()
-            if data is None or self.closed.is_set():
-                return
-            chunks, size = [data], len(data)
-            while size < self.JOIN:  # what gathered while the last one was sent goes as one
-                try:
-                    more = self.outgoing.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self.outgoing.put(None)
-                    break
-                chunks.append(more)
-                size += len(more)
-            joined = b"".join(chunks)
-            for start in range(0, len(joined), self.JOIN):
-                yield joined[start:start + self.JOIN]
-
     def close(self) -> None:
         self.closed.set()
         call = getattr(self, "call", None)
@@ -353,30 +371,20 @@ class Attached:
         if sender is not None:
             sender.join(5)
 
-    def __enter__(self) -> Attached:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class EngineAttached:
+class EngineAttached(_Served):
     """A session served on a Docker engine's own `POST /session` connection (upgraded to h2c;
     the engine is the HTTP/2 client): the connection's bytes feed an `h2_server.Server`
     directly, where `Attached` carries them as BytesMessages inside a gRPC stream of the /grpc
     connection, through a second HTTP/2 layer. A 200 MB local export: 1.9-2.0 s through
-    Control.Session, 1.5 s here (docker build: 1.1-1.2 s). The server's bytes go out on a
-    thread of their own (the server hands them on under its lock, which must not wait on a
-    peer that stopped reading). `close()` ends the connection, the server and both threads."""
+    Control.Session, 1.5 s here (docker build: 1.1-1.2 s). `close()` ends the connection
+    first (a daemon that stopped reading must not hold up the rest), the server and both
+    threads."""
 
     READ = 1 << 20
 
     def __init__(self, session: Session, connection: ByteStream) -> None:
-        self.session = session
+        super().__init__(session)
         self.connection = connection
-        self.closed = threading.Event()
-        self.outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self.server = Server(session.handler(), self.outgoing.put, name="compimg-session")
         self.threads: list[threading.Thread] = []
         try:
             for target, name in ((self._send, "compimg-session-send"), (self._read, "compimg-session-read")):
@@ -388,7 +396,7 @@ class EngineAttached:
 
     def _send(self) -> None:
         try:
-            while (data := self.outgoing.get()) is not None:
+            for data in self._to_daemon():
                 self.connection.sendall(data)
         except OSError:  # the engine went away: the reader sees the end too
             pass
@@ -419,9 +427,3 @@ class EngineAttached:
         for thread in self.threads:
             if thread is not threading.current_thread():
                 thread.join(5)
-
-    def __enter__(self) -> EngineAttached:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
