@@ -8,8 +8,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,8 +197,12 @@ class FakeDaemon:
         yield Packet(type=Packet.PACKET_FIN)
 
     def run(self, sender: Sender) -> list[Packet]:
+        return self.serve(sender.run)
+
+    def serve(self, handler: Callable[[Iterator[Packet]], Iterable[Packet]]) -> list[Packet]:
+        """Play one DiffCopy against `handler` (incoming packets -> outgoing packets)."""
         received = []
-        for packet in sender.run(self.outgoing()):
+        for packet in handler(self.outgoing()):
             received.append(packet)
             if packet.type == Packet.PACKET_STAT:
                 if packet.HasField("stat"):
@@ -307,6 +312,85 @@ def test_session_refuses_an_unknown_dir(tmp_path: Path) -> None:
     with pytest.raises(Aborted, match="no access allowed to dir 'home'"):
         list(session._filesync(iter(()), context))  # type: ignore[arg-type]
     assert context.code == h2_server.NOT_FOUND
+
+
+class _Metadata:
+    """A FileSync call's context as the handler sees it: its gRPC metadata, and abort."""
+
+    def __init__(self, **metadata: list[str]) -> None:
+        self.metadata = [(key, value) for key, values in metadata.items() for value in values]
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return self.metadata
+
+    def abort(self, code: object, details: str) -> None:
+        raise AssertionError(f"aborted: {details}")
+
+
+def _diffcopy(session: Any, dir_name: str, request: fswalk.Request) -> FakeDaemon:
+    metadata = {"dir-name": [dir_name], "followpaths": request.follow, "exclude-patterns": request.exclude,
+                "include-patterns": request.include}
+    context = _Metadata(**{k: list(v) for k, v in metadata.items() if v is not None})
+    daemon = FakeDaemon()
+    daemon.serve(lambda incoming: session._filesync(incoming, context))
+    return daemon
+
+
+def test_the_context_listed_ahead_answers_only_the_request_it_was_listed_for(tmp_path: Path) -> None:
+    """The daemon's first FileSync call (the Dockerfile) starts the listing of the context
+    request the session expects; the `.dockerignore` probe leaves it; the same request is
+    answered from it, with what a listing made then would send; another request is listed
+    anew and stops it."""
+    from invoke_compimg.engine.control.session import Session
+
+    _tree(tmp_path, {f"src/d{i % 3}/f{i}.txt": f"{i}\n" for i in range(60)} | {"other/x.txt": "x", "a.md": "m"})
+    expected = fswalk.Request(follow=["src", "a.md"], exclude=["src/d1"])
+
+    def session() -> Session:
+        dirs = [fswalk.Dir("context", str(tmp_path)), fswalk.Dir("dockerfile", None, files={
+            "Dockerfile": fswalk.VirtualFile(b"FROM scratch\n")})]
+        return Session(dirs=dirs, expected={"context": expected})
+
+    def sent(daemon: FakeDaemon) -> list[tuple[str, int, bytes]]:
+        return [(s.path, s.size, daemon.data.get(i, b"")) for i, s in enumerate(daemon.stats)]
+
+    fresh = sent(_diffcopy(Session(dirs=[fswalk.Dir("context", str(tmp_path))]), "context", expected))
+    assert len(fresh) == 3 + 40 + 1  # src, d0, d2, their files, a.md (d1 excluded)
+    served = session()
+    assert sent(_diffcopy(served, "dockerfile", fswalk.Request(follow=["Dockerfile"])))[0][2] == b"FROM scratch\n"
+    assert sent(_diffcopy(served, "context", fswalk.Request(follow=[".dockerignore"]))) == []
+    assert served.listed_ahead == 0
+    # the daemon's order of followpaths is its own: the same paths are the same request
+    reordered = fswalk.Request(follow=["a.md", "src"], exclude=["src/d1"])
+    assert sent(_diffcopy(served, "context", reordered)) == fresh
+    assert served.listed_ahead == 1
+    assert sent(_diffcopy(served, "context", expected)) == fresh and served.listed_ahead == 1  # once
+
+    for different in (fswalk.Request(follow=["src", "a.md", "other"], exclude=["src/d1"]),
+                      fswalk.Request(follow=["src", "a.md"]),
+                      fswalk.Request(follow=["src", "a.md"], exclude=["src/d2"]),
+                      fswalk.Request(include=["src/d0"], follow=["src", "a.md"], exclude=["src/d1"])):
+        other = session()
+        _diffcopy(other, "dockerfile", fswalk.Request(follow=["Dockerfile"]))
+        ahead = other._ahead["context"]  # type: ignore[index]
+        assert sent(_diffcopy(other, "context", different)) == sent(
+            _diffcopy(Session(dirs=[fswalk.Dir("context", str(tmp_path))]), "context", different))
+        assert other.listed_ahead == 0 and ahead._stopped.is_set()
+        assert "context" not in other._ahead  # type: ignore[operator]
+
+
+def test_a_listing_ahead_stops_with_its_session(tmp_path: Path) -> None:
+    from invoke_compimg.engine.control.session import Session
+
+    _tree(tmp_path, {f"f{i}": "" for i in range(10)})
+    session = Session(dirs=[fswalk.Dir("context", str(tmp_path)), fswalk.Dir("dockerfile", None)],
+                      expected={"context": fswalk.Request()})
+    _diffcopy(session, "dockerfile", fswalk.Request())
+    ahead = session._ahead["context"]  # type: ignore[index]
+    session.stop_listing_ahead()
+    assert ahead.entries() is None and session._ahead == {}
+    assert len(sent := _diffcopy(session, "context", fswalk.Request()).stats) == 10, sent  # listed when asked
+    assert session.listed_ahead == 0
 
 
 # --- FileSend: a local export into the user's folder ---------------------------------------

@@ -275,11 +275,39 @@ def test_only_what_changed_travels_and_nothing_outside_the_folder(make_project: 
     ids = builder.build()
     sent = [t for t in sessions[-1].transfers if t.dir == "context"]
     assert sum(t.files for t in sent) == 1, sent
+    assert sessions[-1].listed_ahead == 1  # the frontend asked what was listed while it planned
     from invoke_compimg.engine.client import Engine
 
     with Engine() as engine:
         listing = image_listing(engine.api, ids["build"], "src")
     assert listing["src/passwd"][1] == "sym" and listing["src/passwd"][5] == "/etc/passwd"
+
+
+@pytest.mark.parametrize("dockerfile", [
+    # several sources (a folder with ./ and /, a wildcard, ADD, a bind mount), .dockerignore not read
+    "NAME build\nFROM busybox\nCOPY src/a ./docs/ /in/\nCOPY *.go /g/\nADD top.txt /t\n"
+    "RUN --mount=type=bind,source=docs,target=/d cat /d/r.md > /r\n",
+    # the whole context: the frontend reads .dockerignore and sends its patterns
+    "NAME build\nFROM busybox\nCOPY . /all\n",
+], ids=["sources", "whole context"])
+def test_the_context_request_the_frontend_makes_is_the_one_listed_ahead(make_project: Any, dockerfile: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the session expects BuildKit's Dockerfile frontend to ask for is what it asks."""
+    from invoke_compimg.engine.control import client
+
+    sessions: list[Any] = []
+    real = client.dockerfile_session
+
+    def recording(**kwargs: Any) -> Any:
+        sessions.append(real(**kwargs))
+        return sessions[-1]
+
+    monkeypatch.setattr(client, "dockerfile_session", recording)
+    project = make_project(dockerfile, {"src/a/x.go": "x", "src/b/y.go": "y", "main.go": "m", "docs/r.md": "r",
+                                        "docs/s.md": "s", "top.txt": "t", "notes.txt": "n",
+                                        ".dockerignore": "# comment\n\n*.md\n!docs/r.md\n/notes.txt\n./src/b/../b\n"})
+    Builder(Project(project.dockerfile, project.context), Settings(builder="buildkit", no_cache=True)).build()
+    assert [s.listed_ahead for s in sessions] == [1]
 
 
 def test_output_spec_shorthand_and_errors() -> None:

@@ -176,15 +176,20 @@ class Builder(ABC):
         """An external image's config: its Env and Shell are what heredocs are lowered with."""
         return (self.images.inspect(self.engine, ref) or {}).get("Config")
 
-    def context_paths(self, unit: Unit) -> list[str]:
-        """Context paths the unit reads: its stages' own COPY/ADD/bind mounts, and those of the
-        ONBUILD triggers of their base images, which run in them (`FROM golang:onbuild`)."""
+    def context_sources(self, unit: Unit) -> list[str]:
+        """The context sources the unit's stages name, as written: their own COPY/ADD/bind
+        mounts, and those of the ONBUILD triggers of their base images, which run in them
+        (`FROM golang:onbuild`)."""
         sources: list[str] = []
         for stage in unit.stages:
             triggers = self.external_triggers(stage)
             sources += [*stage.context_sources, *(onbuild_sources(triggers) if triggers else [])]
+        return sources
+
+    def context_paths(self, unit: Unit) -> list[str]:
+        """Context paths the unit reads (see `context_sources`)."""
         with self.reading_context(unit.stage):
-            return context.files_read(str(self.project.context), sources)
+            return context.files_read(str(self.project.context), self.context_sources(unit))
 
     def written_ns(self) -> int:
         """When the Dockerfile was last written (ns; 0 if unknown): the time of the files its

@@ -84,6 +84,27 @@ class BuildKitBuilder(Builder):
             return Exporter.local(output.dest) if output.type == "local" else Exporter.tar(output.dest)
         return Exporter.image([self.project.local_ref(unit.name)])
 
+    def context_request(self, unit: Unit,
+                        allow: Sequence[str] | None) -> tuple[list[str] | None, list[str] | None] | None:
+        """The (followpaths, exclude-patterns) BuildKit's Dockerfile frontend asks the context
+        with, as far as it can be told in advance: the unit's context sources, cleaned (`.`:
+        all, no followpaths), and the patterns of `.dockerignore` if the session lets it read
+        that file (`allow`). None when it cannot be told (a source with a variable) or nothing
+        is read. A wrong guess costs a listing, no more: the session answers only the request
+        it listed for."""
+        sources = self.context_sources(unit)
+        if not sources or any("$" in s for s in sources):
+            return None
+        cleaned = {posixpath.normpath("/" + s).lstrip("/") for s in sources}
+        follow = None if "" in cleaned else sorted(cleaned)
+        excludes: list[str] = []
+        if allow is None or ".dockerignore" in allow or "." in allow:
+            try:
+                excludes = context.dockerignore_patterns(str(self.project.context))
+            except (OSError, ValueError):
+                return None
+        return follow, excludes or None
+
     def network(self) -> str | None:
         from ..engine import buildkit as engine_buildkit  # (each of these imports waits for a solve)
 
@@ -271,7 +292,8 @@ class BuildKitBuilder(Builder):
             files_time_ns=self.written_ns(), root_under=under,
             shared_key=shared_key(str(self.project.context), unit.name),
             secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
-            ssh={s.id: s.paths[0] for s in self.settings.ssh}, registry_hosts=self.registry_hosts(unit))
+            ssh={s.id: s.paths[0] for s in self.settings.ssh}, registry_hosts=self.registry_hosts(unit),
+            context_request=None if plan.lowered.files else self.context_request(unit, self.allowed(plan)))
         attrs = dockerfile_attrs(
             target=target.name, build_args=args, no_cache=self.settings.no_cache and not unit.needs,
             network=self.network(), platform=",".join(self.settings.platforms) or None)

@@ -289,15 +289,18 @@ def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile:
                        root_under: str = "",
                        secrets: Sequence[tuple[str, str | None, str | None]] = (),
                        ssh: Mapping[str, str] | None = None,
-                       registry_hosts: Iterable[str] | None = None) -> Session:
+                       registry_hosts: Iterable[str] | None = None,
+                       context_request: tuple[Sequence[str] | None, Sequence[str] | None] | None = None) -> Session:
     """A session for one Dockerfile solve: the context folder (only `allow`, when given) as
     dir `context`, with `files` (path -> (bytes, mode): what the lowering generated, dated
     `files_time_ns` to the second, or by their content when 0) beside
     its own (which then go under the folder `root_under`), `dockerfile` as the file
     `Dockerfile` of dir `dockerfile` (the names the frontend reads), `secrets` as (id, file
     path, environment variable), `ssh` agent sockets by id (only those), `registry_hosts`
-    the registries whose credentials may be asked for (None: any the user has a login for)."""
-    from .fswalk import Dir, VirtualFile
+    the registries whose credentials may be asked for (None: any the user has a login for),
+    `context_request` the (followpaths, exclude-patterns) the frontend is expected to ask the
+    context with (listed ahead; None: listed when asked)."""
+    from .fswalk import Dir, Request, VirtualFile
     from .providers import Registries, Secret
 
     generated = {path: VirtualFile(data, mode, files_time_ns) for path, (data, mode) in (files or {}).items()}
@@ -305,7 +308,9 @@ def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile:
                    dirs=[Dir("context", context, allow=allow, files=generated, root_under=root_under),
                          Dir("dockerfile", None, files={"Dockerfile": VirtualFile(dockerfile)})],
                    secrets=[Secret(secret_id, path=path, env=env) for secret_id, path, env in secrets],
-                   ssh=dict(ssh or {}), registries=Registries(hosts=registry_hosts))
+                   ssh=dict(ssh or {}), registries=Registries(hosts=registry_hosts),
+                   expected={} if context_request is None else {
+                       "context": Request(follow=context_request[0], exclude=context_request[1])})
 
 
 def _read_status(call: Call, events: queue.Queue[tuple[str, Any]]) -> None:

@@ -235,6 +235,12 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
     """The entries of `directory` the daemon's `request` selects, in fsutil's order.
     A folder left out is not descended into (Walk's SkipDir), unless an exception pattern
     may bring back something below it. Raises BadPattern for patterns Docker rejects."""
+    return list(walking(directory, request))
+
+
+def walking(directory: Dir, request: Request = Request()) -> Iterator[Entry]:
+    """`walk`'s entries one at a time (a walk made ahead stops when told to). The request's
+    patterns are read by this call: BadPattern is raised here, not while iterating."""
     root = os.path.realpath(directory.root) if directory.root is not None else None
     includes = None if request.include is None else [clean(p) for p in request.include]
     targets = [t for p in request.follow or () for t in _follow(directory, root, p)]
@@ -243,11 +249,16 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
     include = _Includes(includes) if includes is not None else None
     excluder = Matcher(list(request.exclude)) if request.exclude else None
     allow = None if directory.allow is None else [clean(path) for path in directory.allow]
-    entries: list[Entry] = []
-    links: dict[tuple[int, int], str] = {}
 
-    def visit(prefix: str) -> None:
-        for path, info, source, absolute in _children(root, directory, prefix):
+    def entries() -> Iterator[Entry]:
+        links: dict[tuple[int, int], str] = {}
+        folders = [_children(root, directory, "")]  # the folders being listed, innermost last
+        while folders:
+            found = next(folders[-1], None)
+            if found is None:
+                folders.pop()
+                continue
+            path, info, source, absolute = found
             is_dir = isinstance(source, VirtualFolder) or (info is not None and st.S_ISDIR(info.st_mode))
             if allow is not None and isinstance(source, str) and not _allowed(source, allow, is_dir):
                 continue
@@ -258,12 +269,11 @@ def walk(directory: Dir, request: Request = Request()) -> list[Entry]:
             entry = _entry(path, info, source, absolute, links)
             if entry is None:
                 continue
-            entries.append(entry)
-            if is_dir:
-                visit(path)
+            yield entry
+            if is_dir:  # its contents come right after it, before its next sibling
+                folders.append(_children(root, directory, path))
 
-    visit("")
-    return entries
+    return entries()
 
 
 @dataclass(frozen=True)
@@ -410,4 +420,5 @@ def open_beneath(root: str, path: str) -> int:
     return fd
 
 
-__all__ = ["BadPattern", "Dir", "Entry", "Request", "VirtualFile", "go_mode", "open_beneath", "requestable", "walk"]
+__all__ = ["BadPattern", "Dir", "Entry", "Request", "VirtualFile", "go_mode", "open_beneath", "requestable", "walk",
+           "walking"]
