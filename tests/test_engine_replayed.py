@@ -317,3 +317,75 @@ def test_an_error_page_in_html_is_the_engines_line(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _VersionServer:
+    """A unix socket that answers `GET /version` (after `delay` seconds), counting the asks."""
+
+    def __init__(self, path: Path, delay: float = 0.0) -> None:
+        import socketserver
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # (http.server's name)
+                server.asked.append(self.path)
+                time.sleep(delay)
+                body = json.dumps({"Version": "20.10.24", "ApiVersion": "1.41", "Os": "linux", "Arch": "arm64"})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.asked: list[str] = []
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_engines_version_asked_early_is_the_one_its_engine_uses(tmp_path: Path) -> None:
+    """`ask_early` asks while the task reads its flags; the Engine then asks no more. Not for
+    other addresses, nor once stale; a failed early ask is asked again, saying why then."""
+    import time
+
+    from invoke_compimg.engine import client
+
+    server = _VersionServer(tmp_path / "engine.sock", delay=0.2)
+    env = {"DOCKER_HOST": f"unix://{tmp_path / 'engine.sock'}"}
+    try:
+        started = time.monotonic()
+        client.ask_early(env)
+        client.ask_early(env)  # once per address
+        assert time.monotonic() - started < 0.1  # it does not wait for the answer
+        time.sleep(0.25)
+        with Engine(env) as engine:
+            waited = time.monotonic()
+            assert engine.kind.platform == "linux/arm64" and engine.kind.api_version == "1.41"
+            assert time.monotonic() - waited < 0.1  # answered already
+        assert server.asked == ["/version"]
+        with Engine(env) as engine:  # taken once: the next Engine asks itself
+            assert engine.kind.arch == "arm64"
+        assert server.asked == ["/version"] * 2
+
+        client.ask_early({"DOCKER_HOST": "tcp://127.0.0.1:1"})  # not a unix socket: nothing to ask early
+        assert not client._early_versions
+        client.ask_early(env)
+        client._early_versions[env["DOCKER_HOST"][7:]].started -= client._EarlyVersion.FRESH_SECONDS + 1
+        with Engine(env) as engine:
+            assert engine.kind.arch == "arm64"
+        assert server.asked == ["/version"] * 4  # the stale answer was not used
+    finally:
+        server.close()
+    client.ask_early(env)  # nobody answers now
+    with Engine(env) as engine, pytest.raises(EngineError, match="cannot reach the Docker engine"):
+        engine.kind  # noqa: B018

@@ -139,6 +139,9 @@ def _taking_build_flags(body: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(body)
     def flat(c: Context, bound: Binding, *args: Any, **kwargs: Any) -> Any:
+        from ..engine.client import ask_early
+
+        ask_early()  # a building task asks the engine what it is: meanwhile, flags and config are read
         given = {k: kwargs.pop(k) for k in shared & kwargs.keys()}
         return body(c, bound, *args, build_flags=build_flags.BuildFlags(**given), **kwargs)
 
