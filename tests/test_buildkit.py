@@ -754,3 +754,55 @@ def test_on_its_unix_socket_the_engine_takes_the_session_on_its_own_connection(
     build(project, no_cache=True, output=OutputSpec("local", str(dest)))
     assert (dest / "a.txt").read_text() == "from the context\nmade\n"
     assert ways == ["/session"]
+
+
+def test_the_session_is_served_once_the_solve_is_sent(make_project: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What serves a session is made and attached after the SolveRequest went out (BuildKit
+    waits for a session it was told of), so its imports and set-up pass while the daemon starts
+    the solve. A session that cannot be made cancels the solve: the error is the build's."""
+    from invoke_compimg.engine.control import client, h2_client
+
+    order: list[str] = []
+    solves: set[int] = set()  # the Solve calls, by identity
+    call, send, attach = h2_client.Connection.call, h2_client.Call.send, client.Control.attach
+
+    def calling(self: Any, path: str, *args: Any, **kwargs: Any) -> Any:
+        made = call(self, path, *args, **kwargs)
+        if path == client.SOLVE:
+            solves.add(id(made))
+        return made
+
+    def sending(self: Any, data: bytes, *args: Any, **kwargs: Any) -> Any:
+        if id(self) in solves:
+            order.append("solve sent")
+        return send(self, data, *args, **kwargs)
+
+    def attaching(self: Any, session: Any) -> Any:
+        order.append("session attached")
+        return attach(self, session)
+
+    monkeypatch.setattr(h2_client.Connection, "call", calling)
+    monkeypatch.setattr(h2_client.Call, "send", sending)
+    monkeypatch.setattr(client.Control, "attach", attaching)
+    project = make_project("NAME build\nFROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt > /b.txt\n",
+                           files={"a.txt": "late\n"})
+    build(project, no_cache=True)
+    assert order == ["solve sent", "session attached"]
+
+    cancelled: list[str] = []
+    cancel = h2_client.Call.cancel
+
+    def cancelling(self: Any) -> None:
+        if id(self) in solves:
+            cancelled.append("solve")
+        cancel(self)
+
+    def no_session(**kwargs: Any) -> Any:
+        raise OSError("the session could not be made")
+
+    monkeypatch.setattr(h2_client.Call, "cancel", cancelling)
+    monkeypatch.setattr(client, "dockerfile_session", no_session)
+    other = make_project("NAME build\nFROM busybox\nCOPY a.txt /a.txt\n", files={"a.txt": "never read\n"})
+    with pytest.raises(OSError, match="the session could not be made"):
+        build(other, no_cache=True)
+    assert cancelled == ["solve"]

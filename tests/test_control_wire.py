@@ -667,3 +667,16 @@ def test_socket_folders_fit_a_socket_path_and_those_of_killed_runs_go(tmp_path: 
     live.mkdir()
     folder = socket_folder("test")
     assert not dead.exists() and live.exists() and os.path.dirname(folder) == str(tmp_path)
+
+
+def test_the_control_client_leaves_what_serves_a_session_to_the_solve() -> None:
+    """A solve's request needs only the client; the session's side (the walk, the providers,
+    the h2 server) and the status decoder are imported once the solve is on its way."""
+    import subprocess
+    import sys
+
+    code = ("import sys, invoke_compimg.engine.control.client\n"
+            "print(sorted(m for m in ('invoke_compimg.engine.control.session', 'invoke_compimg.engine.control.fswalk',"
+            " 'invoke_compimg.engine.control.h2_server', 'invoke_compimg.engine.buildkit.wire') if m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]", found.stderr

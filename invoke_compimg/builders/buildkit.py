@@ -12,7 +12,7 @@ import re
 import socket
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..building import context
 from ..building.specs import OutputSpec
@@ -21,6 +21,9 @@ from ..dockerfile.model import Instruction, Stage, classic_only
 from ..errors import BuildRejected, EngineError, Interrupted, UserError
 from ..names import split_ref
 from .base import Builder, Plan, Sent, Unit, step_failed
+
+if TYPE_CHECKING:
+    from .solve_view import SolveView
 
 
 class BuildKitBuilder(Builder):
@@ -264,8 +267,7 @@ class BuildKitBuilder(Builder):
     # --- through Control.Solve, with a session ------------------------------------------------
     def _solve_with_session(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None,
                             *, quiet: bool = False) -> Sent:
-        from ..engine.control.client import CacheEntry, SolveFailed, dockerfile_attrs, dockerfile_session
-        from .solve_view import SolveView
+        from ..engine.control.client import CacheEntry, Serving, SolveFailed, dockerfile_attrs, dockerfile_session
 
         target = unit.stage
         under = ""
@@ -276,8 +278,16 @@ class BuildKitBuilder(Builder):
             lowered = multi_stage(self.graph, unit.stages, context_prefix=CONTEXT_PREFIX,
                                   build_args=self.args_for(unit.stages), image_config=self.image_config)
             plan = Plan(lowered.text, lowered, plan.paths, plan.images)
-        view = SolveView(target.name, plan.lowered, None if quiet else self.reporter,
-                         platforms=self.settings.platforms, host=self.host_platform)
+        made: list[SolveView] = []
+
+        def view() -> SolveView:  # made at the first status, while the daemon works (or on an early failure)
+            if not made:
+                from .solve_view import SolveView
+
+                made.append(SolveView(target.name, plan.lowered, None if quiet else self.reporter,
+                                      platforms=self.settings.platforms, host=self.host_platform))
+            return made[0]
+
         exporter = self.exporter(unit, output)
         # Inline cache metadata is an export of its own here (the engine's /build turns the
         # BUILDKIT_INLINE_CACHE build arg into one; Control.Solve is told directly).
@@ -286,14 +296,17 @@ class BuildKitBuilder(Builder):
             CacheEntry(cache.type, {"ref": cache.ref, "mode": cache.mode})]
         # BuildKit 0.8 reads the context from `context` whatever `contextkey` says, so each solve
         # has a session of its own; the shared key per folder and unit keeps their files apart.
-        session = dockerfile_session(
+        # The session is made and served once the solve is sent (the daemon waits for it):
+        # what serves it is imported meanwhile, while the daemon starts the solve.
+        serving = Serving(lambda session_id: dockerfile_session(
             context=str(self.project.context), allow=self.allowed(plan), dockerfile=self.sent_text(plan.text).encode(),
             files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()},
             files_time_ns=self.written_ns(), root_under=under,
             shared_key=shared_key(str(self.project.context), unit.name),
             secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
             ssh={s.id: s.paths[0] for s in self.settings.ssh}, registry_hosts=self.registry_hosts(unit),
-            context_request=None if plan.lowered.files else self.context_request(unit, self.allowed(plan)))
+            context_request=None if plan.lowered.files else self.context_request(unit, self.allowed(plan)),
+            session_id=session_id))
         attrs = dockerfile_attrs(
             target=target.name, build_args=args, no_cache=self.settings.no_cache and not unit.needs,
             network=self.network(), platform=",".join(self.settings.platforms) or None)
@@ -302,21 +315,20 @@ class BuildKitBuilder(Builder):
         with self._lock:
             self._cancels.add(cancel)
         try:
-            with self.engine.errors(f"stage '{target.name}'", where=self.where, line=target.line), \
-                    control.attach(session):
+            with self.engine.errors(f"stage '{target.name}'", where=self.where, line=target.line):
                 answer = control.solve(
-                    session=session, frontend_attrs=attrs, exporter=exporter,
+                    serve=serving, frontend_attrs=attrs, exporter=exporter,
                     cache_imports=[CacheEntry("registry", {"ref": ref}) for ref in self.settings.cache_from],
                     cache_exports=cache_exports,
                     entitlements=["network.host"] if self.settings.network == "host" else [],
-                    on_status=view.feed, cancel=cancel)
+                    on_status=lambda status: view().feed(status), cancel=cancel)
         except SolveFailed as exc:
-            view.finish()
+            view().finish()
             if any(marker in exc.details for marker in LOST_INPUT):
-                raise LostInput(exc.details, view.failure(exc.details, self.where, target.line)) from exc
-            raise view.failure(exc.details, self.where, target.line) from exc
+                raise LostInput(exc.details, view().failure(exc.details, self.where, target.line)) from exc
+            raise view().failure(exc.details, self.where, target.line) from exc
         except EngineError as exc:
-            view.finish()
+            view().finish()
             if isinstance(exc, Interrupted):
                 raise
             raise EngineError(f"stage '{target.name}': {exc.message}", where=self.where, line=target.line) from exc
@@ -324,11 +336,11 @@ class BuildKitBuilder(Builder):
             with self._lock:
                 self._cancels.discard(cancel)
                 self._solves_over.notify_all()
-        view.finish()
+        view().finish()
         image_id = answer.get("containerimage.digest", "")
         if not image_id and output is None and self.stores_images:
             raise step_failed(target.name, "BuildKit exported no image", where=self.where, line=target.line)
-        return Sent(image_id, view.progress.stage_seconds(), view.conclude())
+        return Sent(image_id, view().progress.stage_seconds(), view().conclude())
 
     # --- through POST /build?version=2, with a tar of the context -----------------------------
     def _solve_with_tar(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:

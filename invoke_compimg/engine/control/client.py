@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import secrets as random
 import threading
@@ -26,15 +27,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError, Interrupted
-from ..buildkit.wire import StatusResponse, decode_status
-from .grpc_frames import UNAVAILABLE
+from .grpc_frames import UNAVAILABLE, method_path
 from .h2_client import ByteStream, Call, Connection, RpcError
 from .proto import control_pb2
-from .session import PATHS, Attached, EngineAttached, Export, LocalExport, Session, TarExport, method_path
 from .transport import TLS, engine_connection, engine_session, service_connection
 
 if TYPE_CHECKING:
+    from ..buildkit.wire import StatusResponse
     from ..client import Engine
+    from .session import Attached, EngineAttached, Export, Session
+
+# What serves the session (session.py and what it serves: the file walk, the providers, the
+# h2 server) is imported only once a solve is on its way, while the daemon starts it: see
+# `Control.solve`'s `serve`.
 
 _CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"]
 SOLVE = method_path(_CONTROL, "Solve")
@@ -81,10 +86,14 @@ class Exporter:
 
     @classmethod
     def local(cls, dest: str) -> Exporter:
+        from .session import LocalExport
+
         return cls("local", {}, LocalExport(str(dest)))
 
     @classmethod
     def tar(cls, path: str) -> Exporter:
+        from .session import TarExport
+
         return cls("tar", {}, TarExport(str(path)))
 
 
@@ -177,6 +186,8 @@ class Control:
         layer), else through `Control.Session` on this connection. An engine
         that answers `/session` with an error status gets `Control.Session`; one that cannot be
         reached there is an EngineError, as it would be for the solve."""
+        from .session import Attached, EngineAttached
+
         if self._session_dial is not None:
             own = self._session_dial(session.metadata())
             if own is not None:
@@ -190,35 +201,50 @@ class Control:
         except RpcError as exc:
             raise self._error("attaching a session", exc) from exc
 
-    def solve(self, *, session: Session | None, frontend: str = "dockerfile.v0",
+    def solve(self, *, session: Session | None = None, serve: Serving | None = None,
+              frontend: str = "dockerfile.v0",
               frontend_attrs: Mapping[str, str] | None = None, exporter: Exporter | None = None,
               cache_imports: Sequence[CacheEntry] = (), cache_exports: Sequence[CacheEntry] = (),
               entitlements: Sequence[str] = (), on_status: Callable[[StatusResponse], object] | None = None,
               cancel: threading.Event | None = None, ref: str | None = None) -> dict[str, str]:
         """Run one solve and return the exporter's response. `session` must be attached
-        (`attach`) for the solve to read files, secrets or write a local/tar export.
-        `on_status` gets every StatusResponse on this thread. Setting `cancel` (or Ctrl-C
-        here) cancels the solve on the daemon: raises Cancelled (KeyboardInterrupt goes on)."""
+        (`attach`) for the solve to read files, secrets or write a local/tar export; or
+        `serve` makes and attaches it once the SolveRequest is sent (the daemon waits for a
+        session it was told of), and it is closed after the solve. `on_status` gets every
+        StatusResponse on this thread. Setting `cancel` (or Ctrl-C here) cancels the solve on
+        the daemon: raises Cancelled (KeyboardInterrupt goes on)."""
+        if session is not None and serve is not None:
+            raise ValueError("give a session or a way to serve one, not both")
+        if serve is not None:
+            session_id = serve.session_id
         ref = ref or random.token_hex(13)
         attrs = dict(frontend_attrs or {})
         if cache_imports:
             attrs["cache-imports"] = json.dumps([{"Type": c.type, "Attrs": dict(c.attrs)} for c in cache_imports])
         request = control_pb2.SolveRequest(
-            Ref=ref, Frontend=frontend, FrontendAttrs=attrs, Session=session.id if session else "",
+            Ref=ref, Frontend=frontend, FrontendAttrs=attrs,
+            Session=session.id if session else session_id if serve is not None else "",
             Exporter=exporter.type if exporter else "", ExporterAttrs=dict(exporter.attrs) if exporter else {},
             Cache=control_pb2.CacheOptions(
                 Imports=[control_pb2.CacheOptionsEntry(Type=c.type, Attrs=dict(c.attrs)) for c in cache_imports],
                 Exports=[control_pb2.CacheOptionsEntry(Type=c.type, Attrs=dict(c.attrs)) for c in cache_exports]),
             Entitlements=list(entitlements))
         output = exporter.output if exporter else None
-        if output is not None and session is None:
+        if output is not None and session is None and serve is None:
             raise ValueError(f"a {exporter.type if exporter else ''} export needs a session")
         exporting = session.exporting(output) if session is not None else contextlib.nullcontext()
         with exporting:
-            return self._run(request, on_status, cancel)
+            return self._run(request, on_status, cancel, serve, output)
 
     def _run(self, request: control_pb2.SolveRequest, on_status: Callable[[StatusResponse], object] | None,
-             cancel: threading.Event | None) -> dict[str, str]:
+             cancel: threading.Event | None, serve: Serving | None = None,
+             output: Export | None = None) -> dict[str, str]:
+        with contextlib.ExitStack() as served:
+            return self._solved(request, on_status, cancel, served, serve, output)
+
+    def _solved(self, request: control_pb2.SolveRequest, on_status: Callable[[StatusResponse], object] | None,
+                cancel: threading.Event | None, served: contextlib.ExitStack, serve: Serving | None,
+                output: Export | None) -> dict[str, str]:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
         connection = self.connection()
         try:
@@ -237,6 +263,10 @@ class Control:
         try:
             with contextlib.suppress(RpcError):  # the call failed at once: its status says why, below
                 solve_call.send(request.SerializeToString(), end=True)
+            if serve is not None:  # the daemon starts the solve meanwhile, and waits for the session
+                session = serve.make()
+                served.enter_context(session.exporting(output))
+                served.enter_context(self.attach(session))
             while solved is None or (not status_over and time.monotonic() < drain_until):
                 if cancel is not None and cancel.is_set() and solved is None:
                     raise Cancelled()
@@ -290,7 +320,8 @@ def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile:
                        secrets: Sequence[tuple[str, str | None, str | None]] = (),
                        ssh: Mapping[str, str] | None = None,
                        registry_hosts: Iterable[str] | None = None,
-                       context_request: tuple[Sequence[str] | None, Sequence[str] | None] | None = None) -> Session:
+                       context_request: tuple[Sequence[str] | None, Sequence[str] | None] | None = None,
+                       session_id: str | None = None) -> Session:
     """A session for one Dockerfile solve: the context folder (only `allow`, when given) as
     dir `context`, with `files` (path -> (bytes, mode): what the lowering generated, dated
     `files_time_ns` to the second, or by their content when 0) beside
@@ -302,6 +333,7 @@ def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile:
     context with (listed ahead; None: listed when asked)."""
     from .fswalk import Dir, Request, VirtualFile
     from .providers import Registries, Secret
+    from .session import Session
 
     generated = {path: VirtualFile(data, mode, files_time_ns) for path, (data, mode) in (files or {}).items()}
     return Session(shared_key=shared_key,
@@ -310,10 +342,29 @@ def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile:
                    secrets=[Secret(secret_id, path=path, env=env) for secret_id, path, env in secrets],
                    ssh=dict(ssh or {}), registries=Registries(hosts=registry_hosts),
                    expected={} if context_request is None else {
-                       "context": Request(follow=context_request[0], exclude=context_request[1])})
+                       "context": Request(follow=context_request[0], exclude=context_request[1])},
+                   id=session_id or new_session_id())
+
+
+class Serving:
+    """A session to serve with a solve, made and attached once the solve is sent: `make`
+    makes it with `session_id` (see `Control.solve`)."""
+
+    def __init__(self, make: Callable[[str], Session]) -> None:
+        self.session_id = new_session_id()
+        self._make = make
+
+    def make(self) -> Session:
+        return self._make(self.session_id)
+
+
+def new_session_id() -> str:
+    return os.urandom(16).hex()  # uuid4's length, without uuid's import
 
 
 def _read_status(call: Call, events: queue.Queue[tuple[str, Any]]) -> None:
+    from ..buildkit.wire import decode_status  # (on this thread, while the daemon starts the solve)
+
     try:
         for payload in call:
             try:
@@ -340,5 +391,5 @@ def connect(address: str | None = None, *, engine: Engine | None = None, tls: TL
     return Control(lambda: service_connection(address, tls, timeout), address)
 
 
-__all__ = ["PATHS", "CacheEntry", "Cancelled", "Control", "Exporter", "Platform", "SolveFailed", "Worker",
-           "connect", "dockerfile_attrs", "dockerfile_session"]
+__all__ = ["CacheEntry", "Cancelled", "Control", "Exporter", "Platform", "Serving", "SolveFailed", "Worker",
+           "connect", "dockerfile_attrs", "dockerfile_session", "new_session_id"]

@@ -33,7 +33,7 @@ import h2.exceptions
 
 from .diffcopy_send import Refused, Sender
 from .fswalk import BadPattern, Dir, Entry, Request, walk, walking
-from .grpc_frames import OK
+from .grpc_frames import OK, method_path
 from .h2_client import ByteStream, Connection, RpcError
 from .h2_client import Call as ClientCall
 from .h2_server import FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, Call, Method, Server
@@ -45,11 +45,6 @@ log = logging.getLogger(__name__)
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HEALTH_SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}
 SSH_ID_KEY = "buildkit.ssh.id"
-
-
-def method_path(service: Any, method: str) -> str:
-    """`/package.Service/Method` from a generated service descriptor."""
-    return f"/{service.full_name}/{service.methods_by_name[method].name}"
 
 
 def _service(module: Any, name: str) -> Any:
