@@ -52,6 +52,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_early_engine_answers() -> Iterator[None]:
+    """A test's building task asks its engine's /version early (engine.client.ask_early): an
+    answer no Engine took is not left for the next test's."""
+    yield
+    from invoke_compimg.engine import client
+
+    client._early_versions.clear()
+
+
+@pytest.fixture(autouse=True)
 def builder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
     """The builder an end-to-end test runs with (both, in BOTH_BUILDERS modules): `compimg`
     and `invoke` subprocesses and the in-process helpers read INVOKE_COMPIMG_BUILDER."""

@@ -763,17 +763,17 @@ def test_the_session_is_served_once_the_solve_is_sent(make_project: Any, monkeyp
     from invoke_compimg.engine.control import client, h2_client
 
     order: list[str] = []
-    solves: set[int] = set()  # the Solve calls, by identity
+    solves: list[Any] = []  # the Solve calls (kept: an id() could be taken by a later call)
     call, send, attach = h2_client.Connection.call, h2_client.Call.send, client.Control.attach
 
     def calling(self: Any, path: str, *args: Any, **kwargs: Any) -> Any:
         made = call(self, path, *args, **kwargs)
         if path == client.SOLVE:
-            solves.add(id(made))
+            solves.append(made)
         return made
 
     def sending(self: Any, data: bytes, *args: Any, **kwargs: Any) -> Any:
-        if id(self) in solves:
+        if any(self is solve for solve in solves):
             order.append("solve sent")
         return send(self, data, *args, **kwargs)
 
@@ -793,7 +793,7 @@ def test_the_session_is_served_once_the_solve_is_sent(make_project: Any, monkeyp
     cancel = h2_client.Call.cancel
 
     def cancelling(self: Any) -> None:
-        if id(self) in solves:
+        if any(self is solve for solve in solves):
             cancelled.append("solve")
         cancel(self)
 

@@ -382,15 +382,45 @@ def test_the_context_listed_ahead_answers_only_the_request_it_was_listed_for(tmp
 def test_a_listing_ahead_stops_with_its_session(tmp_path: Path) -> None:
     from invoke_compimg.engine.control.session import Session
 
-    _tree(tmp_path, {f"f{i}": "" for i in range(10)})
+    _tree(tmp_path, {f"d{i % 50}/f{i}": "" for i in range(5000)})
     session = Session(dirs=[fswalk.Dir("context", str(tmp_path)), fswalk.Dir("dockerfile", None)],
                       expected={"context": fswalk.Request()})
     _diffcopy(session, "dockerfile", fswalk.Request())
     ahead = session._ahead["context"]  # type: ignore[index]
     session.stop_listing_ahead()
     assert ahead.entries() is None and session._ahead == {}
-    assert len(sent := _diffcopy(session, "context", fswalk.Request()).stats) == 10, sent  # listed when asked
+    assert len(ahead._found) < 5050  # it stopped walking (a whole walk takes tens of milliseconds)
+    assert len(_diffcopy(session, "context", fswalk.Request()).stats) == 5050  # listed when asked
     assert session.listed_ahead == 0
+
+
+def test_a_listing_ahead_that_failed_is_never_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A walk that ended early (an error in the middle) or could not start (a pattern Docker
+    rejects) is not an answer: the request is listed when asked, and fails as it would."""
+    from invoke_compimg.engine.control import session as control_session
+
+    _tree(tmp_path, {f"f{i}": "" for i in range(10)})
+
+    def session(request: fswalk.Request) -> Any:
+        return control_session.Session(dirs=[fswalk.Dir("context", str(tmp_path)), fswalk.Dir("dockerfile", None)],
+                                       expected={"context": request})
+
+    def breaking(directory: fswalk.Dir, request: fswalk.Request) -> Iterator[fswalk.Entry]:
+        for number, entry in enumerate(fswalk.walking(directory, request)):
+            if number == 3:
+                raise RuntimeError("the walk broke")
+            yield entry
+
+    monkeypatch.setattr(control_session, "walking", breaking)
+    broken = session(fswalk.Request())
+    _diffcopy(broken, "dockerfile", fswalk.Request())
+    assert len(_diffcopy(broken, "context", fswalk.Request()).stats) == 10 and broken.listed_ahead == 0
+    monkeypatch.undo()
+    bad = fswalk.Request(exclude=["[unclosed"])
+    rejected = session(bad)
+    _diffcopy(rejected, "dockerfile", fswalk.Request())
+    with pytest.raises(AssertionError, match="aborted: dir 'context'"):
+        _diffcopy(rejected, "context", bad)
 
 
 # --- FileSend: a local export into the user's folder ---------------------------------------

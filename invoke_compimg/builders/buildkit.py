@@ -5,6 +5,7 @@ shown in the user's terms (`solve_view`)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import posixpath
@@ -298,15 +299,17 @@ class BuildKitBuilder(Builder):
         # has a session of its own; the shared key per folder and unit keeps their files apart.
         # The session is made and served once the solve is sent (the daemon waits for it):
         # what serves it is imported meanwhile, while the daemon starts the solve.
-        serving = Serving(lambda session_id: dockerfile_session(
-            context=str(self.project.context), allow=self.allowed(plan), dockerfile=self.sent_text(plan.text).encode(),
+        # (What it reads is read now: BuildKit waits for the session a few seconds, no more.)
+        described = functools.partial(
+            dockerfile_session, context=str(self.project.context), allow=self.allowed(plan),
+            dockerfile=self.sent_text(plan.text).encode(),
             files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()},
             files_time_ns=self.written_ns(), root_under=under,
             shared_key=shared_key(str(self.project.context), unit.name),
             secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
             ssh={s.id: s.paths[0] for s in self.settings.ssh}, registry_hosts=self.registry_hosts(unit),
-            context_request=None if plan.lowered.files else self.context_request(unit, self.allowed(plan)),
-            session_id=session_id))
+            context_request=None if plan.lowered.files else self.context_request(unit, self.allowed(plan)))
+        serving = Serving(lambda session_id: described(session_id=session_id))
         attrs = dockerfile_attrs(
             target=target.name, build_args=args, no_cache=self.settings.no_cache and not unit.needs,
             network=self.network(), platform=",".join(self.settings.platforms) or None)

@@ -89,17 +89,24 @@ class _EarlyVersion:
     def __init__(self, path: str) -> None:
         self.started = time.monotonic()
         self.answer: Any = None
+        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._ask, args=(path,), name="compimg-engine-version", daemon=True)
         self._thread.start()
 
     def _ask(self, path: str) -> None:
-        with contextlib.suppress(Exception):  # asked again when needed, which then says why
+        try:
             self.answer = UnixJSON(path).get("/version")
+        except Exception as exc:  # raised where it is needed, as asking then would have
+            self.error = exc
 
     def result(self) -> Any:
+        """The answer (None: none to use); raises what asking raised (an engine that is not
+        there, or hung for the request's whole timeout, is not asked a second time)."""
         if time.monotonic() - self.started > self.FRESH_SECONDS:
             return None
         self._thread.join()
+        if self.error is not None:
+            raise self.error
         return self.answer if isinstance(self.answer, dict) else None
 
 
@@ -123,7 +130,7 @@ def ask_early(environment: Mapping[str, str] | None = None) -> None:
 
 
 def _early_version(path: str) -> Any:
-    """The `/version` asked early for `path` (once), or None."""
+    """The `/version` asked early for `path` (once), or None; raises what asking raised."""
     with _early_lock:
         early = _early_versions.pop(path, None)
     return early.result() if early is not None else None

@@ -263,7 +263,8 @@ class Control:
         try:
             with contextlib.suppress(RpcError):  # the call failed at once: its status says why, below
                 solve_call.send(request.SerializeToString(), end=True)
-            if serve is not None:  # the daemon starts the solve meanwhile, and waits for the session
+            if serve is not None and solve_call.code is None:  # (one that failed at once says why below)
+                # the daemon starts the solve meanwhile, and waits for the session
                 session = serve.make()
                 served.enter_context(session.exporting(output))
                 served.enter_context(self.attach(session))

@@ -297,7 +297,7 @@ class _Ahead:
     def __init__(self, directory: Dir, request: Request) -> None:
         self.request = request
         self._found: list[Entry] = []
-        self._failed = False
+        self._complete = False  # set only when the walk ended by itself: a partial listing is never used
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._list, args=(directory,), name="compimg-list-ahead", daemon=True)
         self._thread.start()
@@ -308,8 +308,9 @@ class _Ahead:
                 if self._stopped.is_set():
                     return
                 self._found.append(entry)
-        except (BadPattern, OSError):  # listed again when asked, which then says why
-            self._failed = True
+            self._complete = True
+        except BaseException:  # listed again when asked, which then says why (or fails as it would)
+            self._complete = False
 
     def answers(self, request: Request) -> bool:
         """Would `request` list the same? (The walk sorts the followpaths and drops repeats.)"""
@@ -322,7 +323,7 @@ class _Ahead:
 
     def entries(self) -> list[Entry] | None:
         self._thread.join()
-        return None if self._failed or self._stopped.is_set() else self._found
+        return self._found if self._complete and not self._stopped.is_set() else None
 
     def stop(self) -> None:
         self._stopped.set()
