@@ -248,21 +248,26 @@ def test_extract_artifact_is_a_local_export_and_keeps_the_users_files(make_proje
 
 # --- what travels -----------------------------------------------------------------------------
 
-def test_only_what_changed_travels_and_nothing_outside_the_folder(make_project: Any, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 2,000-file tree read whole: the first build sends it; after one edit only that file
-    travels (the session's shared key stays the same for the folder). A link to /etc/passwd
-    goes as a link."""
+@pytest.fixture
+def sessions(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The sessions the builds of a test make, in order."""
     from invoke_compimg.engine.control import client
 
-    sessions: list[Any] = []
+    made: list[Any] = []
     real = client.dockerfile_session
 
     def recording(**kwargs: Any) -> Any:
-        sessions.append(real(**kwargs))
-        return sessions[-1]
+        made.append(real(**kwargs))
+        return made[-1]
 
     monkeypatch.setattr(client, "dockerfile_session", recording)
+    return made
+
+
+def test_only_what_changed_travels_and_nothing_outside_the_folder(make_project: Any, sessions: list[Any]) -> None:
+    """A 2,000-file tree read whole: the first build sends it; after one edit only that file
+    travels (the session's shared key stays the same for the folder). A link to /etc/passwd
+    goes as a link."""
     files = {f"src/{i // 100}/f{i}.txt": f"{i}\n" * 50 for i in range(2000)}
     project = make_project("NAME build\nFROM busybox\nCOPY src /src\nRUN cat /src/0/f7.txt > /seen\n", files)
     (project.context / "src" / "passwd").symlink_to("/etc/passwd")
@@ -291,18 +296,8 @@ def test_only_what_changed_travels_and_nothing_outside_the_folder(make_project: 
     "NAME build\nFROM busybox\nCOPY . /all\n",
 ], ids=["sources", "whole context"])
 def test_the_context_request_the_frontend_makes_is_the_one_listed_ahead(make_project: Any, dockerfile: str,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                      sessions: list[Any]) -> None:
     """What the session expects BuildKit's Dockerfile frontend to ask for is what it asks."""
-    from invoke_compimg.engine.control import client
-
-    sessions: list[Any] = []
-    real = client.dockerfile_session
-
-    def recording(**kwargs: Any) -> Any:
-        sessions.append(real(**kwargs))
-        return sessions[-1]
-
-    monkeypatch.setattr(client, "dockerfile_session", recording)
     project = make_project(dockerfile, {"src/a/x.go": "x", "src/b/y.go": "y", "main.go": "m", "docs/r.md": "r",
                                         "docs/s.md": "s", "top.txt": "t", "notes.txt": "n",
                                         ".dockerignore": "# comment\n\n*.md\n!docs/r.md\n/notes.txt\n./src/b/../b\n"})
