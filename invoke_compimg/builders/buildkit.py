@@ -279,15 +279,12 @@ class BuildKitBuilder(Builder):
             lowered = multi_stage(self.graph, unit.stages, context_prefix=CONTEXT_PREFIX,
                                   build_args=self.args_for(unit.stages), image_config=self.image_config)
             plan = Plan(lowered.text, lowered, plan.paths, plan.images)
-        made: list[SolveView] = []
-
+        @functools.cache
         def view() -> SolveView:  # made at the first status, while the daemon works (or on an early failure)
-            if not made:
-                from .solve_view import SolveView
+            from .solve_view import SolveView
 
-                made.append(SolveView(target.name, plan.lowered, None if quiet else self.reporter,
-                                      platforms=self.settings.platforms, host=self.host_platform))
-            return made[0]
+            return SolveView(target.name, plan.lowered, None if quiet else self.reporter,
+                             platforms=self.settings.platforms, host=self.host_platform)
 
         exporter = self.exporter(unit, output)
         # Inline cache metadata is an export of its own here (the engine's /build turns the
@@ -300,16 +297,16 @@ class BuildKitBuilder(Builder):
         # The session is made and served once the solve is sent (the daemon waits for it):
         # what serves it is imported meanwhile, while the daemon starts the solve.
         # (What it reads is read now: BuildKit waits for the session a few seconds, no more.)
-        described = functools.partial(
-            dockerfile_session, context=str(self.project.context), allow=self.allowed(plan),
+        allow = self.allowed(plan)
+        serving = Serving(functools.partial(
+            dockerfile_session, context=str(self.project.context), allow=allow,
             dockerfile=self.sent_text(plan.text).encode(),
             files={path: (file.data, file.mode) for path, file in plan.lowered.files.items()},
             files_time_ns=self.written_ns(), root_under=under,
             shared_key=shared_key(str(self.project.context), unit.name),
             secrets=[(s.id, s.path, s.env) for s in self.settings.secrets],
             ssh={s.id: s.paths[0] for s in self.settings.ssh}, registry_hosts=self.registry_hosts(unit),
-            context_request=None if plan.lowered.files else self.context_request(unit, self.allowed(plan)))
-        serving = Serving(lambda session_id: described(session_id=session_id))
+            context_request=None if plan.lowered.files else self.context_request(unit, allow)))
         attrs = dockerfile_attrs(
             target=target.name, build_args=args, no_cache=self.settings.no_cache and not unit.needs,
             network=self.network(), platform=",".join(self.settings.platforms) or None)

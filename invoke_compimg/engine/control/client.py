@@ -215,15 +215,13 @@ class Control:
         the daemon: raises Cancelled (KeyboardInterrupt goes on)."""
         if session is not None and serve is not None:
             raise ValueError("give a session or a way to serve one, not both")
-        if serve is not None:
-            session_id = serve.session_id
         ref = ref or random.token_hex(13)
         attrs = dict(frontend_attrs or {})
         if cache_imports:
             attrs["cache-imports"] = json.dumps([{"Type": c.type, "Attrs": dict(c.attrs)} for c in cache_imports])
         request = control_pb2.SolveRequest(
             Ref=ref, Frontend=frontend, FrontendAttrs=attrs,
-            Session=session.id if session else session_id if serve is not None else "",
+            Session=session.id if session else serve.session_id if serve else "",
             Exporter=exporter.type if exporter else "", ExporterAttrs=dict(exporter.attrs) if exporter else {},
             Cache=control_pb2.CacheOptions(
                 Imports=[control_pb2.CacheOptionsEntry(Type=c.type, Attrs=dict(c.attrs)) for c in cache_imports],
@@ -232,19 +230,14 @@ class Control:
         output = exporter.output if exporter else None
         if output is not None and session is None and serve is None:
             raise ValueError(f"a {exporter.type if exporter else ''} export needs a session")
-        exporting = session.exporting(output) if session is not None else contextlib.nullcontext()
-        with exporting:
-            return self._run(request, on_status, cancel, serve, output)
+        with contextlib.ExitStack() as served:  # the export target, and a session `serve` makes
+            if session is not None:
+                served.enter_context(session.exporting(output))
+            return self._run(request, on_status, cancel, served, serve, output)
 
     def _run(self, request: control_pb2.SolveRequest, on_status: Callable[[StatusResponse], object] | None,
-             cancel: threading.Event | None, serve: Serving | None = None,
-             output: Export | None = None) -> dict[str, str]:
-        with contextlib.ExitStack() as served:
-            return self._solved(request, on_status, cancel, served, serve, output)
-
-    def _solved(self, request: control_pb2.SolveRequest, on_status: Callable[[StatusResponse], object] | None,
-                cancel: threading.Event | None, served: contextlib.ExitStack, serve: Serving | None,
-                output: Export | None) -> dict[str, str]:
+             cancel: threading.Event | None, served: contextlib.ExitStack, serve: Serving | None,
+             output: Export | None) -> dict[str, str]:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
         connection = self.connection()
         try:
@@ -348,15 +341,15 @@ def dockerfile_session(*, context: str, allow: Sequence[str] | None, dockerfile:
 
 
 class Serving:
-    """A session to serve with a solve, made and attached once the solve is sent: `make`
-    makes it with `session_id` (see `Control.solve`)."""
+    """A session to serve with a solve, made and attached once the solve is sent (see
+    `Control.solve`): `make(session_id=...)` makes it, `dockerfile_session` with its arguments."""
 
-    def __init__(self, make: Callable[[str], Session]) -> None:
+    def __init__(self, make: Callable[..., Session]) -> None:
         self.session_id = new_session_id()
         self._make = make
 
     def make(self) -> Session:
-        return self._make(self.session_id)
+        return self._make(session_id=self.session_id)
 
 
 def new_session_id() -> str:

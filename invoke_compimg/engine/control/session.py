@@ -372,6 +372,17 @@ class _Served:
         self.closed = threading.Event()
         self.outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.server = Server(session.handler(), self.outgoing.put, name="compimg-session")
+        self.threads: list[threading.Thread] = []
+
+    def _start(self, *targets: tuple[Callable[[], None], str]) -> None:
+        """Start a daemon thread per (target, name); on any failure close what was started."""
+        try:
+            for target, name in targets:
+                self.threads.append(threading.Thread(target=target, name=name, daemon=True))
+                self.threads[-1].start()
+        except BaseException:
+            self.close()
+            raise
 
     def _to_daemon(self) -> Iterator[bytes]:
         while True:
@@ -394,6 +405,19 @@ class _Served:
                 yield joined[start:start + self.JOIN]
 
     def close(self) -> None:
+        """Stop serving: `_cut` ends the way the daemon's bytes came (first: a daemon that
+        stopped reading must not hold up the rest), then the server (it waits for the handlers:
+        an export removes its staging folder) and our threads."""
+        self.closed.set()
+        self.session.stop_listing_ahead()
+        self._cut()
+        self.server.close()
+        self.outgoing.put(None)
+        for thread in self.threads:
+            if thread is not threading.current_thread():
+                thread.join(5)
+
+    def _cut(self) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> _Served:
@@ -417,11 +441,10 @@ class Attached(_Served):
             self.call = connection.call(PATHS["session"], metadata=session.metadata(),
                                         on_message=lambda message: self.server.receive(_unwrap_one(message)))
             self.call.add_done_callback(self._ended)
-            self.sender = threading.Thread(target=self._send, name="compimg-session-send", daemon=True)
-            self.sender.start()
         except BaseException:
             self.close()
             raise
+        self._start((self._send, "compimg-session-send"))
 
     def _send(self) -> None:
         try:
@@ -440,17 +463,11 @@ class Attached(_Served):
             log.debug("session %s ended: %s", self.session.id, call.details)
         self.outgoing.put(None)
 
-    def close(self) -> None:
-        self.closed.set()
-        self.session.stop_listing_ahead()
-        call = getattr(self, "call", None)
+    def _cut(self) -> None:
+        call = getattr(self, "call", None)  # (none if the call could not be made)
         if call is not None:
             call.cancel()
-        self.server.close()
-        self.outgoing.put(None)
-        sender = getattr(self, "sender", None)
-        if sender is not None:
-            sender.join(5)
+
 
 class EngineAttached(_Served):
     """A session served on a Docker engine's own `POST /session` connection (upgraded to h2c;
@@ -466,14 +483,7 @@ class EngineAttached(_Served):
     def __init__(self, session: Session, connection: ByteStream) -> None:
         super().__init__(session)
         self.connection = connection
-        self.threads: list[threading.Thread] = []
-        try:
-            for target, name in ((self._send, "compimg-session-send"), (self._read, "compimg-session-read")):
-                self.threads.append(threading.Thread(target=target, name=name, daemon=True))
-                self.threads[-1].start()
-        except BaseException:
-            self.close()
-            raise
+        self._start((self._send, "compimg-session-send"), (self._read, "compimg-session-read"))
 
     def _send(self) -> None:
         try:
@@ -482,7 +492,7 @@ class EngineAttached(_Served):
         except OSError:  # the engine went away: the reader sees the end too
             pass
         finally:
-            self._shut()
+            self._cut()
 
     def _read(self) -> None:
         try:
@@ -492,20 +502,10 @@ class EngineAttached(_Served):
             if not self.closed.is_set():
                 log.debug("session %s ended: %s", self.session.id, exc)
         finally:
-            self._shut()
+            self._cut()
             self.server.close()
             self.outgoing.put(None)
 
-    def _shut(self) -> None:
+    def _cut(self) -> None:
         with contextlib.suppress(OSError):
             self.connection.close()  # (wakes the other thread, blocked reading or writing it)
-
-    def close(self) -> None:
-        self.closed.set()
-        self.session.stop_listing_ahead()
-        self._shut()  # first: a peer that stopped reading must not hold up the rest
-        self.server.close()  # (waits for the handlers: an export removes its staging folder)
-        self.outgoing.put(None)
-        for thread in self.threads:
-            if thread is not threading.current_thread():
-                thread.join(5)
