@@ -7,7 +7,9 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -257,6 +259,37 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
     if _engine_unavailable() is None:
         verdict = f"LEAK: {', '.join(_leaked)}" if _leaked else "ok"
         terminalreporter.write_line(f"containers of this run's projects left on the engine: {len(_leaked)} ({verdict})")
+
+
+def _busy_pool_workers() -> list[tuple[threading.Thread, object]]:
+    """Threads of a thread pool (a fake gRPC server's) still running a work item. Python's
+    exit joins every pool's threads, daemon or not: one that never ends hangs the run after
+    its summary, with nothing printed (a CI timeout)."""
+    pool_module = os.path.join("concurrent", "futures", "thread.py")
+    frames = sys._current_frames()
+    busy = []
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident or 0)
+        while frame is not None:
+            if frame.f_code.co_name == "run" and frame.f_code.co_filename.endswith(pool_module):
+                busy.append((thread, frames[thread.ident or 0]))
+                break
+            frame = frame.f_back
+    return busy
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    deadline = time.monotonic() + 15  # a fake stopped last may still be ending its calls
+    while (busy := _busy_pool_workers()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if busy:
+        sys.stdout.flush()
+        sys.stderr.write(f"{len(busy)} thread(s) of a test's thread pool still working after the run "
+                         "(Python's exit would wait for them for ever):\n")
+        for thread, frame in busy:
+            sys.stderr.write(f"{thread.name}:\n{''.join(traceback.format_stack(frame))}")  # type: ignore[arg-type]
+        sys.stderr.flush()
+        os._exit(1)
 
 
 @pytest.fixture

@@ -469,7 +469,8 @@ class ControlRecorder:
                 attached.close()
             line.close()
 
-        context.add_callback(close)
+        if not context.add_callback(close):  # the call already ended: the callback would never run
+            close()
         with self.proxy.busy():
             yield from line.outgoing()
 
@@ -783,7 +784,8 @@ class FakeControl:
                     del self.sessions[actual]
             line.close()
 
-        context.add_callback(close)
+        if not context.add_callback(close):  # the call already ended (cancelled at once): the callback
+            close()                           # would never run, and outgoing() would wait for ever
         yield from line.outgoing()
 
     # --- the daemon calling a session back -------------------------------------------------------
