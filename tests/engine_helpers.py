@@ -134,7 +134,10 @@ class Builder:
         return list(self.session.results.values())
 
     def build(self, target: str | None = None) -> dict[str, str]:
-        return self.session.build([target or self.project.graph.final.name])
+        try:
+            return self.session.build([target or self.project.graph.final.name])
+        finally:  # as the tasks do: its connections end with the build (using it again reconnects)
+            self.session.close()
 
     def table(self) -> str:
         from invoke_compimg.progress import format_table
