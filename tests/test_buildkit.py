@@ -569,6 +569,10 @@ def test_ctrl_c_in_process_cancels_the_solve(make_project: Any, unique: str, spy
         if wait_until(lambda: processes_with(marker), 60):
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to the main thread
 
+    def watching() -> set[threading.Thread]:  # the progress view's watch for a build that waits
+        return {t for t in threading.enumerate() if t.name == "compimg-solve-watch"}
+
+    before = watching()
     watcher = threading.Thread(target=interrupt_when_sleeping, daemon=True)
     watcher.start()
     started = time.monotonic()
@@ -577,6 +581,8 @@ def test_ctrl_c_in_process_cancels_the_solve(make_project: Any, unique: str, spy
     assert caught.value.code == 130 and time.monotonic() - started < 60
     assert spy.cancelled == ["slow"]
     assert wait_until(lambda: not processes_with(marker), 5), processes_with(marker)
+    # the process goes on (the Python API): nothing of the build's view is left watching
+    assert wait_until(lambda: not watching() - before, 2), watching() - before
 
 
 # --- 8. BuildKit-only features --------------------------------------------------------------

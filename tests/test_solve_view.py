@@ -248,6 +248,42 @@ def test_a_step_of_each_platform_is_named_with_its_platform_and_the_stage_ends_a
     assert f"[linux/arm64 build 3/3] {go}" in done and f"[linux/amd64 build 3/3] {go}" in done
 
 
+def test_a_step_the_platforms_share_is_not_named_for_the_one_announced_first() -> None:
+    """BuildKit announces a platform's vertexes as it loads that platform: the shared FROM can
+    start while only arm64's chain is known, and what it feeds then names arm64 alone."""
+    graph = parse_text(CROSS_GO)
+    reporter = FakeReporter()
+    v = SolveView("run", multi_stage(graph, graph.needs("run")), reporter, platforms=("linux/amd64", "linux/arm64"))
+    v.feed(status(*(cross(d) for d in ("sha256:from", "sha256:ctx", "sha256:copy", "sha256:arm", "sha256:arm-app"))))
+    v.feed(status(cross("sha256:from", started=T), cross("sha256:arm", started=T + 0.1)))
+    v.feed(status(*(cross(d) for d in ("sha256:amd", "sha256:amd-app"))))
+    v.feed(status(cross("sha256:copy", started=T + 0.1), cross("sha256:amd", started=T + 0.2)))
+    go = "RUN GOOS=$TARGETOS GOARCH=$TARGETARCH CGO_ENABLED=0 go build -o /out/app ."
+    assert [e[2] for e in reporter.events if e[0] == "step"] == [
+        "[build 1/3] FROM --platform=$BUILDPLATFORM golang:1.19",
+        f"[linux/arm64 build 3/3] {go}",
+        "[build 2/3] COPY . .",
+        f"[linux/amd64 build 3/3] {go}",
+    ]
+
+
+@pytest.mark.parametrize(("dockerfile", "shared"), [
+    ("FROM --platform=$BUILDPLATFORM golang\nARG TARGETOS TARGETARCH\nCOPY . .\nRUN go build\n", 2),
+    ("FROM --platform=${BUILDPLATFORM} golang\nRUN go vet\nCOPY . .\nARG TARGETARCH\nRUN go build\n", 3),
+    ("FROM --platform=$BUILDPLATFORM golang\nCOPY $TARGETARCH/ .\n", 1),
+    ("FROM --platform=$BUILDPLATFORM golang\nENV GOARCH=$TARGETARCH\nRUN go build\n", 1),
+    ("FROM --platform=$BUILDPLATFORM golang\nRUN --mount=from=base,target=/b true\n", 1),
+    ("FROM golang\nCOPY . .\n", 0),  # each platform's own base image
+    ("FROM --platform=linux/amd64 golang\nCOPY . .\n", 0),  # (not told apart from a per-platform one)
+])
+def test_the_steps_known_to_be_shared_by_every_platform(dockerfile: str, shared: int) -> None:
+    from invoke_compimg.builders.solve_view import shared_steps
+
+    graph = parse_text(dockerfile)
+    lowered = multi_stage(graph, graph.needs(graph.final.name))
+    assert shared_steps(lowered.stages[graph.final.name]) == shared
+
+
 def test_a_stage_whose_platforms_come_from_the_cache_in_one_status_ends_after_both() -> None:
     graph = parse_text(CROSS_GO)
     reporter = FakeReporter()

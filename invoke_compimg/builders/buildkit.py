@@ -336,6 +336,8 @@ class BuildKitBuilder(Builder):
             with self._lock:
                 self._cancels.discard(cancel)
                 self._solves_over.notify_all()
+            if view.cache_info().currsize:  # (a Ctrl-C passes the branches above)
+                view().stop_watching()
         view().finish()
         image_id = answer.get("containerimage.digest", "")
         if not image_id and output is None and self.stores_images:

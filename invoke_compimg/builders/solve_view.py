@@ -55,6 +55,35 @@ def _is_step(step: Step) -> bool:
     return keyword(step.text) in _STEP_KEYWORDS
 
 
+# What makes a stage's step differ per platform in a solve for several: a TARGET* arg read.
+_TARGET_ARGS = ("TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT")
+_TARGET_REF = re.compile(r"\$\{?TARGET(?:PLATFORM|OS|ARCH|VARIANT)\b")
+_ON_BUILD_PLATFORM = re.compile(r"^FROM\s+--platform=(?:\$BUILDPLATFORM|\$\{BUILDPLATFORM\})\s", re.IGNORECASE)
+
+
+def shared_steps(lines: Sequence[Step]) -> int:
+    """How many of a stage's first counted steps are, for certain, one vertex for every
+    platform of a solve for several: the stage starts `FROM --platform=$BUILDPLATFORM` an
+    image, and up to the step nothing reads a TARGET* arg (a RUN after `ARG TARGETARCH` has
+    it in its environment) or another stage. BuildKit announces a platform's vertexes as it
+    loads that platform, so a step they share can start before the others' are known, and
+    what it feeds then names one platform only."""
+    count = 0
+    target_in_scope = False
+    for line in lines:
+        text, word = line.text, keyword(line.text)
+        if word == "FROM":
+            if getattr(line.source, "stage", None) or not _ON_BUILD_PLATFORM.match(text) or _TARGET_REF.search(text):
+                return 0
+        elif word in ("ARG", "ENV"):
+            target_in_scope = target_in_scope or any(name in text for name in _TARGET_ARGS)
+        elif (word == "RUN" and (target_in_scope or "from=" in text)) or _TARGET_REF.search(text) or "--from=" in text:
+            return count
+        if _is_step(line):
+            count += 1
+    return count
+
+
 def plain_paths(text: str) -> str:
     """An engine message with our `ctx/` folder taken out of its paths."""
     return _PREFIXED_PATH.sub(lambda m: "/" if m.group(0).startswith("/") else "", text)
@@ -77,6 +106,8 @@ class SolveView:
         self.host = host  # the platform the steps run on
         self.progress = Progress()
         self.steps = {stage: [s for s in steps if _is_step(s)] for stage, steps in lowered.stages.items()}
+        # per stage, how many first steps every platform shares (a solve for several)
+        self.shared = {stage: shared_steps(lines) for stage, lines in lowered.stages.items()} if platforms[1:] else {}
         self.titles: dict[str, tuple[str, str]] = {}  # vertex digest -> (stage, title)
         self.finished: dict[str, str] = {}  # stages built inside the solve, shown finished -> outcome
         self._ran: set[str] = set()  # stages with a step that ran (not from the cache)
@@ -109,7 +140,8 @@ class SolveView:
             return None  # context transfer, metadata: BuildKit's own bookkeeping
         stage, source = self.source(step)
         if source is not None:
-            platform = self._built_for(digest, step) if len(self.platforms) > 1 else None
+            shared = step.index is not None and step.index <= self.shared.get(stage, 0)
+            platform = self._built_for(digest, step) if len(self.platforms) > 1 and not shared else None
             label = f"{platform} {stage}" if platform else stage
             text = f"[{label} {step.index}/{step.total}] {one_line(source.source.text, 200)}"
         else:
@@ -196,7 +228,7 @@ class SolveView:
 
     def finish(self) -> None:
         """The solve ended (either way): what output is still held, and no more watching."""
-        self._stopped.set()
+        self.stop_watching()
         with self._lock:
             events = self.progress.finish()
         for event in events:
@@ -217,6 +249,11 @@ class SolveView:
         return dict(self.finished)
 
     # --- a solve that waits for another build ---------------------------------------------
+    def stop_watching(self) -> None:
+        """No notice of waiting from now on: the solve ended, a Ctrl-C included (in a process
+        that goes on, a watcher left would say a cancelled build waits)."""
+        self._stopped.set()
+
     def _watch(self) -> None:
         while not self._stopped.wait(0.5):
             with self._lock:
