@@ -13,6 +13,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -261,7 +262,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
         terminalreporter.write_line(f"containers of this run's projects left on the engine: {len(_leaked)} ({verdict})")
 
 
-def _busy_pool_workers() -> list[tuple[threading.Thread, object]]:
+def _busy_pool_workers() -> list[tuple[threading.Thread, FrameType]]:
     """Threads of a thread pool (a fake gRPC server's) still running a work item. Python's
     exit joins every pool's threads, daemon or not: one that never ends hangs the run after
     its summary, with nothing printed (a CI timeout)."""
@@ -287,7 +288,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stderr.write(f"{len(busy)} thread(s) of a test's thread pool still working after the run "
                          "(Python's exit would wait for them for ever):\n")
         for thread, frame in busy:
-            sys.stderr.write(f"{thread.name}:\n{''.join(traceback.format_stack(frame))}")  # type: ignore[arg-type]
+            sys.stderr.write(f"{thread.name}:\n{''.join(traceback.format_stack(frame))}")
         sys.stderr.flush()
         os._exit(1)
 

@@ -250,6 +250,13 @@ def generic(methods: dict[str, Any], other: Callable[[str], Any] | None = None) 
     return Handler()
 
 
+def _when_ended(context: Any, close: Callable[[], None]) -> None:
+    """Run `close` when the gRPC call ends; at once if it has ended already (cancelled before its
+    handler ran: grpc then never calls back, and a handler waiting for it would wait for ever)."""
+    if not context.add_callback(close):
+        close()
+
+
 class SessionLine:
     """The daemon's end of one Control.Session stream: a gRPC channel to the code's session
     server whose bytes are the stream's messages (what the code's server writes comes in,
@@ -469,8 +476,7 @@ class ControlRecorder:
                 attached.close()
             line.close()
 
-        if not context.add_callback(close):  # the call already ended: the callback would never run
-            close()
+        _when_ended(context, close)
         with self.proxy.busy():
             yield from line.outgoing()
 
@@ -784,8 +790,7 @@ class FakeControl:
                     del self.sessions[actual]
             line.close()
 
-        if not context.add_callback(close):  # the call already ended (cancelled at once): the callback
-            close()                           # would never run, and outgoing() would wait for ever
+        _when_ended(context, close)
         yield from line.outgoing()
 
     # --- the daemon calling a session back -------------------------------------------------------

@@ -336,8 +336,7 @@ class BuildKitBuilder(Builder):
             with self._lock:
                 self._cancels.discard(cancel)
                 self._solves_over.notify_all()
-            if view.cache_info().currsize:  # (a Ctrl-C passes the branches above)
-                view().stop_watching()
+            view().stop_watching()  # (a Ctrl-C passes the branches above)
         view().finish()
         image_id = answer.get("containerimage.digest", "")
         if not image_id and output is None and self.stores_images:

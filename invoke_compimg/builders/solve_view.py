@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..dockerfile.lowering import CONTEXT_PREFIX, keyword
-from ..dockerfile.model import From, Instruction, Run
+from ..dockerfile.model import PLATFORM_ARGS, Arg, Copy, Env, From, Instruction, Run
 from ..engine.buildkit import Progress, ProgressEvent, StatusResponse, StepName, parse_name
 from ..errors import EngineError, one_line
 from ..names import normalise_ref
@@ -56,32 +56,41 @@ def _is_step(step: Step) -> bool:
 
 
 # What makes a stage's step differ per platform in a solve for several: a TARGET* arg read.
-_TARGET_ARGS = ("TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT")
-_TARGET_REF = re.compile(r"\$\{?TARGET(?:PLATFORM|OS|ARCH|VARIANT)\b")
-_ON_BUILD_PLATFORM = re.compile(r"^FROM\s+--platform=(?:\$BUILDPLATFORM|\$\{BUILDPLATFORM\})\s", re.IGNORECASE)
+_TARGET_ARGS = frozenset(name for name in PLATFORM_ARGS if name.startswith("TARGET"))
+_TARGET_REF = re.compile(r"\$\{?(?:" + "|".join(sorted(_TARGET_ARGS)) + r")\b")
+_ON_BUILD_PLATFORM = frozenset({"$BUILDPLATFORM", "${BUILDPLATFORM}"})
 
 
 def shared_steps(lines: Sequence[Step]) -> int:
     """How many of a stage's first counted steps are, for certain, one vertex for every
     platform of a solve for several: the stage starts `FROM --platform=$BUILDPLATFORM` an
     image, and up to the step nothing reads a TARGET* arg (a RUN after `ARG TARGETARCH` has
-    it in its environment) or another stage. BuildKit announces a platform's vertexes as it
-    loads that platform, so a step they share can start before the others' are known, and
-    what it feeds then names one platform only."""
+    it in its environment) or another stage or image. BuildKit announces a platform's
+    vertexes as it loads that platform, so a step they share can start before the others'
+    are known, and what it feeds then names one platform only."""
     count = 0
     target_in_scope = False
     for line in lines:
-        text, word = line.text, keyword(line.text)
-        if word == "FROM":
-            if getattr(line.source, "stage", None) or not _ON_BUILD_PLATFORM.match(text) or _TARGET_REF.search(text):
+        source = line.source
+        if isinstance(source, From):
+            if source.stage or source.platform not in _ON_BUILD_PLATFORM or _TARGET_REF.search(source.written):
                 return 0
-        elif word in ("ARG", "ENV"):
-            target_in_scope = target_in_scope or any(name in text for name in _TARGET_ARGS)
-        elif (word == "RUN" and (target_in_scope or "from=" in text)) or _TARGET_REF.search(text) or "--from=" in text:
+        elif isinstance(source, (Arg, Env)):
+            names = set(source.names) if isinstance(source, Arg) else {key for key, _ in source.pairs}
+            target_in_scope = target_in_scope or bool(names & _TARGET_ARGS) or bool(_TARGET_REF.search(source.value))
+        elif (isinstance(source, Run) and target_in_scope) or _TARGET_REF.search(source.text) \
+                or _reads_elsewhere(source):
             return count
         if _is_step(line):
             count += 1
     return count
+
+
+def _reads_elsewhere(source: Instruction) -> bool:
+    """Does a COPY/ADD or a RUN mount read another stage or an image (`--from`)?"""
+    origins = ([g.origin for g in source.groups] if isinstance(source, Copy)
+               else [m.origin for m in source.mounts] if isinstance(source, Run) else [])
+    return any(o.kind in ("stage", "image") for o in origins)
 
 
 def plain_paths(text: str) -> str:
@@ -377,7 +386,7 @@ class SolveView:
         """The platform a FROM's image is for: its own `--platform=` (BuildKit's platform ARGs
         filled in), else the build's; None when that cannot be known here (another ARG)."""
         target = self.platforms[0] if self.platforms else self.host
-        written = next((flag.split("=", 1)[1] for flag in base.flags if flag.startswith("--platform=")), None)
+        written = base.platform
         if written is None:
             return target
         value = written

@@ -151,6 +151,11 @@ class From(Instruction):
     def stages(self) -> tuple[str, ...]:
         return (self.stage,) if self.stage else ()
 
+    @property
+    def platform(self) -> str | None:
+        """Its `--platform=` value as written (`$BUILDPLATFORM`), or None."""
+        return next((flag.split("=", 1)[1] for flag in self.flags if flag.startswith("--platform=")), None)
+
 
 @dataclass(frozen=True)
 class CopyGroup:
