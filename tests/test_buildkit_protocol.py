@@ -20,10 +20,14 @@ from typing import Any
 
 import pytest
 from engine_helpers import processes_with
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from invoke_compimg.building.context import context_tar
 from invoke_compimg.engine import buildkit as bk
+from invoke_compimg.engine import protowire
 from invoke_compimg.engine.client import Engine
+from invoke_compimg.engine.control import messages as control_messages
 from invoke_compimg.errors import BuildRejected, UserError
 
 DATA = Path(__file__).resolve().parent / "data" / "buildkit"
@@ -115,6 +119,57 @@ def test_decoder_negative_int64_and_empty_message() -> None:
 def test_decoder_rejects_broken_payloads(payload: bytes) -> None:
     with pytest.raises(bk.ProtocolError):
         bk.decode_status(payload)
+
+
+# --- the solve's own messages, written by hand --------------------------------------------
+
+_TEXT = st.text(max_size=12)
+_ATTRS = st.dictionaries(_TEXT, _TEXT, max_size=4)
+_OPTIONS = st.lists(st.tuples(_TEXT, _ATTRS), max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ref=_TEXT, frontend=_TEXT, frontend_attrs=_ATTRS, session=_TEXT, exporter=_TEXT, exporter_attrs=_ATTRS,
+       imports=_OPTIONS, exports=_OPTIONS, entitlements=st.lists(_TEXT, max_size=3))
+def test_the_solve_request_reads_as_the_generated_module_writes_it(
+        ref: str, frontend: str, frontend_attrs: dict[str, str], session: str, exporter: str,
+        exporter_attrs: dict[str, str], imports: list[tuple[str, dict[str, str]]],
+        exports: list[tuple[str, dict[str, str]]], entitlements: list[str]) -> None:
+    from invoke_compimg.engine.control.proto import control_pb2 as pb
+
+    ours = control_messages.solve_request(ref=ref, frontend=frontend, frontend_attrs=frontend_attrs, session=session,
+                                  exporter=exporter, exporter_attrs=exporter_attrs, cache_imports=imports,
+                                  cache_exports=exports, entitlements=entitlements)
+    theirs = pb.SolveRequest(
+        Ref=ref, Frontend=frontend, FrontendAttrs=frontend_attrs, Session=session, Exporter=exporter,
+        ExporterAttrs=exporter_attrs, Entitlements=entitlements, Cache=pb.CacheOptions(
+            Imports=[pb.CacheOptionsEntry(Type=t, Attrs=a) for t, a in imports],
+            Exports=[pb.CacheOptionsEntry(Type=t, Attrs=a) for t, a in exports]))
+    assert pb.SolveRequest.FromString(ours) == theirs
+    if not (frontend_attrs or exporter_attrs or imports or exports):  # (maps: protobuf writes empty values too)
+        assert ours == theirs.SerializeToString()
+
+
+@settings(max_examples=100, deadline=None)
+@given(ref=_TEXT, answer=_ATTRS)
+def test_status_request_and_solve_response_as_the_generated_module(ref: str, answer: dict[str, str]) -> None:
+    from invoke_compimg.engine.control.proto import control_pb2 as pb
+
+    assert control_messages.status_request(ref) == pb.StatusRequest(Ref=ref).SerializeToString()
+    assert control_messages.solve_response(pb.SolveResponse(ExporterResponse=answer).SerializeToString()) == answer
+
+
+def test_a_broken_solve_response_is_a_protocol_error() -> None:
+    with pytest.raises(bk.ProtocolError):
+        control_messages.solve_response(b"\x0a\x05abc")
+    with pytest.raises(bk.ProtocolError):
+        control_messages.solve_response(field(1, 7))  # an entry that is not a message
+
+
+def test_negative_varints_are_ten_bytes_as_protobuf_writes_them() -> None:
+    assert protowire.varint_bytes(-1) == b"\xff" * 9 + b"\x01"
+    assert protowire.int64(protowire.varint(protowire.varint_bytes(-5), 0)[0]) == -5
+    assert protowire.varint_bytes(300) == varint(300)
 
 
 # --- recorded streams ----------------------------------------------------------------------

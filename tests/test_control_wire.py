@@ -701,12 +701,14 @@ def test_socket_folders_fit_a_socket_path_and_those_of_killed_runs_go(tmp_path: 
 
 def test_the_control_client_leaves_what_serves_a_session_to_the_solve() -> None:
     """A solve's request needs only the client; the session's side (the walk, the providers,
-    the h2 server) and the status decoder are imported once the solve is on its way."""
+    the h2 server), the status decoder and the protobuf runtime (the solve's messages are
+    written by hand) are imported once the solve is on its way."""
     import subprocess
     import sys
 
     code = ("import sys, invoke_compimg.engine.control.client\n"
             "print(sorted(m for m in ('invoke_compimg.engine.control.session', 'invoke_compimg.engine.control.fswalk',"
-            " 'invoke_compimg.engine.control.h2_server', 'invoke_compimg.engine.buildkit.wire') if m in sys.modules))")
+            " 'invoke_compimg.engine.control.h2_server', 'invoke_compimg.engine.buildkit.wire', 'google.protobuf',"
+            " 'invoke_compimg.engine.control.proto.control_pb2') if m in sys.modules))")
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]", found.stderr

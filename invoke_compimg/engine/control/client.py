@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError, Interrupted
-from .grpc_frames import UNAVAILABLE, method_path
+from ..protowire import ProtocolError
+from .grpc_frames import UNAVAILABLE
 from .h2_client import ByteStream, Call, Connection, RpcError
-from .proto import control_pb2
+from .messages import LIST_WORKERS, SOLVE, STATUS, solve_request, solve_response, status_request
 from .transport import TLS, engine_connection, engine_session, service_connection
 
 if TYPE_CHECKING:
@@ -39,12 +40,9 @@ if TYPE_CHECKING:
 
 # What serves the session (session.py and what it serves: the file walk, the providers, the
 # h2 server) is imported only once a solve is on its way, while the daemon starts it: see
-# `Control.solve`'s `serve`.
+# `Control.solve`'s `serve`. So is the protobuf runtime: a solve's own messages are written by
+# hand (`messages`).
 
-_CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"]
-SOLVE = method_path(_CONTROL, "Solve")
-STATUS = method_path(_CONTROL, "Status")
-LIST_WORKERS = method_path(_CONTROL, "ListWorkers")
 STATUS_DRAIN_SECONDS = 3.0  # after the solve, as BuildKit's client waits for the last statuses
 POLL_SECONDS = 0.1
 
@@ -171,6 +169,8 @@ class Control:
             return self._connection
 
     def list_workers(self) -> list[Worker]:
+        from .proto import control_pb2
+
         try:
             answer = control_pb2.ListWorkersResponse.FromString(self.connection().unary(
                 LIST_WORKERS, control_pb2.ListWorkersRequest().SerializeToString(), timeout=30))
@@ -219,30 +219,28 @@ class Control:
         attrs = dict(frontend_attrs or {})
         if cache_imports:
             attrs["cache-imports"] = json.dumps([{"Type": c.type, "Attrs": dict(c.attrs)} for c in cache_imports])
-        request = control_pb2.SolveRequest(
-            Ref=ref, Frontend=frontend, FrontendAttrs=attrs,
-            Session=session.id if session else serve.session_id if serve else "",
-            Exporter=exporter.type if exporter else "", ExporterAttrs=dict(exporter.attrs) if exporter else {},
-            Cache=control_pb2.CacheOptions(
-                Imports=[control_pb2.CacheOptionsEntry(Type=c.type, Attrs=dict(c.attrs)) for c in cache_imports],
-                Exports=[control_pb2.CacheOptionsEntry(Type=c.type, Attrs=dict(c.attrs)) for c in cache_exports]),
-            Entitlements=list(entitlements))
+        request = solve_request(
+            ref=ref, frontend=frontend, frontend_attrs=attrs,
+            session=session.id if session else serve.session_id if serve else "",
+            exporter=exporter.type if exporter else "", exporter_attrs=exporter.attrs if exporter else None,
+            cache_imports=[(c.type, c.attrs) for c in cache_imports],
+            cache_exports=[(c.type, c.attrs) for c in cache_exports], entitlements=entitlements)
         output = exporter.output if exporter else None
         if output is not None and session is None and serve is None:
             raise ValueError(f"a {exporter.type if exporter else ''} export needs a session")
         with contextlib.ExitStack() as served:  # the export target, and a session `serve` makes
             if session is not None:
                 served.enter_context(session.exporting(output))
-            return self._run(request, on_status, cancel, served, serve, output)
+            return self._run(ref, request, on_status, cancel, served, serve, output)
 
-    def _run(self, request: control_pb2.SolveRequest, on_status: Callable[[StatusResponse], object] | None,
+    def _run(self, ref: str, request: bytes, on_status: Callable[[StatusResponse], object] | None,
              cancel: threading.Event | None, served: contextlib.ExitStack, serve: Serving | None,
              output: Export | None) -> dict[str, str]:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
         connection = self.connection()
         try:
             status_call = connection.call(STATUS)
-            status_call.send(control_pb2.StatusRequest(Ref=request.Ref).SerializeToString(), end=True)
+            status_call.send(status_request(ref), end=True)
             solve_call = connection.call(SOLVE)
         except RpcError as exc:  # the connection went between asking for it and using it
             raise self._error("the solve", exc) from exc
@@ -255,7 +253,7 @@ class Control:
         drain_until = 0.0
         try:
             with contextlib.suppress(RpcError):  # the call failed at once: its status says why, below
-                solve_call.send(request.SerializeToString(), end=True)
+                solve_call.send(request, end=True)
             if serve is not None and solve_call.code is None:  # (one that failed at once says why below)
                 # the daemon starts the solve meanwhile, and waits for the session
                 session = serve.make()
@@ -283,10 +281,12 @@ class Control:
             status_call.cancel()
             reader.join(5)
         try:
-            answer = control_pb2.SolveResponse.FromString(solved.result())
+            return solve_response(solved.result())
         except RpcError as exc:
             raise self._error("the solve", exc) from exc
-        return dict(answer.ExporterResponse)
+        except ProtocolError as exc:
+            raise EngineError(f"the solve at {self.address} answered with a message that is not a SolveResponse "
+                              f"({exc})") from exc
 
     def _error(self, what: str, exc: RpcError) -> EngineError:
         if exc.code == UNAVAILABLE:
