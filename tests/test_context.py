@@ -73,6 +73,31 @@ def test_file_hashes_are_remembered_and_never_wrong(tmp_path, monkeypatch) -> No
     assert fingerprint(str(context), ["a.txt", "b.txt"], changed) != digest and changed.read == 1
 
 
+def test_file_hashes_saved_meanwhile_are_there_once_the_process_ends(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A build's record is written on a thread of its own while the request goes out; a
+    process ending waits for that thread (it is not a daemon), so the next run reads nothing."""
+    import subprocess
+    import sys
+
+    from invoke_compimg.building.context import fingerprint
+    from invoke_compimg.building.file_hashes import FileHashes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for i in range(300):
+        (tmp_path / f"f{i}").write_text(str(i))
+        _age(tmp_path / f"f{i}")
+    names = [f"f{i}" for i in range(300)]
+    code = ("import sys, time\nfrom invoke_compimg.building import context, file_hashes\n"
+            "write = file_hashes.write_json\n"  # slow: the process ends long before the record is written
+            "file_hashes.write_json = lambda *a: (time.sleep(0.5), write(*a))\n"
+            "print(context.fingerprint(sys.argv[1], sys.argv[2:], save_soon=True))")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path), *names], capture_output=True, text=True,
+                         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr
+    again = FileHashes(str(tmp_path))
+    assert fingerprint(str(tmp_path), names, again) == run.stdout.strip() and again.read == 0
+
+
 def test_a_file_changed_just_now_is_not_remembered(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """git's racy-clean rule: within the timestamp granularity a second write could keep the times."""
     from invoke_compimg.building.context import fingerprint

@@ -48,6 +48,15 @@ def tags(requests: list[Request]) -> list[tuple[str, str]]:
             if r.method == "POST" and r.path.endswith("/tag")]
 
 
+def records(requests: list[Request]) -> set[str]:
+    """The inputs records (`repo:stage--I-digest`) the images got: tagged afterwards, or named
+    as the image was stored (a BuildKit solve's exporter, `/build`'s `t`)."""
+    named = {ref for _, ref in tags(requests)}
+    named |= {name for s in solves(requests) for name in s.get("ExporterAttrs", {}).get("name", "").split(",")}
+    named |= {t for r in builds(requests) for t in r.query.get("t", [])}
+    return {ref for ref in named if "--I-" in ref}
+
+
 def deleted(requests: list[Request]) -> list[str]:
     return [r.path.split("/images/", 1)[1] for r in requests if r.method == "DELETE"]
 
@@ -78,8 +87,12 @@ def test_a_cold_build_sends_one_request_per_unit_and_tags_the_target(five_runs: 
         assert cold.out.startswith("warning: building without a BuildKit session: ")
     else:  # the same two solves, through Control.Solve; the daemon reads the context from the session
         assert sent == []
-        assert [(s["FrontendAttrs"]["target"], s["Exporter"], s["ExporterAttrs"]["name"])
+        # the image is stored under the stage's name and the record of its inputs, at once
+        assert [(s["FrontendAttrs"]["target"], s["Exporter"], s["ExporterAttrs"]["name"].split(",")[0])
                 for s in solves(requests[0])] == [("run", "moby", f"{local}:run"), ("build", "moby", f"{local}:build")]
+        assert all(s["ExporterAttrs"]["name"].split(",")[1].startswith(f"{local}:{s['FrontendAttrs']['target']}--I-b")
+                   for s in solves(requests[0]))
+        assert not any("--I-" in ref for _, ref in tags(requests[0]))  # so no request tags it afterwards
         assert all(s["FrontendAttrs"]["force-network-mode"] == "none" for s in solves(requests[0]))
         assert context_read(requests[0]) == {"src.txt"}
         assert "warning" not in cold.out
@@ -141,8 +154,8 @@ def test_an_edit_rebuilds_and_retires_the_superseded_images(five_runs: Any) -> N
     before, after = seen.step0.ids, seen.step3.ids
     assert sends(requests[3]) == 2
     assert before.keys() == after.keys() and not set(before.values()) & set(after.values())
-    old_records = {ref for image, ref in tags(requests[0]) if "--I-" in ref}
-    new_records = {ref for image, ref in tags(requests[3]) if "--I-" in ref}
+    old_records = records(requests[0])
+    new_records = records(requests[3])
     assert len(old_records) == 2 and not old_records & new_records
     # The old records go; with them the old images, which nothing names any more.
     assert sorted(deleted(requests[3])) == sorted(old_records)
@@ -164,7 +177,7 @@ def test_no_cache_builds_again_and_keeps_one_image_per_stage(five_runs: Any) -> 
     # `build` has the same inputs: its record moves to the new image, and the image it named goes.
     # (With the classic builder `run` reads `build` by image ID: its inputs changed, its old record goes.)
     gone = deleted(requests[4])
-    old = set(seen.step3.ids.values()) | {ref for _, ref in tags(requests[3]) if "--I-" in ref}
+    old = set(seen.step3.ids.values()) | records(requests[3])
     assert gone and set(gone) <= old
     assert not any(":build--I-" in ref for ref in gone)
 

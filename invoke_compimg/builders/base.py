@@ -58,6 +58,7 @@ class Sent:
     image_id: str
     stage_seconds: Mapping[str, float] = field(default_factory=dict)  # stages built inside the request
     stage_outcomes: Mapping[str, str] = field(default_factory=dict)  # of those: "built" or "cached"
+    names: tuple[str, ...] = ()  # of the `names` asked for, those the image got as it was stored
 
 
 def step_failed(stage: str, message: str, *, where: str, line: int, instruction: str | None = None,
@@ -136,9 +137,12 @@ class Builder(ABC):
         """What one request sends; `known` has the image IDs of units built in this run."""
 
     @abstractmethod
-    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None) -> Sent:
+    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None,
+             names: Sequence[str] = ()) -> Sent:
         """Send one request and follow it to its image (or, with `output`, to files written
-        there, and no image); a failure is `step_failed`'s line."""
+        there, and no image); a failure is `step_failed`'s line. `names`: more names for the
+        image, which a builder that can gives it as it is stored (`Sent.names`), one
+        request fewer each than tagging it afterwards."""
 
     @property
     def stores_images(self) -> bool:

@@ -79,14 +79,14 @@ class BuildKitBuilder(Builder):
         """The context paths a solve may read (None: all that .dockerignore leaves)."""
         return plan.paths
 
-    def exporter(self, unit: Unit, output: OutputSpec | None) -> Any:
+    def exporter(self, unit: Unit, output: OutputSpec | None, names: Sequence[str] = ()) -> Any:
         """Where a solve's result goes: files, or an image in the engine's store named as the
-        unit's stage."""
+        unit's stage, and `names`."""
         from ..engine.control.client import Exporter
 
         if output is not None:
             return Exporter.local(output.dest) if output.type == "local" else Exporter.tar(output.dest)
-        return Exporter.image([self.project.local_ref(unit.name)])
+        return Exporter.image([self.project.local_ref(unit.name), *names])
 
     def context_request(self, unit: Unit,
                         allow: Sequence[str] | None) -> tuple[list[str] | None, list[str] | None] | None:
@@ -194,17 +194,18 @@ class BuildKitBuilder(Builder):
 
         threading.Thread(target=connect, name="compimg-buildkit-connect", daemon=True).start()
 
-    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None) -> Sent:
+    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None,
+             names: Sequence[str] = ()) -> Sent:
         lost_once = False
         while True:
             try:
                 if self.with_session:
-                    return self._solve_with_session(unit, plan, args, output)
+                    return self._solve_with_session(unit, plan, args, output, names=names)
                 if output is not None:
                     raise UserError(f"--output {output.dest}: writing a build's files needs a BuildKit session, and "
                                     "this engine gave none (see the line above); build without --output and use "
                                     "extract-artifact", where=self.where, line=unit.stage.line)
-                return self._solve_with_tar(unit, plan, args)
+                return self._solve_with_tar(unit, plan, args, names)
             except LostInput as lost:
                 if lost_once:
                     raise lost.error from None
@@ -267,7 +268,7 @@ class BuildKitBuilder(Builder):
 
     # --- through Control.Solve, with a session ------------------------------------------------
     def _solve_with_session(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None,
-                            *, quiet: bool = False) -> Sent:
+                            *, quiet: bool = False, names: Sequence[str] = ()) -> Sent:
         from ..engine.control.client import CacheEntry, Serving, SolveFailed, dockerfile_attrs, dockerfile_session
 
         target = unit.stage
@@ -286,7 +287,8 @@ class BuildKitBuilder(Builder):
             return SolveView(target.name, plan.lowered, None if quiet else self.reporter,
                              platforms=self.settings.platforms, host=self.host_platform)
 
-        exporter = self.exporter(unit, output)
+        named = tuple(names) if output is None and self.stores_images else ()
+        exporter = self.exporter(unit, output, named)
         # Inline cache metadata is an export of its own here (the engine's /build turns the
         # BUILDKIT_INLINE_CACHE build arg into one; Control.Solve is told directly).
         cache = self.settings.cache_to
@@ -341,10 +343,10 @@ class BuildKitBuilder(Builder):
         image_id = answer.get("containerimage.digest", "")
         if not image_id and output is None and self.stores_images:
             raise step_failed(target.name, "BuildKit exported no image", where=self.where, line=target.line)
-        return Sent(image_id, view().progress.stage_seconds(), view().conclude())
+        return Sent(image_id, view().progress.stage_seconds(), view().conclude(), named)
 
     # --- through POST /build?version=2, with a tar of the context -----------------------------
-    def _solve_with_tar(self, unit: Unit, plan: Plan, args: Mapping[str, str]) -> Sent:
+    def _solve_with_tar(self, unit: Unit, plan: Plan, args: Mapping[str, str], names: Sequence[str] = ()) -> Sent:
         from ..engine import buildkit as engine_buildkit
         from .solve_view import SolveView, plain_paths, reason
 
@@ -381,7 +383,7 @@ class BuildKitBuilder(Builder):
                     build_args=args, no_cache=no_cache,
                     network=engine_buildkit.network_for(self.engine, self.settings.network),
                     cache_from=self.settings.cache_from, build_id=build_id, on_status=view.feed,
-                    tags=[self.project.local_ref(target.name)])
+                    tags=[self.project.local_ref(target.name), *names])
         except BuildRejected as exc:
             raise step_failed(target.name, "the engine refused the build: " + plain_paths(reason(exc.engine_message)),
                               where=self.where, line=target.line) from exc
@@ -395,7 +397,7 @@ class BuildKitBuilder(Builder):
             if any(marker in (result.error or "") for marker in LOST_INPUT):
                 raise LostInput(result.error or "", failure)
             raise failure
-        return Sent(result.image_id, view.progress.stage_seconds(), view.conclude())
+        return Sent(result.image_id, view.progress.stage_seconds(), view.conclude(), tuple(names))
 
     def cancel(self) -> str:
         with self._lock:

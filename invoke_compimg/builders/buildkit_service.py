@@ -117,7 +117,7 @@ class BuildKitServiceBuilder(BuildKitBuilder):
             raise UserError(f"network {self.settings.network!r}: BuildKit builds can use only "
                             f"{', '.join(BUILDKIT_NETWORKS)}")
 
-    def exporter(self, unit: Unit, output: OutputSpec | None) -> Any:
+    def exporter(self, unit: Unit, output: OutputSpec | None, names: Sequence[str] = ()) -> Any:
         """Files for `--output`; with `--push`, the stage's tags as an image pushed by the
         service; otherwise nothing but BuildKit's cache, said once."""
         from ..engine.control.client import Exporter

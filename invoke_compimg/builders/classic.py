@@ -173,7 +173,8 @@ class ClassicBuilder(Builder):
                             f"`{self.settings.task('build')}` first", where=self.where, line=stage.line)
         return found
 
-    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None) -> Sent:
+    def send(self, unit: Unit, plan: Plan, args: Mapping[str, str], output: OutputSpec | None = None,
+             names: Sequence[str] = ()) -> Sent:  # (the SDK's build takes one tag: `names` are tagged afterwards)
         assert output is None, "the classic builder exports no files"
         stage = unit.stage
         stream = StepStream(stage.name, plan.lowered, self.reporter)

@@ -276,9 +276,11 @@ def files_read(context: str, sources: Iterable[str]) -> list[str]:
     return sorted(p for p in chosen if p in candidates or os.path.isdir(os.path.join(root, p)))
 
 
-def fingerprint(context: str, paths: Iterable[str], hashes: FileHashes | None = None) -> str:
+def fingerprint(context: str, paths: Iterable[str], hashes: FileHashes | None = None, *,
+                save_soon: bool = False) -> str:
     """A digest of the paths' names, types, modes and contents (not their times). `hashes`
-    remembers contents between runs (see `file_hashes`)."""
+    remembers contents between runs (see `file_hashes`), saved before this returns or, with
+    `save_soon`, meanwhile (`FileHashes.save_soon`)."""
     digest = hashlib.sha256()
     root = os.path.abspath(context)
     hashes = hashes if hashes is not None else FileHashes(root)
@@ -294,5 +296,8 @@ def fingerprint(context: str, paths: Iterable[str], hashes: FileHashes | None = 
         else:
             content = ""
         digest.update(f"{path}\0{mode:o}\0{content}\0".encode())
-    hashes.save()
+    if save_soon:
+        hashes.save_soon()
+    else:
+        hashes.save()
     return digest.hexdigest()

@@ -81,7 +81,7 @@ def inputs_digest(engine: Engine, images: ExternalImages, *, kind: str, name: st
         digest.update(f"arg {key}={value}\0".encode())
     for platform in platforms:  # the same inputs for another platform are another image
         digest.update(f"platform {platform}\0".encode())
-    digest.update(fingerprint(context, paths).encode())
+    digest.update(fingerprint(context, paths, save_soon=True).encode())
     # The builder's initial leads the record: each builder retires only its own records, so
     # switching between them does not throw the other's reusable images away.
     return builder_mark(kind) + digest.hexdigest()[:39]

@@ -174,14 +174,15 @@ class BuildRun:
             ready(image_id)
         else:
             previous = images.inspect(self.engine, self.project.local_ref(stage.name))
-            try:
-                sent = builder.send(unit, plan, args)
+            record_ref = [self.project.inputs_ref(stage.name, digest)] if digest else []
+            try:  # (named the record of its inputs as it is stored, where the builder can)
+                sent = builder.send(unit, plan, args, names=record_ref)
             except EngineError as exc:
                 self.reporter.stage_failed(exc.stage or stage.name, str(exc))  # the stage whose step failed
                 raise
             image_id = sent.image_id
             ready(image_id)
-            size, names, outcome = -1, [self.project.local_ref(stage.name)], "built"
+            size, names, outcome = -1, [self.project.local_ref(stage.name), *sent.names], "built"
         reuse.record(self.engine, self.project, stage.name, digest, image_id, names)
         # Your tags move to the new image first, so the superseded one is unnamed when it is
         # retired, and goes.
