@@ -295,9 +295,12 @@ class SessionLine:
                 with contextlib.suppress(OSError):
                     self.conn.shutdown(socket.SHUT_WR)
 
-    def outgoing(self) -> Iterator[bytes]:
+    def outgoing(self, active: Callable[[], bool] = lambda: True) -> Iterator[bytes]:
+        """What the session server sends, until the line closes; while nothing has connected,
+        also until the call is no longer `active` (a call cancelled at once, its solve failed
+        before the daemon asked anything: grpc may never call the handler's callback then)."""
         while not self.accepted.wait(0.1):
-            if self.closed.is_set():
+            if self.closed.is_set() or not active():
                 return
         while self.conn is not None and not self.closed.is_set():
             try:
@@ -478,7 +481,7 @@ class ControlRecorder:
 
         _when_ended(context, close)
         with self.proxy.busy():
-            yield from line.outgoing()
+            yield from line.outgoing(context.is_active)
 
 
 class _RelayedSession:
@@ -791,7 +794,7 @@ class FakeControl:
             line.close()
 
         _when_ended(context, close)
-        yield from line.outgoing()
+        yield from line.outgoing(context.is_active)
 
     # --- the daemon calling a session back -------------------------------------------------------
     def _call_back(self, actual: str, solve: Call, context: Any) -> None:
