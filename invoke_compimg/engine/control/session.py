@@ -37,6 +37,7 @@ from .grpc_frames import OK, method_path
 from .h2_client import ByteStream, Connection, RpcError
 from .h2_client import Call as ClientCall
 from .h2_server import FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, Call, Method, Server
+from .messages import SESSION
 from .proto import auth_pb2, control_pb2, filesync_pb2, fsutil_pb2, secrets_pb2, sshforward_pb2
 from .providers import Agents, NotFound, Registries, Secret, Secrets
 
@@ -59,7 +60,7 @@ def _paths() -> dict[str, str]:
         "ssh_check": method_path(_service(sshforward_pb2, "SSH"), "CheckAgent"),
         "ssh_forward": method_path(_service(sshforward_pb2, "SSH"), "ForwardAgent"),
         "credentials": method_path(_service(auth_pb2, "Auth"), "Credentials"),
-        "session": method_path(_service(control_pb2, "Control"), "Session"),
+        "session": SESSION,  # (Control's paths are written once, with the messages a solve sends)
     }
 
 
