@@ -32,36 +32,32 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
 
-from invoke_compimg.engine.buildkit.wire import decode_status
+from invoke_compimg.engine.buildkit.progress import Progress
+from invoke_compimg.engine.buildkit.wire import Vertex, decode_status
 
 ENGINE_SOCKET = "/var/run/docker.sock"
 
-# Run in compimg's process: the time `Control.solve` is called, and every vertex's times from
-# the Status stream, written to stderr as one JSON line when the process ends.
+# Run in compimg's process: the time `Control.solve` is called, and the Status stream's messages
+# as they came (read here, after the process ends), written to stderr as one JSON line at its end.
 PROBE = r"""
-import atexit, json, sys, time
+import atexit, base64, json, sys, time
 from invoke_compimg.engine.buildkit import wire
 from invoke_compimg.engine.control import client
-seen, marks = {}, {}
+marks, status = {}, []
 decode = wire.decode_status
-def decode_status(payload):
-    status = decode(payload)
-    for v in status.vertexes:
-        entry = seen.setdefault(v.digest, {"name": v.name})
-        entry.update({k: t for k, t in (("start", v.started), ("end", v.completed)) if t})
-    return status
-wire.decode_status = decode_status
+wire.decode_status = lambda payload: (status.append(base64.b64encode(payload).decode()), decode(payload))[1]
 solve = client.Control.solve
 def timed_solve(*args, **kwargs):
     marks.setdefault("request", time.time())
     return solve(*args, **kwargs)
 client.Control.solve = timed_solve
-atexit.register(lambda: sys.stderr.write("TIMELINE " + json.dumps({**marks, "steps": list(seen.values())}) + "\n"))
+atexit.register(lambda: sys.stderr.write("TIMELINE " + json.dumps({**marks, "status": status}) + "\n"))
 from invoke_compimg.tasks.cli import run
 sys.argv[0] = "compimg"
 run()
@@ -110,8 +106,16 @@ class Proxy:
             client.close()
 
 
-def _steps_of_answer(raw: bytes) -> list[dict[str, object]]:
-    """The vertexes in a `/build` answer's progress (chunked JSON messages)."""
+def _steps(status: Iterable[str]) -> list[Vertex]:
+    """The vertexes of a build's progress (StatusResponses, base64), merged as compimg shows them."""
+    progress = Progress()
+    for payload in status:
+        progress.feed(decode_status(base64.b64decode(payload)))
+    return list(progress.vertexes.values())
+
+
+def _trace_of_answer(raw: bytes) -> list[str]:
+    """The progress (base64 StatusResponses) in a `/build` answer (chunked JSON messages)."""
     head, _, body = raw.partition(b"\r\n\r\n")
     if b"chunked" in head.lower():
         joined, at = bytearray(), 0
@@ -120,18 +124,12 @@ def _steps_of_answer(raw: bytes) -> list[dict[str, object]]:
             joined += body[start:start + size]
             at = start + size + 2
         body = bytes(joined)
-    seen: dict[str, dict[str, object]] = {}
-    for line in body.split(b"\n"):
-        message = json.loads(line) if line.strip() else {}
-        if message.get("id") == "moby.buildkit.trace":
-            for v in decode_status(base64.b64decode(message["aux"])).vertexes:
-                entry = seen.setdefault(v.digest, {"name": v.name})
-                entry.update({k: t for k, t in (("start", v.started), ("end", v.completed)) if t})
-    return list(seen.values())
+    messages = [json.loads(line) for line in body.split(b"\n") if line.strip()]
+    return [m["aux"] for m in messages if m.get("id") == "moby.buildkit.trace"]
 
 
-def _split(started: float, request: float, steps: list[dict[str, object]], ended: float) -> dict[str, object]:
-    last = max(float(s["end"]) for s in steps if "end" in s)  # type: ignore[arg-type]
+def _split(started: float, request: float, steps: list[Vertex], ended: float) -> dict[str, object]:
+    last = max(s.completed for s in steps if s.completed is not None)
     return {"start": request - started, "engine": last - request, "end": ended - last, "total": ended - started,
             "steps": steps, "request": request}
 
@@ -147,7 +145,7 @@ def run_compimg(folder: Path, cold: bool) -> dict[str, object]:
     if result.returncode or not found:
         raise SystemExit(f"timeline: compimg failed:\n{result.stderr[-2000:]}")
     probe = json.loads(found[-1][len("TIMELINE "):])
-    return _split(started, probe["request"], probe["steps"], ended)
+    return _split(started, probe["request"], _steps(probe["status"]), ended)
 
 
 def run_docker(folder: Path, proxy: Proxy, tag: str, cold: bool) -> dict[str, object]:
@@ -162,16 +160,18 @@ def run_docker(folder: Path, proxy: Proxy, tag: str, cold: bool) -> dict[str, ob
     if result.returncode or not proxy.builds:
         raise SystemExit(f"timeline: docker build failed:\n{result.stderr[-2000:]}")
     request, answer = proxy.builds[0]
-    return _split(started, request, _steps_of_answer(b"".join(answer)), ended)
+    return _split(started, request, _steps(_trace_of_answer(b"".join(answer))), ended)
 
 
 def _show(tool: str, run: dict[str, object], verbose: bool) -> None:
     print(f"{tool:8s} total {run['total']:.3f}  start {run['start']:.3f}  engine {run['engine']:.3f}  "
           f"end {run['end']:.3f}", flush=True)
     if verbose:
-        for step in sorted(run["steps"], key=lambda s: s.get("start", 0)):  # type: ignore[union-attr]
-            at = [f"{float(step[k]) - float(run['request']):+.3f}" if k in step else "   -  " for k in ("start", "end")]
-            print(f"           {str(step['name'])[:60]:60s} {at[0]} {at[1]}")
+        steps: list[Vertex] = run["steps"]  # type: ignore[assignment]
+        request = float(run["request"])  # type: ignore[arg-type]
+        for step in sorted(steps, key=lambda s: s.started or 0):
+            at = [f"{t - request:+.3f}" if t is not None else "   -  " for t in (step.started, step.completed)]
+            print(f"           {step.name[:60]:60s} {at[0]} {at[1]}")
 
 
 def main() -> None:
