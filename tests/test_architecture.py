@@ -1,7 +1,8 @@
 """The package's shape, checked: the layers are packages, and imports point down only;
 no cycle among our modules; no module but the glue imports more than a few of ours;
 nothing below the glue imports Invoke, nothing pure imports the Docker SDK; importing the
-package the way a tasks.py does pulls in neither the Docker SDK nor rich. No engine."""
+package the way a tasks.py does pulls in neither the Docker SDK nor rich, and leaves the garbage
+collector as it was. No engine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "invoke_compimg"
 
@@ -172,3 +175,18 @@ def test_importing_the_package_loads_no_engine_sdk_and_no_rich() -> None:
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("host", [
+    "pass",  # the collector running, nothing frozen: as Python starts
+    "gc.disable()",  # a program that runs without it keeps it off
+    "gc.freeze()",  # a program that froze its objects (before forking, say) keeps them frozen
+])
+def test_importing_the_package_leaves_the_garbage_collector_as_it_found_it(host: str) -> None:
+    """The collector rests while the package is imported (start-up time): afterwards it is as
+    the importing program had it, and what that program froze stays frozen."""
+    code = (f"import gc; {host}; before = (gc.isenabled(), gc.get_freeze_count()); import invoke_compimg; "
+            "after = (gc.isenabled(), gc.get_freeze_count()); "
+            "print(before[0] == after[0], 0 < after[1] <= before[1] if before[1] else after[1] == 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "True"]
