@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from fake_engine import FakeEngine
 from invoke_compimg.building import push
 from invoke_compimg.engine import containers, images
 from invoke_compimg.engine.client import Engine, _ssh_failure, _ssh_target, reason
+from invoke_compimg.engine.unix_http import UnixJSON
 from invoke_compimg.errors import EngineError, UserError
 from invoke_compimg.procs import owner
 from invoke_compimg.progress import PlainReporter
@@ -387,3 +392,50 @@ def test_the_engines_version_asked_early_is_the_one_its_engine_uses(tmp_path: Pa
     client.ask_early(env)  # nobody answers now: what asking raised is the Engine's one line
     with Engine(env) as engine, pytest.raises(EngineError, match="cannot reach the Docker engine"):
         engine.kind  # noqa: B018
+
+
+# --- engine/unix_http.py -------------------------------------------------------------------
+
+def test_an_engine_slow_to_accept_delays_a_request_and_does_not_fail_it() -> None:
+    """With its socket's queue of connections full (requests at the same time, an engine busy),
+    a unix connect with a timeout set fails at once (EAGAIN) instead of waiting: the request
+    waits until the engine accepts it."""
+    path = os.path.join(tempfile.mkdtemp(prefix="compimg-queue-"), "engine.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    queued = []
+    while True:  # fill the queue
+        waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        waiting.settimeout(1)
+        try:
+            waiting.connect(path)
+        except BlockingIOError:
+            waiting.close()
+            break
+        queued.append(waiting)
+    assert queued
+
+    def engine() -> None:
+        time.sleep(0.3)
+        for waiting in queued:
+            waiting.close()
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                if conn.recv(65536).startswith(b"GET /v1.41/_ping"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n"
+                                 b'{"ok":true}')
+                    return
+
+    server = threading.Thread(target=engine, daemon=True)
+    server.start()
+    started = time.monotonic()
+    try:
+        assert UnixJSON(path, timeout=5).get("/v1.41/_ping") == {"ok": True}
+        assert time.monotonic() - started >= 0.25  # it did wait for the engine
+    finally:
+        server.join(5)
+        listener.close()
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -23,14 +24,27 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+        # A unix socket whose queue of connections not yet accepted is full fails a connect
+        # with a timeout set at once (EAGAIN) instead of waiting: many requests at the same time
+        # (stages in parallel, an engine busy accepting) must not fail for that. Tried again
+        # until the timeout.
+        deadline = time.monotonic() + (self.timeout or 0.0)
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._path)
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.002)
+                continue
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+            return
 
 
 class Answer(Exception):
