@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+
+from .records import record
 
 
 class BadPattern(ValueError):
@@ -156,7 +157,7 @@ def match_prefix(pattern: str, path: str) -> tuple[bool, bool]:
 # --- .dockerignore -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Pattern:
     text: str  # cleaned, without its `!`
     exception: bool

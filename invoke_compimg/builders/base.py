@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..building import context
 from ..dockerfile.model import PREDEFINED_ARGS, Instruction, Stage
 from ..dockerfile.parse import onbuild_sources
 from ..errors import EngineError, UserError, one_line
+from ..records import record
 
 if TYPE_CHECKING:
     from ..building.project import Project
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from ..progress import Reporter
 
 
-@dataclass(frozen=True)
+@record
 class Unit:
     name: str  # the stage it makes an image of
     stages: tuple[Stage, ...]  # the stages one request builds (classic: just that one)
@@ -41,7 +42,7 @@ class Unit:
         return self.stages[-1]
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     """What one request sends."""
 
@@ -53,7 +54,7 @@ class Plan:
     context_prefix: str = ""  # classic: the folder the context's files go under, beside heredoc files
 
 
-@dataclass(frozen=True)
+@record
 class Sent:
     image_id: str
     stage_seconds: Mapping[str, float] = field(default_factory=dict)  # stages built inside the request

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ..dockerfile.model import Graph
 from ..errors import UserError
 from ..names import valid_ref
 from ..progress.base import MODES
+from ..records import record
 from ..words import yes_or_no
 from .project import stage_named
 from .specs import (
@@ -63,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
 CONFIG_DEFAULTS: dict[str, Any] = {k: ({} if isinstance(v, dict) else None) for k, v in DEFAULTS.items()}
 
 
-@dataclass(frozen=True)
+@record
 class Settings:
     """What a build may vary."""
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from ..errors import UserError
 from ..names import service_address
+from ..records import record
 
 
-@dataclass(frozen=True)
+@record
 class SecretSpec:
     """A secret a `RUN --mount=type=secret,id=ID` may read: a file's content or an
     environment variable's value, read only when BuildKit asks for it."""
@@ -24,7 +24,7 @@ class SecretSpec:
         return f"SecretSpec(id={self.id!r}, {'src=' + repr(self.path) if self.path else 'env=' + repr(self.env)})"
 
 
-@dataclass(frozen=True)
+@record
 class SshSpec:
     """An ssh agent a `RUN --mount=type=ssh[,id=ID]` reaches: agent sockets (`default`:
     $SSH_AUTH_SOCK)."""
@@ -33,7 +33,7 @@ class SshSpec:
     paths: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record
 class OutputSpec:
     """Where a build's result goes instead of the engine's image store: a folder (`local`)
     or one tar file (`tar`)."""
@@ -150,7 +150,7 @@ def unique_ids(specs: Iterable[SecretSpec | SshSpec], flag: str) -> None:
         seen.add(spec.id)
 
 
-@dataclass(frozen=True)
+@record
 class CacheSpec:
     """`--cache-to`: `inline` (cache metadata in the image itself), or `registry` (a cache
     image of its own at `ref`, `mode` min or max), as buildx writes it."""
@@ -188,7 +188,7 @@ def cache_source(value: str) -> str:
     return fields["ref"]
 
 
-@dataclass(frozen=True)
+@record
 class ServiceSpec:
     """A BuildKit service (`buildkitd`) to build on: its address, and TLS files for tcp://."""
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..records import record
 from .lexer import Lex, LexError, declare_args
 from .model import Arg, Copy, Env, Graph, Heredoc, Run, Shell, Stage
 from .reader import heredoc_word
@@ -46,7 +46,7 @@ PIPES = "/dev/pipes"  # where BuildKit puts a `#!` heredoc script
 ImageConfig = Callable[[str], Mapping[str, Any] | None]
 
 
-@dataclass(frozen=True)
+@record
 class InlineFile:
     """A file the lowering adds to the build context."""
 
@@ -54,7 +54,7 @@ class InlineFile:
     mode: int
 
 
-@dataclass(frozen=True)
+@record
 class Scope:
     """What an instruction runs with: the stage's variables and shell at that point."""
 

@@ -15,9 +15,9 @@ import csv
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from ..errors import UserError
+from ..records import record
 from .lexer import Lex, LexError
 from .model import (
     CONTEXT,
@@ -63,7 +63,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-@dataclass(frozen=True)
+@record
 class Request:
     """One node being parsed: its keyword (upper case) and where it is."""
 

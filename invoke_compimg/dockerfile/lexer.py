@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+
+from ..records import record
 
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
 
@@ -26,7 +27,7 @@ class LexError(ValueError):
     """A word BuildKit cannot read (an unterminated quote, a bad `${...}`)."""
 
 
-@dataclass(frozen=True)
+@record
 class Lex:
     escape: str = "\\"
     raw_quotes: bool = False

@@ -18,8 +18,9 @@ import json
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from ..records import record
 from .heredocs import ImageConfig, InlineFile, Scopes, copy_files, run_line, script_of
 from .lexer import Lex
 from .model import CONTEXT, PLATFORM_ARGS, Copy, Graph, Instruction, Mount, Onbuild, Origin, Run, Stage
@@ -43,13 +44,13 @@ def keyword(line: str) -> str:
     return line.split(" ", 1)[0].upper()
 
 
-@dataclass(frozen=True)
+@record
 class Step:
     text: str  # one line as sent to the engine
     source: Instruction  # the user's instruction it comes from (its line, its text)
 
 
-@dataclass(frozen=True)
+@record
 class Lowered:
     text: str  # the whole Dockerfile sent
     steps: tuple[Step, ...]  # classic: every line in order (global ARGs first)

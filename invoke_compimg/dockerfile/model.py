@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cached_property
+
+from ..records import record
 
 # Docker's own rule for `FROM ... AS name` (compared case-insensitively).
 STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]*$")
@@ -25,7 +27,7 @@ PREDEFINED_ARGS = frozenset({
 })
 
 
-@dataclass(frozen=True)
+@record
 class Platform:
     """An OS/architecture[/variant], as BuildKit's platform build args spell it."""
 
@@ -45,7 +47,7 @@ class Platform:
         return "/".join(p for p in (self.os, self.arch, self.variant) if p)
 
 
-@dataclass(frozen=True)
+@record
 class Platforms:
     """The platform images are built for (`target`) and the one the build runs on
     (`build`): the values of BuildKit's automatic platform ARGs. Both default to
@@ -66,7 +68,7 @@ class Platforms:
 PLATFORM_ARGS = frozenset(Platforms().args())
 
 
-@dataclass(frozen=True)
+@record
 class Heredoc:
     """One here-document (Dockerfile 1.4): `<<EOF` on an instruction's line, its body
     on the lines after it, up to the delimiter line."""
@@ -94,7 +96,7 @@ def task_name_for(stage_name: str) -> str:
     return re.sub(r"[._]", "-", stage_name)
 
 
-@dataclass(frozen=True)
+@record
 class Origin:
     """Where a COPY/ADD source or a RUN mount reads from."""
 
@@ -120,7 +122,7 @@ CONTEXT = Origin("context")
 NOWHERE = Origin("none")
 
 
-@dataclass(frozen=True)
+@record
 class Instruction:
     """One Dockerfile instruction as the user wrote it (continuations joined)."""
 
@@ -139,7 +141,7 @@ class Instruction:
         return ()
 
 
-@dataclass(frozen=True)
+@record
 class From(Instruction):
     flags: tuple[str, ...]  # `--platform=...` as written
     image: str  # the reference after ARG expansion, or the stage's name
@@ -157,7 +159,7 @@ class From(Instruction):
         return next((flag.split("=", 1)[1] for flag in self.flags if flag.startswith("--platform=")), None)
 
 
-@dataclass(frozen=True)
+@record
 class CopyGroup:
     """Sources of one COPY that come from one origin (a seed COPY may mix several)."""
 
@@ -165,7 +167,7 @@ class CopyGroup:
     paths: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record
 class Copy(Instruction):
     """COPY or ADD. `groups` splits the sources by origin, in the order written."""
 
@@ -183,7 +185,7 @@ class Copy(Instruction):
         return _value(self.flags, name)
 
 
-@dataclass(frozen=True)
+@record
 class Mount:
     """One `RUN --mount=...`: its options as written, and what it reads from."""
 
@@ -195,7 +197,7 @@ class Mount:
         return _value(self.options, name)
 
 
-@dataclass(frozen=True)
+@record
 class Run(Instruction):
     mounts: tuple[Mount, ...]
     command: str  # the rest after the --flags, as written
@@ -207,7 +209,7 @@ class Run(Instruction):
         return tuple(m.origin.stage for m in self.mounts if m.origin.stage)
 
 
-@dataclass(frozen=True)
+@record
 class Arg(Instruction):
     names: tuple[str, ...]
     defaults: tuple[str | None, ...] = ()  # per name: the default as written, or None
@@ -217,19 +219,19 @@ class Arg(Instruction):
         return tuple(zip(self.names, self.defaults or (None,) * len(self.names), strict=True))
 
 
-@dataclass(frozen=True)
+@record
 class Env(Instruction):
     """ENV (and LABEL): key/value pairs, values as written (quotes kept)."""
 
     pairs: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
+@record
 class Shell(Instruction):
     shell: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record
 class Onbuild(Instruction):
     trigger: Instruction  # the instruction that runs in stages built FROM this one
 
@@ -238,7 +240,7 @@ class Onbuild(Instruction):
         return self.trigger.stages
 
 
-@dataclass(frozen=True)
+@record
 class StageCopy:
     """Paths that one COPY takes out of an earlier stage's image."""
 
@@ -248,7 +250,7 @@ class StageCopy:
     line: int
 
 
-@dataclass(frozen=True)
+@record
 class Stage:
     name: str  # lower case; unnamed stages are called `stage-<index>`
     index: int  # 0-based, as in `COPY --from=<index>`
@@ -337,7 +339,7 @@ class Stage:
         return tuple(m for i in self.instructions if isinstance(i, Run) for m in i.mounts)
 
 
-@dataclass(frozen=True)
+@record
 class Graph:
     path: str  # the Dockerfile, as the user named it (used in messages)
     stages: tuple[Stage, ...]

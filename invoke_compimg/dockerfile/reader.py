@@ -24,9 +24,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass
 
 from ..errors import UserError
+from ..records import record
 from .lexer import Lex, LexError, parse_words
 from .model import Heredoc
 
@@ -43,7 +43,7 @@ class NotStringArray(ValueError):
     """A JSON array with something other than strings in it: BuildKit refuses those."""
 
 
-@dataclass(frozen=True)
+@record
 class Node:
     """One instruction as BuildKit's parser leaves it."""
 
@@ -60,7 +60,7 @@ class Node:
     sub: Node | None = None  # ONBUILD's instruction
 
 
-@dataclass(frozen=True)
+@record
 class Document:
     nodes: tuple[Node, ...]
     escape: str  # the escape character: `\\` or a backtick

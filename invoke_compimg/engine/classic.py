@@ -4,13 +4,13 @@ of JSON messages decoded into log lines and errors."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import IO
 
+from ..records import record
 from .client import Engine
 
 
-@dataclass(frozen=True)
+@record
 class BuildEvent:
     """One decoded message of a classic build stream."""
 

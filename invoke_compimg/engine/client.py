@@ -23,10 +23,10 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, UpgradeRefused
+from ..records import record
 from ..words import yes_or_no
 from .unix_http import Answer, UnixJSON
 
@@ -41,7 +41,7 @@ MINIMUM_API_VERSION = "1.24"  # the SDK's own minimum; replaced by the engine's 
 DEFAULT_ADDRESS = "unix:///var/run/docker.sock"
 
 
-@dataclass(frozen=True)
+@record
 class EngineKind:
     """What answers at the address, from its `/version` (asked once per Engine)."""
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
+
+from ..records import record
 
 MODES = ("auto", "plain", "tty", "quiet")
 TAIL_ON_FAILURE = 10  # output lines of a failed step shown with its error (quiet and tty)
 TAIL_RUNNING = 3  # output lines shown under a running stage in the live view, room permitting
 
 
-@dataclass(frozen=True)
+@record
 class StageResult:
     """What building one stage gave: one line of the end-of-build table, and what a build
     remembers of it. A stage BuildKit built inside another's solve has no image of its own:

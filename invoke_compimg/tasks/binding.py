@@ -5,7 +5,6 @@ arguments, with relative paths taken from the calling module's folder (or `base=
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -14,6 +13,7 @@ from invoke import Context
 
 from ..building.project import Project
 from ..building.settings import Settings, resolve
+from ..records import record
 
 _projects: dict[tuple[Path, Path], Project] = {}
 
@@ -56,7 +56,7 @@ def task_prefix(key: str, prefix: str | None = None) -> str:
     return f"{key}." if prefix is None else prefix
 
 
-@dataclass(frozen=True)
+@record
 class Binding:
     """The project an operation works on, where its config lives, and how it talks.
 

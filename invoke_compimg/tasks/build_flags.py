@@ -12,10 +12,11 @@ other settings, while how it is shown may differ."""
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from typing import Any
 
 from ..errors import UserError
+from ..records import record
 
 PROGRESS_HELP = "auto (default), plain, tty or quiet"
 QUIET_HELP = "print only errors and the image ID: --progress quiet (docker build -q)"
@@ -27,7 +28,7 @@ def _about(help: str, *, repeatable: bool = False) -> dict[str, Any]:
     return {"help": help, "repeatable": repeatable}
 
 
-@dataclass(frozen=True)
+@record
 class BuildFlags:
     """The build flags as given (None, False: not given, so config or the default holds)."""
 

@@ -16,12 +16,13 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from invoke import Argument, Context, Task
 
+from ..records import record
 from . import build_flags
 from .binding import Binding, caller_folder
 from .exits import exits, task_exits
@@ -33,7 +34,7 @@ SHORT_FLAGS: dict[str, str] = {"tag": "t", "quiet": "q", "output": "o"}
 RESERVED_SHORT = {"h"}
 
 
-@dataclass(frozen=True)
+@record
 class Operation:
     name: str  # the task's name: "build-stage"
     body: Callable[..., Any]  # (c, binding, *flags)

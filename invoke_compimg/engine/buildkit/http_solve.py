@@ -7,15 +7,15 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import IO, Any
 
 from ...errors import BuildRejected, EngineError
+from ...records import record
 from ..client import Engine, explanation
 from .wire import StatusResponse, decode_status
 
 
-@dataclass(frozen=True)
+@record
 class SolveResult:
     image_id: str | None  # from the `moby.image.id` message; None when the solve failed
     error: str | None  # the final errorDetail message, if any

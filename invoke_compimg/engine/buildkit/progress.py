@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Literal
 
+from ...records import record
 from .wire import StatusResponse, Vertex, VertexLog
 
 _STEP = re.compile(r"^\[(?:(?P<platform>[^\s\]]+/[^\s\]]+) )?(?:(?P<stage>[^\s\]/]+) )?"
@@ -15,7 +16,7 @@ _STEP = re.compile(r"^\[(?:(?P<platform>[^\s\]]+/[^\s\]]+) )?(?:(?P<stage>[^\s\]
 _BRACKETED = re.compile(r"^\[(?:(?P<platform>[^\s\]]+/[^\s\]]+) )?(?P<stage>[^\]]+)\] (?P<text>.*)$", re.DOTALL)
 
 
-@dataclass(frozen=True)
+@record
 class StepName:
     """A vertex name taken apart. `[build 2/3] RUN go build` is stage "build", index 2,
     total 3, text "RUN go build"; `[internal] load ...` is stage "internal" with no index;
@@ -59,7 +60,7 @@ def merge_vertex(old: Vertex | None, new: Vertex) -> Vertex:
 EventKind = Literal["start", "log", "cached", "done", "error", "warning"]
 
 
-@dataclass(frozen=True)
+@record
 class ProgressEvent:
     """Something to print, in the order `docker build --progress=plain` prints it.
 

@@ -4,9 +4,9 @@ protobuf dependency on the path of every build. Pure: bytes in, dataclasses out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from ...records import record
 from ..protowire import ProtocolError, fields, int64, text
 
 __all__ = ["ProtocolError", "StatusResponse", "Vertex", "VertexLog", "VertexWarning", "decode_status"]
@@ -25,7 +25,7 @@ def _timestamp(value: int | bytes) -> float | None:
     return seconds + nanos / 1e9
 
 
-@dataclass(frozen=True)
+@record
 class Vertex:
     """One node of the solve graph (a Dockerfile step, a context load, the export, ...).
     Updates for the same `digest` arrive repeatedly; see `merge_vertex`."""
@@ -39,7 +39,7 @@ class Vertex:
     error: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class VertexLog:
     """A chunk of a vertex's output: `stream` 1 is stdout, 2 stderr; not split on lines."""
 
@@ -49,7 +49,7 @@ class VertexLog:
     msg: bytes = b""
 
 
-@dataclass(frozen=True)
+@record
 class VertexWarning:
     vertex: str = ""
     level: int = 0
@@ -58,7 +58,7 @@ class VertexWarning:
     url: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class StatusResponse:
     vertexes: tuple[Vertex, ...] = ()
     logs: tuple[VertexLog, ...] = ()

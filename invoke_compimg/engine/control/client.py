@@ -23,10 +23,11 @@ import secrets as random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from ...errors import EngineError, Interrupted
+from ...records import record
 from ..protowire import ProtocolError
 from .grpc_frames import UNAVAILABLE
 from .h2_client import ByteStream, Call, Connection, RpcError
@@ -47,7 +48,7 @@ STATUS_DRAIN_SECONDS = 3.0  # after the solve, as BuildKit's client waits for th
 POLL_SECONDS = 0.1
 
 
-@dataclass(frozen=True)
+@record
 class Platform:
     os: str
     architecture: str
@@ -57,14 +58,14 @@ class Platform:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
-@dataclass(frozen=True)
+@record
 class Worker:
     id: str
     platforms: tuple[Platform, ...]
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class Exporter:
     """One exporter and its attrs. Use the constructors: `image` (`moby` on a Docker engine,
     `image` on buildkitd), `local`, `tar`."""
@@ -95,7 +96,7 @@ class Exporter:
         return cls("tar", {}, TarExport(str(path)))
 
 
-@dataclass(frozen=True)
+@record
 class CacheEntry:
     """A cache import or export: `type` registry, local, inline; attrs like `ref`, `mode`."""
 

@@ -26,12 +26,13 @@ import hashlib
 import os
 import stat as st
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import NamedTuple
 
 from ...links import escapes, resolve_through_links
 from ...patterns import BadPattern, Matcher, clean, match_prefix
+from ...records import record
 
 # Go's os.FileMode bits (io/fs)
 GO_DIR = 1 << 31
@@ -91,7 +92,7 @@ def requestable(go: int) -> bool:
     return go & GO_TYPE == 0
 
 
-@dataclass(frozen=True)
+@record
 class VirtualFile:
     """A file that exists only in memory (our generated Dockerfile, heredocs' files), sent as
     if it were in the dir's root. The daemon decides what changed since the last transfer by
@@ -112,7 +113,7 @@ class VirtualFile:
             object.__setattr__(self, "mtime_ns", second + digest % 1_000_000_000)
 
 
-@dataclass(frozen=True)
+@record
 class Dir:
     """A folder the daemon may read, under `name` (`context`, `dockerfile`).
 
@@ -172,7 +173,7 @@ class Entry(NamedTuple):
         return requestable(self.mode) and self.source is not None
 
 
-@dataclass(frozen=True)
+@record
 class Request:
     """What the daemon asked for in its gRPC metadata."""
 
@@ -276,7 +277,7 @@ def walking(directory: Dir, request: Request = Request()) -> Iterator[Entry]:
     return entries()
 
 
-@dataclass(frozen=True)
+@record
 class VirtualFolder:
     """A folder that holds virtual files (and may hold none of the root's)."""
 

@@ -29,7 +29,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import h2.config
@@ -39,6 +38,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from ...records import record
 from .grpc_frames import (
     FAILED_PRECONDITION,
     INTERNAL,
@@ -67,7 +67,7 @@ def _identity(message: Any) -> Any:
     return message
 
 
-@dataclass(frozen=True)
+@record
 class Method:
     """One method served: `handle(request, call)` for a unary method, `handle(requests, call)`
     (an iterator) yielding the answers for a streaming one; messages decoded and encoded by

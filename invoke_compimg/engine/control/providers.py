@@ -23,7 +23,8 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+
+from ...records import record
 
 SSH_AGENT_FAILURE = 5
 SSH_AGENTC_REQUEST_IDENTITIES = 11
@@ -36,7 +37,7 @@ class NotFound(LookupError):
     """An id or host the caller did not register: gRPC NOT_FOUND."""
 
 
-@dataclass(frozen=True)
+@record
 class Secret:
     """A build secret: `id` as the Dockerfile names it (`RUN --mount=type=secret,id=...`),
     its value read from `path` or from the environment variable `env` when asked."""
@@ -156,7 +157,7 @@ DOCKER_HUB_HOSTS = {"registry-1.docker.io", "docker.io", "index.docker.io"}
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 
 
-@dataclass(frozen=True)
+@record
 class Credentials:
     username: str = ""
     secret: str = ""

@@ -31,6 +31,7 @@ from typing import Any
 
 import h2.exceptions
 
+from ...records import record
 from .diffcopy_send import Refused, Sender
 from .fswalk import BadPattern, Dir, Entry, Request, walk, walking
 from .grpc_frames import OK, method_path
@@ -67,14 +68,14 @@ def _paths() -> dict[str, str]:
 PATHS = _paths()
 
 
-@dataclass(frozen=True)
+@record
 class LocalExport:
     """A `local` export: the result's files merged into the folder `dest`."""
 
     dest: str
 
 
-@dataclass(frozen=True)
+@record
 class TarExport:
     """A `tar` export: the result as one tar file at `path`."""
 

@@ -22,11 +22,11 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...errors import EngineError, UpgradeRefused
 from ...names import service_address
+from ...records import record
 from .h2_client import ByteStream, Connection
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ class _TLSStream:
             self._done.notify_all()
 
 
-@dataclass(frozen=True)
+@record
 class TLS:
     """TLS files for a buildkitd: `ca` checks the server; `cert` and `key` are our client
     certificate (both or neither); `server_name` overrides the name checked."""
