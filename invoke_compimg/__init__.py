@@ -22,8 +22,9 @@ from typing import Any
 # Importing makes tens of thousands of objects that live as long as the process, and no
 # garbage; Python's cycle collector still swept them 50-70 times (with Invoke's own import when
 # the `compimg` command imports it), and twice more each once they were made. It rests during
-# the imports, and what they made goes straight to its oldest generation (frozen and unfrozen at
-# once, unless the program froze objects itself): 40-50 ms of a 0.3 s start-up here.
+# the imports, and then every object alive goes straight to its oldest generation (frozen and
+# unfrozen at once, unless the program froze objects itself; garbage among them is collected at
+# the next full collection): 40-50 ms of a 0.3 s start-up here.
 _collecting = gc.isenabled()
 gc.disable()
 try:

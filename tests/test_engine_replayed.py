@@ -439,3 +439,55 @@ def test_an_engine_slow_to_accept_delays_a_request_and_does_not_fail_it() -> Non
         listener.close()
         os.unlink(path)
         os.rmdir(os.path.dirname(path))
+
+
+# --- building/reuse.py: the records listing ---------------------------------------------------
+
+class _ListingEngine:
+    """Answers `GET /images/json` (what `tags_in_repository` asks), once `release` is set;
+    notes when it was asked."""
+
+    def __init__(self, tags: list[str], fail: bool = False) -> None:
+        self.tags, self.fail = tags, fail
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    def get_json(self, path: str, *args: Any, params: Any = None) -> Any:
+        assert path == "/images/json"
+        self.asked.set()
+        self.release.wait(5)
+        if self.fail:
+            raise EngineError("listing images: the engine went away")
+        return [{"Id": "sha256:old", "RepoTags": self.tags}]
+
+    def errors(self, what: str) -> Any:
+        import contextlib
+        return contextlib.nullcontext()
+
+
+def test_the_records_are_listed_while_the_build_runs_only_when_the_other_builder_held_the_name(
+        tmp_path: Path) -> None:
+    from invoke_compimg.building import reuse
+    from invoke_compimg.building.project import Project
+
+    (tmp_path / "Dockerfile").write_text("FROM busybox\n")
+    project = Project(tmp_path / "Dockerfile", tmp_path)
+    ours = project.inputs_ref("stage-0", "b1234")  # BuildKit's record ("b"); classic's start with "c"
+    engine = _ListingEngine([ours, project.local_ref("stage-0")])
+    name = project.local_ref("stage-0")
+    held_by_classic = {"Id": "sha256:c", "RepoTags": [name, project.inputs_ref("stage-0", "c9")]}
+    held_by_buildkit = {"Id": "sha256:b", "RepoTags": [project.local_ref("stage-0"), ours]}
+    assert reuse.records_listing(engine, project, "stage-0", None, "buildkit") is None  # type: ignore[arg-type]
+    assert reuse.records_listing(engine, project, "stage-0", held_by_buildkit, "buildkit") is None  # type: ignore[arg-type]
+    assert not engine.asked.is_set()
+    listed = reuse.records_listing(engine, project, "stage-0", held_by_classic, "buildkit")  # type: ignore[arg-type]
+    assert listed is not None and engine.asked.wait(5)  # asked at once, not when the build is over
+    engine.release.set()
+    assert listed() == [("sha256:old", ours), ("sha256:old", project.local_ref("stage-0"))]
+
+    failing = _ListingEngine([], fail=True)
+    failing.release.set()
+    listed = reuse.records_listing(failing, project, "stage-0", held_by_classic, "buildkit")  # type: ignore[arg-type]
+    assert listed is not None
+    with pytest.raises(EngineError, match="went away"):
+        listed()  # said by the build's own thread, when retiring asks

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..engine import images as engine_images
@@ -106,26 +106,65 @@ def record(engine: Engine, project: Project, name: str, digest: str | None, imag
             engine_images.tag(engine, image_id, ref)
 
 
+Listing = Callable[[], list[tuple[str, str]]]  # (image ID, tag) of the project's repository
+
+
 def retire(engine: Engine, project: Project, name: str, previous: dict[str, Any] | None,
-           image_id: str, keep: str | None, kind: str) -> None:
+           image_id: str, keep: str | None, kind: str, listed: Listing | None = None) -> None:
     """`previous` (what the unit's local name pointed to before this build started) is
     superseded by `image_id`, now named: drop its inputs records and, once nothing names
     it, remove it, so rebuilds do not pile up images. Looking before the build, not after,
-    keeps images of runs going on at the same time out of this. Inspects, and lists only
-    when the builder changed: listing images costs the engine time in proportion to every
-    image it holds (0.12 s with 900 images)."""
+    keeps images of runs going on at the same time out of this. Inspects, and needs a listing
+    only when the builder changed: `listed`, made while the build ran (`records_listing`), or
+    one made now."""
     if previous is None or previous["Id"] == image_id:
         return
     mine = project.inputs_ref(name, builder_mark(kind))
-    names = [normalise_ref(ref) for ref in previous.get("RepoTags") or []]
-    if any(n.startswith(mine) for n in names) or not any(n.startswith(project.inputs_ref(name)) for n in names):
+    if not _held_by_other_builder(project, name, previous, kind):
         _retire_image(engine, project, name, previous["Id"], previous.get("RepoTags") or [], mine, keep)
         return
     # The name pointed at the other builder's image, which stays reusable: this builder's
     # own superseded image is found by its records.
-    for old_id, ref in engine_images.tags_in_repository(engine, project.repository):
+    for old_id, ref in listed() if listed is not None else engine_images.tags_in_repository(engine, project.repository):
         if old_id != image_id and normalise_ref(ref).startswith(mine) and normalise_ref(ref) != keep:
             _retire_image(engine, project, name, old_id, [ref], mine, keep)
+
+
+def records_listing(engine: Engine, project: Project, name: str, previous: dict[str, Any] | None,
+                    kind: str) -> Listing | None:
+    """The project's tags, listed on a thread of its own from now, for `retire` when it will
+    need them (the unit's name holds the other builder's image), else None. Listing images
+    costs the engine time in proportion to every image it holds (70-90 ms with 900), which a
+    build running meanwhile hides; what it lists is what was there before the build, as
+    `previous` is."""
+    if previous is None or not _held_by_other_builder(project, name, previous, kind):
+        return None
+    found: list[list[tuple[str, str]]] = []
+    failed: list[BaseException] = []
+
+    def list_tags() -> None:
+        try:
+            found.append(engine_images.tags_in_repository(engine, project.repository))
+        except BaseException as exc:  # said by the build's own thread, when it asks
+            failed.append(exc)
+
+    thread = threading.Thread(target=list_tags, name="compimg-records", daemon=True)
+    thread.start()
+
+    def listed() -> list[tuple[str, str]]:
+        thread.join()
+        if failed:
+            raise failed[0]
+        return found[0]
+
+    return listed
+
+
+def _held_by_other_builder(project: Project, name: str, previous: dict[str, Any], kind: str) -> bool:
+    """Does the unit's image `previous` carry the other builder's records and none of `kind`'s?"""
+    mine = project.inputs_ref(name, builder_mark(kind))
+    names = [normalise_ref(ref) for ref in previous.get("RepoTags") or []]
+    return not any(n.startswith(mine) for n in names) and any(n.startswith(project.inputs_ref(name)) for n in names)
 
 
 def superseded_ref(project: Project, name: str, image_id: str) -> str:

@@ -174,6 +174,7 @@ class BuildRun:
             ready(image_id)
         else:
             previous = images.inspect(self.engine, self.project.local_ref(stage.name))
+            listed = reuse.records_listing(self.engine, self.project, stage.name, previous, builder.name)
             record_ref = [self.project.inputs_ref(stage.name, digest)] if digest else []
             try:  # (named the record of its inputs as it is stored, where the builder can)
                 sent = builder.send(unit, plan, args, names=record_ref)
@@ -189,7 +190,7 @@ class BuildRun:
         self._apply_tags(stage.name, image_id)
         if found is None:
             keep = self.project.inputs_ref(stage.name, digest) if digest else None
-            reuse.retire(self.engine, self.project, stage.name, previous, image_id, keep, builder.name)
+            reuse.retire(self.engine, self.project, stage.name, previous, image_id, keep, builder.name, listed)
         if size < 0:
             size = images.image_size(self.engine, image_id)
         result = StageResult(stage.name, image_id, size, time.monotonic() - started, outcome, builder.name)
