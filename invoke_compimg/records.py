@@ -1,6 +1,6 @@
 """`@record`: `@dataclass(frozen=True)`, quicker to make.
 
-A frozen dataclass gets six generated methods, and Python (3.10-3.12) compiles each one from
+A frozen dataclass gets six generated methods, and Python (3.11 and 3.13 measured) compiles each one from
 source text when the class is made: 0.6-1 ms a class here. A build makes about 40 of ours before
 its solve request leaves, at every start. `@record` has `dataclass` generate only `__init__` and
 the two methods that keep an instance frozen, and gives every record the same `__eq__`,

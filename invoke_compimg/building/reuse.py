@@ -134,7 +134,7 @@ def records_listing(engine: Engine, project: Project, name: str, previous: dict[
                     kind: str) -> Listing | None:
     """The project's tags, listed on a thread of its own from now, for `retire` when it will
     need them (the unit's name holds the other builder's image), else None. Listing images
-    costs the engine time in proportion to every image it holds (70-90 ms with 900), which a
+    costs the engine time in proportion to every image it holds (70-120 ms with 880), which a
     build running meanwhile hides; what it lists is what was there before the build, as
     `previous` is."""
     if previous is None or not _held_by_other_builder(project, name, previous, kind):
