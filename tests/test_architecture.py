@@ -23,7 +23,7 @@ API = "__init__"
 PURE = ("", "dockerfile")  # know nothing of the Docker SDK or of Invoke
 # Composition roots, which put the others together: the Invoke glue and one run of a build.
 GLUE = {"tasks", "run"}
-FOUNDATION = {"errors", "names", "procs", "patterns", "placing", "links", "words", "records"}
+FOUNDATION = {"errors", "names", "procs", "patterns", "placing", "links", "words", "records", "ahead"}
 MOST_IMPORTS = 6  # of other packages' modules, the foundation not counted
 
 

@@ -372,7 +372,7 @@ def test_the_engines_version_asked_early_is_the_one_its_engine_uses(tmp_path: Pa
         client.ask_early(env)
         client.ask_early(env)  # once per address
         assert time.monotonic() - started < 0.8  # it does not wait for the answer
-        client._early_versions[str(tmp_path / "engine.sock")]._thread.join()
+        client._early_versions[str(tmp_path / "engine.sock")]._asked.result()  # (waits for the answer)
         with Engine(env) as engine:
             assert engine.kind.platform == "linux/arm64" and engine.kind.api_version == "1.41"
         assert server.asked == ["/version"]
@@ -483,11 +483,11 @@ def test_the_records_are_listed_while_the_build_runs_only_when_the_other_builder
     listed = reuse.records_listing(engine, project, "stage-0", held_by_classic, "buildkit")  # type: ignore[arg-type]
     assert listed is not None and engine.asked.wait(5)  # asked at once, not when the build is over
     engine.release.set()
-    assert listed() == [("sha256:old", ours), ("sha256:old", project.local_ref("stage-0"))]
+    assert listed.result() == [("sha256:old", ours), ("sha256:old", project.local_ref("stage-0"))]
 
     failing = _ListingEngine([], fail=True)
     failing.release.set()
     listed = reuse.records_listing(failing, project, "stage-0", held_by_classic, "buildkit")  # type: ignore[arg-type]
     assert listed is not None
     with pytest.raises(EngineError, match="went away"):
-        listed()  # said by the build's own thread, when retiring asks
+        listed.result()  # said by the build's own thread, when retiring asks

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..ahead import Ahead
 from ..engine import images as engine_images
 from ..names import normalise_ref, short_id
 from .context import fingerprint
@@ -106,65 +107,40 @@ def record(engine: Engine, project: Project, name: str, digest: str | None, imag
             engine_images.tag(engine, image_id, ref)
 
 
-Listing = Callable[[], list[tuple[str, str]]]  # (image ID, tag) of the project's repository
-
-
 def retire(engine: Engine, project: Project, name: str, previous: dict[str, Any] | None,
-           image_id: str, keep: str | None, kind: str, listed: Listing | None = None) -> None:
+           image_id: str, keep: str | None, kind: str, listed: Ahead[list[tuple[str, str]]] | None) -> None:
     """`previous` (what the unit's local name pointed to before this build started) is
     superseded by `image_id`, now named: drop its inputs records and, once nothing names
     it, remove it, so rebuilds do not pile up images. Looking before the build, not after,
-    keeps images of runs going on at the same time out of this. Inspects, and needs a listing
-    only when the builder changed: `listed`, made while the build ran (`records_listing`), or
-    one made now."""
+    keeps images of runs going on at the same time out of this. `listed` is what
+    `records_listing` gave for `previous`: a listing only when the builder changed."""
     if previous is None or previous["Id"] == image_id:
         return
     mine = project.inputs_ref(name, builder_mark(kind))
-    if not _held_by_other_builder(project, name, previous, kind):
+    if listed is None:
         _retire_image(engine, project, name, previous["Id"], previous.get("RepoTags") or [], mine, keep)
         return
     # The name pointed at the other builder's image, which stays reusable: this builder's
     # own superseded image is found by its records.
-    for old_id, ref in listed() if listed is not None else engine_images.tags_in_repository(engine, project.repository):
+    for old_id, ref in listed.result():
         if old_id != image_id and normalise_ref(ref).startswith(mine) and normalise_ref(ref) != keep:
             _retire_image(engine, project, name, old_id, [ref], mine, keep)
 
 
 def records_listing(engine: Engine, project: Project, name: str, previous: dict[str, Any] | None,
-                    kind: str) -> Listing | None:
+                    kind: str) -> Ahead[list[tuple[str, str]]] | None:
     """The project's tags, listed on a thread of its own from now, for `retire` when it will
-    need them (the unit's name holds the other builder's image), else None. Listing images
-    costs the engine time in proportion to every image it holds (70-120 ms with 880), which a
-    build running meanwhile hides; what it lists is what was there before the build, as
-    `previous` is."""
-    if previous is None or not _held_by_other_builder(project, name, previous, kind):
+    need them: when the unit's name holds the other builder's image (its records and none of
+    `kind`'s); else None. Listing images costs the engine time in proportion to every image it
+    holds (70-120 ms with 880), which a build running meanwhile hides; what it lists is what
+    was there before the build, as `previous` is."""
+    if previous is None:
         return None
-    found: list[list[tuple[str, str]]] = []
-    failed: list[BaseException] = []
-
-    def list_tags() -> None:
-        try:
-            found.append(engine_images.tags_in_repository(engine, project.repository))
-        except BaseException as exc:  # said by the build's own thread, when it asks
-            failed.append(exc)
-
-    thread = threading.Thread(target=list_tags, name="compimg-records", daemon=True)
-    thread.start()
-
-    def listed() -> list[tuple[str, str]]:
-        thread.join()
-        if failed:
-            raise failed[0]
-        return found[0]
-
-    return listed
-
-
-def _held_by_other_builder(project: Project, name: str, previous: dict[str, Any], kind: str) -> bool:
-    """Does the unit's image `previous` carry the other builder's records and none of `kind`'s?"""
     mine = project.inputs_ref(name, builder_mark(kind))
     names = [normalise_ref(ref) for ref in previous.get("RepoTags") or []]
-    return not any(n.startswith(mine) for n in names) and any(n.startswith(project.inputs_ref(name)) for n in names)
+    if any(n.startswith(mine) for n in names) or not any(n.startswith(project.inputs_ref(name)) for n in names):
+        return None
+    return Ahead(lambda: engine_images.tags_in_repository(engine, project.repository), "compimg-records")
 
 
 def superseded_ref(project: Project, name: str, image_id: str) -> str:

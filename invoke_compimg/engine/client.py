@@ -25,6 +25,7 @@ import urllib.parse
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..ahead import Ahead
 from ..errors import EngineError, UpgradeRefused
 from ..records import record
 from ..words import yes_or_no
@@ -88,26 +89,15 @@ class _EarlyVersion:
 
     def __init__(self, path: str) -> None:
         self.started = time.monotonic()
-        self.answer: Any = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._ask, args=(path,), name="compimg-engine-version", daemon=True)
-        self._thread.start()
-
-    def _ask(self, path: str) -> None:
-        try:
-            self.answer = UnixJSON(path).get("/version")
-        except Exception as exc:  # raised where it is needed, as asking then would have
-            self.error = exc
+        self._asked = Ahead(lambda: UnixJSON(path).get("/version"), "compimg-engine-version")
 
     def result(self) -> Any:
         """The answer (None: none to use); raises what asking raised (an engine that is not
         there, or hung for the request's whole timeout, is not asked a second time)."""
         if time.monotonic() - self.started > self.FRESH_SECONDS:
             return None
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.answer if isinstance(self.answer, dict) else None
+        answer = self._asked.result()
+        return answer if isinstance(answer, dict) else None
 
 
 _early_versions: dict[str, _EarlyVersion] = {}
