@@ -92,3 +92,77 @@ def test_classes_and_field_counts() -> None:
 def test_a_method_the_class_writes_itself_stays() -> None:
     assert repr(Secretive("hunter2")) == "Secretive(...)"
     assert Secretive("a") == Secretive("a") != Secretive("b")
+
+
+@record
+class Built:
+    name: str
+    items: list[int] = field(default_factory=list)
+    derived: int = field(default=0, init=False)
+    later: tuple[str, ...] = field(default=(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "derived", len(self.name))
+
+
+@dataclass(frozen=True)
+class BuiltDataclass:
+    name: str
+    items: list[int] = field(default_factory=list)
+    derived: int = field(default=0, init=False)
+    later: tuple[str, ...] = field(default=(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "derived", len(self.name))
+
+
+@record(frozen=False)
+class Counter:
+    count: int = 0
+    seen: list[str] = field(default_factory=list)
+
+
+CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    (("a",), {}), (("a", [1]), {}), ((), {"name": "b", "later": ("x",)}), (("a",), {"items": [2], "later": ()}),
+    ((), {}), (("a", [1], ("x",)), {}), (("a",), {"name": "b"}), (("a",), {"derived": 3}), (("a",), {"other": 1}),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_made_as_a_frozen_dataclass_is(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Same values, or a TypeError in the same cases (missing, too many, unknown, repeated)."""
+    try:
+        theirs = BuiltDataclass(*args, **kwargs)
+    except TypeError:
+        with pytest.raises(TypeError):
+            Built(*args, **kwargs)
+        return
+    ours = Built(*args, **kwargs)
+    assert repr(ours) == repr(theirs).replace("BuiltDataclass", "Built")
+    assert dataclasses.asdict(ours) == dataclasses.asdict(theirs)
+
+
+def test_a_default_factory_makes_a_new_value_each_time() -> None:
+    assert Built("a").items is not Built("a").items
+    assert Counter().seen is not Counter().seen
+
+
+def test_a_mutable_record() -> None:
+    counter = Counter()
+    counter.count += 1
+    counter.seen.append("a")
+    assert counter == Counter(1, ["a"]) != Counter(2)
+    assert repr(counter) == "Counter(count=1, seen=['a'])"
+    with pytest.raises(TypeError):
+        hash(counter)  # mutable: unhashable, as a dataclass with eq
+    with pytest.raises(TypeError):
+        record(frozen=False)(type("Thawed", (Point,), {"__annotations__": {"w": "int"}, "w": 0}))
+
+
+def test_class_definition_errors() -> None:
+    with pytest.raises(TypeError):  # a field without a default after one with a default, as dataclass
+        record(type("Bad", (), {"__annotations__": {"a": "int", "b": "int"}, "a": 0}))
+    with pytest.raises(TypeError):
+        record(type("Init", (), {"__annotations__": {"a": "dataclasses.InitVar[int]"}}))
+    undocumented = record(type("Undocumented", (), {"__annotations__": {"a": "int"}}))
+    assert undocumented.__doc__ == "Undocumented(a)"

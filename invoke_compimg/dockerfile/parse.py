@@ -17,10 +17,11 @@ import dataclasses
 import glob
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from ..errors import UserError
+from ..records import record
 from . import instructions, reader
 from .lexer import Lex, LexError, declare_args
 from .model import (
@@ -74,7 +75,7 @@ def decode_dockerfile(data: bytes, where: str) -> str:
                         where=where, line=data.count(b"\n", 0, exc.start) + 1) from None
 
 
-@dataclass
+@record(frozen=False)
 class _Draft:
     """A stage while it is being read."""
 

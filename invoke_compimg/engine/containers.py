@@ -8,10 +8,10 @@ import io
 import tarfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from ..procs import owner, owner_gone
+from ..records import record
 from .client import Engine
 
 LABEL_PROJECT = "compimg.project"  # the project an image or container belongs to
@@ -116,7 +116,7 @@ class _ChunkReader(io.RawIOBase):
         return size
 
 
-@dataclass
+@record(frozen=False)
 class Attached:
     """A started container with our terminal's streams attached to it."""
 

@@ -14,14 +14,15 @@ import os
 import posixpath
 import shutil
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from ..errors import UserError
 from ..placing import Clash, merge_into, staging_folder
+from ..records import record
 
 
-@dataclass
+@record(frozen=False)
 class Extracted:
     names: list[str] = field(default_factory=list)  # top-level entries now in the destination
     skipped: list[str] = field(default_factory=list)  # device files and FIFOs left out

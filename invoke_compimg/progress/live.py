@@ -9,9 +9,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..records import record
 from .base import TAIL_ON_FAILURE, TAIL_RUNNING, StageResult
 from .text import clean_lines, finished_words, format_table, isatty
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from rich.live import Live
 
 
-@dataclass
+@record(frozen=False)
 class _Running:
     started: float
     step: str = ""

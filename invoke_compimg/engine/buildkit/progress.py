@@ -4,7 +4,7 @@ prints them. Pure: no I/O, no clock."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -82,7 +82,7 @@ class ProgressEvent:
     seconds: float | None = None
 
 
-@dataclass
+@record(frozen=False)
 class Progress:
     """Merges StatusResponses (pure: no I/O, no clock) and turns them into ProgressEvents.
 

@@ -18,8 +18,8 @@ import os
 import queue
 import threading
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
 
+from ...records import record
 from .fswalk import Entry
 from .proto import fsutil_pb2
 
@@ -40,7 +40,7 @@ def stat_of(entry: Entry) -> fsutil_pb2.Stat:
     return stat
 
 
-@dataclass
+@record(frozen=False)
 class _Incoming:
     kind: str  # "req", "fin", "err", "end"
     id: int = 0

@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import h2.exceptions
@@ -85,7 +85,7 @@ class TarExport:
 Export = LocalExport | TarExport
 
 
-@dataclass
+@record(frozen=False)
 class Transfer:
     """What one FileSync.DiffCopy sent: for tests and for progress."""
 
@@ -95,7 +95,7 @@ class Transfer:
     bytes: int = 0
 
 
-@dataclass
+@record(frozen=False)
 class Session:
     """What one or more builds may ask of this machine. `shared_key` must stay the same for
     the same context folder (BuildKit keeps what it received under it); `ssh` maps agent
