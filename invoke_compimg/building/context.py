@@ -295,7 +295,7 @@ def fingerprint(context: str, paths: Iterable[str], hashes: FileHashes | None = 
             content = hashes.sha256(path, stat)
         else:
             content = ""
-        digest.update(f"{path}\0{mode:o}\0{content}\0".encode())
+        digest.update(f"{path}\0{mode:o}\0{content}\0".encode("utf-8", "surrogateescape"))  # (a name's bytes)
     if save_soon:
         hashes.save_soon()
     else:
