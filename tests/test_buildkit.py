@@ -731,6 +731,31 @@ def test_fidelity_against_docker_buildkit_build_of_the_native_file(make_project:
     assert config_of(api, ids["run"]) == config_of(api, peer)
 
 
+def test_names_that_are_not_utf8_travel_as_docker_build_sends_them(make_project: Any, api: Any, unique: str,
+                                                                   tmp_path: Path) -> None:
+    """A context file named in Latin-1 (`caf\\xe9`), and one made by a step, exported to a
+    folder: the same bytes as `docker build` with BuildKit (protobuf's `string` could carry neither)."""
+    from invoke_compimg.building.specs import OutputSpec
+
+    latin = os.fsdecode(b"caf\xe9.txt")
+    project = make_project("NAME build\nFROM busybox\nCOPY . /ctx/\nRUN touch \"/ctx/made-$(printf '\\351')\"\n"
+                           "NAME artifact\nFROM scratch\nCOPY build:/ctx /\n", files={latin: "latin-1 name\n"})
+    ids, _, _ = build(project, "build")
+    (project.context / "Dockerfile.native").write_text(
+        "FROM busybox\nCOPY . /ctx/\nRUN touch \"/ctx/made-$(printf '\\351')\"\n")
+    peer = f"{unique}-peer"
+    result = subprocess.run([DOCKER_2010, "build", "--network", "none", "-f", "Dockerfile.native", "-t", peer, "."],
+                            cwd=project.context, env={**os.environ, "DOCKER_BUILDKIT": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    ours = {k: v for k, v in image_listing(api, ids["build"]).items() if k.startswith("ctx/") and "native" not in k}
+    theirs = {k: v for k, v in image_listing(api, peer).items() if k.startswith("ctx/") and "native" not in k}
+    assert f"ctx/{latin}" in ours and ours == theirs
+    dest = tmp_path / "dest"
+    build(project, output=OutputSpec("local", str(dest)))
+    assert b"caf\xe9.txt" in os.listdir(os.fsencode(dest)) and b"made-\xe9" in os.listdir(os.fsencode(dest))
+
+
 def test_on_its_unix_socket_the_engine_takes_the_session_on_its_own_connection(
         make_project: Any, engine: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """`POST /session` (the engine is the HTTP/2 client; one HTTP/2 layer) rather than

@@ -199,10 +199,11 @@ class FakeDaemon:
     def run(self, sender: Sender) -> list[Packet]:
         return self.serve(sender.run)
 
-    def serve(self, handler: Callable[[Iterator[Packet]], Iterable[Packet]]) -> list[Packet]:
-        """Play one DiffCopy against `handler` (incoming packets -> outgoing packets)."""
+    def serve(self, handler: Callable[[Iterator[bytes]], Iterable[bytes]]) -> list[Packet]:
+        """Play one DiffCopy against `handler` (incoming packets -> outgoing packets, encoded)."""
         received = []
-        for packet in handler(self.outgoing()):
+        for message in handler(p.SerializeToString() for p in self.outgoing()):
+            packet = Packet.FromString(message)
             received.append(packet)
             if packet.type == Packet.PACKET_STAT:
                 if packet.HasField("stat"):
@@ -457,7 +458,8 @@ def _export(packets_before_data: list[Packet], contents: dict[int, bytes], dest:
         done.wait(5)
         yield Packet(type=Packet.PACKET_FIN)
 
-    for packet in receive_into(incoming(), dest, "the export"):
+    for message in receive_into((p.SerializeToString() for p in incoming()), dest, "the export"):
+        packet = Packet.FromString(message)
         answers.append(packet)
         if packet.type == Packet.PACKET_REQ:
             requests.append(packet.ID)

@@ -101,6 +101,11 @@ def message_field(number: int, data: bytes) -> bytes:
     return varint_bytes(number << 3 | LENGTH_DELIMITED) + varint_bytes(len(data)) + data
 
 
+def varint_field(number: int, value: int) -> bytes:
+    """A proto3 integer field (0 is the default, and is not written); int64 may be negative."""
+    return varint_bytes(number << 3 | VARINT) + varint_bytes(value) if value else b""
+
+
 def string_field(number: int, value: str) -> bytes:
     """A proto3 string field (the empty string is the default, and is not written)."""
     return message_field(number, value.encode()) if value else b""
@@ -117,4 +122,4 @@ def map_field(number: int, mapping: Mapping[str, str]) -> bytes:
 
 
 __all__ = ["ProtocolError", "fields", "int64", "map_field", "message_field", "repeated_strings", "string_field",
-           "string_map", "text", "varint", "varint_bytes"]
+           "string_map", "text", "varint", "varint_bytes", "varint_field"]

@@ -33,10 +33,8 @@ from typing import BinaryIO
 from ...errors import UserError
 from ...patterns import clean
 from ...placing import STAGING_PREFIX, Clash, merge_into, reap_staging, staging_folder
+from .fsutil_wire import DATA, ERR, FIN, FIN_PACKET, STAT, Stat, decode, request_packet
 from .fswalk import GO_DIR, GO_SYMLINK, GO_TYPE
-from .proto import fsutil_pb2
-
-Packet = fsutil_pb2.Packet
 
 
 class ExportRefused(UserError):
@@ -44,12 +42,15 @@ class ExportRefused(UserError):
 
 
 def _check_path(path: str) -> str:
-    if not path or path.startswith("/") or clean(path) != path or path == ".." or path.startswith("../"):
+    if (not path or path.startswith("/") or clean(path) != path or path == ".." or path.startswith("../")
+            or "\0" in path):
         raise ExportRefused(f"refusing the export: '{path}' is not a clean relative path")
     return path
 
 
 def _check_link(path: str, target: str) -> None:
+    if "\0" in target:
+        raise ExportRefused(f"refusing the export: '{path}' is a link to a name with a NUL byte")
     if target.startswith("/"):
         raise ExportRefused(f"refusing the export: '{path}' is a link to the absolute path '{target}'")
     resolved = clean(posixpath.join(posixpath.dirname(path), target))
@@ -105,11 +106,12 @@ class Receiver:
         self.dir_times: list[tuple[str, int, int]] = []  # (path, mode, mtime), applied at the end
         self.written = 0
 
-    def run(self, incoming: Iterable[Packet], complete: Callable[[], None]) -> Iterator[Packet]:
-        """The packets to send (REQ..., FIN) given the daemon's. `complete` runs once every
-        file is in, before our FIN: the daemon takes FIN as "written" and ends the solve,
-        so the files must be in place by then. Raises ExportRefused."""
-        outgoing: queue.Queue[Packet | BaseException | None] = queue.Queue()
+    def run(self, incoming: Iterable[bytes], complete: Callable[[], None]) -> Iterator[bytes]:
+        """The packets to send (REQ..., FIN) given the daemon's, fsutil Packets encoded
+        (`fsutil_wire`). `complete` runs once every file is in, before our FIN: the daemon takes
+        FIN as "written" and ends the solve, so the files must be in place by then. Raises
+        ExportRefused."""
+        outgoing: queue.Queue[bytes | BaseException | None] = queue.Queue()
         worker = threading.Thread(target=self._consume, args=(incoming, outgoing), name="compimg-export-read",
                                   daemon=True)
         worker.start()
@@ -120,7 +122,7 @@ class Receiver:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                if item.type == Packet.PACKET_FIN:
+                if item == FIN_PACKET:
                     self._finish()
                     complete()
                 yield item
@@ -129,27 +131,28 @@ class Receiver:
             for file in self.open.values():
                 file.close()
 
-    def _consume(self, incoming: Iterable[Packet], outgoing: queue.Queue[Packet | BaseException | None]) -> None:
+    def _consume(self, incoming: Iterable[bytes], outgoing: queue.Queue[bytes | BaseException | None]) -> None:
         index = 0
         stats_over = fin_sent = False
         try:
-            for packet in incoming:
-                if packet.type == Packet.PACKET_STAT:
-                    if not packet.HasField("stat"):
+            for message in incoming:
+                packet = decode(message)
+                if packet.type == STAT:
+                    if packet.stat is None:
                         stats_over = True
                     else:
                         if self._stat(index, packet.stat):
                             self.pending.add(index)
-                            outgoing.put(Packet(type=Packet.PACKET_REQ, ID=index))
+                            outgoing.put(request_packet(index))
                         index += 1
-                elif packet.type == Packet.PACKET_DATA:
-                    self._data(packet.ID, packet.data)
-                elif packet.type == Packet.PACKET_FIN:
+                elif packet.type == DATA:
+                    self._data(packet.id, packet.data)
+                elif packet.type == FIN:
                     break
-                elif packet.type == Packet.PACKET_ERR:
+                elif packet.type == ERR:
                     raise ExportRefused(f"the export failed on the engine: {packet.data.decode('utf-8', 'replace')}")
                 if stats_over and not self.pending and not fin_sent:
-                    outgoing.put(Packet(type=Packet.PACKET_FIN))
+                    outgoing.put(FIN_PACKET)
                     fin_sent = True
             if not fin_sent:
                 raise ExportRefused("the export stream ended before it was complete; nothing was written")
@@ -157,7 +160,7 @@ class Receiver:
         except BaseException as exc:  # handed to the sending side, which raises it
             outgoing.put(exc)
 
-    def _stat(self, index: int, stat: fsutil_pb2.Stat) -> bool:
+    def _stat(self, index: int, stat: Stat) -> bool:
         """Create what a stat describes (folders and links at once); True if its data is wanted."""
         path = _check_path(stat.path)
         parent = posixpath.dirname(path)
@@ -168,13 +171,13 @@ class Receiver:
         if mode & GO_DIR:
             os.mkdir(target, 0o700)  # writable by us until the end, whatever its mode
             self.folders.add(path)
-            self.dir_times.append((path, mode & 0o777, stat.modTime))
+            self.dir_times.append((path, mode & 0o777, stat.mod_time))
             return False
         if mode & GO_SYMLINK:
             _check_link(path, stat.linkname)
             self.links[path] = stat.linkname
             os.symlink(stat.linkname, target)
-            os.utime(target, ns=(stat.modTime, stat.modTime), follow_symlinks=False)
+            os.utime(target, ns=(stat.mod_time, stat.mod_time), follow_symlinks=False)
             return False
         if mode & GO_TYPE:  # devices, pipes, sockets
             self.skipped.append(path)
@@ -186,7 +189,7 @@ class Receiver:
             os.link(os.path.join(self.staging, first), target, follow_symlinks=False)
             return False
         self.regular.add(path)
-        self.files[index] = (path, mode & 0o777, stat.modTime)
+        self.files[index] = (path, mode & 0o777, stat.mod_time)
         self.open[index] = open(target, "xb")  # noqa: SIM115  # closed when its last packet comes
         return True
 
@@ -230,7 +233,7 @@ def _staging(dest: Path) -> str:
         raise ExportRefused(f"cannot write into the export destination {dest} ({exc.strerror})") from None
 
 
-def receive_into(incoming: Iterable[Packet], dest: str | os.PathLike[str], what: str) -> Iterator[Packet]:
+def receive_into(incoming: Iterable[bytes], dest: str | os.PathLike[str], what: str) -> Iterator[bytes]:
     """The whole `local` export: receive into a staging folder inside `dest`, then merge in.
     Yields the packets to send to the daemon."""
     dest_path = Path(dest)

@@ -20,24 +20,14 @@ import threading
 from collections.abc import Generator, Iterable, Iterator
 
 from ...records import record
+from .fsutil_wire import END_OF_STATS, ERR, FIN, FIN_PACKET, REQ, data_packet, decode, stat_packet
 from .fswalk import Entry
-from .proto import fsutil_pb2
 
-Packet = fsutil_pb2.Packet
 CHUNK = 1 << 20  # fsutil sends 32 KiB; 1 MiB packets halve our CPU per byte (the daemon takes up to 4 MiB)
 
 
 class Refused(Exception):
     """The daemon asked for something this dir does not serve."""
-
-
-def stat_of(entry: Entry) -> fsutil_pb2.Stat:
-    stat = fsutil_pb2.Stat(path=entry.path, mode=entry.mode, uid=entry.uid, gid=entry.gid, size=entry.size,
-                           modTime=entry.mtime_ns, linkname=entry.linkname, devmajor=entry.devmajor,
-                           devminor=entry.devminor)
-    for key, value in entry.xattrs.items():
-        stat.xattrs[key] = value
-    return stat
 
 
 @record(frozen=False)
@@ -57,28 +47,29 @@ class Sender:
         self.sent_bytes = 0
         self.files_sent = 0
 
-    def run(self, incoming: Iterable[Packet]) -> Iterator[Packet]:
-        """The packets to send, given the packets the daemon sends (read on a thread of
-        ours while stats go out). Raises Refused on a request we do not serve."""
+    def run(self, incoming: Iterable[bytes]) -> Iterator[bytes]:
+        """The packets to send, given the packets the daemon sends (read on a thread of ours
+        while stats go out); fsutil Packets, encoded (`fsutil_wire`). Raises Refused on a
+        request we do not serve."""
         events: queue.Queue[_Incoming] = queue.Queue()
         reader = threading.Thread(target=_read, args=(incoming, events), name="compimg-filesync-read", daemon=True)
         reader.start()
         served: set[int] = set()
         for entry in self.entries:
-            yield Packet(type=Packet.PACKET_STAT, stat=stat_of(entry))
+            yield stat_packet(entry)
             # serve requests as they come, as fsutil does on other goroutines: the daemon
             # may stop reading stats until it has some data
             while not events.empty():
                 done = yield from self._answer(events.get(), served)
                 if done:
                     return
-        yield Packet(type=Packet.PACKET_STAT)
+        yield END_OF_STATS
         while True:
             done = yield from self._answer(events.get(), served)
             if done:
                 return
 
-    def _answer(self, event: _Incoming, served: set[int]) -> Generator[Packet, None, bool]:
+    def _answer(self, event: _Incoming, served: set[int]) -> Generator[bytes, None, bool]:
         """Packets answering one incoming event; returns True when the stream is over."""
         if event.kind == "req":
             if event.id in served or not 0 <= event.id < len(self.entries):
@@ -90,16 +81,16 @@ class Sender:
             yield from self._data(event.id, entry)
             return False
         if event.kind == "fin":
-            yield Packet(type=Packet.PACKET_FIN)
+            yield FIN_PACKET
             return True
         if event.kind == "err":
             raise Refused(f"error from receiver: {event.text}")
         return True  # the daemon closed the stream without FIN: it has what it wanted
 
-    def _data(self, packet_id: int, entry: Entry) -> Iterator[Packet]:
+    def _data(self, packet_id: int, entry: Entry) -> Iterator[bytes]:
         if isinstance(entry.source, bytes):
             for start in range(0, len(entry.source), CHUNK):
-                yield Packet(type=Packet.PACKET_DATA, ID=packet_id, data=entry.source[start:start + CHUNK])
+                yield data_packet(packet_id, entry.source[start:start + CHUNK])
             self.sent_bytes += len(entry.source)
         elif isinstance(entry.source, str) and self.root is not None:
             from .fswalk import open_beneath
@@ -108,20 +99,21 @@ class Sender:
             with os.fdopen(fd, "rb", buffering=0) as file:
                 while chunk := file.read(CHUNK):
                     self.sent_bytes += len(chunk)
-                    yield Packet(type=Packet.PACKET_DATA, ID=packet_id, data=chunk)
+                    yield data_packet(packet_id, chunk)
         self.files_sent += 1
-        yield Packet(type=Packet.PACKET_DATA, ID=packet_id)
+        yield data_packet(packet_id)
 
 
-def _read(incoming: Iterable[Packet], events: queue.Queue[_Incoming]) -> None:
+def _read(incoming: Iterable[bytes], events: queue.Queue[_Incoming]) -> None:
     try:
-        for packet in incoming:
-            if packet.type == Packet.PACKET_REQ:
-                events.put(_Incoming("req", packet.ID))
-            elif packet.type == Packet.PACKET_FIN:
+        for message in incoming:
+            packet = decode(message)
+            if packet.type == REQ:
+                events.put(_Incoming("req", packet.id))
+            elif packet.type == FIN:
                 events.put(_Incoming("fin"))
                 return
-            elif packet.type == Packet.PACKET_ERR:
+            elif packet.type == ERR:
                 events.put(_Incoming("err", text=packet.data.decode("utf-8", "replace")))
                 return
     except Exception:  # the stream broke or was cancelled: the send side ends too

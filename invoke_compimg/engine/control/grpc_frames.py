@@ -105,8 +105,3 @@ def _short_data_repr(data: bytes | None, _whole: object = hyperframe.frame._raw_
 
 
 hyperframe.frame._raw_data_repr = _short_data_repr
-
-
-def method_path(service: Any, method: str) -> str:
-    """`/package.Service/Method` from a generated service descriptor."""
-    return f"/{service.full_name}/{service.methods_by_name[method].name}"

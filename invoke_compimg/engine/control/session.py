@@ -21,6 +21,7 @@ session to itself, since v0.8's FileSend request does not say which solve it is 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import queue
@@ -32,14 +33,14 @@ from typing import Any
 import h2.exceptions
 
 from ...records import record
+from ..protowire import ProtocolError, fields, message_field
 from .diffcopy_send import Refused, Sender
 from .fswalk import BadPattern, Dir, Entry, Request, walk, walking
-from .grpc_frames import OK, method_path
+from .grpc_frames import OK
 from .h2_client import ByteStream, Connection, RpcError
 from .h2_client import Call as ClientCall
 from .h2_server import FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, Call, Method, Server
 from .messages import SESSION
-from .proto import auth_pb2, control_pb2, filesync_pb2, fsutil_pb2, secrets_pb2, sshforward_pb2
 from .providers import Agents, NotFound, Registries, Secret, Secrets
 
 log = logging.getLogger(__name__)
@@ -49,23 +50,29 @@ HEALTH_SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}
 SSH_ID_KEY = "buildkit.ssh.id"
 
 
-def _service(module: Any, name: str) -> Any:
-    return module.DESCRIPTOR.services_by_name[name]
+# The services' paths (`/package.Service/Method`, from our .proto files: tests check them).
+PATHS = {
+    "filesync": "/moby.filesync.v1.FileSync/DiffCopy",
+    "filesend": "/moby.filesync.v1.FileSend/DiffCopy",
+    "secret": "/moby.buildkit.secrets.v1.Secrets/GetSecret",
+    "ssh_check": "/moby.sshforward.v1.SSH/CheckAgent",
+    "ssh_forward": "/moby.sshforward.v1.SSH/ForwardAgent",
+    "credentials": "/moby.filesync.v1.Auth/Credentials",
+    "session": SESSION,  # (Control's paths are written once, with the messages a solve sends)
+}
 
 
-def _paths() -> dict[str, str]:
-    return {
-        "filesync": method_path(_service(filesync_pb2, "FileSync"), "DiffCopy"),
-        "filesend": method_path(_service(filesync_pb2, "FileSend"), "DiffCopy"),
-        "secret": method_path(_service(secrets_pb2, "Secrets"), "GetSecret"),
-        "ssh_check": method_path(_service(sshforward_pb2, "SSH"), "CheckAgent"),
-        "ssh_forward": method_path(_service(sshforward_pb2, "SSH"), "ForwardAgent"),
-        "credentials": method_path(_service(auth_pb2, "Auth"), "Credentials"),
-        "session": SESSION,  # (Control's paths are written once, with the messages a solve sends)
-    }
+def _proto(module: str) -> Any:
+    """A generated module, imported when a build first uses its service: protobuf's runtime
+    costs 15-20 ms to import, and a build asks for secrets, ssh or credentials only when it uses
+    them (FileSync, which every build uses, is encoded by hand: `fsutil_wire`)."""
+    return importlib.import_module(f"{__package__}.proto.{module}")
 
 
-PATHS = _paths()
+def _codec(module: str, request: str) -> dict[str, Callable[..., Any]]:
+    """A Method's decode and encode through `module`'s messages."""
+    return {"decode": lambda data: getattr(_proto(module), request).FromString(data),
+            "encode": lambda message: message.SerializeToString()}
 
 
 @record
@@ -164,30 +171,24 @@ class Session:
     def handler(self) -> Callable[[str], Method | None]:
         """The methods served, by path (what `h2_server.Server` looks up)."""
         methods = {
-            PATHS["filesync"]: Method(self._filesync, streaming=True, decode=fsutil_pb2.Packet.FromString,
-                                      encode=fsutil_pb2.Packet.SerializeToString),
+            PATHS["filesync"]: Method(self._filesync, streaming=True),  # fsutil Packets, by hand (fsutil_wire)
             PATHS["filesend"]: Method(self._filesend, streaming=True),  # raw bytes
-            PATHS["secret"]: Method(self._secret, streaming=False, decode=secrets_pb2.GetSecretRequest.FromString,
-                                    encode=secrets_pb2.GetSecretResponse.SerializeToString),
+            PATHS["secret"]: Method(self._secret, streaming=False, **_codec("secrets_pb2", "GetSecretRequest")),
             PATHS["ssh_check"]: Method(self._ssh_check, streaming=False,
-                                       decode=sshforward_pb2.CheckAgentRequest.FromString,
-                                       encode=sshforward_pb2.CheckAgentResponse.SerializeToString),
-            PATHS["ssh_forward"]: Method(self._ssh_forward, streaming=True,
-                                         decode=sshforward_pb2.BytesMessage.FromString,
-                                         encode=sshforward_pb2.BytesMessage.SerializeToString),
+                                       **_codec("sshforward_pb2", "CheckAgentRequest")),
+            PATHS["ssh_forward"]: Method(self._ssh_forward, streaming=True, **_codec("sshforward_pb2", "BytesMessage")),
             HEALTH_CHECK: Method(self._health, streaming=False),
         }
         if self.registries is not None:
             methods[PATHS["credentials"]] = Method(self._credentials, streaming=False,
-                                                   decode=auth_pb2.CredentialsRequest.FromString,
-                                                   encode=auth_pb2.CredentialsResponse.SerializeToString)
+                                                   **_codec("auth_pb2", "CredentialsRequest"))
         return methods.get
 
     def _health(self, request: bytes, context: Call) -> bytes:
         self.health_checks += 1
         return HEALTH_SERVING
 
-    def _filesync(self, incoming: Iterable[fsutil_pb2.Packet], context: Call) -> Iterator[Any]:
+    def _filesync(self, incoming: Iterable[bytes], context: Call) -> Iterator[bytes]:
         meta = _metadata(context)
         name = (meta.get("dir-name") or [""])[0]
         directory = self._dirs.get(name)  # fixed when the session is made: no lock
@@ -257,15 +258,13 @@ class Session:
                 return
             assert isinstance(export, LocalExport)
             # a local export's messages are fsutil Packets themselves, a tar export's BytesMessages
-            packets = (fsutil_pb2.Packet.FromString(m) for m in incoming)
-            for packet in receive_into(packets, export.dest, "the export"):
-                yield packet.SerializeToString()
+            yield from receive_into(incoming, export.dest, "the export")
         except ExportRefused as exc:
             context.abort(PERMISSION_DENIED, str(exc))
 
     def _secret(self, request: Any, context: Call) -> Any:
         try:
-            return secrets_pb2.GetSecretResponse(data=self._secrets.get(request.ID))
+            return _proto("secrets_pb2").GetSecretResponse(data=self._secrets.get(request.ID))
         except NotFound:
             context.abort(NOT_FOUND, f"secret {request.ID} not found")
 
@@ -274,20 +273,21 @@ class Session:
             self._agents.check(request.ID)
         except NotFound as exc:
             context.abort(NOT_FOUND, str(exc))
-        return sshforward_pb2.CheckAgentResponse()
+        return _proto("sshforward_pb2").CheckAgentResponse()
 
     def _ssh_forward(self, incoming: Iterable[Any], context: Call) -> Iterator[Any]:
         agent_id = (_metadata(context).get(SSH_ID_KEY) or ["default"])[0]
         try:
+            message = _proto("sshforward_pb2").BytesMessage
             for answer in self._agents.forward(agent_id, (m.data for m in incoming)):
-                yield sshforward_pb2.BytesMessage(data=answer)
+                yield message(data=answer)
         except NotFound as exc:
             context.abort(NOT_FOUND, str(exc))
 
     def _credentials(self, request: Any, context: Call) -> Any:
         assert self.registries is not None
         found = self.registries.credentials(request.Host)
-        return auth_pb2.CredentialsResponse(Username=found.username, Secret=found.secret)
+        return _proto("auth_pb2").CredentialsResponse(Username=found.username, Secret=found.secret)
 
 
 class _Ahead:
@@ -346,12 +346,19 @@ def _metadata(context: Call) -> dict[str, list[str]]:
 
 
 def _wrap(data: bytes) -> bytes:
-    """A BytesMessage holding `data` (field 1, length-delimited)."""
-    return control_pb2.BytesMessage(data=data).SerializeToString()
+    """A BytesMessage holding `data` (field 1, length-delimited; empty data is not written)."""
+    return message_field(1, data) if data else b""
 
 
 def _unwrap_one(message: bytes) -> bytes:
-    return control_pb2.BytesMessage.FromString(message).data
+    """The data of a BytesMessage (ProtocolError if it is not one)."""
+    data = b""
+    for number, value in fields(message):
+        if number == 1:
+            if not isinstance(value, bytes):
+                raise ProtocolError("a BytesMessage whose data is not length-delimited")
+            data = value
+    return data
 
 
 def _unwrap(messages: Iterable[bytes]) -> Iterator[bytes]:
