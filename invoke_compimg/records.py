@@ -141,8 +141,9 @@ def record(cls: type[T] | None = None, /, *, frozen: bool = True) -> Any:
 
 def _make(cls: type[T], frozen: bool) -> type[T]:
     own = set(cls.__dict__)
-    if not frozen and any(base.__setattr__ is _frozen_setattr for base in cls.__mro__[1:]):  # type: ignore[comparison-overlap]
-        raise TypeError(f"{cls.__qualname__}: a mutable record cannot extend a frozen one")
+    bases = [base for base in cls.__mro__[1:] if "__dataclass_fields__" in base.__dict__]
+    if any((base.__setattr__ is _frozen_setattr) != frozen for base in bases):  # type: ignore[comparison-overlap]
+        raise TypeError(f"{cls.__qualname__}: a record is frozen or not as the records it extends are (as dataclass)")
     undocumented = not cls.__doc__
     if undocumented:  # (else dataclass writes its signature there, through inspect: 0.5 ms)
         cls.__doc__ = cls.__name__

@@ -157,6 +157,9 @@ def test_a_mutable_record() -> None:
         hash(counter)  # mutable: unhashable, as a dataclass with eq
     with pytest.raises(TypeError):
         record(frozen=False)(type("Thawed", (Point,), {"__annotations__": {"w": "int"}, "w": 0}))
+    with pytest.raises(TypeError):
+        record(type("Frozen", (Counter,), {"__annotations__": {"w": "int"}, "w": 0}))
+    assert record(frozen=False)(type("More", (Counter,), {"__annotations__": {"w": "int"}, "w": 0}))().w == 0
 
 
 def test_class_definition_errors() -> None:
