@@ -4,6 +4,7 @@ dataclasses functions, checked against a frozen dataclass of the same fields. No
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,26 +95,22 @@ def test_a_method_the_class_writes_itself_stays() -> None:
     assert Secretive("a") == Secretive("a") != Secretive("b")
 
 
-@record
-class Built:
-    name: str
-    items: list[int] = field(default_factory=list)
-    derived: int = field(default=0, init=False)
-    later: tuple[str, ...] = field(default=(), kw_only=True)
+def _built(decorate: Callable[[type], Any]) -> Any:
+    """The same class, made by `decorate` (ours, or dataclass's to compare with)."""
+    class Built:
+        name: str
+        items: list[int] = field(default_factory=list)
+        derived: int = field(default=0, init=False)
+        later: tuple[str, ...] = field(default=(), kw_only=True)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "derived", len(self.name))
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "derived", len(self.name))
+
+    return decorate(Built)
 
 
-@dataclass(frozen=True)
-class BuiltDataclass:
-    name: str
-    items: list[int] = field(default_factory=list)
-    derived: int = field(default=0, init=False)
-    later: tuple[str, ...] = field(default=(), kw_only=True)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "derived", len(self.name))
+Built = _built(record)
+BuiltDataclass = _built(dataclass(frozen=True))
 
 
 @record(frozen=False)
