@@ -32,37 +32,43 @@ else:
 T = TypeVar("T")
 
 _MISSING = dataclasses.MISSING
-_fields_of: dict[type, Callable[[Any], tuple[Any, ...]]] = {}  # a record class's field values, as a tuple
+_compared: dict[type, Callable[[Any], tuple[Any, ...]]] = {}  # a class's compared field values, as a tuple
+_hashed: dict[type, Callable[[Any], tuple[Any, ...]]] = {}  # and its hashed ones
 
 
-def _values(instance: Any) -> tuple[Any, ...]:
+def _getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    if not names:
+        return lambda _: ()
+    getter = operator.attrgetter(*names)
+    return (lambda obj: (getter(obj),)) if len(names) == 1 else getter  # type: ignore[return-value]
+
+
+def _values(instance: Any, cache: dict[type, Callable[[Any], tuple[Any, ...]]]) -> tuple[Any, ...]:
     cls = instance.__class__
     try:
-        values = _fields_of[cls]
+        values = cache[cls]
     except KeyError:
-        names = [f.name for f in dataclasses.fields(cls)]
-        getter = operator.attrgetter(*names) if names else None
-        if getter is None:
-            values = _fields_of[cls] = lambda _: ()
-        elif len(names) == 1:
-            values = _fields_of[cls] = lambda obj: (getter(obj),)
-        else:
-            values = _fields_of[cls] = getter
+        fields = dataclasses.fields(cls)
+        if cache is _compared:
+            names = [f.name for f in fields if f.compare]
+        else:  # `hash=None` follows `compare`, as with dataclass
+            names = [f.name for f in fields if (f.compare if f.hash is None else f.hash)]
+        values = cache[cls] = _getter(names)
     return values(instance)
 
 
 def _eq(self: Any, other: object) -> Any:  # (bool, or NotImplemented: Python asks `other`)
     if other.__class__ is not self.__class__:
         return NotImplemented
-    return self is other or _values(self) == _values(other)
+    return self is other or _values(self, _compared) == _values(other, _compared)
 
 
 def _hash(self: Any) -> int:
-    return hash(_values(self))
+    return hash(_values(self, _hashed))
 
 
 def _repr(self: Any) -> str:
-    shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+    shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
     return f"{self.__class__.__qualname__}({shown})"
 
 
@@ -74,7 +80,7 @@ def _frozen_delattr(self: Any, name: str) -> None:
     raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
 
 
-def _initializer(cls: Any) -> Callable[..., None]:
+def _initializer(cls: Any, frozen: bool) -> Callable[..., None]:
     """`cls.__init__`, as dataclass would generate it, made from a closure instead of source."""
     fields = dataclasses.fields(cls)
     if any("InitVar" in str(f.type) for f in cls.__dataclass_fields__.values() if f not in fields):
@@ -90,7 +96,7 @@ def _initializer(cls: Any) -> Callable[..., None]:
     accepted = frozenset(positional) | frozenset(keyword_only)
     post_init = hasattr(cls, "__post_init__")
     qualname = cls.__qualname__
-    put = object.__setattr__
+    put = object.__setattr__ if frozen else setattr  # (a mutable one's own setters and properties run)
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if len(args) > len(positional):
@@ -151,12 +157,16 @@ def _make(cls: type[T], frozen: bool) -> type[T]:
     if undocumented:
         made.__doc__ = f"{cls.__name__}({', '.join(f.name for f in dataclasses.fields(made))})"  # type: ignore[arg-type]
     if "__init__" not in own:
-        made.__init__ = _initializer(made)  # type: ignore[misc,method-assign]
+        made.__init__ = _initializer(made, frozen)  # type: ignore[misc,method-assign]
     if frozen:
         made.__setattr__ = _frozen_setattr  # type: ignore[method-assign,assignment]
         made.__delattr__ = _frozen_delattr  # type: ignore[method-assign,assignment]
     if "__eq__" not in own:
         made.__eq__ = _eq  # type: ignore[method-assign,assignment]
+    # dataclass's rule: a `__hash__` the class writes stays (Python's implicit None next to an
+    # own `__eq__` does not count); else frozen records hash their fields, mutable ones none.
+    explicit_hash = "__hash__" in own and not (cls.__dict__["__hash__"] is None and "__eq__" in own)
+    if not explicit_hash:
         made.__hash__ = _hash if frozen else None  # type: ignore[method-assign,assignment]
     if "__repr__" not in own:
         made.__repr__ = _repr  # type: ignore[method-assign,assignment]

@@ -18,7 +18,7 @@ from invoke_compimg.engine.protowire import ProtocolError
 
 Packet = fsutil_pb2.Packet
 
-names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1, max_size=12)
+names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12)
 uint32 = st.integers(0, 2**32 - 1)
 int64 = st.integers(-(2**63), 2**63 - 1)
 entries = st.builds(Entry, path=names, mode=uint32, uid=uint32, gid=uint32, size=int64, mtime_ns=int64,
@@ -57,8 +57,9 @@ def test_the_other_packets(packet_id: int, data: bytes) -> None:
     assert fsutil_wire.request_packet(packet_id) == Packet(type=Packet.PACKET_REQ, ID=packet_id).SerializeToString()
     assert Packet(type=Packet.PACKET_FIN).SerializeToString() == fsutil_wire.FIN_PACKET
     assert Packet(type=Packet.PACKET_STAT).SerializeToString() == fsutil_wire.END_OF_STATS
-    assert fsutil_wire.error_packet("no") == Packet(type=Packet.PACKET_ERR, data=b"no").SerializeToString()
     read = fsutil_wire.decode(Packet(type=Packet.PACKET_DATA, ID=packet_id, data=data).SerializeToString())
+    error = fsutil_wire.decode(Packet(type=Packet.PACKET_ERR, data=data).SerializeToString())
+    assert (error.type, error.data) == (fsutil_wire.ERR, data)
     assert (read.type, read.id, read.data, read.stat) == (fsutil_wire.DATA, packet_id, data, None)
     assert fsutil_wire.decode(fsutil_wire.END_OF_STATS) == fsutil_wire.Packet(fsutil_wire.STAT)
 

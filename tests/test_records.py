@@ -166,3 +166,62 @@ def test_class_definition_errors() -> None:
         record(type("Init", (), {"__annotations__": {"a": "dataclasses.InitVar[int]"}}))
     undocumented = record(type("Undocumented", (), {"__annotations__": {"a": "int"}}))
     assert undocumented.__doc__ == "Undocumented(a)"
+
+
+def _flagged(decorate: Callable[[type], Any]) -> Any:
+    class Flagged:
+        key: int
+        note: str = field(default="", compare=False, repr=False)
+        weight: int = field(default=0, hash=False)
+
+    return decorate(Flagged)
+
+
+def _own_eq(decorate: Callable[[type], Any]) -> Any:
+    class OwnEq:
+        value: int
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, OwnEq) and abs(self.value - other.value) < 1
+
+    return decorate(OwnEq)
+
+
+def _own_hash(decorate: Callable[[type], Any]) -> Any:
+    class OwnHash:
+        value: int
+
+        def __hash__(self) -> int:
+            return 7
+
+    return decorate(OwnHash)
+
+
+@pytest.mark.parametrize("make", [_flagged, _own_eq, _own_hash])
+def test_field_flags_and_own_methods_as_dataclass(make: Callable[..., Any]) -> None:
+    for frozen in (True, False):
+        ours, theirs = make(record(frozen=frozen)), make(dataclass(frozen=frozen))
+        for args in ((1,), (1, "a"), (1, "b", 2), (2, "a", 2)):
+            if len(args) > 1 and make is not _flagged:
+                continue
+            assert repr(ours(*args)).rpartition(".")[2] == repr(theirs(*args)).rpartition(".")[2]
+            for other in ((1,), (1, "z"), (1, "a", 2), (2,)):
+                if len(other) > 1 and make is not _flagged:
+                    continue
+                assert (ours(*args) == ours(*other)) == (theirs(*args) == theirs(*other))
+            if theirs.__hash__ is None:
+                assert ours.__hash__ is None
+            else:
+                assert hash(ours(*args)) == hash(theirs(*args)) or make is not _own_hash
+                assert (hash(ours(*args)) == hash(ours(1))) == (hash(theirs(*args)) == hash(theirs(1)))
+
+
+def test_a_mutable_records_setters_run() -> None:
+    @record(frozen=False)
+    class Guarded:
+        size: int
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            object.__setattr__(self, name, max(0, value))
+
+    assert Guarded(-5).size == 0

@@ -141,6 +141,29 @@ def test_the_session_is_asked_for_with_its_names_as_headers_and_served_on_that_c
     assert session.health_checks == 1
 
 
+def test_a_refused_export_of_a_name_that_is_not_utf8_is_a_status(fake_engine: Any, tmp_path: Path) -> None:
+    """The refusal names the file; its bytes that are not UTF-8 must not stop the status going
+    out (the call would hang: the daemon waits for it)."""
+    import os
+
+    from invoke_compimg.engine.control import fsutil_wire
+    from invoke_compimg.engine.control.fswalk import GO_SYMLINK, Entry
+    from invoke_compimg.engine.control.session import LocalExport
+
+    fake = fake_engine()
+    session = Session(shared_key="k")
+    link = fsutil_wire.stat_packet(Entry(os.fsdecode(b"l\xe9"), GO_SYMLINK | 0o777, linkname="/etc"))
+    with Engine({"DOCKER_HOST": f"unix://{fake.path}"}) as engine:
+        connection = transport.engine_session(engine, session.metadata())
+        assert connection is not None
+        with EngineAttached(session, connection), session.exporting(LocalExport(str(tmp_path / "out"))):
+            call = fake.daemon.stream_stream(PATHS["filesend"], request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as refused:
+                list(call(iter([link, fsutil_wire.END_OF_STATS]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "absolute path '/etc'" in (refused.value.details() or "")
+
+
 def test_an_engine_that_does_not_switch_is_asked_once_and_gets_control_session(fake_engine: Any) -> None:
     fake = fake_engine(session_status=404)
     session = Session()

@@ -434,4 +434,5 @@ class LostInput(Exception):
 def shared_key(folder: str, unit: str) -> str:
     """The session's shared key for a unit's context folder: the same on every run on this
     machine, so BuildKit diffs against what it received last time and only changes travel."""
-    return hashlib.sha256(f"{socket.gethostname()}:{os.path.realpath(folder)}:{unit}".encode()).hexdigest()[:32]
+    key = f"{socket.gethostname()}:{os.path.realpath(folder)}:{unit}"
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # (a folder's name is bytes)

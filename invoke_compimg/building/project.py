@@ -79,5 +79,5 @@ def project_slug(dockerfile: Path, context: Path) -> str:
     """`<context folder>-<8 hex of the Dockerfile's absolute path>`: readable, and two
     projects with the same folder and stage names never share images."""
     base = re.sub(r"[^a-z0-9]+", "-", context.resolve().name.lower()).strip("-") or "project"
-    digest = hashlib.sha256(str(dockerfile.resolve()).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(str(dockerfile.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{base[:40]}-{digest}"

@@ -53,8 +53,9 @@ class Packet:
 def stat_packet(entry: Entry) -> bytes:
     """The STAT packet describing `entry`."""
     stat = b"".join((
-        message_field(1, os.fsencode(entry.path)), varint_field(2, entry.mode), varint_field(3, entry.uid),
-        varint_field(4, entry.gid), varint_field(5, entry.size), varint_field(6, entry.mtime_ns),
+        message_field(1, os.fsencode(entry.path)) if entry.path else b"", varint_field(2, entry.mode),
+        varint_field(3, entry.uid), varint_field(4, entry.gid), varint_field(5, entry.size),
+        varint_field(6, entry.mtime_ns),
         message_field(7, os.fsencode(entry.linkname)) if entry.linkname else b"",
         varint_field(8, entry.devmajor), varint_field(9, entry.devminor),
         *(message_field(10, message_field(1, os.fsencode(key)) + message_field(2, value))  # (a map entry: both always)
@@ -69,10 +70,6 @@ def data_packet(packet_id: int, data: bytes = b"") -> bytes:
 
 def request_packet(packet_id: int) -> bytes:
     return varint_field(1, REQ) + varint_field(3, packet_id)
-
-
-def error_packet(message: str) -> bytes:
-    return varint_field(1, ERR) + message_field(4, message.encode())
 
 
 def decode(message: bytes) -> Packet:
@@ -117,4 +114,4 @@ def _stat(message: bytes) -> Stat:
 
 
 __all__ = ["DATA", "END_OF_STATS", "ERR", "FIN", "FIN_PACKET", "REQ", "STAT", "Packet", "Stat", "data_packet",
-           "decode", "error_packet", "request_packet", "stat_packet"]
+           "decode", "request_packet", "stat_packet"]

@@ -78,8 +78,9 @@ def taken_in_batches(items: queue.SimpleQueue[Any] | queue.Queue[Any], end: Call
 
 
 def quote(text: str) -> str:
-    """`grpc-message` is percent-encoded UTF-8 (printable ASCII but '%' kept as is)."""
-    return urllib.parse.quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    """`grpc-message` is percent-encoded UTF-8 (printable ASCII but '%' kept as is); a file
+    name's byte that is not UTF-8 (a lone surrogate here) is written as `\\udce9`."""
+    return urllib.parse.quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~", errors="backslashreplace")
 
 
 def unquote(text: str) -> str:
