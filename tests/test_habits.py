@@ -161,6 +161,12 @@ def test_compimg_with_the_default_tasks_flags_and_no_task_name_builds(tmp_path: 
     # What the default task does not take stays a mistake; core flags keep their meaning.
     assert one_line(cli("compimg", ["--cmd", "ls"], project, NO_ENGINE)) == "No idea what '--cmd' is!"
     assert one_line(cli("compimg", ["-q", "parse"], project, NO_ENGINE)) == "No idea what '-q' is!"
+    # A task name mistyped gets the nearest one (Invoke's line for a word near no task).
+    for typed, near in (("biuld", "build"), ("extract-artefact", "extract-artifact"), ("sheel", "shell")):
+        mistyped = cli("compimg", [typed, "."], project, NO_ENGINE)
+        assert mistyped.returncode == 1 and one_line(mistyped) == (
+            f"no task '{typed}'; did you mean '{near}'? (`compimg --list` shows them all)")
+    assert one_line(cli("compimg", ["frobnicate"], project, NO_ENGINE)) == "No idea what 'frobnicate' is!"
     helped = cli("compimg", ["--help"], project, NO_ENGINE)
     assert helped.returncode == 0 and "Available tasks" in helped.stdout and "no task: build" in helped.stdout
     version = cli("compimg", ["--version"], project, NO_ENGINE)

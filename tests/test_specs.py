@@ -115,6 +115,25 @@ def test_a_key_file_is_not_an_agent(tmp_path: Path) -> None:
                                  "and give the agent's socket (--ssh default=$SSH_AUTH_SOCK)")
 
 
+def test_a_socket_nobody_answers_is_not_an_agent(tmp_path: Path) -> None:
+    """BuildKit leaves a step without the socket when the agent check fails, and says nothing:
+    so a socket left by an agent that is gone is refused here, in one line."""
+    import socket
+
+    path = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX) as gone:
+        gone.bind(path)  # bound, never listening: as a dead agent leaves its socket
+    with pytest.raises(UserError) as caught:
+        resolve(ssh=[f"default={path}"])
+    assert str(caught.value) == (f"--ssh default={path}: no ssh agent answers at {path} (Connection refused); "
+                                 "start one (eval $(ssh-agent); ssh-add) and give its socket")
+    with socket.socket(socket.AF_UNIX) as agent:
+        alive = str(tmp_path / "alive.sock")
+        agent.bind(alive)
+        agent.listen(1)
+        assert resolve(ssh=[f"default={alive}"]).ssh[0].paths == (alive,)
+
+
 # --- --output ------------------------------------------------------------------------------
 
 def test_output_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from invoke import Argument, Config, Program
 from invoke.exceptions import UncastableEnvVar
 
+from ..dockerfile.model import closest
 from ..errors import Interrupted, UserError
 from .exits import STOP_SIGNALS, as_exit, ignore_further_interrupts
 from .operation import DEFAULT_TASK, OPERATIONS
@@ -214,6 +215,9 @@ def arrange(argv: list[str]) -> tuple[list[str], str | None]:
                 raise UserError(f"two build contexts given, '{context}' and '{word}'; give one")
             context = word
         else:
+            near = closest(word, OPERATIONS) if not word.startswith("-") and not os.path.exists(word) else None
+            if near:
+                raise UserError(f"no task '{word}'; did you mean '{near}'? (`compimg --list` shows them all)")
             rest.append(word)  # Invoke says it has "no idea what" this is
     if orphans:  # `compimg -q`: no task name, so the default task's
         rest[rest.index("--") if "--" in rest else len(rest):0] = [DEFAULT_TASK, *orphans]
