@@ -14,8 +14,8 @@ from typing import Any
 
 from ..building.specs import OutputSpec
 from ..dockerfile.model import Stage
-from ..engine.buildkit.network import BUILDKIT_NETWORKS
-from ..errors import EngineError, UserError
+from ..engine.buildkit.network import check_network
+from ..errors import EngineError
 from ..names import registry_hosts
 from .base import Builder, Plan, Unit
 from .buildkit import BuildKitBuilder
@@ -113,9 +113,7 @@ class BuildKitServiceBuilder(BuildKitBuilder):
 
     def check(self, stages: Sequence[Stage]) -> None:
         Builder.check(self, stages)  # a service exports registry caches too: no engine's limits
-        if self.settings.network not in (None, *BUILDKIT_NETWORKS):
-            raise UserError(f"network {self.settings.network!r}: BuildKit builds can use only "
-                            f"{', '.join(BUILDKIT_NETWORKS)}")
+        check_network(self.settings.network)
 
     def exporter(self, unit: Unit, output: OutputSpec | None, names: Sequence[str] = ()) -> Any:
         """Files for `--output`; with `--push`, the stage's tags as an image pushed by the
