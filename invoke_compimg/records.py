@@ -8,11 +8,12 @@ start (21 ms of a 0.17 s start-up). `@record` has `dataclass` work out the field
 methods, written once below: `__init__` (the fields in order, then `__post_init__`),
 `__setattr__`/`__delattr__` (refused with `FrozenInstanceError`), `__eq__`, `__hash__`,
 `__repr__`, with dataclass's meaning: equal when of the same class with equal fields, hashed
-by its fields, shown as `Name(field=value, ...)`. `@record(frozen=False)` makes a mutable one
-(unhashable, as `@dataclass`). A record is a dataclass in every other way
-(`dataclasses.replace`, `fields`, `asdict`, `is_dataclass`); `InitVar` is not supported.
-A method the class writes itself stays. Construction costs about a microsecond more than a
-generated `__init__`: a whole build makes a few hundred records.
+by its fields, shown as `Name(field=value, ...)` (`field(compare=, hash=, repr=)` as dataclass
+reads them). `@record(frozen=False)` makes a mutable one (unhashable, as `@dataclass`). A
+record is a dataclass in every other way (`dataclasses.replace`, `fields`, `asdict`,
+`is_dataclass`); `InitVar` is not supported. A method the class writes itself stays.
+Construction costs about a microsecond more than a generated `__init__`: a whole build makes
+a few hundred records.
 """
 
 from __future__ import annotations
@@ -32,39 +33,37 @@ else:
 T = TypeVar("T")
 
 _MISSING = dataclasses.MISSING
-_compared: dict[type, Callable[[Any], tuple[Any, ...]]] = {}  # a class's compared field values, as a tuple
-_hashed: dict[type, Callable[[Any], tuple[Any, ...]]] = {}  # and its hashed ones
+Values = Callable[[Any], tuple[Any, ...]]
+_compared: dict[type, Values] = {}  # a class's compared field values, as a tuple
+_hashed: dict[type, Values] = {}  # and its hashed ones (`hash=None` follows `compare`, as with dataclass)
 
 
-def _getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
-    if not names:
-        return lambda _: ()
-    getter = operator.attrgetter(*names)
-    return (lambda obj: (getter(obj),)) if len(names) == 1 else getter  # type: ignore[return-value]
-
-
-def _values(instance: Any, cache: dict[type, Callable[[Any], tuple[Any, ...]]]) -> tuple[Any, ...]:
-    cls = instance.__class__
+def _values_of(cls: type, cache: dict[type, Values], counts: Callable[[dataclasses.Field[Any]], bool]) -> Values:
     try:
-        values = cache[cls]
+        return cache[cls]
     except KeyError:
-        fields = dataclasses.fields(cls)
-        if cache is _compared:
-            names = [f.name for f in fields if f.compare]
-        else:  # `hash=None` follows `compare`, as with dataclass
-            names = [f.name for f in fields if (f.compare if f.hash is None else f.hash)]
-        values = cache[cls] = _getter(names)
-    return values(instance)
+        names = [f.name for f in dataclasses.fields(cls) if counts(f)]  # type: ignore[arg-type]
+        getter = operator.attrgetter(*names) if names else None
+        values: Values
+        if getter is None:
+            values = lambda _: ()  # noqa: E731
+        elif len(names) == 1:
+            values = lambda obj: (getter(obj),)  # noqa: E731
+        else:
+            values = getter  # type: ignore[assignment]
+        cache[cls] = values
+        return values
 
 
 def _eq(self: Any, other: object) -> Any:  # (bool, or NotImplemented: Python asks `other`)
     if other.__class__ is not self.__class__:
         return NotImplemented
-    return self is other or _values(self, _compared) == _values(other, _compared)
+    values = _values_of(self.__class__, _compared, lambda f: f.compare)
+    return self is other or values(self) == values(other)
 
 
 def _hash(self: Any) -> int:
-    return hash(_values(self, _hashed))
+    return hash(_values_of(self.__class__, _hashed, lambda f: f.compare if f.hash is None else f.hash)(self))
 
 
 def _repr(self: Any) -> str:

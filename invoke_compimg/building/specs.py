@@ -88,6 +88,8 @@ def parse_secret(value: str, environ: Mapping[str, str] | None = None) -> Secret
 def parse_ssh(value: str, environ: Mapping[str, str] | None = None) -> SshSpec:
     """`default` ($SSH_AUTH_SOCK) or `ID=PATH` (an agent's socket). Docker also takes key files,
     several per id, which it loads into an agent of its own: here they go into yours (ssh-add)."""
+    from ..engine.control.providers import connect_agent  # (only a build with --ssh needs it)
+
     env = os.environ if environ is None else environ
     ssh_id, eq, rest = value.partition("=")
     if not ssh_id:
@@ -110,25 +112,13 @@ def parse_ssh(value: str, environ: Mapping[str, str] | None = None) -> SshSpec:
         if os.path.isfile(full):
             raise UserError(f"--ssh {value}: {path} is a file; load the key into an agent (ssh-add {path}) "
                             f"and give the agent's socket (--ssh {ssh_id}=$SSH_AUTH_SOCK)")
-        refused = _unanswered(full)
-        if refused:  # BuildKit would leave the step without a socket, and say nothing
-            raise UserError(f"--ssh {value}: no ssh agent answers at {path} ({refused}); start one "
-                            f"(eval $(ssh-agent); ssh-add) and give its socket")
+        try:  # BuildKit would leave the step without a socket, and say nothing
+            connect_agent(full).close()
+        except OSError as exc:
+            raise UserError(f"--ssh {value}: no ssh agent answers at {path} ({exc.strerror or exc}); start one "
+                            f"(eval $(ssh-agent); ssh-add) and give its socket") from None
         checked.append(full)
     return SshSpec(ssh_id, tuple(checked))
-
-
-def _unanswered(path: str) -> str:
-    """Why nothing accepts a connection on the unix socket `path` ("": something does)."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(2)
-        try:
-            probe.connect(path)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return ""
 
 
 STDOUT = "-"  # an output's dest that means standard output

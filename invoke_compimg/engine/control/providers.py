@@ -88,15 +88,10 @@ class Agents:
         path = self.sockets.get(agent_id)
         if path is None:
             raise NotFound(f"no ssh agent registered as {agent_id!r}")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(5)
-            sock.connect(path)
-            sock.settimeout(None)
+            return connect_agent(path)
         except OSError as exc:
-            sock.close()
             raise NotFound(f"ssh agent {agent_id!r}: cannot connect to its socket ({exc.strerror or exc})") from None
-        return sock
 
     def forward(self, agent_id: str, incoming: Iterable[bytes]) -> Iterator[bytes]:
         """The bytes to send back for the agent protocol bytes in `incoming`."""
@@ -105,6 +100,19 @@ class Agents:
             yield from _filtered_agent(agent, incoming)
         finally:
             agent.close()
+
+
+def connect_agent(path: str) -> socket.socket:
+    """A connection to the ssh agent socket `path` (OSError when nothing answers there)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.settimeout(None)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _filtered_agent(agent: socket.socket, incoming: Iterable[bytes]) -> Iterator[bytes]:

@@ -176,7 +176,7 @@ class Session:
             PATHS["secret"]: Method(self._secret, streaming=False, **_codec("secrets_pb2", "GetSecretRequest")),
             PATHS["ssh_check"]: Method(self._ssh_check, streaming=False,
                                        **_codec("sshforward_pb2", "CheckAgentRequest")),
-            PATHS["ssh_forward"]: Method(self._ssh_forward, streaming=True, **_codec("sshforward_pb2", "BytesMessage")),
+            PATHS["ssh_forward"]: Method(self._ssh_forward, streaming=True),  # BytesMessages, by hand (_wrap)
             HEALTH_CHECK: Method(self._health, streaming=False),
         }
         if self.registries is not None:
@@ -275,12 +275,11 @@ class Session:
             context.abort(NOT_FOUND, str(exc))
         return _proto("sshforward_pb2").CheckAgentResponse()
 
-    def _ssh_forward(self, incoming: Iterable[Any], context: Call) -> Iterator[Any]:
+    def _ssh_forward(self, incoming: Iterable[bytes], context: Call) -> Iterator[bytes]:
         agent_id = (_metadata(context).get(SSH_ID_KEY) or ["default"])[0]
         try:
-            message = _proto("sshforward_pb2").BytesMessage
-            for answer in self._agents.forward(agent_id, (m.data for m in incoming)):
-                yield message(data=answer)
+            for answer in self._agents.forward(agent_id, _unwrap(incoming)):
+                yield _wrap(answer)
         except NotFound as exc:
             context.abort(NOT_FOUND, str(exc))
 
@@ -346,7 +345,8 @@ def _metadata(context: Call) -> dict[str, list[str]]:
 
 
 def _wrap(data: bytes) -> bytes:
-    """A BytesMessage holding `data` (field 1, length-delimited; empty data is not written)."""
+    """A BytesMessage holding `data` (field 1, length-delimited; empty data is not written):
+    Control.Session's, a tar export's and ssh forwarding's, one message on the wire."""
     return message_field(1, data) if data else b""
 
 
